@@ -1,0 +1,278 @@
+//! The journal itself: a redb table of hash-chained envelopes keyed by a gap-free sequence.
+
+use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::blob::BlobStore;
+use crate::envelope::{Actor, Envelope, GENESIS, Hash, Head, Record, SCHEMA_VERSION};
+use crate::error::{Error, Problem, Result, io};
+use crate::lock::DirLock;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "journal.redb";
+
+/// The redb table that holds the records. Key: sequence. Value: the record's 32-byte chain hash
+/// followed by the exact stored envelope bytes (postcard). Public so tests and forensic tools can
+/// read (or deliberately damage) the store without this crate.
+pub const RECORDS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("records");
+
+/// An open, locked journal of events of type `E`.
+pub struct Journal<E> {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: Database,
+    head: Head,
+    actor: Actor,
+    blobs: BlobStore,
+    lock: DirLock,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E> std::fmt::Debug for Journal<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).field("head", &self.head).finish()
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its chain hash.
+    pub hash: Hash,
+}
+
+impl<E: Serialize + DeserializeOwned> Journal<E> {
+    /// Opens (creating when absent) the journal in the state directory `dir`, taking its lock.
+    ///
+    /// The directory is created with mode 0700. Opening reads only the last record; use
+    /// [`Journal::verify`] or [`Journal::replay`] to check the whole chain.
+    pub fn open(dir: &Path, actor: Actor) -> Result<Self> {
+        create_private_dir(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let blobs = BlobStore::open(dir)?;
+        let db_path = dir.join(DB_FILE);
+        let db = guard(&db_path, || Database::create(&db_path).map_err(|e| e.to_string()))?;
+        let mut journal = Journal {
+            dir: dir.to_owned(),
+            db_path,
+            db,
+            head: Head { len: 0, hash: GENESIS },
+            actor,
+            blobs,
+            lock,
+            _event: PhantomData,
+        };
+        journal.head = journal.read_head()?;
+        Ok(journal)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The lock this journal holds.
+    pub fn lock(&self) -> &DirLock {
+        &self.lock
+    }
+
+    /// Number of records and hash of the last one.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// The blob store beside the journal.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Appends `event`; returns only once the record is durable on disk.
+    pub fn append(&mut self, event: &E) -> Result<Appended> {
+        let seq = self.head.len;
+        let payload =
+            postcard::to_stdvec(event).map_err(|e| Error::Encode { seq, detail: e.to_string() })?;
+        let envelope = Envelope {
+            schema: SCHEMA_VERSION,
+            seq,
+            recorded_at_us: now_us(),
+            actor: self.actor.clone(),
+            prev_hash: self.head.hash,
+            payload,
+        };
+        let stored = envelope.encode().map_err(|e| Error::Encode { seq, detail: e.to_string() })?;
+        let hash = Hash::chain(&self.head.hash, &stored);
+        let mut value = Vec::with_capacity(32 + stored.len());
+        value.extend_from_slice(&hash.0);
+        value.extend_from_slice(&stored);
+        guard(&self.db_path, || {
+            let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+                table.insert(seq, value.as_slice()).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })?;
+        self.head = Head { len: seq + 1, hash };
+        Ok(Appended { seq, hash })
+    }
+
+    /// Verifies the whole chain; returns its head or the first bad record.
+    pub fn verify(&self) -> Result<Head> {
+        let mut head = Head { len: 0, hash: GENESIS };
+        self.walk(|seq, envelope, hash| {
+            head = Head { len: seq + 1, hash };
+            let _ = envelope;
+            Ok(())
+        })?;
+        Ok(head)
+    }
+
+    /// Verifies the chain and decodes every record, in order.
+    pub fn replay(&self) -> Result<Vec<Record<E>>> {
+        let mut records = Vec::with_capacity(usize::try_from(self.head.len).unwrap_or(0));
+        self.walk(|seq, envelope, hash| {
+            let event = postcard::from_bytes(&envelope.payload).map_err(|e| Error::Corrupt {
+                path: self.db_path.clone(),
+                seq,
+                problem: Problem::Undecodable(format!("payload: {e}")),
+            })?;
+            records.push(Record {
+                seq,
+                recorded_at: envelope.recorded_at(),
+                actor: envelope.actor,
+                prev_hash: envelope.prev_hash,
+                hash,
+                event,
+            });
+            Ok(())
+        })?;
+        Ok(records)
+    }
+
+    /// Walks every record in order, checking sequence, link and hash, and hands each verified
+    /// envelope with its stored bytes to `visit`. This is the only reader of the table.
+    pub(crate) fn walk(
+        &self,
+        mut visit: impl FnMut(u64, Envelope, Hash) -> Result<()>,
+    ) -> Result<()> {
+        self.walk_raw(|seq, envelope, hash, _stored| visit(seq, envelope, hash))
+    }
+
+    pub(crate) fn walk_raw(
+        &self,
+        mut visit: impl FnMut(u64, Envelope, Hash, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.db_path.clone();
+        let corrupt = |seq, problem| Error::Corrupt { path: path.clone(), seq, problem };
+        let txn = guard(&path, || self.db.begin_read().map_err(|e| e.to_string()))?;
+        let table = match txn.open_table(RECORDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(Error::Database { path, detail: e.to_string() }),
+        };
+        let iter = guard(&path, || table.iter().map_err(|e| e.to_string()))?;
+        let mut expected = 0u64;
+        let mut prev = GENESIS;
+        for item in iter {
+            let (key, value) = guard(&path, || item.map_err(|e| e.to_string()))?;
+            let key = key.value();
+            let value = value.value();
+            if key != expected {
+                return Err(corrupt(expected, Problem::Gap { expected, found: key }));
+            }
+            let Some((hash, stored)) = value.split_first_chunk::<32>() else {
+                return Err(corrupt(key, Problem::Undecodable("shorter than its hash".into())));
+            };
+            let hash = Hash(*hash);
+            if Hash::chain(&prev, stored) != hash {
+                // Tell a moved record from an edited one: a record that hashes correctly against
+                // its own prev_hash but does not link to its predecessor was moved or removed.
+                return Err(match Envelope::decode(stored) {
+                    Ok(env) if Hash::chain(&env.prev_hash, stored) == hash => {
+                        if env.seq != key {
+                            corrupt(key, Problem::Reordered { key, inner: env.seq })
+                        } else {
+                            corrupt(key, Problem::BrokenLink(key.wrapping_sub(1)))
+                        }
+                    }
+                    Err(problem @ Problem::NewerSchema { .. }) => corrupt(key, problem),
+                    _ => corrupt(key, Problem::HashMismatch),
+                });
+            }
+            let envelope = Envelope::decode(stored).map_err(|p| corrupt(key, p))?;
+            if envelope.seq != key {
+                return Err(corrupt(key, Problem::Reordered { key, inner: envelope.seq }));
+            }
+            visit(key, envelope, hash, stored)?;
+            prev = hash;
+            expected += 1;
+        }
+        Ok(())
+    }
+
+    fn read_head(&self) -> Result<Head> {
+        let path = &self.db_path;
+        let txn = guard(path, || self.db.begin_read().map_err(|e| e.to_string()))?;
+        let table = match txn.open_table(RECORDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(Head { len: 0, hash: GENESIS });
+            }
+            Err(e) => return Err(Error::Database { path: path.clone(), detail: e.to_string() }),
+        };
+        let last = guard(path, || table.last().map_err(|e| e.to_string()))?;
+        let Some((key, value)) = last else {
+            return Ok(Head { len: 0, hash: GENESIS });
+        };
+        let seq = key.value();
+        let Some((hash, _)) = value.value().split_first_chunk::<32>() else {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                seq,
+                problem: Problem::Undecodable("shorter than its hash".into()),
+            });
+        };
+        Ok(Head { len: seq + 1, hash: Hash(*hash) })
+    }
+}
+
+/// Runs a redb operation, turning both its errors and any panic on a damaged file into
+/// [`Error::Database`] naming the file: a damaged journal must be reported, never crash kubeca.
+fn guard<T>(path: &Path, op: impl FnOnce() -> Result<T, String>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(op)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(detail)) => Err(Error::Database { path: path.to_owned(), detail }),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the storage engine panicked".into());
+            Err(Error::Database { path: path.to_owned(), detail })
+        }
+    }
+}
+
+/// Creates `dir` (and parents) and makes `dir` itself mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir, "create state directory"))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(dir, "set state directory mode 0700"))
+}
+
+fn now_us() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
