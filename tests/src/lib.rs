@@ -1,1 +1,2 @@
-//! placeholder
+//! Test support shared by kubeca's cross-process tests: the testbed and the child programs that
+//! the crash tests kill.
