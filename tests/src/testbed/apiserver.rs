@@ -1,0 +1,1 @@
+//! The simulated kube-apiserver: real flags, HTTPS with client-cert auth, objects kept in etcd, discovery for kubectl.

@@ -1,0 +1,1 @@
+//! The real haproxy load balancer in TCP mode over the apiservers.

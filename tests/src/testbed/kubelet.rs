@@ -1,0 +1,1 @@
+//! The simulated kubelet: runs static pods from /etc/kubernetes/manifests, serves :10250, restarts pods on manifest changes.

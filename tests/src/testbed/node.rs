@@ -1,0 +1,1 @@
+//! Nodes as mount + UTS namespaces with bind-mounted kubeadm paths, a real sshd and systemctl/journalctl shims.

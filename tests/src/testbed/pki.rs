@@ -1,0 +1,1 @@
+//! The initial PKI, kubeconfigs, static pod manifests and kubelet config, made with the openssl CLI in kubeadm's layout.

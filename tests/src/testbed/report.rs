@@ -1,0 +1,1 @@
+//! `kubeca-testbed report`: counts handshake outcomes per edge from DIR/handshakes.jsonl.

@@ -1,0 +1,1 @@
+//! TLS for every simulated component: rustls configs from kubeadm files, and classification of handshake failures for the trust monitor.
