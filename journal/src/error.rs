@@ -38,7 +38,7 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
         /// Who holds it.
-        owner: LockOwner,
+        owner: Box<LockOwner>,
     },
     /// The lock file names a process that is no longer running.
     #[error(
@@ -50,7 +50,7 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
         /// The dead owner.
-        owner: LockOwner,
+        owner: Box<LockOwner>,
     },
     /// `force_unlock` was given an id that is not the current lock's.
     #[error("{path}: lock id {given} does not match the current lock {owner}; nothing was changed")]
@@ -60,7 +60,7 @@ pub enum Error {
         /// The id given.
         given: String,
         /// The current owner.
-        owner: LockOwner,
+        owner: Box<LockOwner>,
     },
     /// The chain is broken at `seq`.
     #[error("{path}: record {seq}: {problem}")]

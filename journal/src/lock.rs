@@ -65,14 +65,14 @@ impl DirLock {
         if !try_flock(&file, &path)? {
             let owner = read_owner(&mut file, &path)?;
             return Err(match owner {
-                Some(owner) => Error::Locked { path, owner },
+                Some(owner) => Error::Locked { path, owner: Box::new(owner) },
                 // Held, but the holder has not written its record yet: name what we can.
-                None => Error::Locked { path, owner: unknown_owner() },
+                None => Error::Locked { path, owner: Box::new(unknown_owner()) },
             });
         }
         if let Some(owner) = read_owner(&mut file, &path)? {
             // Nobody holds the flock, yet a record is there: its writer died.
-            return Err(Error::StaleLock { path, owner });
+            return Err(Error::StaleLock { path, owner: Box::new(owner) });
         }
         let owner = LockOwner {
             pid: std::process::id(),
@@ -116,12 +116,14 @@ pub fn force_unlock(dir: &Path, lock_id: &str) -> Result<()> {
     let mut file = open_lock_file(&path)?;
     if !try_flock(&file, &path)? {
         let owner = read_owner(&mut file, &path)?.unwrap_or_else(unknown_owner);
-        return Err(Error::Locked { path, owner });
+        return Err(Error::Locked { path, owner: Box::new(owner) });
     }
     match read_owner(&mut file, &path)? {
         None => Ok(()),
         Some(owner) if owner.lock_id == lock_id => write_owner(&mut file, &path, None),
-        Some(owner) => Err(Error::WrongLockId { path, given: lock_id.to_owned(), owner }),
+        Some(owner) => {
+            Err(Error::WrongLockId { path, given: lock_id.to_owned(), owner: Box::new(owner) })
+        }
     }
 }
 

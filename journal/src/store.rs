@@ -180,9 +180,8 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
             Err(e) => return Err(Error::Database { path, detail: e.to_string() }),
         };
         let iter = guard(&path, || table.iter().map_err(|e| e.to_string()))?;
-        let mut expected = 0u64;
         let mut prev = GENESIS;
-        for item in iter {
+        for (expected, item) in (0u64..).zip(iter) {
             let (key, value) = guard(&path, || item.map_err(|e| e.to_string()))?;
             let key = key.value();
             let value = value.value();
@@ -214,7 +213,6 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
             }
             visit(key, envelope, hash, stored)?;
             prev = hash;
-            expected += 1;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ fn a_second_opener_is_refused_with_the_owner_named() {
     match &err {
         Error::Locked { owner, .. } => {
             assert_eq!(owner.pid, std::process::id());
-            assert_eq!(owner, first.lock().owner());
+            assert_eq!(**owner, *first.lock().owner());
         }
         other => panic!("expected Locked, got {other}"),
     }
