@@ -1,0 +1,1 @@
+//! The TOML inventory of BRIEF.md: parsing and validation with errors that name the key.
