@@ -64,7 +64,10 @@ impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, EditError> {
         let manifest = Manifest { file: file.to_owned(), lines: lines_of(text) };
         if manifest.command_start().is_none() {
-            return Err(shape(file, "no container `command:` list: is this a static pod manifest?"));
+            return Err(shape(
+                file,
+                "no container `command:` list: is this a static pod manifest?",
+            ));
         }
         Ok(manifest)
     }
@@ -85,7 +88,11 @@ impl Manifest {
     /// The value of `--name` (given with its dashes), the last one when repeated, as the program
     /// reads it; `Some("")` for a flag without a value.
     pub fn flag(&self, name: &str) -> Option<String> {
-        self.flag_lines().into_iter().rev().find(|f| f.name == name).map(|f| f.value.unwrap_or_default())
+        self.flag_lines()
+            .into_iter()
+            .rev()
+            .find(|f| f.name == name)
+            .map(|f| f.value.unwrap_or_default())
     }
 
     /// Every flag in order, as (name, value).
@@ -127,7 +134,8 @@ impl Manifest {
                 }
             },
         };
-        let eol = if self.lines.first().is_some_and(|l| l.ends_with("\r\n")) { "\r\n" } else { "\n" };
+        let eol =
+            if self.lines.first().is_some_and(|l| l.ends_with("\r\n")) { "\r\n" } else { "\n" };
         self.lines.insert(at, format!("{indent}- {name}={value}{eol}"));
         Ok(true)
     }
@@ -244,7 +252,9 @@ impl Kubeconfig {
             return Err(shape(
                 &self.file,
                 match self.ca_file() {
-                    Some(f) => format!("the CA is referenced from {f}, not embedded: edit that file"),
+                    Some(f) => {
+                        format!("the CA is referenced from {f}, not embedded: edit that file")
+                    }
                     None => "no certificate-authority-data to replace".into(),
                 },
             ));
@@ -254,8 +264,13 @@ impl Kubeconfig {
 
     /// Sets embedded client certificate and key. Returns whether the text changed.
     pub fn set_client_data(&mut self, cert_pem: &str, key_pem: &str) -> Result<bool, EditError> {
-        if self.values("client-certificate-data").is_empty() || self.values("client-key-data").is_empty() {
-            return Err(shape(&self.file, "no embedded client-certificate-data/client-key-data to replace"));
+        if self.values("client-certificate-data").is_empty()
+            || self.values("client-key-data").is_empty()
+        {
+            return Err(shape(
+                &self.file,
+                "no embedded client-certificate-data/client-key-data to replace",
+            ));
         }
         let a = self.replace_all("client-certificate-data", &B64.encode(cert_pem));
         let b = self.replace_all("client-key-data", &B64.encode(key_pem));
@@ -314,7 +329,10 @@ impl KubeletConfig {
     pub fn parse(file: &str, text: &str) -> Result<KubeletConfig, EditError> {
         let c = KubeletConfig { file: file.to_owned(), lines: lines_of(text) };
         if !c.lines.iter().any(|l| split_eol(l).0.trim() == "kind: KubeletConfiguration") {
-            return Err(shape(file, "not a KubeletConfiguration (no `kind: KubeletConfiguration`)"));
+            return Err(shape(
+                file,
+                "not a KubeletConfiguration (no `kind: KubeletConfiguration`)",
+            ));
         }
         Ok(c)
     }
@@ -377,7 +395,8 @@ mod tests {
     use super::*;
 
     const APISERVER: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");
-    const CONTROLLER_MANAGER: &str = include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
+    const CONTROLLER_MANAGER: &str =
+        include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
     const SCHEDULER: &str = include_str!("../testdata/kubeadm/kube-scheduler.yaml");
     const KUBELET_CONFIG: &str = include_str!("../testdata/kubeadm/kubelet-config.yaml");
     const ADMIN_CONF: &str = include_str!("../testdata/kubeadm/admin.conf");
@@ -413,13 +432,19 @@ mod tests {
     fn flags_are_read_as_the_program_reads_them() {
         let m = Manifest::parse("m.yaml", APISERVER).unwrap();
         assert_eq!(m.flag("--client-ca-file").as_deref(), Some("/etc/kubernetes/pki/ca.crt"));
-        assert_eq!(m.flag("--requestheader-client-ca-file").as_deref(), Some("/etc/kubernetes/pki/front-proxy-ca.crt"));
+        assert_eq!(
+            m.flag("--requestheader-client-ca-file").as_deref(),
+            Some("/etc/kubernetes/pki/front-proxy-ca.crt")
+        );
         assert_eq!(m.flag("--kubelet-certificate-authority"), None);
         assert_eq!(m.image().as_deref(), Some("registry.k8s.io/kube-apiserver:v1.30.2"));
         assert_eq!(m.flags().len(), 27);
         let cm = Manifest::parse("cm.yaml", CONTROLLER_MANAGER).unwrap();
         assert_eq!(cm.flag("--root-ca-file").as_deref(), Some("/etc/kubernetes/pki/ca.crt"));
-        assert_eq!(cm.flag("--cluster-signing-cert-file").as_deref(), Some("/etc/kubernetes/pki/ca.crt"));
+        assert_eq!(
+            cm.flag("--cluster-signing-cert-file").as_deref(),
+            Some("/etc/kubernetes/pki/ca.crt")
+        );
     }
 
     #[test]
@@ -434,20 +459,31 @@ mod tests {
     #[test]
     fn an_absent_flag_is_inserted_as_one_line_in_sorted_position() {
         let mut m = Manifest::parse("m.yaml", APISERVER).unwrap();
-        assert!(m.set_flag("--kubelet-certificate-authority", "/etc/kubernetes/pki/ca-bundle.crt").unwrap());
+        assert!(
+            m.set_flag("--kubelet-certificate-authority", "/etc/kubernetes/pki/ca-bundle.crt")
+                .unwrap()
+        );
         let after = m.text();
         assert_eq!(after.lines().count(), APISERVER.lines().count() + 1);
         let mut without: Vec<&str> = after.lines().collect();
         let at = without
             .iter()
-            .position(|l| *l == "    - --kubelet-certificate-authority=/etc/kubernetes/pki/ca-bundle.crt")
+            .position(|l| {
+                *l == "    - --kubelet-certificate-authority=/etc/kubernetes/pki/ca-bundle.crt"
+            })
             .unwrap();
         assert_eq!(without[at - 1], "    - --etcd-servers=https://127.0.0.1:2379");
-        assert_eq!(without[at + 1], "    - --kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.crt");
+        assert_eq!(
+            without[at + 1],
+            "    - --kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.crt"
+        );
         without.remove(at);
         assert_eq!(without, APISERVER.lines().collect::<Vec<_>>());
         assert_eq!(
-            Manifest::parse("m.yaml", &after).unwrap().flag("--kubelet-certificate-authority").as_deref(),
+            Manifest::parse("m.yaml", &after)
+                .unwrap()
+                .flag("--kubelet-certificate-authority")
+                .as_deref(),
             Some("/etc/kubernetes/pki/ca-bundle.crt")
         );
         // The scheduler has no --client-ca-file in kubeadm's manifest: it goes before --kubeconfig.
@@ -461,7 +497,8 @@ mod tests {
 
     #[test]
     fn a_file_without_a_command_is_refused_by_name() {
-        let e = Manifest::parse("cp-1:/etc/kubernetes/manifests/x.yaml", "kind: Pod\n").unwrap_err();
+        let e =
+            Manifest::parse("cp-1:/etc/kubernetes/manifests/x.yaml", "kind: Pod\n").unwrap_err();
         assert!(e.to_string().starts_with("cp-1:/etc/kubernetes/manifests/x.yaml:"), "{e}");
     }
 
@@ -503,7 +540,14 @@ mod tests {
         assert!(c.rotates_certificates());
         assert!(c.set_client_ca_file("/etc/kubernetes/pki/ca-bundle.crt").unwrap());
         let diff = changed(KUBELET_CONFIG, &c.text());
-        assert_eq!(diff, vec![(9, "    clientCAFile: /etc/kubernetes/pki/ca.crt".into(), "    clientCAFile: /etc/kubernetes/pki/ca-bundle.crt".into())]);
+        assert_eq!(
+            diff,
+            vec![(
+                9,
+                "    clientCAFile: /etc/kubernetes/pki/ca.crt".into(),
+                "    clientCAFile: /etc/kubernetes/pki/ca-bundle.crt".into()
+            )]
+        );
         assert!(!c.set_client_ca_file("/etc/kubernetes/pki/ca-bundle.crt").unwrap());
     }
 }

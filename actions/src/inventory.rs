@@ -279,7 +279,9 @@ impl Inventory {
             readable(&inv.ssh.known_hosts).map_err(|m| {
                 invalid(
                     "ssh.known_hosts",
-                    format!("{m}; host keys are checked strictly, so every node's key must be in it"),
+                    format!(
+                        "{m}; host keys are checked strictly, so every node's key must be in it"
+                    ),
                 )
             })?;
         }
@@ -294,7 +296,10 @@ impl Inventory {
         }
 
         if inv.nodes.is_empty() {
-            return Err(invalid("nodes", "no [[nodes]] entries: list every node of the cluster".into()));
+            return Err(invalid(
+                "nodes",
+                "no [[nodes]] entries: list every node of the cluster".into(),
+            ));
         }
         let mut names = BTreeSet::new();
         let mut addresses = BTreeSet::new();
@@ -307,12 +312,18 @@ impl Inventory {
                 return Err(invalid(&at("name"), format!("duplicate node {:?}", node.name)));
             }
             if node.address.trim().is_empty() {
-                return Err(invalid(&at("address"), format!("node {:?} has no address", node.name)));
+                return Err(invalid(
+                    &at("address"),
+                    format!("node {:?} has no address", node.name),
+                ));
             }
             if node.address.parse::<IpAddr>().is_err() && !is_host_name(&node.address) {
                 return Err(invalid(
                     &at("address"),
-                    format!("{:?} (node {:?}) is neither an IP address nor a host name", node.address, node.name),
+                    format!(
+                        "{:?} (node {:?}) is neither an IP address nor a host name",
+                        node.address, node.name
+                    ),
                 ));
             }
             if !addresses.insert((node.address.clone(), node.port)) {
@@ -324,21 +335,29 @@ impl Inventory {
             if node.roles.is_empty() {
                 return Err(invalid(
                     &at("roles"),
-                    format!("node {:?} has no role: use [\"control-plane\"] or [\"worker\"]", node.name),
+                    format!(
+                        "node {:?} has no role: use [\"control-plane\"] or [\"worker\"]",
+                        node.name
+                    ),
                 ));
             }
         }
         if !inv.nodes.iter().any(Node::is_control_plane) {
             return Err(invalid(
                 "nodes",
-                "no node has the role \"control-plane\": the apiservers' nodes must be listed".into(),
+                "no node has the role \"control-plane\": the apiservers' nodes must be listed"
+                    .into(),
             ));
         }
 
         if !KEY_ALGORITHMS.contains(&inv.rotation.key_algorithm.as_str()) {
             return Err(invalid(
                 "rotation.key_algorithm",
-                format!("{:?} is not one of {}", inv.rotation.key_algorithm, KEY_ALGORITHMS.join(", ")),
+                format!(
+                    "{:?} is not one of {}",
+                    inv.rotation.key_algorithm,
+                    KEY_ALGORITHMS.join(", ")
+                ),
             ));
         }
         if inv.rotation.validity_days == 0 {
@@ -379,9 +398,7 @@ fn resolve(base: &Path, path: &Path) -> PathBuf {
 }
 
 fn readable(path: &Path) -> Result<(), String> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::File::open(path).map(drop).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 fn is_host_name(s: &str) -> bool {
@@ -520,14 +537,26 @@ max_unavailable_workers = 1
     fn bad_values_are_named() {
         let f = Fixture::new();
         for (from, to, key) in [
-            ("key_algorithm = \"same-as-old\"", "key_algorithm = \"dsa\"", "rotation.key_algorithm"),
+            (
+                "key_algorithm = \"same-as-old\"",
+                "key_algorithm = \"dsa\"",
+                "rotation.key_algorithm",
+            ),
             ("validity_days = 3650", "validity_days = 0", "rotation.validity_days"),
-            ("max_unavailable_workers = 1", "max_unavailable_workers = 0", "rotation.max_unavailable_workers"),
+            (
+                "max_unavailable_workers = 1",
+                "max_unavailable_workers = 0",
+                "rotation.max_unavailable_workers",
+            ),
             ("concurrency = 10", "concurrency = 0", "ssh.concurrency"),
             ("\"https://10.0.0.10:6443\"", "\"10.0.0.10:6443\"", "cluster.api_endpoint"),
             ("address = \"10.0.0.21\"", "address = \"not an address!\"", "nodes[1].address"),
             ("address = \"10.0.0.21\"", "address = \"10.0.0.11\"", "nodes[1].address"),
-            ("new_ca = \"generate\"", "new_ca = { cert = \"ca.crt\", key = \"ca.key\" }", "rotation.new_ca.cert"),
+            (
+                "new_ca = \"generate\"",
+                "new_ca = { cert = \"ca.crt\", key = \"ca.key\" }",
+                "rotation.new_ca.cert",
+            ),
         ] {
             let e = err(&f, &GOOD.replace(from, to));
             assert!(e.contains(key), "{to}: {e}");

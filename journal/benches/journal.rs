@@ -22,7 +22,10 @@ fn payload(i: u64) -> String {
     // About 1 KiB, different per record so nothing compresses or dedups.
     let mut s = format!("record {i} ");
     while s.len() < 1000 {
-        s.push_str(&format!("{:x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(s.len() as u32)));
+        s.push_str(&format!(
+            "{:x}",
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(s.len() as u32)
+        ));
     }
     s
 }

@@ -115,7 +115,8 @@ impl Envelope {
 
     /// `recorded_at` as a timestamp.
     pub fn recorded_at(&self) -> jiff::Timestamp {
-        jiff::Timestamp::from_microsecond(self.recorded_at_us).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        jiff::Timestamp::from_microsecond(self.recorded_at_us)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
     }
 }
 

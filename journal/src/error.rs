@@ -31,9 +31,7 @@ pub enum Error {
         detail: String,
     },
     /// The state directory is locked by another live process.
-    #[error(
-        "{path}: state directory is in use by {owner}; wait for it to finish or stop it first"
-    )]
+    #[error("{path}: state directory is in use by {owner}; wait for it to finish or stop it first")]
     Locked {
         /// The lock file.
         path: PathBuf,
@@ -73,7 +71,9 @@ pub enum Error {
         problem: Problem,
     },
     /// A blob's content does not match its digest.
-    #[error("{path}: blob content does not match its digest (found sha256:{actual}); the blob store is damaged")]
+    #[error(
+        "{path}: blob content does not match its digest (found sha256:{actual}); the blob store is damaged"
+    )]
     BlobMismatch {
         /// The blob file.
         path: PathBuf,
@@ -137,7 +137,9 @@ pub enum Problem {
     #[error("undecodable record: {0}")]
     Undecodable(String),
     /// Written by a newer kubeca.
-    #[error("schema version {found} is newer than this build understands ({supported}); use a newer kubeca")]
+    #[error(
+        "schema version {found} is newer than this build understands ({supported}); use a newer kubeca"
+    )]
     NewerSchema {
         /// The record's schema.
         found: u16,
@@ -149,7 +151,10 @@ pub enum Problem {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(
+    path: impl Into<PathBuf>,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, action, source }
 }

@@ -54,15 +54,17 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         to_json: &dyn Fn(&E) -> serde_json::Value,
     ) -> Result<Head> {
         let path = PathBuf::from("-");
-        let write_err = |e: std::io::Error| Error::Io { path: path.clone(), action: "write export", source: e };
+        let write_err =
+            |e: std::io::Error| Error::Io { path: path.clone(), action: "write export", source: e };
         let mut head = Head { len: 0, hash: GENESIS };
         let mut visit = |emit: &mut dyn FnMut(&ExportLine) -> Result<()>| {
             self.walk_raw(|seq, envelope, hash, stored| {
-                let event: E = postcard::from_bytes(&envelope.payload).map_err(|e| Error::Corrupt {
-                    path: self.dir().join(crate::store::DB_FILE),
-                    seq,
-                    problem: Problem::Undecodable(format!("payload: {e}")),
-                })?;
+                let event: E =
+                    postcard::from_bytes(&envelope.payload).map_err(|e| Error::Corrupt {
+                        path: self.dir().join(crate::store::DB_FILE),
+                        seq,
+                        problem: Problem::Undecodable(format!("payload: {e}")),
+                    })?;
                 emit(&line_of(&envelope, hash, to_json(&event), stored))?;
                 head = Head { len: seq + 1, hash };
                 Ok(())
@@ -128,7 +130,16 @@ impl<W: Write> CsvOut<W> {
         let schema = r.schema.to_string();
         let seq = r.seq.to_string();
         self.writer
-            .write_record([&seq, &r.time, &r.actor, &schema, &r.prev_hash, &r.hash, &r.event, &r.record])
+            .write_record([
+                &seq,
+                &r.time,
+                &r.actor,
+                &schema,
+                &r.prev_hash,
+                &r.hash,
+                &r.event,
+                &r.record,
+            ])
             .map_err(|e| export_err(line.seq, e))
     }
 }
@@ -169,7 +180,11 @@ pub fn verify_export<E: DeserializeOwned>(
         Format::Jsonl => {
             for (i, text) in reader.lines().enumerate() {
                 let number = i as u64 + 1;
-                let text = text.map_err(|e| Error::Io { path: path.clone(), action: "read export", source: e })?;
+                let text = text.map_err(|e| Error::Io {
+                    path: path.clone(),
+                    action: "read export",
+                    source: e,
+                })?;
                 if text.trim().is_empty() {
                     continue;
                 }
@@ -195,16 +210,19 @@ pub fn verify_export<E: DeserializeOwned>(
                     line: number,
                     detail: format!("event column is not JSON: {e}"),
                 })?;
-                lines.push((number, ExportLine {
-                    seq: row.seq,
-                    time: row.time,
-                    actor: row.actor,
-                    schema: row.schema,
-                    prev_hash: row.prev_hash,
-                    hash: row.hash,
-                    event,
-                    record: row.record,
-                }));
+                lines.push((
+                    number,
+                    ExportLine {
+                        seq: row.seq,
+                        time: row.time,
+                        actor: row.actor,
+                        schema: row.schema,
+                        prev_hash: row.prev_hash,
+                        hash: row.hash,
+                        event,
+                        record: row.record,
+                    },
+                ));
             }
         }
     }
@@ -216,7 +234,10 @@ pub fn verify_export<E: DeserializeOwned>(
         let mismatch = |what: &str| Error::Export {
             path: path.clone(),
             line: number,
-            detail: format!("record {}: the {what} column does not match the stored record", line.seq),
+            detail: format!(
+                "record {}: the {what} column does not match the stored record",
+                line.seq
+            ),
         };
         if line.seq != expected {
             return Err(Error::Corrupt {

@@ -128,13 +128,7 @@ pub fn force_unlock(dir: &Path, lock_id: &str) -> Result<()> {
 }
 
 fn unknown_owner() -> LockOwner {
-    LockOwner {
-        pid: 0,
-        host: "?".into(),
-        user: "?".into(),
-        since: "?".into(),
-        lock_id: "?".into(),
-    }
+    LockOwner { pid: 0, host: "?".into(), user: "?".into(), since: "?".into(), lock_id: "?".into() }
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {

@@ -108,7 +108,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         }
         acknowledged_total += acked.len() as u64;
     }
-    println!("{kills} kills, {acknowledged_total} acknowledged appends, {stale_seen} stale locks cleared");
+    println!(
+        "{kills} kills, {acknowledged_total} acknowledged appends, {stale_seen} stale locks cleared"
+    );
     assert!(stale_seen > 0, "no kill landed after the lock was taken: recovery was not exercised");
     assert!(acknowledged_total > 0, "no append was acknowledged before any kill");
 }

@@ -47,6 +47,7 @@ fn state_directory_is_private() {
     filled(&dir, 1);
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "state dir mode {mode:o}");
-    let lock = std::fs::metadata(dir.join(journal::LOCK_FILE)).unwrap().permissions().mode() & 0o777;
+    let lock =
+        std::fs::metadata(dir.join(journal::LOCK_FILE)).unwrap().permissions().mode() & 0o777;
     assert_eq!(lock, 0o600);
 }
