@@ -7,5 +7,6 @@
 
 pub mod edit;
 pub mod inventory;
+pub mod node;
 pub mod pki;
 pub mod trust;

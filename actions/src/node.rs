@@ -1,0 +1,494 @@
+//! Nodes: the one trait through which every node effect goes, over SSH or on a local directory.
+//!
+//! Remote operations are small POSIX shell scripts run with `sh -c SCRIPT kubeca ARG...`: paths
+//! travel as positional parameters (quoted by the openssh crate), and file contents travel on
+//! stdin, never on a command line, so no key material appears in any process list. A write is
+//! atomic: a temporary file in the same directory, fsync, rename, fsync of the directory, keeping
+//! the owner and mode of the file it replaces.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+/// What a node operation returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Exit status (-1 when killed by a signal).
+    pub status: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    /// Standard output as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Why a node operation failed. Each names the node and what was being done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node could not be reached (connection, authentication, host key).
+    #[error("node {node}: cannot connect: {detail}")]
+    Unreachable {
+        /// The node.
+        node: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// A command ran and failed.
+    #[error("node {node}: {what} failed (exit {status}): {stderr}")]
+    Failed {
+        /// The node.
+        node: String,
+        /// What was being done ("write /etc/kubernetes/pki/ca.crt").
+        what: String,
+        /// Exit status.
+        status: i32,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+    /// A command did not finish in time.
+    #[error("node {node}: {what} did not finish within {secs} s")]
+    Timeout {
+        /// The node.
+        node: String,
+        /// What was being done.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+}
+
+impl NodeError {
+    /// Whether trying again later may succeed (the node was unreachable or slow).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NodeError::Unreachable { .. } | NodeError::Timeout { .. })
+    }
+}
+
+/// Reads a file: prints it, or exits 3 when it does not exist.
+const READ: &str = r#"if [ -e "$1" ]; then exec cat -- "$1"; else exit 3; fi"#;
+
+/// Atomic write of stdin to $1; a new file gets mode $2; an existing file's owner and mode are
+/// kept. `sync FILE` flushes the file and then the directory entry.
+const WRITE: &str = r#"set -e
+p=$1; d=$(dirname -- "$p"); t="$d/.kubeca-tmp.$$"
+trap 'rm -f -- "$t"' EXIT
+umask 077
+cat > "$t"
+if [ -e "$p" ]; then chown --reference="$p" -- "$t"; chmod --reference="$p" -- "$t"; else chmod "$2" -- "$t"; fi
+sync -- "$t"
+mv -f -- "$t" "$p"
+trap - EXIT
+sync -- "$d" 2>/dev/null || sync"#;
+
+/// Lists the names in directory $1 (exit 3 when it does not exist).
+const LIST: &str = r#"[ -d "$1" ] || exit 3; cd -- "$1" && for f in * .[!.]*; do [ -e "$f" ] && printf '%s\n' "$f"; done; true"#;
+
+/// Renames $1 to $2 (same file system) and syncs the directory of $2.
+const RENAME: &str =
+    r#"set -e; mv -f -- "$1" "$2"; sync -- "$(dirname -- "$2")" 2>/dev/null || sync"#;
+
+/// Removes $1 if present.
+const REMOVE: &str = r#"rm -f -- "$1""#;
+
+/// Where the node operations of kubeca go. Implemented over SSH ([`SshNode`]) and on a directory
+/// or the local machine ([`LocalNode`]).
+pub trait Node: Send + Sync {
+    /// The node's name (as in the inventory).
+    fn name(&self) -> &str;
+
+    /// Runs `script` with `sh -c`, positional arguments `args`, and `stdin` as its input.
+    fn sh(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> impl Future<Output = Result<Output, NodeError>> + Send;
+
+    /// Reads a file; `None` when it does not exist.
+    fn read(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NodeError>> + Send {
+        async move {
+            let out = self.sh(&format!("read {path}"), READ, &[path], b"").await?;
+            match out.status {
+                0 => Ok(Some(out.stdout)),
+                3 => Ok(None),
+                status => Err(self.failed(&format!("read {path}"), status, &out)),
+            }
+        }
+    }
+
+    /// Replaces (or creates, with `mode`) a file atomically, keeping an existing file's owner
+    /// and mode.
+    fn write(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+        async move {
+            let what = format!("write {path}");
+            let mode = format!("{mode:o}");
+            let out = self.sh(&what, WRITE, &[path, &mode], data).await?;
+            if out.status != 0 {
+                return Err(self.failed(&what, out.status, &out));
+            }
+            Ok(())
+        }
+    }
+
+    /// Names in a directory; `None` when it does not exist.
+    fn list(
+        &self,
+        dir: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, NodeError>> + Send {
+        async move {
+            let out = self.sh(&format!("list {dir}"), LIST, &[dir], b"").await?;
+            match out.status {
+                0 => Ok(Some(out.stdout_text().lines().map(str::to_owned).collect())),
+                3 => Ok(None),
+                status => Err(self.failed(&format!("list {dir}"), status, &out)),
+            }
+        }
+    }
+
+    /// Renames a file (how a static pod is stopped and started again: its manifest is moved
+    /// out of the manifests directory and back).
+    fn rename(&self, from: &str, to: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
+        async move {
+            let what = format!("rename {from} to {to}");
+            let out = self.sh(&what, RENAME, &[from, to], b"").await?;
+            if out.status != 0 {
+                return Err(self.failed(&what, out.status, &out));
+            }
+            Ok(())
+        }
+    }
+
+    /// Removes a file if it exists.
+    fn remove(&self, path: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
+        async move {
+            let what = format!("remove {path}");
+            let out = self.sh(&what, REMOVE, &[path], b"").await?;
+            if out.status != 0 {
+                return Err(self.failed(&what, out.status, &out));
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs a command line (no secrets in it) and fails on a non-zero exit.
+    fn run(
+        &self,
+        what: &str,
+        script: &str,
+    ) -> impl Future<Output = Result<Output, NodeError>> + Send {
+        async move {
+            let out = self.sh(what, script, &[], b"").await?;
+            if out.status != 0 {
+                return Err(self.failed(what, out.status, &out));
+            }
+            Ok(out)
+        }
+    }
+
+    /// The error for a failed command.
+    fn failed(&self, what: &str, status: i32, out: &Output) -> NodeError {
+        NodeError::Failed {
+            node: self.name().to_owned(),
+            what: what.to_owned(),
+            status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+    }
+}
+
+/// A node reached over SSH: one multiplexed master connection, strict host keys by default.
+pub struct SshNode {
+    name: String,
+    session: openssh::Session,
+    sudo: bool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SshNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshNode").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// How to reach nodes over SSH.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// Remote user.
+    pub user: String,
+    /// Private key file.
+    pub identity: PathBuf,
+    /// known_hosts file.
+    pub known_hosts: PathBuf,
+    /// Check host keys strictly (refuse unknown or changed keys).
+    pub strict: bool,
+    /// Prefix commands with `sudo -n`.
+    pub sudo: bool,
+    /// Limit for one command.
+    pub timeout: Duration,
+    /// Directory for the control sockets (short path: sockets have a length limit).
+    pub control_dir: PathBuf,
+}
+
+impl SshNode {
+    /// Connects to `address:port` as node `name`.
+    pub async fn connect(
+        name: &str,
+        address: &str,
+        port: u16,
+        opts: &SshOptions,
+    ) -> Result<SshNode, NodeError> {
+        let mut b = openssh::SessionBuilder::default();
+        b.user(opts.user.clone())
+            .port(port)
+            .keyfile(&opts.identity)
+            .user_known_hosts_file(&opts.known_hosts)
+            .known_hosts_check(if opts.strict {
+                openssh::KnownHosts::Strict
+            } else {
+                openssh::KnownHosts::Accept
+            })
+            .connect_timeout(Duration::from_secs(10))
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(&opts.control_dir);
+        let session = tokio::time::timeout(opts.timeout, b.connect(address))
+            .await
+            .map_err(|_| NodeError::Timeout {
+                node: name.to_owned(),
+                what: format!("ssh to {address}:{port}"),
+                secs: opts.timeout.as_secs(),
+            })?
+            .map_err(|e| NodeError::Unreachable {
+                node: name.to_owned(),
+                detail: format!("{address}:{port}: {}", error_chain(&e)),
+            })?;
+        Ok(SshNode { name: name.to_owned(), session, sudo: opts.sudo, timeout: opts.timeout })
+    }
+
+    /// Closes the master connection.
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Node for SshNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn sh(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<Output, NodeError> {
+        let mut cmd = if self.sudo {
+            let mut c = self.session.command("sudo");
+            c.arg("-n").arg("sh");
+            c
+        } else {
+            self.session.command("sh")
+        };
+        cmd.arg("-c").arg(script).arg("kubeca").args(args.iter().copied());
+        cmd.stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let run = async {
+            let mut child = cmd.spawn().await.map_err(|e| self.unreachable(&e))?;
+            if let Some(mut input) = child.stdin().take() {
+                input.write_all(stdin).await.map_err(|e| self.unreachable(&e))?;
+                input.shutdown().await.map_err(|e| self.unreachable(&e))?;
+                drop(input);
+            }
+            let out = child.wait_with_output().await.map_err(|e| self.unreachable(&e))?;
+            Ok(Output {
+                status: out.status.code().unwrap_or(-1),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        };
+        tokio::time::timeout(self.timeout, run).await.map_err(|_| NodeError::Timeout {
+            node: self.name.clone(),
+            what: what.to_owned(),
+            secs: self.timeout.as_secs(),
+        })?
+    }
+}
+
+impl SshNode {
+    fn unreachable(&self, e: &dyn std::error::Error) -> NodeError {
+        NodeError::Unreachable { node: self.name.clone(), detail: error_chain(e) }
+    }
+}
+
+/// A node that is a directory on this machine (`root` stands for `/`), or the machine itself
+/// with `root = "/"`. Scripts run locally with absolute paths mapped under `root`.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    name: String,
+    root: PathBuf,
+    timeout: Duration,
+}
+
+impl LocalNode {
+    /// A node named `name` whose file system is `root`.
+    pub fn new(name: &str, root: &Path) -> LocalNode {
+        LocalNode {
+            name: name.to_owned(),
+            root: root.to_owned(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Where node path `path` lives on this machine.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+}
+
+impl Node for LocalNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn sh(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<Output, NodeError> {
+        // Positional arguments that are absolute paths are node paths: map them under root.
+        let mapped: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with('/') {
+                    self.host_path(a).display().to_string()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("kubeca")
+            .args(&mapped)
+            .env("KUBECA_NODE_ROOT", &self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let node = self.name.clone();
+        let run = async {
+            let mut child = cmd.spawn().map_err(|e| NodeError::Unreachable {
+                node: node.clone(),
+                detail: e.to_string(),
+            })?;
+            if let Some(mut input) = child.stdin.take() {
+                input.write_all(stdin).await.map_err(|e| NodeError::Unreachable {
+                    node: node.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let out = child.wait_with_output().await.map_err(|e| NodeError::Unreachable {
+                node: node.clone(),
+                detail: e.to_string(),
+            })?;
+            Ok(Output {
+                status: out.status.code().unwrap_or(-1),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        };
+        tokio::time::timeout(self.timeout, run).await.map_err(|_| NodeError::Timeout {
+            node: self.name.clone(),
+            what: what.to_owned(),
+            secs: self.timeout.as_secs(),
+        })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn node() -> (tempfile::TempDir, LocalNode) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/kubernetes/pki")).unwrap();
+        let node = LocalNode::new("cp-1", dir.path());
+        (dir, node)
+    }
+
+    #[tokio::test]
+    async fn read_write_list_rename_remove_on_a_directory_node() {
+        let (dir, n) = node();
+        assert_eq!(n.read("/etc/kubernetes/pki/ca.crt").await.unwrap(), None);
+        n.write("/etc/kubernetes/pki/ca.crt", b"CA", 0o644).await.unwrap();
+        assert_eq!(
+            n.read("/etc/kubernetes/pki/ca.crt").await.unwrap().as_deref(),
+            Some(&b"CA"[..])
+        );
+        let meta = std::fs::metadata(dir.path().join("etc/kubernetes/pki/ca.crt")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        let mut names = n.list("/etc/kubernetes/pki").await.unwrap().unwrap();
+        names.sort();
+        assert_eq!(names, ["ca.crt"]);
+        assert_eq!(n.list("/nope").await.unwrap(), None);
+        n.rename("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/ca.crt").await.unwrap();
+        assert!(dir.path().join("etc/kubernetes/ca.crt").exists());
+        n.remove("/etc/kubernetes/ca.crt").await.unwrap();
+        assert!(!dir.path().join("etc/kubernetes/ca.crt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_write_keeps_the_mode_of_the_file_it_replaces_and_leaves_no_temporary() {
+        let (dir, n) = node();
+        let key = dir.path().join("etc/kubernetes/pki/ca.key");
+        std::fs::write(&key, b"old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        n.write("/etc/kubernetes/pki/ca.key", b"new", 0o644).await.unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("etc/kubernetes/pki"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("kubeca-tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_names_the_node_and_the_file() {
+        let (_dir, n) = node();
+        let err = n.write("/no/such/dir/file", b"x", 0o600).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("node cp-1") && text.contains("write /no/such/dir/file"), "{text}");
+    }
+}

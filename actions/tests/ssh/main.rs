@@ -1,0 +1,157 @@
+//! Node effects over a real sshd on this machine: strict host keys, atomic writes, reads.
+//!
+//! Each test starts its own `sshd` on a loopback address with a fresh host key and client key,
+//! exactly as kubeca meets a node: `ssh` with a known_hosts file and an identity file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use actions::node::{Node, NodeError, SshNode, SshOptions};
+
+struct Sshd {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (package openssh-client; make test installs it)");
+    assert!(ok.success());
+}
+
+fn free_port(addr: &str) -> u16 {
+    std::net::TcpListener::bind((addr, 0)).unwrap().local_addr().unwrap().port()
+}
+
+const ADDR: &str = "127.0.0.2";
+
+fn sshd() -> Sshd {
+    let sshd_bin = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sshd is not installed (package openssh-server; make test installs it)");
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    keygen(&d.join("host_key"));
+    keygen(&d.join("id_ed25519"));
+    std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
+    let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+    let port = free_port(ADDR);
+    std::fs::write(d.join("known_hosts"), format!("[{ADDR}]:{port} {host_pub}")).unwrap();
+    let config = format!(
+        "ListenAddress {ADDR}:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+         PidFile {}\nLogLevel ERROR\n",
+        d.join("host_key").display(),
+        d.join("authorized_keys").display(),
+        d.join("sshd.pid").display(),
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    let child = Command::new(sshd_bin)
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it accepts connections (bounded).
+    for _ in 0..200 {
+        if std::net::TcpStream::connect((ADDR, port)).is_ok() {
+            return Sshd { child, dir, port };
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("sshd did not start listening on {ADDR}:{port}");
+}
+
+fn options(s: &Sshd, known_hosts: PathBuf) -> SshOptions {
+    SshOptions {
+        user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        identity: s.dir.path().join("id_ed25519"),
+        known_hosts,
+        strict: true,
+        sudo: false,
+        timeout: Duration::from_secs(30),
+        control_dir: s.dir.path().to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn reads_and_atomic_writes_over_ssh_with_strict_host_keys() {
+    let s = sshd();
+    let opts = options(&s, s.dir.path().join("known_hosts"));
+    let node = SshNode::connect("cp-1", ADDR, s.port, &opts).await.unwrap();
+    let work = s.dir.path().join("files");
+    std::fs::create_dir(&work).unwrap();
+    let path = work.join("ca.key");
+    let path_text = path.to_str().unwrap();
+    std::fs::write(&path, "old").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    assert_eq!(node.read(path_text).await.unwrap().as_deref(), Some(&b"old"[..]));
+    // Content with every byte value and shell metacharacters survives the trip on stdin.
+    let data: Vec<u8> = (0..=255u8).chain(b"$(rm -rf /) `x` 'y' \"z\"\n".iter().copied()).collect();
+    node.write(path_text, &data, 0o644).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "mode kept");
+    // A path with a space and a quote is passed as one argument.
+    let odd = work.join("it's a file.crt");
+    node.write(odd.to_str().unwrap(), b"x", 0o600).await.unwrap();
+    assert_eq!(std::fs::read(&odd).unwrap(), b"x");
+    assert_eq!(node.read(work.join("absent").to_str().unwrap()).await.unwrap(), None);
+    let mut names = node.list(work.to_str().unwrap()).await.unwrap().unwrap();
+    names.sort();
+    assert_eq!(names, ["ca.key", "it's a file.crt"]);
+    node.close().await;
+}
+
+#[tokio::test]
+async fn an_unknown_host_key_is_refused_when_strict() {
+    let s = sshd();
+    // known_hosts holds some other key for this address: strict checking must refuse.
+    let other = s.dir.path().join("other_key");
+    keygen(&other);
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let wrong = s.dir.path().join("wrong_known_hosts");
+    std::fs::write(&wrong, format!("[{ADDR}]:{} {other_pub}", s.port)).unwrap();
+    let err = SshNode::connect("w-1", ADDR, s.port, &options(&s, wrong)).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("node w-1"), "{err}");
+    let lower = err.to_string().to_lowercase();
+    assert!(lower.contains("host key verification failed"), "the refusal says why: {err}");
+
+    // An empty known_hosts: the key is unknown, and strict checking does not add it.
+    let empty = s.dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let err = SshNode::connect("w-1", ADDR, s.port, &options(&s, empty.clone())).await.unwrap_err();
+    assert!(matches!(err, NodeError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().to_lowercase().contains("host key verification failed"), "{err}");
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+}
+
+#[tokio::test]
+async fn an_unreachable_node_is_named() {
+    let s = sshd();
+    let mut opts = options(&s, s.dir.path().join("known_hosts"));
+    opts.timeout = Duration::from_secs(20);
+    let port = free_port(ADDR); // nothing listens there
+    let err = SshNode::connect("w-2", ADDR, port, &opts).await.unwrap_err();
+    assert!(err.to_string().contains("node w-2"), "{err}");
+    assert!(err.is_transient());
+}
