@@ -1,0 +1,465 @@
+//! Discovery: what each component on a node really loads, read from the node's own files.
+//!
+//! Nothing is assumed where a flag says otherwise: the static pod manifests' flags name the
+//! certificate files and kubeconfigs, the kubelet's systemd drop-in and flags file name its
+//! config and kubeconfig, and the kubelet config names its client CA and static pod directory.
+//! kubeadm's defaults are used only where nothing says otherwise.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::edit::{EditError, Kubeconfig, KubeletConfig, Manifest};
+use crate::node::{Node, NodeError};
+
+/// kubeadm's default locations, used only when nothing on the node names another.
+pub mod defaults {
+    /// Static pod manifests.
+    pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
+    /// Kubelet config.
+    pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+    /// Kubelet kubeconfig.
+    pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
+    /// Kubelet's flags written by kubeadm.
+    pub const KUBELET_FLAGS_ENV: &str = "/var/lib/kubelet/kubeadm-flags.env";
+    /// The kubelet's rotating client certificate.
+    pub const KUBELET_CLIENT_CURRENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+    /// Kubelet serving certificate (self-signed by default).
+    pub const KUBELET_SERVING: &str = "/var/lib/kubelet/pki/kubelet.crt";
+    /// systemd drop-ins that carry `--config` and `--kubeconfig` for the kubelet.
+    pub const KUBELET_DROPINS: [&str; 2] = [
+        "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+        "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
+    ];
+    /// Kubeconfigs kubeadm writes on a control-plane node.
+    pub const CONTROL_PLANE_KUBECONFIGS: [&str; 4] = [
+        "/etc/kubernetes/admin.conf",
+        "/etc/kubernetes/super-admin.conf",
+        "/etc/kubernetes/controller-manager.conf",
+        "/etc/kubernetes/scheduler.conf",
+    ];
+}
+
+/// Flags whose values are certificate or CA files, per component.
+pub const CERT_FLAGS: &[(&str, &[&str])] = &[
+    (
+        "kube-apiserver",
+        &[
+            "--client-ca-file",
+            "--tls-cert-file",
+            "--kubelet-client-certificate",
+            "--kubelet-certificate-authority",
+            "--proxy-client-cert-file",
+            "--requestheader-client-ca-file",
+        ],
+    ),
+    (
+        "kube-controller-manager",
+        &[
+            "--root-ca-file",
+            "--client-ca-file",
+            "--cluster-signing-cert-file",
+            "--requestheader-client-ca-file",
+        ],
+    ),
+    ("kube-scheduler", &["--client-ca-file", "--requestheader-client-ca-file"]),
+    ("cloud-controller-manager", &["--client-ca-file", "--requestheader-client-ca-file"]),
+];
+
+/// Flags whose values are kubeconfigs.
+pub const KUBECONFIG_FLAGS: &[&str] =
+    &["--kubeconfig", "--authentication-kubeconfig", "--authorization-kubeconfig"];
+
+/// Why discovery failed. Each names the node and file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The node could not be read.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A file is not what it should be.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// A file that a flag names is missing.
+    #[error("node {node}: {file} (named by {by}) does not exist")]
+    Missing {
+        /// The node.
+        node: String,
+        /// The file.
+        file: String,
+        /// What names it.
+        by: String,
+    },
+}
+
+/// A static pod as its manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticPod {
+    /// Manifest path.
+    pub manifest: String,
+    /// Container image.
+    pub image: Option<String>,
+    /// Every flag, last value wins.
+    pub flags: BTreeMap<String, String>,
+}
+
+/// Where a kubeconfig's CA and client credentials are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeconfigFacts {
+    /// Its path.
+    pub path: String,
+    /// `server:`.
+    pub server: Option<String>,
+    /// CA embedded (`certificate-authority-data`)?
+    pub ca_embedded: bool,
+    /// Or referenced from this file.
+    pub ca_file: Option<String>,
+    /// Client certificate embedded?
+    pub client_embedded: bool,
+    /// Or referenced from these files (certificate, key).
+    pub client_files: (Option<String>, Option<String>),
+}
+
+/// What the kubelet on a node loads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeletFacts {
+    /// Its config file.
+    pub config: String,
+    /// Its kubeconfig.
+    pub kubeconfig: String,
+    /// `authentication.x509.clientCAFile`.
+    pub client_ca_file: Option<String>,
+    /// `rotateCertificates: true` and a `kubelet-client-current.pem` present: the kubelet renews
+    /// its own client certificate, so kubeca does not re-issue it (upstream step 9.2).
+    pub rotates_client_cert: bool,
+    /// Static pod directory.
+    pub static_pod_path: String,
+}
+
+/// Everything discovery learned about one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// The node.
+    pub node: String,
+    /// Static pods by component name (`kube-apiserver`, `etcd`, ...).
+    pub static_pods: BTreeMap<String, StaticPod>,
+    /// Kubeconfigs by path.
+    pub kubeconfigs: BTreeMap<String, KubeconfigFacts>,
+    /// The kubelet, when one is installed.
+    pub kubelet: Option<KubeletFacts>,
+    /// Every certificate file named by a flag or config: path → what names it.
+    pub cert_files: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeFacts {
+    /// The value of a component's flag.
+    pub fn flag(&self, component: &str, flag: &str) -> Option<&str> {
+        self.static_pods.get(component)?.flags.get(flag).map(String::as_str)
+    }
+
+    /// Whether this node runs the apiserver.
+    pub fn runs_apiserver(&self) -> bool {
+        self.static_pods.contains_key("kube-apiserver")
+    }
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The component a manifest runs: its command's program name, else its image's name.
+fn component_of(m: &Manifest, file_name: &str) -> String {
+    let program = m
+        .text()
+        .lines()
+        .skip_while(|l| !l.trim_start().ends_with("command:"))
+        .nth(1)
+        .and_then(|l| l.trim_start().strip_prefix("- ").map(|p| p.trim().to_owned()))
+        .filter(|p| !p.starts_with("--"));
+    program
+        .map(|p| p.rsplit('/').next().unwrap_or(&p).to_owned())
+        .unwrap_or_else(|| file_name.trim_end_matches(".yaml").to_owned())
+}
+
+/// Finds `--name=value` in a shell-ish line of flags (systemd drop-in, kubeadm-flags.env).
+fn flag_in(line: &str, name: &str) -> Option<String> {
+    let needle = format!("{name}=");
+    line.split(|c: char| c.is_whitespace() || c == '"' || c == '\'').find_map(|w| {
+        // `--config=x`, or inside an assignment such as `KUBELET_CONFIG_ARGS=--config=x`.
+        let at = w.find(&needle)?;
+        (at == 0 || w[..at].ends_with('=')).then(|| w[at + needle.len()..].to_owned())
+    })
+}
+
+/// Reads what the components of `node` load.
+pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
+    let name = node.name().to_owned();
+    let mut facts = NodeFacts {
+        node: name.clone(),
+        static_pods: BTreeMap::new(),
+        kubeconfigs: BTreeMap::new(),
+        kubelet: None,
+        cert_files: BTreeMap::new(),
+    };
+
+    // The kubelet: its config and kubeconfig come from its drop-in or flags file.
+    let mut kubelet_config = defaults::KUBELET_CONFIG.to_owned();
+    let mut kubelet_kubeconfig = defaults::KUBELET_KUBECONFIG.to_owned();
+    let mut kubelet_installed = false;
+    for file in defaults::KUBELET_DROPINS.iter().chain([&defaults::KUBELET_FLAGS_ENV]) {
+        if let Some(bytes) = node.read(file).await? {
+            kubelet_installed = true;
+            for line in text(bytes).lines() {
+                if let Some(v) = flag_in(line, "--config") {
+                    kubelet_config = v;
+                }
+                if let Some(v) = flag_in(line, "--kubeconfig") {
+                    kubelet_kubeconfig = v;
+                }
+            }
+        }
+    }
+    let mut static_pod_path = defaults::MANIFESTS.to_owned();
+    if let Some(bytes) = node.read(&kubelet_config).await? {
+        let config = KubeletConfig::parse(&format!("{name}:{kubelet_config}"), &text(bytes))?;
+        if let Some(path) = config_value(&config, "staticPodPath") {
+            static_pod_path = path;
+        }
+        let client_ca_file = config.client_ca_file();
+        if let Some(ca) = &client_ca_file {
+            facts
+                .cert_files
+                .entry(ca.clone())
+                .or_default()
+                .push(format!("kubelet {kubelet_config} clientCAFile"));
+        }
+        let current = node.read(defaults::KUBELET_CLIENT_CURRENT).await?.is_some();
+        facts.kubelet = Some(KubeletFacts {
+            config: kubelet_config.clone(),
+            kubeconfig: kubelet_kubeconfig.clone(),
+            client_ca_file,
+            rotates_client_cert: config.rotates_certificates() && current,
+            static_pod_path: static_pod_path.clone(),
+        });
+    } else if kubelet_installed {
+        return Err(DiscoveryError::Missing {
+            node: name,
+            file: kubelet_config,
+            by: "the kubelet's --config".into(),
+        });
+    }
+
+    // Static pods.
+    let mut kubeconfig_paths: BTreeMap<String, String> = BTreeMap::new();
+    if facts.kubelet.is_some() {
+        kubeconfig_paths.insert(kubelet_kubeconfig.clone(), "kubelet --kubeconfig".into());
+    }
+    for file in node.list(&static_pod_path).await?.unwrap_or_default() {
+        if !(file.ends_with(".yaml") || file.ends_with(".yml") || file.ends_with(".json")) {
+            continue;
+        }
+        let path = format!("{static_pod_path}/{file}");
+        let Some(bytes) = node.read(&path).await? else { continue };
+        let manifest = Manifest::parse(&format!("{name}:{path}"), &text(bytes))?;
+        let component = component_of(&manifest, &file);
+        let flags: BTreeMap<String, String> = manifest.flags().into_iter().collect();
+        if let Some((_, cert_flags)) = CERT_FLAGS.iter().find(|(c, _)| *c == component) {
+            for flag in *cert_flags {
+                if let Some(file) = flags.get(*flag) {
+                    facts
+                        .cert_files
+                        .entry(file.clone())
+                        .or_default()
+                        .push(format!("{component} {flag}"));
+                }
+            }
+        }
+        for flag in KUBECONFIG_FLAGS {
+            if let Some(file) = flags.get(*flag) {
+                kubeconfig_paths.insert(file.clone(), format!("{component} {flag}"));
+            }
+        }
+        facts
+            .static_pods
+            .insert(component, StaticPod { manifest: path, image: manifest.image(), flags });
+    }
+    if facts.runs_apiserver() {
+        for conf in defaults::CONTROL_PLANE_KUBECONFIGS {
+            kubeconfig_paths.entry(conf.to_owned()).or_insert_with(|| "kubeadm".into());
+        }
+    }
+
+    // Kubeconfigs: what each embeds or references.
+    for (path, by) in kubeconfig_paths {
+        let Some(bytes) = node.read(&path).await? else {
+            if by == "kubeadm" {
+                continue; // optional (super-admin.conf exists only on the first node)
+            }
+            return Err(DiscoveryError::Missing { node: name, file: path, by });
+        };
+        let k = Kubeconfig::parse(&format!("{name}:{path}"), &text(bytes))?;
+        let client_files = k.client_files();
+        if let Some(ca) = k.ca_file() {
+            facts.cert_files.entry(ca).or_default().push(format!("{path} certificate-authority"));
+        }
+        facts.kubeconfigs.insert(
+            path.clone(),
+            KubeconfigFacts {
+                path,
+                server: k.server(),
+                ca_embedded: k.ca_data()?.is_some(),
+                ca_file: k.ca_file(),
+                client_embedded: k.client_cert_data()?.is_some(),
+                client_files,
+            },
+        );
+    }
+    Ok(facts)
+}
+
+/// A top-level scalar of the kubelet config.
+fn config_value(config: &KubeletConfig, key: &str) -> Option<String> {
+    config.text().lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        Some(rest.trim().trim_matches('"').to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::LocalNode;
+
+    const APISERVER: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");
+    const CONTROLLER_MANAGER: &str =
+        include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
+    const SCHEDULER: &str = include_str!("../testdata/kubeadm/kube-scheduler.yaml");
+    const KUBELET_CONFIG: &str = include_str!("../testdata/kubeadm/kubelet-config.yaml");
+    const ADMIN_CONF: &str = include_str!("../testdata/kubeadm/admin.conf");
+    const KUBELET_CONF: &str = include_str!("../testdata/kubeadm/kubelet.conf");
+
+    fn put(root: &std::path::Path, path: &str, text: &str) {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn control_plane() -> (tempfile::TempDir, LocalNode) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, "/etc/kubernetes/manifests/kube-apiserver.yaml", APISERVER);
+        put(r, "/etc/kubernetes/manifests/kube-controller-manager.yaml", CONTROLLER_MANAGER);
+        put(r, "/etc/kubernetes/manifests/kube-scheduler.yaml", SCHEDULER);
+        put(r, "/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
+        put(
+            r,
+            "/var/lib/kubelet/kubeadm-flags.env",
+            "KUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock\"\n",
+        );
+        put(r, "/var/lib/kubelet/pki/kubelet-client-current.pem", "PEM");
+        put(r, "/etc/kubernetes/kubelet.conf", KUBELET_CONF);
+        for conf in ["admin.conf", "controller-manager.conf", "scheduler.conf"] {
+            put(r, &format!("/etc/kubernetes/{conf}"), ADMIN_CONF);
+        }
+        let node = LocalNode::new("cp-1", r);
+        (dir, node)
+    }
+
+    #[tokio::test]
+    async fn a_kubeadm_control_plane_is_discovered_from_its_files() {
+        let (_dir, node) = control_plane();
+        let f = discover(&node).await.unwrap();
+        assert_eq!(
+            f.static_pods.keys().cloned().collect::<Vec<_>>(),
+            ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        );
+        assert_eq!(
+            f.flag("kube-controller-manager", "--root-ca-file"),
+            Some("/etc/kubernetes/pki/ca.crt")
+        );
+        let kubelet = f.kubelet.clone().unwrap();
+        assert_eq!(kubelet.client_ca_file.as_deref(), Some("/etc/kubernetes/pki/ca.crt"));
+        assert!(kubelet.rotates_client_cert);
+        assert_eq!(kubelet.static_pod_path, "/etc/kubernetes/manifests");
+        let admin = &f.kubeconfigs["/etc/kubernetes/admin.conf"];
+        assert!(admin.ca_embedded && admin.client_embedded);
+        let kc = &f.kubeconfigs["/etc/kubernetes/kubelet.conf"];
+        assert!(!kc.client_embedded);
+        assert_eq!(kc.client_files.0.as_deref(), Some(defaults::KUBELET_CLIENT_CURRENT));
+        assert!(
+            !f.kubeconfigs.contains_key("/etc/kubernetes/super-admin.conf"),
+            "optional, absent"
+        );
+        assert_eq!(
+            f.cert_files["/etc/kubernetes/pki/front-proxy-ca.crt"],
+            [
+                "kube-apiserver --requestheader-client-ca-file",
+                "kube-controller-manager --requestheader-client-ca-file"
+            ]
+        );
+        assert!(f.cert_files.contains_key("/etc/kubernetes/pki/apiserver-kubelet-client.crt"));
+    }
+
+    #[tokio::test]
+    async fn flags_that_say_otherwise_win_over_kubeadm_defaults() {
+        let (dir, node) = control_plane();
+        let r = dir.path();
+        // The kubelet's config lives elsewhere, and so do its static pods.
+        put(
+            r,
+            "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+            "[Service]\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/etc/kubelet/custom.yaml\"\nEnvironment=\"KUBELET_KUBECONFIG_ARGS=--kubeconfig=/etc/kubelet/kubelet.conf\"\n",
+        );
+        put(
+            r,
+            "/etc/kubelet/custom.yaml",
+            &KUBELET_CONFIG
+                .replace(
+                    "staticPodPath: /etc/kubernetes/manifests",
+                    "staticPodPath: /etc/kubelet/pods",
+                )
+                .replace("rotateCertificates: true", "rotateCertificates: false"),
+        );
+        put(r, "/etc/kubelet/kubelet.conf", KUBELET_CONF);
+        put(
+            r,
+            "/etc/kubelet/pods/kube-scheduler.yaml",
+            &SCHEDULER.replace("/etc/kubernetes/scheduler.conf", "/etc/kubelet/sched.conf"),
+        );
+        put(r, "/etc/kubelet/sched.conf", ADMIN_CONF);
+        let f = discover(&node).await.unwrap();
+        let kubelet = f.kubelet.clone().unwrap();
+        assert_eq!(kubelet.config, "/etc/kubelet/custom.yaml");
+        assert_eq!(kubelet.kubeconfig, "/etc/kubelet/kubelet.conf");
+        assert!(!kubelet.rotates_client_cert);
+        assert_eq!(f.static_pods.keys().collect::<Vec<_>>(), ["kube-scheduler"]);
+        assert!(f.kubeconfigs.contains_key("/etc/kubelet/sched.conf"));
+        assert!(f.kubeconfigs.contains_key("/etc/kubelet/kubelet.conf"));
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_named_by_a_flag_must_exist() {
+        let (dir, node) = control_plane();
+        std::fs::remove_file(dir.path().join("etc/kubernetes/scheduler.conf")).unwrap();
+        let e = discover(&node).await.unwrap_err().to_string();
+        assert!(
+            e.contains("node cp-1")
+                && e.contains("/etc/kubernetes/scheduler.conf")
+                && e.contains("kube-scheduler --"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_has_a_kubelet_and_no_static_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, "/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
+        put(r, "/etc/kubernetes/kubelet.conf", KUBELET_CONF);
+        std::fs::create_dir_all(r.join("etc/kubernetes/manifests")).unwrap();
+        let f = discover(&LocalNode::new("w-1", r)).await.unwrap();
+        assert!(f.static_pods.is_empty());
+        assert!(!f.runs_apiserver());
+        assert!(!f.kubelet.unwrap().rotates_client_cert, "no kubelet-client-current.pem");
+        assert_eq!(f.kubeconfigs.len(), 1);
+    }
+}
