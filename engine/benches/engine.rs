@@ -1,0 +1,2 @@
+//! Engine benchmark (placeholder until written).
+fn main() {}
