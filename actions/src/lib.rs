@@ -10,4 +10,5 @@ pub mod edit;
 pub mod inventory;
 pub mod node;
 pub mod pki;
+pub mod procedure;
 pub mod trust;

@@ -64,6 +64,7 @@ fn sshd() -> Sshd {
         d.join("sshd.pid").display(),
     );
     std::fs::write(d.join("sshd_config"), config).unwrap();
+    #[allow(clippy::zombie_processes)] // Sshd's Drop kills and waits for it
     let child = Command::new(sshd_bin)
         .args(["-D", "-e", "-f"])
         .arg(d.join("sshd_config"))

@@ -1,0 +1,1447 @@
+//! The procedure: the upstream "Manually Rotate CA Certificates" steps as an engine plan for a
+//! discovered cluster, and the trust check of every intermediate state.
+//!
+//! Every action is idempotent (its postcondition is checked before it is applied) and carries
+//! the upstream step number it implements. Node rollouts are parallel groups honouring
+//! `max_unavailable_workers`; control-plane nodes are switched one at a time. Before a plan is
+//! recorded, [`check_trust`] replays it on the trust graph ([`crate::trust`]) and refuses it if
+//! any edge would break after any step.
+//!
+//! Files: the new CAs are placed beside the old ones (`ca-new.crt`, `front-proxy-ca-new.crt`,
+//! keys 0600), and old+new bundles in `ca-bundle.crt` / `front-proxy-ca-bundle.crt`. Flags that
+//! must trust both are pointed at the bundles; `--client-ca-file` and
+//! `--cluster-signing-cert-file` of the controller-manager stay single certificates (kubeadm#1350).
+//! Finalize writes the new CA into kubeadm's canonical `ca.crt`/`ca.key` and points every flag
+//! back at them, so kubeadm's later operations (join, renew) find the new CA where they expect it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use engine::{Plan, RetryPolicy, Step};
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::NodeFacts;
+use crate::inventory::Inventory;
+use crate::trust::{self, ComponentId, Effect, Material, SimStep, Source, Topology, Violation};
+
+/// The phases, in order.
+pub const PHASES: [&str; 7] =
+    ["preflight", "prepare", "trust-control-plane", "trust-nodes", "switch", "verify", "finalize"];
+
+/// The one human gate.
+pub const FINALIZE_GATE: &str = "finalize";
+
+/// Which CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CaKind {
+    /// The cluster CA (`ca.crt`).
+    Cluster,
+    /// The front-proxy CA (`front-proxy-ca.crt`).
+    FrontProxy,
+}
+
+/// What a file should hold; resolved when the step runs from what the journal recorded (the
+/// old CA from the backups, the new one from the `prepare` outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// The new CA's certificate.
+    NewCert(CaKind),
+    /// The new CA's private key (mode 0600).
+    NewKey(CaKind),
+    /// Old and new CA certificates, old first.
+    Bundle(CaKind),
+}
+
+impl Content {
+    fn material(self) -> Option<Material> {
+        let (old, new) = names(match self {
+            Content::NewCert(k) | Content::NewKey(k) | Content::Bundle(k) => k,
+        });
+        match self {
+            Content::NewCert(_) => Some(Material::bundle([new])),
+            Content::Bundle(_) => Some(Material::bundle([old, new])),
+            Content::NewKey(_) => None,
+        }
+    }
+}
+
+fn names(kind: CaKind) -> (&'static str, &'static str) {
+    match kind {
+        CaKind::Cluster => (trust::ca::OLD, trust::ca::NEW),
+        CaKind::FrontProxy => (trust::ca::FP_OLD, trust::ca::FP_NEW),
+    }
+}
+
+/// What a kubelet should trust for clients, and where its config should say that is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeletTarget {
+    /// `clientCAFile` to set.
+    pub client_ca_file: String,
+    /// `certificate-authority-data` of its kubeconfig.
+    pub kubeconfig_ca: Content,
+    /// Re-issue its client certificate under the new CA (keeping its key).
+    pub reissue_client_cert: bool,
+}
+
+/// One idempotent rotation action. Node names are the inventory's; `None` is the operator's
+/// machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Reachability of every node, the old CA key matching its certificate, CA expiry, HA.
+    Preflight,
+    /// Store the original of every file the rotation may change on `node` in the blob store.
+    Backup {
+        /// The node.
+        node: String,
+        /// The files.
+        paths: Vec<String>,
+    },
+    /// Generate (or import) a new CA; its key goes to the blob store only.
+    NewCa {
+        /// Which CA.
+        ca: CaKind,
+    },
+    /// Write files with the given content (atomic; new files get `mode`).
+    PutFiles {
+        /// The node.
+        node: String,
+        /// (path, content, mode).
+        files: Vec<(String, Content, u32)>,
+    },
+    /// Set flags of a static pod and wait until it runs with them (the kubelet restarts a static
+    /// pod when its manifest changes).
+    SetFlags {
+        /// The node.
+        node: String,
+        /// `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`, ...
+        component: String,
+        /// Its manifest.
+        manifest: String,
+        /// flag → value.
+        flags: BTreeMap<String, String>,
+    },
+    /// Restart a static pod (manifest moved out and back) and wait until it is observed healthy
+    /// with what it should now load.
+    RestartStaticPod {
+        /// The node.
+        node: String,
+        /// The component.
+        component: String,
+        /// Its manifest.
+        manifest: String,
+    },
+    /// Set a kubeconfig's `certificate-authority-data`.
+    SetKubeconfigCa {
+        /// The node (`None`: the operator's kubeconfig).
+        node: Option<String>,
+        /// The kubeconfig.
+        path: String,
+        /// What it should trust.
+        content: Content,
+    },
+    /// Re-issue a kubeconfig's embedded client certificate under the new cluster CA.
+    ReissueKubeconfigClient {
+        /// The node (`None`: the operator's kubeconfig).
+        node: Option<String>,
+        /// The kubeconfig.
+        path: String,
+    },
+    /// Re-issue a certificate file under a new CA, keeping its key, subject, SANs and usages.
+    ReissueCert {
+        /// The node.
+        node: String,
+        /// The certificate file.
+        path: String,
+        /// Under which new CA.
+        ca: CaKind,
+    },
+    /// Roll one node's kubelet: config, kubeconfig, client certificate, restart, wait Ready and
+    /// observed trusting what it should.
+    RollKubelet {
+        /// The node.
+        node: String,
+        /// Its config file.
+        config: String,
+        /// Its kubeconfig.
+        kubeconfig: String,
+        /// What it should load.
+        target: KubeletTarget,
+    },
+    /// Wait until `kube-root-ca.crt` in every namespace (and every legacy token Secret's
+    /// `ca.crt`) holds `content`.
+    WaitRootCa {
+        /// What they should hold.
+        content: Content,
+    },
+    /// Restart Deployments, DaemonSets and StatefulSets (pod template annotation
+    /// `kubeca.io/rotation`), respecting PDBs, and wait for each rollout.
+    RollWorkloads {
+        /// Only these (namespace/kind/name); empty means all.
+        only: Vec<String>,
+        /// The annotation value (rotation id and round).
+        round: String,
+    },
+    /// Set `kube-public/cluster-info`'s CA data.
+    SetClusterInfo {
+        /// What it should hold.
+        content: Content,
+    },
+    /// Print the new `--discovery-token-ca-cert-hash`.
+    PrintDiscoveryHash,
+    /// Scan control-plane, kubelet and kube-proxy logs for TLS errors since the switch.
+    CheckLogs,
+    /// Check every edge of the trust graph with real TLS handshakes.
+    CheckEdges,
+    /// List pods started before the switch (they hold the old CA in memory).
+    ListStalePods,
+    /// Remove files the rotation no longer needs (bundles, copies).
+    RemoveFiles {
+        /// The node.
+        node: String,
+        /// The files.
+        paths: Vec<String>,
+    },
+}
+
+/// What the procedure needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterFacts {
+    /// Per node, by inventory name.
+    pub nodes: BTreeMap<String, NodeFacts>,
+    /// Aggregated API servers and webhooks' workloads, `namespace/kind/name`.
+    pub extension_workloads: Vec<String>,
+    /// Namespaces (for the trust model's `kube-root-ca.crt`).
+    pub namespaces: Vec<String>,
+}
+
+/// Why a plan could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcedureError {
+    /// A control-plane node lacks a component or flag the procedure needs.
+    #[error("node {node}: {what}; the procedure needs it (is this a kubeadm control-plane node?)")]
+    Missing {
+        /// The node.
+        node: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The plan would break a connection.
+    #[error(transparent)]
+    Trust(#[from] Violation),
+    /// The plan is malformed (a bug).
+    #[error("the plan is malformed: {0}")]
+    Plan(String),
+}
+
+fn dir_of(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/".into(),
+        Some((dir, _)) => dir.into(),
+        None => ".".into(),
+    }
+}
+
+const APISERVER: &str = "kube-apiserver";
+const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+const SCHEDULER: &str = "kube-scheduler";
+const CLOUD_CONTROLLER_MANAGER: &str = "cloud-controller-manager";
+
+/// A control-plane node's paths, from its flags.
+struct ControlPlane<'a> {
+    name: &'a str,
+    facts: &'a NodeFacts,
+    ca: String,
+    ca_key: String,
+    fp_ca: String,
+    fp_key: String,
+    pki: String,
+}
+
+impl<'a> ControlPlane<'a> {
+    fn new(name: &'a str, facts: &'a NodeFacts) -> Result<Self, ProcedureError> {
+        let need = |component: &str, flag: &str| {
+            facts.flag(component, flag).map(str::to_owned).ok_or_else(|| ProcedureError::Missing {
+                node: name.to_owned(),
+                what: format!("{component} has no {flag}"),
+            })
+        };
+        let ca = need(CONTROLLER_MANAGER, "--root-ca-file")?;
+        let ca_key = need(CONTROLLER_MANAGER, "--cluster-signing-key-file")?;
+        let fp_ca = need(APISERVER, "--requestheader-client-ca-file")?;
+        let fp_client = need(APISERVER, "--proxy-client-cert-file")?;
+        let _ = fp_client;
+        let pki = dir_of(&ca);
+        let fp_key = format!("{}.key", fp_ca.trim_end_matches(".crt"));
+        Ok(ControlPlane { name, facts, ca, ca_key, fp_ca, fp_key, pki })
+    }
+
+    fn manifest(&self, component: &str) -> Option<String> {
+        self.facts.static_pods.get(component).map(|p| p.manifest.clone())
+    }
+
+    fn bundle(&self) -> String {
+        format!("{}/ca-bundle.crt", self.pki)
+    }
+    fn fp_bundle(&self) -> String {
+        format!("{}/front-proxy-ca-bundle.crt", self.pki)
+    }
+    fn new_ca(&self) -> String {
+        format!("{}/ca-new.crt", self.pki)
+    }
+    fn new_ca_key(&self) -> String {
+        format!("{}/ca-new.key", self.pki)
+    }
+    fn new_fp(&self) -> String {
+        format!("{}/front-proxy-ca-new.crt", self.pki)
+    }
+    fn new_fp_key(&self) -> String {
+        format!("{}/front-proxy-ca-new.key", self.pki)
+    }
+
+    /// The kubeconfigs kubeadm keeps on a control-plane node, as discovered.
+    fn kubeconfigs(&self) -> Vec<String> {
+        self.facts
+            .kubeconfigs
+            .values()
+            .filter(|k| k.client_embedded && k.ca_embedded)
+            .map(|k| k.path.clone())
+            .collect()
+    }
+}
+
+fn flags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn step(id: String, phase: &str, upstream: &str, kind: &str, action: Action) -> Step<Action> {
+    Step::new(id, phase, kind, action).upstream(upstream)
+}
+
+/// Builds the whole plan for the cluster, then checks it on the trust graph.
+pub fn build(
+    inventory: &Inventory,
+    facts: &ClusterFacts,
+    rotation_id: &str,
+) -> Result<Plan<Action>, ProcedureError> {
+    let plan = assemble(inventory, facts, rotation_id)?;
+    plan.validate().map_err(|e| ProcedureError::Plan(e.to_string()))?;
+    check_trust(&plan, &topology(inventory, facts))?;
+    Ok(plan)
+}
+
+/// The plan, before its trust check.
+pub fn assemble(
+    inventory: &Inventory,
+    facts: &ClusterFacts,
+    rotation_id: &str,
+) -> Result<Plan<Action>, ProcedureError> {
+    let node_facts = |name: &str| {
+        facts.nodes.get(name).ok_or_else(|| ProcedureError::Missing {
+            node: name.to_owned(),
+            what: "no discovery facts".into(),
+        })
+    };
+    let mut cps = Vec::new();
+    for n in inventory.control_planes() {
+        cps.push(ControlPlane::new(&n.name, node_facts(&n.name)?)?);
+    }
+    let workers: Vec<&str> = inventory.workers().map(|n| n.name.as_str()).collect();
+    let max_unavailable = inventory.rotation.max_unavailable_workers;
+    let concurrency = inventory.ssh.concurrency;
+
+    let mut plan = Plan::new(PHASES)
+        .group("backup", concurrency, 1)
+        .group("distribute", concurrency, 1)
+        .group("kubelets-control-plane", 1, 1)
+        .group("kubelets-workers", max_unavailable, 1)
+        .group("finalize-kubelets-control-plane", 1, 1)
+        .group("finalize-kubelets-workers", max_unavailable, 1)
+        .keep_groups_whole("trust-nodes")
+        .keep_groups_whole("finalize");
+
+    // preflight (caution, 1): reachability, CA checks, HA; back up every file that will change.
+    plan = plan.step(
+        step("preflight/check".into(), "preflight", "caution", "preflight", Action::Preflight)
+            .retry(RetryPolicy::once()),
+    );
+    for node in &inventory.nodes {
+        let f = node_facts(&node.name)?;
+        let mut paths: Vec<String> = f.static_pods.values().map(|p| p.manifest.clone()).collect();
+        paths.extend(f.kubeconfigs.keys().cloned());
+        paths.extend(f.cert_files.keys().cloned());
+        if let Some(k) = &f.kubelet {
+            paths.push(k.config.clone());
+            if let Some(ca) = &k.client_ca_file {
+                paths.push(ca.clone());
+            }
+        }
+        if let Some(cp) = cps.iter().find(|c| c.name == node.name) {
+            paths.extend([cp.ca.clone(), cp.ca_key.clone(), cp.fp_ca.clone(), cp.fp_key.clone()]);
+            for component in [APISERVER, CONTROLLER_MANAGER] {
+                for flag in
+                    ["--tls-private-key-file", "--kubelet-client-key", "--proxy-client-key-file"]
+                {
+                    if let Some(k) = f.flag(component, flag) {
+                        paths.push(k.to_owned());
+                    }
+                }
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        plan = plan.step(
+            step(
+                format!("preflight/backup/{}", node.name),
+                "preflight",
+                "caution",
+                "backup",
+                Action::Backup { node: node.name.clone(), paths },
+            )
+            .in_group("backup"),
+        );
+    }
+
+    // prepare (1): new CAs, copied beside the old ones on every control-plane node; bundles on
+    // every node (workers need the cluster bundle for the kubelet's clientCAFile).
+    for ca in [CaKind::Cluster, CaKind::FrontProxy] {
+        let id = match ca {
+            CaKind::Cluster => "prepare/new-ca",
+            CaKind::FrontProxy => "prepare/new-front-proxy-ca",
+        };
+        plan = plan.step(step(id.into(), "prepare", "1", "new-ca", Action::NewCa { ca }));
+    }
+    for cp in &cps {
+        let files = vec![
+            (cp.new_ca(), Content::NewCert(CaKind::Cluster), 0o644),
+            (cp.new_ca_key(), Content::NewKey(CaKind::Cluster), 0o600),
+            (cp.new_fp(), Content::NewCert(CaKind::FrontProxy), 0o644),
+            (cp.new_fp_key(), Content::NewKey(CaKind::FrontProxy), 0o600),
+            (cp.bundle(), Content::Bundle(CaKind::Cluster), 0o644),
+            (cp.fp_bundle(), Content::Bundle(CaKind::FrontProxy), 0o644),
+        ];
+        plan = plan.step(
+            step(
+                format!("prepare/distribute/{}", cp.name),
+                "prepare",
+                "1",
+                "distribute",
+                Action::PutFiles { node: cp.name.to_owned(), files },
+            )
+            .in_group("distribute"),
+        );
+    }
+    let worker_bundle = |name: &str| -> Result<String, ProcedureError> {
+        let f = node_facts(name)?;
+        let ca = f.kubelet.as_ref().and_then(|k| k.client_ca_file.clone()).ok_or_else(|| {
+            ProcedureError::Missing {
+                node: name.to_owned(),
+                what: "kubelet has no clientCAFile".into(),
+            }
+        })?;
+        Ok(format!("{}/ca-bundle.crt", dir_of(&ca)))
+    };
+    for w in &workers {
+        plan = plan.step(
+            step(
+                format!("prepare/distribute/{w}"),
+                "prepare",
+                "1",
+                "distribute",
+                Action::PutFiles {
+                    node: (*w).to_owned(),
+                    files: vec![(worker_bundle(w)?, Content::Bundle(CaKind::Cluster), 0o644)],
+                },
+            )
+            .in_group("distribute"),
+        );
+    }
+
+    // trust-control-plane (2-8).
+    let phase = "trust-control-plane";
+    for cp in &cps {
+        // 2: only --root-ca-file takes the bundle; --client-ca-file and
+        // --cluster-signing-cert-file must stay single certificates (kubeadm#1350).
+        let Some(manifest) = cp.manifest(CONTROLLER_MANAGER) else { continue };
+        plan = plan.step(step(
+            format!("trust-control-plane/controller-manager-root-ca/{}", cp.name),
+            phase,
+            "2",
+            "static-pod",
+            Action::SetFlags {
+                node: cp.name.to_owned(),
+                component: CONTROLLER_MANAGER.into(),
+                manifest,
+                flags: flags(&[("--root-ca-file", &cp.bundle())]),
+            },
+        ));
+    }
+    plan = plan.step(
+        step(
+            "trust-control-plane/wait-root-ca".into(),
+            phase,
+            "3",
+            "wait-root-ca",
+            Action::WaitRootCa { content: Content::Bundle(CaKind::Cluster) },
+        )
+        .estimate(Duration::from_secs(120)),
+    );
+    plan = plan.step(
+        step(
+            "trust-control-plane/restart-pods".into(),
+            phase,
+            "4",
+            "roll-workloads",
+            Action::RollWorkloads { only: Vec::new(), round: format!("{rotation_id}-trust") },
+        )
+        .estimate(Duration::from_secs(300)),
+    );
+    for cp in &cps {
+        let Some(manifest) = cp.manifest(APISERVER) else { continue };
+        // 5: the apiserver trusts both CAs for clients and both front-proxy CAs; it republishes
+        // extension-apiserver-authentication with both at start.
+        let mut f = flags(&[
+            ("--client-ca-file", &cp.bundle()),
+            ("--requestheader-client-ca-file", &cp.fp_bundle()),
+        ]);
+        if cp.facts.flag(APISERVER, "--kubelet-certificate-authority").is_some() {
+            f.insert("--kubelet-certificate-authority".into(), cp.bundle());
+        }
+        plan = plan.step(step(
+            format!("trust-control-plane/apiserver-client-ca/{}", cp.name),
+            phase,
+            "5",
+            "apiserver-restart",
+            Action::SetFlags {
+                node: cp.name.to_owned(),
+                component: APISERVER.into(),
+                manifest,
+                flags: f,
+            },
+        ));
+    }
+    for cp in &cps {
+        // 6: the scheduler's --client-ca-file, when it has one (kubeadm's reads the client CA
+        // from extension-apiserver-authentication instead).
+        if cp.facts.flag(SCHEDULER, "--client-ca-file").is_some()
+            && let Some(manifest) = cp.manifest(SCHEDULER)
+        {
+            plan = plan.step(step(
+                format!("trust-control-plane/scheduler-client-ca/{}", cp.name),
+                phase,
+                "6",
+                "static-pod",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: SCHEDULER.into(),
+                    manifest,
+                    flags: flags(&[("--client-ca-file", &cp.bundle())]),
+                },
+            ));
+        }
+        // 7: kubeconfigs trust both and carry client certificates of the new CA.
+        for path in cp.kubeconfigs() {
+            let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
+            plan = plan.step(step(
+                format!("trust-control-plane/kubeconfig-ca/{}/{base}", cp.name),
+                phase,
+                "7",
+                "kubeconfig",
+                Action::SetKubeconfigCa {
+                    node: Some(cp.name.to_owned()),
+                    path: path.clone(),
+                    content: Content::Bundle(CaKind::Cluster),
+                },
+            ));
+            plan = plan.step(step(
+                format!("trust-control-plane/kubeconfig-client/{}/{base}", cp.name),
+                phase,
+                "7",
+                "kubeconfig",
+                Action::ReissueKubeconfigClient { node: Some(cp.name.to_owned()), path },
+            ));
+        }
+        for component in [CONTROLLER_MANAGER, SCHEDULER] {
+            if let Some(manifest) = cp.manifest(component) {
+                plan = plan.step(step(
+                    format!("trust-control-plane/restart/{}/{component}", cp.name),
+                    phase,
+                    "7",
+                    "static-pod",
+                    Action::RestartStaticPod {
+                        node: cp.name.to_owned(),
+                        component: component.into(),
+                        manifest,
+                    },
+                ));
+            }
+        }
+        // 8: cloud-controller-manager, when present.
+        if let Some(manifest) = cp.manifest(CLOUD_CONTROLLER_MANAGER) {
+            plan = plan.step(step(
+                format!("trust-control-plane/cloud-controller-manager/{}", cp.name),
+                phase,
+                "8",
+                "static-pod",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: CLOUD_CONTROLLER_MANAGER.into(),
+                    manifest,
+                    flags: flags(&[("--root-ca-file", &cp.bundle())]),
+                },
+            ));
+        }
+    }
+    // The operator's admin kubeconfig (outside the cluster) too.
+    let operator_conf = inventory.cluster.kubeconfig.display().to_string();
+    plan = plan.step(step(
+        "trust-control-plane/kubeconfig-ca/operator".into(),
+        phase,
+        "7",
+        "kubeconfig",
+        Action::SetKubeconfigCa {
+            node: None,
+            path: operator_conf.clone(),
+            content: Content::Bundle(CaKind::Cluster),
+        },
+    ));
+    plan = plan.step(step(
+        "trust-control-plane/kubeconfig-client/operator".into(),
+        phase,
+        "7",
+        "kubeconfig",
+        Action::ReissueKubeconfigClient { node: None, path: operator_conf.clone() },
+    ));
+    // cluster-info must trust both before any apiserver presents a new-CA certificate, or a
+    // node joining in between cannot verify it (found by the trust simulator; upstream 10
+    // updates it only afterwards).
+    plan = plan.step(step(
+        "trust-control-plane/cluster-info".into(),
+        phase,
+        "10",
+        "api",
+        Action::SetClusterInfo { content: Content::Bundle(CaKind::Cluster) },
+    ));
+
+    // trust-nodes (9.1, 9.2).
+    let phase = "trust-nodes";
+    plan = plan.step(
+        step(
+            "trust-nodes/restart-extension-servers".into(),
+            phase,
+            "9.1",
+            "roll-workloads",
+            Action::RollWorkloads {
+                only: facts.extension_workloads.clone(),
+                round: format!("{rotation_id}-extensions"),
+            },
+        )
+        .estimate(Duration::from_secs(120)),
+    );
+    let kubelet_step = |name: &str,
+                        phase: &str,
+                        prefix: &str,
+                        upstream: &str,
+                        target: KubeletTarget,
+                        group: &str| {
+        let f = node_facts(name)?;
+        let k = f.kubelet.as_ref().ok_or_else(|| ProcedureError::Missing {
+            node: name.to_owned(),
+            what: "no kubelet config".into(),
+        })?;
+        Ok::<_, ProcedureError>(
+            step(
+                format!("{prefix}/kubelet/{name}"),
+                phase,
+                upstream,
+                "kubelet",
+                Action::RollKubelet {
+                    node: name.to_owned(),
+                    config: k.config.clone(),
+                    kubeconfig: k.kubeconfig.clone(),
+                    target,
+                },
+            )
+            .estimate(Duration::from_secs(60))
+            .in_group(group),
+        )
+    };
+    for cp in &cps {
+        plan = plan.step(kubelet_step(
+            cp.name,
+            phase,
+            "trust-nodes",
+            "9.2",
+            KubeletTarget {
+                client_ca_file: cp.bundle(),
+                kubeconfig_ca: Content::Bundle(CaKind::Cluster),
+                // Every kubelet client certificate is re-issued by the new CA now, rotating or not:
+                // finalize drops the old CA from the apiservers' client CA, and a kubelet renews its
+                // own certificate only near expiry.
+                reissue_client_cert: true,
+            },
+            "kubelets-control-plane",
+        )?);
+    }
+    for w in &workers {
+        plan = plan.step(kubelet_step(
+            w,
+            phase,
+            "trust-nodes",
+            "9.2",
+            KubeletTarget {
+                client_ca_file: worker_bundle(w)?,
+                kubeconfig_ca: Content::Bundle(CaKind::Cluster),
+                reissue_client_cert: true,
+            },
+            "kubelets-workers",
+        )?);
+    }
+
+    // switch (9.3, 9.4, 10): one control-plane node at a time.
+    let phase = "switch";
+    for cp in &cps {
+        let Some(manifest) = cp.manifest(APISERVER) else { continue };
+        for (flag, ca) in [
+            ("--tls-cert-file", CaKind::Cluster),
+            ("--kubelet-client-certificate", CaKind::Cluster),
+            ("--proxy-client-cert-file", CaKind::FrontProxy),
+        ] {
+            let path = cp.facts.flag(APISERVER, flag).ok_or_else(|| ProcedureError::Missing {
+                node: cp.name.to_owned(),
+                what: format!("kube-apiserver has no {flag}"),
+            })?;
+            let base = path.rsplit('/').next().unwrap_or(path).to_owned();
+            plan = plan.step(step(
+                format!("switch/reissue/{}/{base}", cp.name),
+                phase,
+                "9.3",
+                "reissue",
+                Action::ReissueCert { node: cp.name.to_owned(), path: path.to_owned(), ca },
+            ));
+        }
+        plan = plan.step(
+            step(
+                format!("switch/apiserver/{}", cp.name),
+                phase,
+                "9.3",
+                "apiserver-restart",
+                Action::RestartStaticPod {
+                    node: cp.name.to_owned(),
+                    component: APISERVER.into(),
+                    manifest,
+                },
+            )
+            .estimate(Duration::from_secs(90)),
+        );
+        if let Some(manifest) = cp.manifest(SCHEDULER) {
+            plan = plan.step(step(
+                format!("switch/scheduler/{}", cp.name),
+                phase,
+                "9.3",
+                "static-pod",
+                Action::RestartStaticPod {
+                    node: cp.name.to_owned(),
+                    component: SCHEDULER.into(),
+                    manifest,
+                },
+            ));
+        }
+        // The controller-manager signs new kubelet certificates with the new CA from now on
+        // (single-certificate files, kubeadm#1350).
+        if let Some(manifest) = cp.manifest(CONTROLLER_MANAGER) {
+            plan = plan.step(step(
+                format!("switch/controller-manager-signing/{}", cp.name),
+                phase,
+                "9.3",
+                "static-pod",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: CONTROLLER_MANAGER.into(),
+                    manifest,
+                    flags: flags(&[
+                        ("--cluster-signing-cert-file", &cp.new_ca()),
+                        ("--cluster-signing-key-file", &cp.new_ca_key()),
+                    ]),
+                },
+            ));
+        }
+    }
+    plan = plan.step(
+        step(
+            "switch/roll-workloads".into(),
+            phase,
+            "9.4",
+            "roll-workloads",
+            Action::RollWorkloads { only: Vec::new(), round: format!("{rotation_id}-switch") },
+        )
+        .estimate(Duration::from_secs(300)),
+    );
+    plan = plan.step(step(
+        "switch/discovery-hash".into(),
+        phase,
+        "10",
+        "api",
+        Action::PrintDiscoveryHash,
+    ));
+
+    // verify (11).
+    plan = plan
+        .step(step("verify/logs".into(), "verify", "11.1", "verify", Action::CheckLogs))
+        .step(step("verify/edges".into(), "verify", "11.2", "verify", Action::CheckEdges))
+        .step(step("verify/stale-pods".into(), "verify", "11.2", "verify", Action::ListStalePods));
+
+    // finalize (12): only after approval; every identity is already new, so the old CA can be
+    // dropped from trust stores.
+    plan = plan.gate(
+        FINALIZE_GATE,
+        "finalize",
+        "Clients outside the cluster (CI systems, users' kubeconfigs, monitoring) must trust the \
+         new CA before the old one is dropped: `kubeca approve finalize` when they do.",
+    );
+    let phase = "finalize";
+    for cp in &cps {
+        plan = plan.step(step(
+            format!("finalize/canonical-ca/{}", cp.name),
+            phase,
+            "12",
+            "distribute",
+            Action::PutFiles {
+                node: cp.name.to_owned(),
+                files: vec![
+                    (cp.ca.clone(), Content::NewCert(CaKind::Cluster), 0o644),
+                    (cp.ca_key.clone(), Content::NewKey(CaKind::Cluster), 0o600),
+                    (cp.fp_ca.clone(), Content::NewCert(CaKind::FrontProxy), 0o644),
+                    (cp.fp_key.clone(), Content::NewKey(CaKind::FrontProxy), 0o600),
+                ],
+            },
+        ));
+    }
+    for w in &workers {
+        let ca = node_facts(w)?.kubelet.as_ref().and_then(|k| k.client_ca_file.clone());
+        if let Some(ca) = ca {
+            plan = plan.step(step(
+                format!("finalize/canonical-ca/{w}"),
+                phase,
+                "12",
+                "distribute",
+                Action::PutFiles {
+                    node: (*w).to_owned(),
+                    files: vec![(ca, Content::NewCert(CaKind::Cluster), 0o644)],
+                },
+            ));
+        }
+    }
+    for cp in &cps {
+        if let Some(manifest) = cp.manifest(CONTROLLER_MANAGER) {
+            plan = plan.step(step(
+                format!("finalize/controller-manager/{}", cp.name),
+                phase,
+                "12.2",
+                "static-pod",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: CONTROLLER_MANAGER.into(),
+                    manifest,
+                    flags: flags(&[
+                        ("--root-ca-file", &cp.ca),
+                        ("--cluster-signing-cert-file", &cp.ca),
+                        ("--cluster-signing-key-file", &cp.ca_key),
+                    ]),
+                },
+            ));
+        }
+    }
+    plan = plan
+        .step(step(
+            "finalize/wait-root-ca".into(),
+            phase,
+            "12.1",
+            "wait-root-ca",
+            Action::WaitRootCa { content: Content::NewCert(CaKind::Cluster) },
+        ))
+        .step(
+            step(
+                "finalize/restart-pods".into(),
+                phase,
+                "12.1",
+                "roll-workloads",
+                Action::RollWorkloads {
+                    only: Vec::new(),
+                    round: format!("{rotation_id}-finalize"),
+                },
+            )
+            .estimate(Duration::from_secs(300)),
+        );
+    for cp in &cps {
+        if let Some(manifest) = cp.manifest(APISERVER) {
+            let mut f = flags(&[
+                ("--client-ca-file", &cp.ca),
+                ("--requestheader-client-ca-file", &cp.fp_ca),
+            ]);
+            if let Some(orig) = cp.facts.flag(APISERVER, "--kubelet-certificate-authority") {
+                f.insert("--kubelet-certificate-authority".into(), orig.to_owned());
+            }
+            plan = plan.step(step(
+                format!("finalize/apiserver/{}", cp.name),
+                phase,
+                "12.2",
+                "apiserver-restart",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: APISERVER.into(),
+                    manifest,
+                    flags: f,
+                },
+            ));
+        }
+        if let Some(orig) = cp.facts.flag(SCHEDULER, "--client-ca-file")
+            && let Some(manifest) = cp.manifest(SCHEDULER)
+        {
+            plan = plan.step(step(
+                format!("finalize/scheduler-client-ca/{}", cp.name),
+                phase,
+                "12.2",
+                "static-pod",
+                Action::SetFlags {
+                    node: cp.name.to_owned(),
+                    component: SCHEDULER.into(),
+                    manifest,
+                    flags: flags(&[("--client-ca-file", orig)]),
+                },
+            ));
+        }
+        for path in cp.kubeconfigs() {
+            let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
+            plan = plan.step(step(
+                format!("finalize/kubeconfig-ca/{}/{base}", cp.name),
+                phase,
+                "12.2",
+                "kubeconfig",
+                Action::SetKubeconfigCa {
+                    node: Some(cp.name.to_owned()),
+                    path,
+                    content: Content::NewCert(CaKind::Cluster),
+                },
+            ));
+        }
+        for component in [CONTROLLER_MANAGER, SCHEDULER] {
+            if let Some(manifest) = cp.manifest(component) {
+                plan = plan.step(step(
+                    format!("finalize/restart/{}/{component}", cp.name),
+                    phase,
+                    "12.2",
+                    "static-pod",
+                    Action::RestartStaticPod {
+                        node: cp.name.to_owned(),
+                        component: component.into(),
+                        manifest,
+                    },
+                ));
+            }
+        }
+    }
+    plan = plan.step(step(
+        "finalize/kubeconfig-ca/operator".into(),
+        phase,
+        "12.2",
+        "kubeconfig",
+        Action::SetKubeconfigCa {
+            node: None,
+            path: operator_conf,
+            content: Content::NewCert(CaKind::Cluster),
+        },
+    ));
+    for cp in &cps {
+        let ca = node_facts(cp.name)?
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.client_ca_file.clone())
+            .unwrap_or(cp.ca.clone());
+        plan = plan.step(kubelet_step(
+            cp.name,
+            phase,
+            "finalize",
+            "12.3",
+            KubeletTarget {
+                client_ca_file: ca,
+                kubeconfig_ca: Content::NewCert(CaKind::Cluster),
+                reissue_client_cert: false,
+            },
+            "finalize-kubelets-control-plane",
+        )?);
+    }
+    for w in &workers {
+        let ca = node_facts(w)?
+            .kubelet
+            .as_ref()
+            .and_then(|k| k.client_ca_file.clone())
+            .unwrap_or_default();
+        plan = plan.step(kubelet_step(
+            w,
+            phase,
+            "finalize",
+            "12.3",
+            KubeletTarget {
+                client_ca_file: ca,
+                kubeconfig_ca: Content::NewCert(CaKind::Cluster),
+                reissue_client_cert: false,
+            },
+            "finalize-kubelets-workers",
+        )?);
+    }
+    plan = plan.step(step(
+        "finalize/cluster-info".into(),
+        phase,
+        "10",
+        "api",
+        Action::SetClusterInfo { content: Content::NewCert(CaKind::Cluster) },
+    ));
+    for cp in &cps {
+        plan = plan.step(step(
+            format!("finalize/cleanup/{}", cp.name),
+            phase,
+            "12",
+            "cleanup",
+            Action::RemoveFiles {
+                node: cp.name.to_owned(),
+                paths: vec![
+                    cp.bundle(),
+                    cp.fp_bundle(),
+                    cp.new_ca(),
+                    cp.new_ca_key(),
+                    cp.new_fp(),
+                    cp.new_fp_key(),
+                ],
+            },
+        ));
+    }
+    for w in &workers {
+        plan = plan.step(step(
+            format!("finalize/cleanup/{w}"),
+            phase,
+            "12",
+            "cleanup",
+            Action::RemoveFiles { node: (*w).to_owned(), paths: vec![worker_bundle(w)?] },
+        ));
+    }
+    Ok(plan)
+}
+
+/// The trust model's view of the cluster.
+pub fn topology(inventory: &Inventory, facts: &ClusterFacts) -> Topology {
+    let first_node = inventory.nodes.first().map(|n| n.name.clone()).unwrap_or_default();
+    Topology {
+        control_planes: inventory.control_planes().map(|n| n.name.clone()).collect(),
+        workers: inventory.workers().map(|n| n.name.clone()).collect(),
+        // Every namespace has a workload that uses in-cluster config, as far as the model knows.
+        pods: facts
+            .namespaces
+            .iter()
+            .map(|ns| (ns.clone(), "workloads".into(), first_node.clone()))
+            .collect(),
+        aggregated: Vec::new(),
+        kubelet_certificate_authority: None,
+    }
+}
+
+/// The trust effects of one action, in the model of [`crate::trust`].
+pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
+    let cm_slot = |flag: &str| match flag {
+        "--root-ca-file" => Some("root-ca"),
+        "--client-ca-file" => Some("client-ca"),
+        "--cluster-signing-cert-file" => Some("signing-cert"),
+        _ => None,
+    };
+    let api_slot = |flag: &str| match flag {
+        "--client-ca-file" => Some("client-ca"),
+        "--requestheader-client-ca-file" => Some("requestheader-ca"),
+        "--kubelet-certificate-authority" => Some("kubelet-ca"),
+        "--tls-cert-file" => Some("serving-cert"),
+        "--kubelet-client-certificate" => Some("kubelet-client-cert"),
+        "--proxy-client-cert-file" => Some("proxy-client-cert"),
+        _ => None,
+    };
+    let restart = |node: &str, component: &str| {
+        let id = ComponentId::on(component, node);
+        let mut out = vec![Effect::Restart(id.clone())];
+        if component == APISERVER {
+            out.push(Effect::Publish {
+                from: id,
+                slot: "requestheader-ca".into(),
+                target: Source::ConfigMap {
+                    namespace: "kube-system".into(),
+                    name: "extension-apiserver-authentication".into(),
+                },
+            });
+        }
+        out
+    };
+    let all_pods = || {
+        let mut out: Vec<Effect> = Vec::new();
+        for (ns, name, node) in &topology.pods {
+            out.push(Effect::Restart(ComponentId::on(&format!("pod/{ns}/{name}"), node)));
+        }
+        for (ns, name, node) in &topology.aggregated {
+            out.push(Effect::Restart(ComponentId::on(&format!("aggregated/{ns}/{name}"), node)));
+        }
+        out
+    };
+    match action {
+        Action::PutFiles { node, files } => files
+            .iter()
+            .filter_map(|(path, content, _)| {
+                content
+                    .material()
+                    .map(|m| Effect::Write { source: Source::file(node, path), material: m })
+            })
+            .collect(),
+        Action::SetFlags { node, component, flags, .. } => {
+            let mut out = Vec::new();
+            for (flag, value) in flags {
+                let slot = match component.as_str() {
+                    APISERVER => api_slot(flag),
+                    CONTROLLER_MANAGER => cm_slot(flag),
+                    _ => None,
+                };
+                if let Some(slot) = slot {
+                    out.push(Effect::Repoint {
+                        component: ComponentId::on(component, node),
+                        slot: slot.into(),
+                        source: Source::file(node, value),
+                    });
+                }
+            }
+            out.extend(restart(node, component));
+            out
+        }
+        Action::RestartStaticPod { node, component, .. } => restart(node, component),
+        Action::SetKubeconfigCa { node: Some(node), path, content } => content
+            .material()
+            .map(|m| Effect::Write {
+                source: Source::KubeconfigCa { node: Some(node.clone()), path: path.clone() },
+                material: m,
+            })
+            .into_iter()
+            .collect(),
+        Action::ReissueKubeconfigClient { node: Some(node), path } => vec![Effect::Write {
+            source: Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
+            material: Material::cert(trust::ca::NEW),
+        }],
+        Action::ReissueCert { node, path, ca } => {
+            vec![Effect::Write {
+                source: Source::file(node, path),
+                material: Material::cert(names(*ca).1),
+            }]
+        }
+        Action::RollKubelet { node, target, .. } => {
+            let kubelet = ComponentId::on(trust::kind::KUBELET, node);
+            let mut out = vec![Effect::Repoint {
+                component: kubelet.clone(),
+                slot: "client-ca".into(),
+                source: Source::file(node, &target.client_ca_file),
+            }];
+            if let Some(m) = target.kubeconfig_ca.material() {
+                out.push(Effect::Write {
+                    source: Source::KubeconfigCa {
+                        node: Some(node.clone()),
+                        path: trust::paths::KUBELET_CONF.into(),
+                    },
+                    material: m,
+                });
+            }
+            if target.reissue_client_cert {
+                out.push(Effect::Write {
+                    source: Source::KubeconfigCert {
+                        node: Some(node.clone()),
+                        path: trust::paths::KUBELET_CONF.into(),
+                    },
+                    material: Material::cert(trust::ca::NEW),
+                });
+            }
+            out.push(Effect::Restart(kubelet));
+            out
+        }
+        Action::WaitRootCa { .. } => {
+            // What the controller-manager publishes is what it loaded: the wait observes it.
+            let Some(first) = topology.control_planes.first() else { return Vec::new() };
+            let from = ComponentId::on(CONTROLLER_MANAGER, first);
+            let mut namespaces: Vec<String> =
+                ["default", "kube-system", "kube-public", "kube-node-lease"]
+                    .map(String::from)
+                    .into();
+            namespaces.extend(topology.pods.iter().map(|(ns, _, _)| ns.clone()));
+            namespaces.sort();
+            namespaces.dedup();
+            namespaces
+                .into_iter()
+                .map(|ns| Effect::Publish {
+                    from: from.clone(),
+                    slot: "root-ca".into(),
+                    target: Source::ConfigMap { namespace: ns, name: "kube-root-ca.crt".into() },
+                })
+                .collect()
+        }
+        Action::RollWorkloads { only, .. } if only.is_empty() => all_pods(),
+        // Only the extension servers (9.1): in the model, the aggregated servers.
+        Action::RollWorkloads { .. } => topology
+            .aggregated
+            .iter()
+            .map(|(ns, name, node)| {
+                Effect::Restart(ComponentId::on(&format!("aggregated/{ns}/{name}"), node))
+            })
+            .collect(),
+        Action::SetClusterInfo { content } => content
+            .material()
+            .map(|m| Effect::Write {
+                source: Source::ConfigMap {
+                    namespace: "kube-public".into(),
+                    name: "cluster-info".into(),
+                },
+                material: m,
+            })
+            .into_iter()
+            .collect(),
+        Action::Preflight
+        | Action::Backup { .. }
+        | Action::NewCa { .. }
+        | Action::SetKubeconfigCa { node: None, .. }
+        | Action::ReissueKubeconfigClient { node: None, .. }
+        | Action::PrintDiscoveryHash
+        | Action::CheckLogs
+        | Action::CheckEdges
+        | Action::ListStalePods
+        | Action::RemoveFiles { .. } => Vec::new(),
+    }
+}
+
+/// Replays `plan` on the trust graph of `topology`, checking every edge after every step.
+pub fn check_trust(plan: &Plan<Action>, topology: &Topology) -> Result<(), Violation> {
+    let steps: Vec<SimStep> = plan
+        .steps()
+        .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, topology) })
+        .collect();
+    trust::kubeadm(topology).simulate(&steps).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::discover;
+    use crate::node::LocalNode;
+
+    const APISERVER_YAML: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");
+    const CM_YAML: &str = include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
+    const SCHED_YAML: &str = include_str!("../testdata/kubeadm/kube-scheduler.yaml");
+    const KUBELET_CONFIG: &str = include_str!("../testdata/kubeadm/kubelet-config.yaml");
+    const ADMIN_CONF: &str = include_str!("../testdata/kubeadm/admin.conf");
+    const KUBELET_CONF: &str = include_str!("../testdata/kubeadm/kubelet.conf");
+
+    fn put(root: &std::path::Path, path: &str, text: &str) {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// A 3+2 kubeadm cluster as directories, its inventory, and its discovered facts.
+    async fn cluster(
+        workers: usize,
+        max_unavailable: u32,
+    ) -> (tempfile::TempDir, Inventory, ClusterFacts) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["admin.conf", "id", "known_hosts"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        let mut toml = String::from(
+            "[cluster]\nname = \"t\"\nkubeconfig = \"admin.conf\"\napi_endpoint = \"https://127.0.0.10:6443\"\n\
+             [ssh]\nidentity = \"id\"\nknown_hosts = \"known_hosts\"\n",
+        );
+        let mut names = Vec::new();
+        for i in 1..=3 {
+            names.push((format!("cp-{i}"), true));
+        }
+        for i in 1..=workers {
+            names.push((format!("w-{i}"), false));
+        }
+        for (i, (name, cp)) in names.iter().enumerate() {
+            let role = if *cp { "control-plane" } else { "worker" };
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.{}\"\nroles = [\"{role}\"]\n",
+                11 + i
+            ));
+        }
+        toml.push_str(&format!("[rotation]\nmax_unavailable_workers = {max_unavailable}\n"));
+        let inventory = Inventory::parse(&toml, std::path::Path::new("t.toml"), d).unwrap();
+        let mut nodes = BTreeMap::new();
+        for (name, cp) in &names {
+            let root = d.join(name);
+            put(&root, "/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
+            put(&root, "/etc/kubernetes/kubelet.conf", KUBELET_CONF);
+            std::fs::create_dir_all(root.join("etc/kubernetes/manifests")).unwrap();
+            if *cp {
+                put(&root, "/etc/kubernetes/manifests/kube-apiserver.yaml", APISERVER_YAML);
+                put(&root, "/etc/kubernetes/manifests/kube-controller-manager.yaml", CM_YAML);
+                put(&root, "/etc/kubernetes/manifests/kube-scheduler.yaml", SCHED_YAML);
+                for conf in
+                    ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"]
+                {
+                    put(&root, &format!("/etc/kubernetes/{conf}"), ADMIN_CONF);
+                }
+            }
+            nodes.insert(name.clone(), discover(&LocalNode::new(name, &root)).await.unwrap());
+        }
+        let facts = ClusterFacts {
+            nodes,
+            extension_workloads: vec!["kube-system/Deployment/metrics-server".into()],
+            namespaces: vec!["kube-system".into(), "default".into()],
+        };
+        (dir, inventory, facts)
+    }
+
+    #[tokio::test]
+    async fn the_full_plan_for_three_plus_two_keeps_every_edge() {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let labels: std::collections::BTreeSet<&str> =
+            plan.steps().filter_map(|s| s.upstream.as_deref()).collect();
+        for label in [
+            "caution", "1", "2", "3", "4", "5", "7", "9.1", "9.2", "9.3", "9.4", "10", "11.1",
+            "11.2", "12", "12.1", "12.2", "12.3",
+        ] {
+            assert!(labels.contains(label), "no step implements upstream {label}");
+        }
+        let gate_at = plan.items.iter().position(|i| matches!(i, engine::Item::Gate(_))).unwrap();
+        assert!(
+            plan.items[gate_at + 1..]
+                .iter()
+                .all(|i| matches!(i, engine::Item::Step(s) if s.phase.as_str() == "finalize"))
+        );
+        // kubeadm#1350: the controller-manager's --client-ca-file is never pointed at a bundle.
+        for s in plan.steps() {
+            if let Action::SetFlags { component, flags, .. } = &s.action
+                && component == CONTROLLER_MANAGER
+            {
+                assert!(!flags.contains_key("--client-ca-file"), "{}", s.id);
+                if let Some(v) = flags.get("--cluster-signing-cert-file") {
+                    assert!(!v.contains("bundle"), "{}: {v}", s.id);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn worker_kubelets_roll_in_groups_of_max_unavailable_and_control_planes_one_by_one() {
+        let (_d, inv, facts) = cluster(4, 2).await;
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let workers = plan.find_group(&"kubelets-workers".into()).unwrap();
+        assert_eq!(workers.limit, 2);
+        assert_eq!(plan.find_group(&"kubelets-control-plane".into()).unwrap().limit, 1);
+        let in_group: Vec<&str> = plan
+            .steps()
+            .filter(|s| s.group.as_ref().is_some_and(|g| g.as_str() == "kubelets-workers"))
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(in_group.len(), 4);
+        // The apiserver switches are serial steps (no group), in node order.
+        let switches: Vec<&str> = plan
+            .steps()
+            .filter(|s| s.id.as_str().starts_with("switch/apiserver/"))
+            .map(|s| {
+                assert!(s.group.is_none());
+                s.id.as_str()
+            })
+            .collect();
+        assert_eq!(
+            switches,
+            ["switch/apiserver/cp-1", "switch/apiserver/cp-2", "switch/apiserver/cp-3"]
+        );
+    }
+
+    fn reorder(plan: &mut Plan<Action>, moved: impl Fn(&Step<Action>) -> bool, before: &str) {
+        let items: Vec<engine::Item<Action>> = std::mem::take(&mut plan.items);
+        let (taken, mut rest): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|i| matches!(i, engine::Item::Step(s) if moved(s)));
+        let at = rest
+            .iter()
+            .position(|i| matches!(i, engine::Item::Step(s) if s.id.as_str().starts_with(before)))
+            .unwrap();
+        for (k, item) in taken.into_iter().enumerate() {
+            rest.insert(at + k, item);
+        }
+        plan.items = rest;
+    }
+
+    #[tokio::test]
+    async fn switching_the_apiserver_before_the_kubelets_trust_the_new_ca_is_refused() {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let mut plan = assemble(&inv, &facts, "r1").unwrap();
+        reorder(
+            &mut plan,
+            |s| s.id.as_str().starts_with("switch/") && s.id.as_str().contains("cp-1"),
+            "trust-nodes/kubelet/",
+        );
+        let v = check_trust(&plan, &topology(&inv, &facts)).unwrap_err();
+        assert_eq!(v.step, "switch/apiserver/cp-1");
+        assert!(v.edge.starts_with("kubelet@") && v.edge.ends_with("(kubelet->apiserver)"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_old_ca_from_kubelets_before_reissuing_apiserver_kubelet_client_is_refused()
+     {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let mut plan = assemble(&inv, &facts, "r1").unwrap();
+        // w-1's kubelet is made to trust only the new CA for clients (its kubeconfig still trusts
+        // both), before the switch re-issues apiserver-kubelet-client.
+        let only_new = "/etc/kubernetes/pki/ca-only-new.crt";
+        let early = vec![
+            step(
+                "bad/only-new-file".into(),
+                "trust-nodes",
+                "12.3",
+                "distribute",
+                Action::PutFiles {
+                    node: "w-1".into(),
+                    files: vec![(only_new.into(), Content::NewCert(CaKind::Cluster), 0o644)],
+                },
+            ),
+            step(
+                "bad/kubelet/w-1".into(),
+                "trust-nodes",
+                "12.3",
+                "kubelet",
+                Action::RollKubelet {
+                    node: "w-1".into(),
+                    config: "/var/lib/kubelet/config.yaml".into(),
+                    kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
+                    target: KubeletTarget {
+                        client_ca_file: only_new.into(),
+                        kubeconfig_ca: Content::Bundle(CaKind::Cluster),
+                        reissue_client_cert: true,
+                    },
+                },
+            ),
+        ];
+        let at = plan
+            .items
+            .iter()
+            .position(|i| matches!(i, engine::Item::Step(s) if s.id.as_str() == "switch/reissue/cp-1/apiserver.crt"))
+            .unwrap();
+        for (k, s) in early.into_iter().enumerate() {
+            plan.items.insert(at + k, engine::Item::Step(s));
+        }
+        let v = check_trust(&plan, &topology(&inv, &facts)).unwrap_err();
+        assert_eq!(v.step, "bad/kubelet/w-1");
+        assert_eq!(v.edge, "kube-apiserver@cp-1 -> kubelet@w-1 (apiserver->kubelet)");
+        assert!(matches!(v.why, trust::Break::BadClientCert { .. }), "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_plan_missing_the_pod_restart_is_refused_at_the_first_switch() {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let mut plan = assemble(&inv, &facts, "r1").unwrap();
+        plan.items.retain(|i| !matches!(i, engine::Item::Step(s) if s.id.as_str() == "trust-control-plane/restart-pods"));
+        let v = check_trust(&plan, &topology(&inv, &facts)).unwrap_err();
+        assert_eq!(v.step, "switch/apiserver/cp-1");
+        assert!(v.edge.starts_with("pod/"), "{v}");
+    }
+}
