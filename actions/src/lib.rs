@@ -5,6 +5,7 @@
 //! that change only what they must ([`edit`]) and the trust graph with its step-by-step simulator
 //! ([`trust`]). Discovery, the procedure and the effects are not built yet.
 
+pub mod api;
 pub mod discovery;
 pub mod edit;
 pub mod inventory;

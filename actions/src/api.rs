@@ -1,0 +1,391 @@
+//! Kubernetes API effects (the `kube` crate): root CA publication, workload rollouts,
+//! `cluster-info`, extension servers, TLS errors in logs, pods older than the switch.
+//!
+//! The client is built from the operator's admin kubeconfig; during the rotation that kubeconfig
+//! trusts the old and the new CA (kube reads every certificate of `certificate-authority-data`),
+//! so API steps keep working through the switch.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+
+/// The annotation that restarts a workload's pods (upstream 9.4 uses `ca-rotation`).
+pub const ROTATION_ANNOTATION: &str = "kubeca.io/rotation";
+
+/// Why an API effect failed. Each names the object and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The kubeconfig could not be used.
+    #[error("{path}: cannot use this kubeconfig: {detail}")]
+    Config {
+        /// The kubeconfig.
+        path: String,
+        /// What kube said.
+        detail: String,
+    },
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Call {
+        /// What was being done ("get kube-system/kube-root-ca.crt").
+        what: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A condition was not reached in time.
+    #[error("{what}: not reached within {secs} s")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+}
+
+impl ApiError {
+    /// Whether trying again may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, ApiError::Config { .. })
+    }
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApiError {
+    let what = what.into();
+    move |source| ApiError::Call { what, source }
+}
+
+/// The cluster's API, as the operator's admin.
+#[derive(Clone)]
+pub struct ClusterApi {
+    client: Client,
+    /// How long waits (rollouts, publication) may take.
+    pub wait: Duration,
+}
+
+impl std::fmt::Debug for ClusterApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterApi").finish_non_exhaustive()
+    }
+}
+
+impl ClusterApi {
+    /// A client from the kubeconfig at `path`.
+    pub async fn from_kubeconfig(path: &Path) -> Result<ClusterApi, ApiError> {
+        let fail = |detail: String| ApiError::Config { path: path.display().to_string(), detail };
+        let kc = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
+        Ok(ClusterApi { client, wait: Duration::from_secs(600) })
+    }
+
+    /// Every namespace's name.
+    pub async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default()).await.map_err(call("list namespaces"))?;
+        Ok(list.items.into_iter().filter_map(|n| n.metadata.name).collect())
+    }
+
+    /// Namespaces whose `kube-root-ca.crt` does not hold exactly `pem` (as certificates, in any
+    /// order), and legacy token Secrets whose `ca.crt` does not.
+    pub async fn root_ca_lagging(&self, pem: &str) -> Result<Vec<String>, ApiError> {
+        let want = cert_set(pem);
+        let mut lagging = Vec::new();
+        for ns in self.namespaces().await? {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+            let cm = api
+                .get_opt("kube-root-ca.crt")
+                .await
+                .map_err(call(format!("get {ns}/kube-root-ca.crt")))?;
+            let have =
+                cm.and_then(|c| c.data).and_then(|d| d.get("ca.crt").cloned()).unwrap_or_default();
+            if cert_set(&have) != want {
+                lagging.push(format!("configmap {ns}/kube-root-ca.crt"));
+            }
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            let list = secrets
+                .list(&ListParams::default().fields("type=kubernetes.io/service-account-token"))
+                .await
+                .map_err(call(format!("list token secrets in {ns}")))?;
+            for s in list.items {
+                if s.type_.as_deref() != Some("kubernetes.io/service-account-token") {
+                    continue;
+                }
+                let have = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("ca.crt"))
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .unwrap_or_default();
+                if cert_set(&have) != want {
+                    lagging.push(format!("secret {ns}/{}", s.metadata.name.unwrap_or_default()));
+                }
+            }
+        }
+        Ok(lagging)
+    }
+
+    /// Waits until every `kube-root-ca.crt` and legacy token Secret holds `pem`.
+    pub async fn wait_root_ca(&self, pem: &str) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let lagging = self.root_ca_lagging(pem).await?;
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Timeout {
+                    what: format!("the new root CA in {}", lagging.join(", ")),
+                    secs: self.wait.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Restarts every Deployment, DaemonSet and StatefulSet (or only `only`, as
+    /// `namespace/Kind/name`) by setting the pod template annotation to `round`, then waits for
+    /// each rollout. Returns the workloads rolled. Already-annotated workloads are not patched
+    /// again (idempotent), but their rollout is still awaited.
+    pub async fn roll_workloads(
+        &self,
+        only: &[String],
+        round: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {ROTATION_ANNOTATION: round}}}}});
+        let mut rolled = Vec::new();
+        for ns in self.namespaces().await? {
+            macro_rules! each {
+                ($ty:ty, $kind:literal) => {{
+                    let api: Api<$ty> = Api::namespaced(self.client.clone(), &ns);
+                    let list = api
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(call(format!("list {} in {ns}", $kind)))?;
+                    for w in list.items {
+                        let name = w.metadata.name.clone().unwrap_or_default();
+                        let key = format!("{ns}/{}/{name}", $kind);
+                        if !only.is_empty() && !only.contains(&key) {
+                            continue;
+                        }
+                        let current = w
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.template.metadata.as_ref())
+                            .and_then(|m| m.annotations.as_ref())
+                            .and_then(|a| a.get(ROTATION_ANNOTATION).cloned());
+                        if current.as_deref() != Some(round) {
+                            api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                                .await
+                                .map_err(call(format!("annotate {key}")))?;
+                        }
+                        rolled.push(key);
+                    }
+                }};
+            }
+            each!(Deployment, "Deployment");
+            each!(DaemonSet, "DaemonSet");
+            each!(StatefulSet, "StatefulSet");
+        }
+        self.wait_rollouts(&rolled, round).await?;
+        Ok(rolled)
+    }
+
+    /// Waits until every pod of the given workloads carries `round` and is running.
+    async fn wait_rollouts(&self, workloads: &[String], round: &str) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for w in workloads {
+            let mut parts = w.splitn(3, '/');
+            if let (Some(ns), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next()) {
+                by_ns.entry(ns.to_owned()).or_default().push(name.to_owned());
+            }
+        }
+        loop {
+            let mut waiting = Vec::new();
+            for (ns, names) in &by_ns {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+                let list = pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(call(format!("list pods in {ns}")))?;
+                for name in names {
+                    let mine: Vec<&Pod> = list.items.iter().filter(|p| owned_by(p, name)).collect();
+                    let stale = mine.iter().any(|p| {
+                        let annotated = p
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(ROTATION_ANNOTATION))
+                            .is_some_and(|v| v == round);
+                        let running =
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                        !(annotated && running)
+                    });
+                    if stale {
+                        waiting.push(format!("{ns}/{name}"));
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Timeout {
+                    what: format!("rollout of {}", waiting.join(", ")),
+                    secs: self.wait.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Sets `certificate-authority-data` in `kube-public/cluster-info`'s kubeconfig to `pem`,
+    /// changing nothing else in it. Returns whether it changed.
+    pub async fn set_cluster_info(&self, pem: &str) -> Result<bool, ApiError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-public");
+        let cm = api.get("cluster-info").await.map_err(call("get kube-public/cluster-info"))?;
+        let text = cm.data.as_ref().and_then(|d| d.get("kubeconfig")).cloned().unwrap_or_default();
+        let mut kc =
+            crate::edit::Kubeconfig::parse("kube-public/cluster-info", &text).map_err(|e| {
+                ApiError::Config { path: "kube-public/cluster-info".into(), detail: e.to_string() }
+            })?;
+        let changed = kc.set_ca_data(pem).map_err(|e| ApiError::Config {
+            path: "kube-public/cluster-info".into(),
+            detail: e.to_string(),
+        })?;
+        if changed {
+            let patch = json!({"data": {"kubeconfig": kc.text()}});
+            api.patch("cluster-info", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(call("update kube-public/cluster-info"))?;
+        }
+        Ok(changed)
+    }
+
+    /// The CA data `kube-public/cluster-info` holds now.
+    pub async fn cluster_info_ca(&self) -> Result<Option<String>, ApiError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-public");
+        let Some(cm) =
+            api.get_opt("cluster-info").await.map_err(call("get kube-public/cluster-info"))?
+        else {
+            return Ok(None);
+        };
+        let text = cm.data.as_ref().and_then(|d| d.get("kubeconfig")).cloned().unwrap_or_default();
+        Ok(crate::edit::Kubeconfig::parse("cluster-info", &text)
+            .ok()
+            .and_then(|k| k.ca_data().ok().flatten()))
+    }
+
+    /// Pods started before `since` (they hold what they read at start in memory).
+    pub async fn pods_started_before(
+        &self,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<String>, ApiError> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default()).await.map_err(call("list pods"))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .is_some_and(|t| t.0.as_second() < since.as_second())
+            })
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.unwrap_or_default(),
+                    p.metadata.name.unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
+    /// Lines mentioning TLS or certificate errors in the logs of kube-system pods since `since`.
+    pub async fn tls_errors_since(&self, since: jiff::Timestamp) -> Result<Vec<String>, ApiError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
+        let list = api.list(&ListParams::default()).await.map_err(call("list kube-system pods"))?;
+        let seconds = (jiff::Timestamp::now().as_second() - since.as_second()).max(1);
+        let mut found = Vec::new();
+        for pod in list.items {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let params = LogParams { since_seconds: Some(seconds), ..LogParams::default() };
+            let Ok(text) = api.logs(&name, &params).await else { continue };
+            for line in text.lines().filter(|l| is_tls_error(l)) {
+                found.push(format!("kube-system/{name}: {line}"));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a log line reports a TLS trust failure.
+pub fn is_tls_error(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    [
+        "x509:",
+        "tls: bad certificate",
+        "certificate signed by unknown authority",
+        "tls: unknown certificate authority",
+        "tls-untrusted",
+        "tls-bad-client",
+    ]
+    .iter()
+    .any(|needle| l.contains(needle))
+}
+
+fn owned_by(pod: &Pod, workload: &str) -> bool {
+    // A pod belongs to a workload when an owner (ReplicaSet `name-hash`, or the workload itself)
+    // carries the workload's name.
+    pod.metadata.owner_references.as_ref().is_some_and(|owners| {
+        owners.iter().any(|o| {
+            o.name == workload || o.name.rsplit_once('-').is_some_and(|(base, _)| base == workload)
+        })
+    })
+}
+
+/// The certificates of a PEM text, as a set of their base64 bodies (order and whitespace do not
+/// matter).
+fn cert_set(pem: &str) -> std::collections::BTreeSet<String> {
+    pem.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|c| c.split("-----END CERTIFICATE-----").next())
+        .map(|body| body.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_sets_ignore_order_and_line_breaks() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n";
+        let b = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n";
+        assert_eq!(cert_set(&format!("{a}{b}")), cert_set(&format!("{b}{a}")));
+        assert_ne!(cert_set(a), cert_set(&format!("{a}{b}")));
+        assert_eq!(
+            cert_set("-----BEGIN CERTIFICATE-----\r\nAAAABBBB\r\n-----END CERTIFICATE-----"),
+            cert_set(a)
+        );
+    }
+
+    #[test]
+    fn tls_errors_are_recognised_in_log_lines() {
+        assert!(is_tls_error(
+            "E1128 http: TLS handshake error from 10.0.0.5:4433: remote error: tls: bad certificate"
+        ));
+        assert!(is_tls_error("x509: certificate signed by unknown authority"));
+        assert!(!is_tls_error("I1128 Successfully renewed lease kube-system/kube-scheduler"));
+    }
+}
