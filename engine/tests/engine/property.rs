@@ -42,9 +42,11 @@ fn spec() -> impl Strategy<Value = Spec> {
         .prop_map(|(blocks, gate, ranks)| Spec { blocks, gate, ranks })
 }
 
+/// The engine's state after each event it recorded, with the journal's length then.
+type Snapshots = Rc<std::cell::RefCell<Vec<(usize, State<Act>)>>>;
+
 thread_local! {
-    /// The engine's state after each event it recorded, with the journal's length then.
-    static SNAPSHOTS: Rc<std::cell::RefCell<Vec<(usize, State<Act>)>>> = Rc::default();
+    static SNAPSHOTS: Snapshots = Rc::default();
 }
 
 type Model = (BTreeMap<String, u32>, BTreeMap<String, BTreeMap<String, u32>>);
