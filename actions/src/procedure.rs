@@ -96,10 +96,15 @@ pub enum Action {
         /// The files.
         paths: Vec<String>,
     },
-    /// Generate (or import) a new CA; its key goes to the blob store only.
+    /// Generate (or import) a new CA; its key goes to the blob store only. The old CA's
+    /// certificate is read from `node` (for bundles and `same-as-old`).
     NewCa {
         /// Which CA.
         ca: CaKind,
+        /// A control-plane node.
+        node: String,
+        /// The old CA certificate there.
+        old_cert: String,
     },
     /// Write files with the given content (atomic; new files get `mode`).
     PutFiles {
@@ -107,6 +112,8 @@ pub enum Action {
         node: String,
         /// (path, content, mode).
         files: Vec<(String, Content, u32)>,
+        /// Components that load some of these files (a rollback restarts them after restoring).
+        loaded_by: Vec<String>,
     },
     /// Set flags of a static pod and wait until it runs with them (the kubelet restarts a static
     /// pod when its manifest changes).
@@ -201,6 +208,39 @@ pub enum Action {
         /// The files.
         paths: Vec<String>,
     },
+    /// Rollback: put files back as the backup holds them (or remove those that did not exist).
+    RestoreFiles {
+        /// The node (`None`: the operator's machine).
+        node: Option<String>,
+        /// The files.
+        paths: Vec<String>,
+    },
+    /// Rollback: restart a node's kubelet and wait until it is Ready.
+    RestartKubelet {
+        /// The node.
+        node: String,
+    },
+}
+
+impl Action {
+    /// The node the action works on, if one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Action::Backup { node, .. }
+            | Action::NewCa { node, .. }
+            | Action::PutFiles { node, .. }
+            | Action::SetFlags { node, .. }
+            | Action::RestartStaticPod { node, .. }
+            | Action::ReissueCert { node, .. }
+            | Action::RollKubelet { node, .. }
+            | Action::RemoveFiles { node, .. }
+            | Action::RestartKubelet { node } => Some(node),
+            Action::SetKubeconfigCa { node, .. }
+            | Action::ReissueKubeconfigClient { node, .. }
+            | Action::RestoreFiles { node, .. } => node.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// What the procedure needs to know about the cluster.
@@ -309,6 +349,14 @@ impl<'a> ControlPlane<'a> {
     }
 }
 
+/// The id of the step that makes the new CA of `kind` (its outcome holds the digests).
+pub fn new_ca_step(kind: CaKind) -> &'static str {
+    match kind {
+        CaKind::Cluster => "prepare/new-ca",
+        CaKind::FrontProxy => "prepare/new-front-proxy-ca",
+    }
+}
+
 fn flags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
@@ -403,12 +451,22 @@ pub fn assemble(
 
     // prepare (1): new CAs, copied beside the old ones on every control-plane node; bundles on
     // every node (workers need the cluster bundle for the kubelet's clientCAFile).
+    let first = cps.first().ok_or_else(|| ProcedureError::Missing {
+        node: "(inventory)".into(),
+        what: "no control-plane node".into(),
+    })?;
     for ca in [CaKind::Cluster, CaKind::FrontProxy] {
-        let id = match ca {
-            CaKind::Cluster => "prepare/new-ca",
-            CaKind::FrontProxy => "prepare/new-front-proxy-ca",
+        let old_cert = match ca {
+            CaKind::Cluster => first.ca.clone(),
+            CaKind::FrontProxy => first.fp_ca.clone(),
         };
-        plan = plan.step(step(id.into(), "prepare", "1", "new-ca", Action::NewCa { ca }));
+        plan = plan.step(step(
+            new_ca_step(ca).into(),
+            "prepare",
+            "1",
+            "new-ca",
+            Action::NewCa { ca, node: first.name.to_owned(), old_cert },
+        ));
     }
     for cp in &cps {
         let files = vec![
@@ -425,7 +483,7 @@ pub fn assemble(
                 "prepare",
                 "1",
                 "distribute",
-                Action::PutFiles { node: cp.name.to_owned(), files },
+                Action::PutFiles { node: cp.name.to_owned(), files, loaded_by: Vec::new() },
             )
             .in_group("distribute"),
         );
@@ -450,6 +508,7 @@ pub fn assemble(
                 Action::PutFiles {
                     node: (*w).to_owned(),
                     files: vec![(worker_bundle(w)?, Content::Bundle(CaKind::Cluster), 0o644)],
+                    loaded_by: Vec::new(),
                 },
             )
             .in_group("distribute"),
@@ -813,6 +872,9 @@ pub fn assemble(
                     (cp.fp_ca.clone(), Content::NewCert(CaKind::FrontProxy), 0o644),
                     (cp.fp_key.clone(), Content::NewKey(CaKind::FrontProxy), 0o600),
                 ],
+                // The controller-manager's --client-ca-file and the kubelet's clientCAFile
+                // are ca.crt in kubeadm's layout: a rollback must make them load the restore.
+                loaded_by: vec![CONTROLLER_MANAGER.into(), "kubelet".into()],
             },
         ));
     }
@@ -827,6 +889,7 @@ pub fn assemble(
                 Action::PutFiles {
                     node: (*w).to_owned(),
                     files: vec![(ca, Content::NewCert(CaKind::Cluster), 0o644)],
+                    loaded_by: vec!["kubelet".into()],
                 },
             ));
         }
@@ -1087,7 +1150,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
         out
     };
     match action {
-        Action::PutFiles { node, files } => files
+        Action::PutFiles { node, files, .. } => files
             .iter()
             .filter_map(|(path, content, _)| {
                 content
@@ -1201,6 +1264,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             })
             .into_iter()
             .collect(),
+        Action::RestoreFiles { .. } | Action::RestartKubelet { .. } => Vec::new(),
         Action::Preflight
         | Action::Backup { .. }
         | Action::NewCa { .. }
@@ -1402,6 +1466,7 @@ mod tests {
                 Action::PutFiles {
                     node: "w-1".into(),
                     files: vec![(only_new.into(), Content::NewCert(CaKind::Cluster), 0o644)],
+                    loaded_by: Vec::new(),
                 },
             ),
             step(
