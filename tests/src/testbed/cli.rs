@@ -1,9 +1,364 @@
 //! Command-line entry of `kubeca-testbed`: `up`, `down`, `report`, and dispatch to the component subcommands.
 //!
-//! (Engineers: read /work/main/tests/DEV-AGREEMENT.md first: ownership, contract, rules, deadline.)
+//! The component subcommands (`kubelet`, `kube-apiserver`, …) take their flags exactly as a
+//! static pod manifest or a pod's command gives them, so they are dispatched before clap sees
+//! them; `up`, `down` and `report` are the commands for people and tests.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::node::{self, LB_ADDRESS, NodeSpec};
+use super::{haproxy, kubelet, pki, report};
+
+/// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
+#[derive(Parser, Debug)]
+#[command(name = "kubeca-testbed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Brings a cluster up in DIR and writes DIR/inventory.toml; waits until every node is Ready.
+    ///
+    /// Example: kubeca-testbed up --dir /tmp/tb --control-planes 3 --workers 2
+    Up {
+        /// The testbed's directory (created when missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of control-plane nodes (etcd members, apiservers).
+        #[arg(long, default_value_t = 3)]
+        control_planes: usize,
+        /// Number of worker nodes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Private key algorithm of the initial PKI.
+        #[arg(long, value_enum, default_value_t = pki::KeyAlgorithm::Rsa)]
+        key: pki::KeyAlgorithm,
+        /// What to wait for: every node Ready and pod running, or only sshd, etcd and haproxy.
+        #[arg(long, value_enum, default_value_t = Wait::Ready)]
+        wait: Wait,
+        /// Seconds to wait before giving up (the testbed is left running for inspection).
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Stops every process of the testbed in DIR, by pid; safe to run twice.
+    Down {
+        /// The testbed's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Counts the trust monitor's handshakes per edge; exits 1 on any TLS trust failure.
+    Report {
+        /// The testbed's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Count only handshakes at or after this time (RFC 3339 or journalctl forms).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Internal: the supervisor of one node, started by `up` inside its namespaces.
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        address: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Wait {
+    /// Every node Ready and every pod running (through the API).
+    Ready,
+    /// sshd on every node, a healthy etcd cluster and haproxy listening.
+    Infra,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
 
 /// Parses the command line and runs it; the process's exit code.
-pub fn main() -> std::process::ExitCode {
-    eprintln!("kubeca-testbed: not built yet");
-    std::process::ExitCode::from(2)
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(sub) = args.get(1) {
+        let rest = args[2..].to_vec();
+        // Programs started from manifests and shims: their flags are not ours to parse.
+        let component: Option<fn(Vec<String>) -> ExitCode> = match sub.as_str() {
+            "kubelet" => Some(kubelet::main),
+            "systemctl" => Some(|a| shim(node::systemctl(&a))),
+            "journalctl" => Some(|a| shim(node::journalctl(&a))),
+            _ => None,
+        };
+        if let Some(run) = component {
+            return run(rest);
+        }
+    }
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubeca-testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn shim(r: Result<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("{e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Up { dir, control_planes, workers, key, wait, timeout } => {
+            if control_planes == 0 || control_planes + workers > 240 {
+                bail!("--control-planes must be at least 1 and the nodes at most 240 (127.0.0.11-250)");
+            }
+            let started = Instant::now();
+            let dir = up(&dir, control_planes, workers, key, wait, Duration::from_secs(timeout))?;
+            println!(
+                "testbed up in {:.1}s: {control_planes} control planes + {workers} workers; \
+                 inventory {}/inventory.toml, kubeconfig {}/admin.conf",
+                started.elapsed().as_secs_f64(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down { dir } => {
+            down(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { dir, output, since } => {
+            let since = since.map(|s| node::parse_time(&s)).transpose()?;
+            let r = report::build(&dir, since)?;
+            match output {
+                Output::Text => print!("{}", report::render_text(&r)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            }
+            Ok(if r.tls_failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Node { dir, name, address } => {
+            node::supervise(&dir, &name, &address)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Files and directories of a previous testbed in DIR that `up` makes anew.
+const MADE_BY_UP: [&str; 11] = [
+    "nodes",
+    "openssl",
+    "haproxy",
+    "pids",
+    "handshakes.jsonl",
+    "inventory.toml",
+    "admin.conf",
+    "known_hosts",
+    "authorized_keys",
+    "id_ed25519",
+    "id_ed25519.pub",
+];
+
+fn up(
+    dir: &Path,
+    control_planes: usize,
+    workers: usize,
+    key: pki::KeyAlgorithm,
+    wait: Wait,
+    timeout: Duration,
+) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let live = node::running(&dir);
+    if !live.is_empty() {
+        let pids: Vec<String> = live.iter().map(|(p, r)| format!("{p} ({r})")).collect();
+        bail!(
+            "the testbed in {} is already up: running pids {}; run `kubeca-testbed down --dir {}` first",
+            dir.display(),
+            pids.join(", "),
+            dir.display()
+        );
+    }
+    for stale in MADE_BY_UP {
+        let p = dir.join(stale);
+        if p.is_dir() {
+            fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
+    let nodes = node::topology(control_planes, workers);
+    pki::generate(&dir, &nodes, key)?;
+    node::prepare(&dir, &nodes, &exe)?;
+    let admin = node::node_dir(&dir, "cp-1").join("etc-kubernetes/admin.conf");
+    fs::copy(&admin, dir.join("admin.conf")).context("copying admin.conf to DIR")?;
+    write_inventory(&dir, &nodes)?;
+    haproxy::start(&dir, &nodes)?;
+    for n in &nodes {
+        node::start(&dir, n, &exe)?;
+    }
+
+    let deadline = Instant::now() + timeout;
+    let hint = || {
+        format!(
+            "the testbed is left running for inspection (logs: {d}/nodes/<node>/kubelet.journal, \
+             {d}/nodes/<node>/var-log-pods/); stop it with `kubeca-testbed down --dir {d}`",
+            d = dir.display()
+        )
+    };
+    wait_for("sshd on every node", deadline, || {
+        Ok(nodes.iter().all(|n| TcpStream::connect((n.address.as_str(), 22)).is_ok()))
+    })
+    .with_context(hint)?;
+    wait_for("a healthy etcd cluster", deadline, || etcd_healthy(&dir, &nodes))
+        .with_context(hint)?;
+    wait_for("haproxy", deadline, || Ok(TcpStream::connect((LB_ADDRESS, 6443)).is_ok()))
+        .with_context(hint)?;
+    if wait == Wait::Ready {
+        wait_for("every node Ready and every pod running", deadline, || {
+            cluster_ready(&dir, nodes.len())
+        })
+        .with_context(hint)?;
+    }
+    Ok(dir)
+}
+
+/// Polls `ready` every 250 ms until it says yes or `deadline` passes.
+fn wait_for(what: &str, deadline: Instant, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    let mut last_err = None;
+    loop {
+        match ready() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            return match last_err {
+                Some(e) => Err(e.context(format!("timed out waiting for {what}"))),
+                None => bail!("timed out waiting for {what}"),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `etcdctl endpoint health` over every member with cp-1's healthcheck client certificate.
+fn etcd_healthy(dir: &Path, nodes: &[NodeSpec]) -> Result<bool> {
+    let pki = node::node_dir(dir, "cp-1").join("etc-kubernetes/pki/etcd");
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.control_plane)
+        .map(|n| format!("https://{}:2379", n.address))
+        .collect();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("healthcheck-client.crt").display()))
+        .arg(format!("--key={}", pki.join("healthcheck-client.key").display()))
+        .args(["--dial-timeout=2s", "--command-timeout=3s", "endpoint", "health"])
+        .output()
+        .context("running etcdctl (install etcd-client: scripts/setup.sh)")?;
+    Ok(out.status.success())
+}
+
+/// Every node Ready and every pod Running, by `kubectl --kubeconfig DIR/admin.conf`.
+fn cluster_ready(dir: &Path, node_count: usize) -> Result<bool> {
+    let kubectl = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", dir.join("admin.conf").display()))
+            .arg("--request-timeout=5s")
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        serde_json::from_slice(&out.stdout).context("kubectl printed no JSON")
+    };
+    let nodes = kubectl(&["get", "nodes"])?;
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    let ready = items
+        .iter()
+        .filter(|n| {
+            n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count();
+    if ready < node_count {
+        return Ok(false);
+    }
+    let pods = kubectl(&["get", "pods", "--all-namespaces"])?;
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    Ok(!items.is_empty() && items.iter().all(|p| p["status"]["phase"] == "Running"))
+}
+
+/// DIR/inventory.toml in the format of kubeca's inventory (BRIEF.md).
+fn write_inventory(dir: &Path, nodes: &[NodeSpec]) -> Result<()> {
+    let d = dir.display();
+    let mut s = format!(
+        "# kubeca inventory of the testbed in {d} (written by kubeca-testbed up)\n\
+         [cluster]\nname = \"kubeca-testbed\"\nkubeconfig = \"{d}/admin.conf\"\n\
+         api_endpoint = \"https://{LB_ADDRESS}:6443\"\n\n\
+         [ssh]\nuser = \"root\"\nidentity = \"{d}/id_ed25519\"\nknown_hosts = \"{d}/known_hosts\"\n\
+         sudo = false\nconcurrency = 10\n"
+    );
+    for n in nodes {
+        let role = if n.control_plane { "control-plane" } else { "worker" };
+        s.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nroles = [\"{role}\"]\n",
+            n.name, n.address
+        ));
+    }
+    s.push_str(
+        "\n[rotation]\nnew_ca = \"generate\"\nkey_algorithm = \"same-as-old\"\n\
+         validity_days = 3650\nmax_unavailable_workers = 1\n",
+    );
+    let path = dir.join("inventory.toml");
+    fs::write(&path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+fn down(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        println!("nothing to stop: {} does not exist", dir.display());
+        return Ok(());
+    }
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let stopped = node::stop_all(&dir, Duration::from_secs(15))?;
+    // Node mounts live in private namespaces and vanish with their last process; anything
+    // still mounted on the host under DIR is a leak to clean up.
+    for target in node::host_mounts_under(&dir) {
+        let out = Command::new("umount").arg("--lazy").arg(&target).output()?;
+        if !out.status.success() {
+            bail!("umount {target}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    if stopped.is_empty() {
+        println!("nothing running in {}", dir.display());
+    } else {
+        println!("stopped {} processes of the testbed in {}", stopped.len(), dir.display());
+    }
+    Ok(())
 }

@@ -1,3 +1,679 @@
 //! The simulated kubelet: runs static pods from /etc/kubernetes/manifests, serves :10250, restarts pods on manifest changes.
 //!
-//! (Engineers: read /work/main/tests/DEV-AGREEMENT.md first: ownership, contract, rules, deadline.)
+//! Like the real kubelet it reads `--config` (KubeletConfiguration) and `--kubeconfig` once at
+//! start, looks at `staticPodPath` every second, and for each manifest runs the container's
+//! command: image `registry.k8s.io/etcd` runs the real `/usr/bin/etcd`, the control-plane images
+//! run `kubeca-testbed <component>`; both with the manifest's flags. A pod is restarted when its
+//! manifest's content changes or when the manifest is removed and comes back, and restarted with
+//! a back-off when it exits (CrashLoopBackOff). Static pods run in their own process groups and
+//! survive a restart of the kubelet, as containers do; the new kubelet adopts them from the state
+//! it keeps in `/run/kubelet/static-pods/<pod>.json` (which is also where the API side reads
+//! their status for mirror pods). Container output goes to
+//! `/var/log/pods/kube-system_<pod>_<uid>/<container>/0.log`, the pod uid being a hash of the
+//! manifest as with the real kubelet.
+//!
+//! The kubelet serves HTTPS on `<address>:10250` with its serving certificate (`tlsCertFile`,
+//! by default `/var/lib/kubelet/pki/kubelet.crt`) and requires a client certificate from
+//! `authentication.x509.clientCAFile`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::BufReader;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use super::node::{alive, proc_stat, to_pid};
+
+/// Where the kubelet keeps the state of its static pods, inside the node.
+pub const STATIC_POD_STATE_DIR: &str = "/run/kubelet/static-pods";
+/// How long a stopping container gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The kubelet's command-line flags (those of kubeadm's systemd drop-in and kubeadm-flags.env).
+#[derive(Debug, Clone)]
+pub struct Flags {
+    /// `--config`: the KubeletConfiguration file.
+    pub config: PathBuf,
+    /// `--kubeconfig`: how the kubelet reaches the apiserver.
+    pub kubeconfig: PathBuf,
+    /// `--node-ip`: the node's address.
+    pub node_ip: String,
+    /// `--hostname-override`: the node's name.
+    pub hostname: String,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> Result<Flags> {
+        let mut config = None;
+        let mut kubeconfig = None;
+        let mut node_ip = std::env::var("KUBECA_TESTBED_ADDRESS").ok();
+        let mut hostname = std::env::var("KUBECA_TESTBED_NODE").ok();
+        for a in args {
+            let Some((k, v)) = a.split_once('=') else {
+                bail!("kubelet: flags are --name=value, got {a:?}");
+            };
+            match k {
+                "--config" => config = Some(PathBuf::from(v)),
+                "--kubeconfig" => kubeconfig = Some(PathBuf::from(v)),
+                "--node-ip" => node_ip = Some(v.to_string()),
+                "--hostname-override" => hostname = Some(v.to_string()),
+                // Flags of kubeadm-flags.env that mean nothing here.
+                _ => {}
+            }
+        }
+        Ok(Flags {
+            config: config.context("kubelet: --config is required")?,
+            kubeconfig: kubeconfig.context("kubelet: --kubeconfig is required")?,
+            node_ip: node_ip.context("kubelet: --node-ip is required")?,
+            hostname: hostname.context("kubelet: --hostname-override is required")?,
+        })
+    }
+}
+
+/// What the kubelet uses of its KubeletConfiguration.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// `staticPodPath`.
+    pub static_pod_path: PathBuf,
+    /// `authentication.x509.clientCAFile`.
+    pub client_ca_file: PathBuf,
+    /// `address` (listen address of :10250).
+    pub address: String,
+    /// `port`, 10250 by default.
+    pub port: u16,
+    /// `tlsCertFile`, `/var/lib/kubelet/pki/kubelet.crt` by default.
+    pub tls_cert_file: PathBuf,
+    /// `tlsPrivateKeyFile`, `/var/lib/kubelet/pki/kubelet.key` by default.
+    pub tls_private_key_file: PathBuf,
+}
+
+impl KubeletConfig {
+    /// Reads a KubeletConfiguration file.
+    pub fn load(path: &Path, node_ip: &str) -> Result<KubeletConfig> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not YAML", path.display()))?;
+        let s = |key: &str| v.get(key).and_then(Value::as_str).map(String::from);
+        let client_ca = v
+            .get("authentication")
+            .and_then(|a| a.get("x509"))
+            .and_then(|x| x.get("clientCAFile"))
+            .and_then(Value::as_str)
+            .with_context(|| {
+                format!("{}: authentication.x509.clientCAFile is not set", path.display())
+            })?;
+        Ok(KubeletConfig {
+            static_pod_path: s("staticPodPath").unwrap_or("/etc/kubernetes/manifests".into()).into(),
+            client_ca_file: client_ca.into(),
+            address: s("address").unwrap_or_else(|| node_ip.to_string()),
+            port: v.get("port").and_then(Value::as_u64).and_then(|p| p.try_into().ok()).unwrap_or(10250),
+            tls_cert_file: s("tlsCertFile").unwrap_or("/var/lib/kubelet/pki/kubelet.crt".into()).into(),
+            tls_private_key_file: s("tlsPrivateKeyFile")
+                .unwrap_or("/var/lib/kubelet/pki/kubelet.key".into())
+                .into(),
+        })
+    }
+}
+
+/// `kubeca-testbed kubelet --config=… --kubeconfig=… --node-ip=… --hostname-override=…`.
+pub fn main(args: Vec<String>) -> ExitCode {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubelet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let flags = Flags::parse(args)?;
+    let config = KubeletConfig::load(&flags.config, &flags.node_ip)?;
+    eprintln!(
+        "kubelet {} starting: static pods from {}, serving {}:{}",
+        flags.hostname,
+        config.static_pod_path.display(),
+        config.address,
+        config.port
+    );
+    let server_tls = server_config(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the kubelet's runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((config.address.as_str(), config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.address, config.port))?;
+        tokio::spawn(serve(listener, server_tls));
+        let mut pods = StaticPods::new(&flags, &config)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => pods.sync(),
+                _ = term.recv() => {
+                    // The real kubelet leaves containers running when it stops.
+                    eprintln!("kubelet: SIGTERM, leaving static pods running");
+                    return Ok(());
+                }
+            }
+        }
+    })
+}
+
+/// The state of one static pod, kept in `/run/kubelet/static-pods/<pod>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StaticPodState {
+    /// The pod's name: `<manifest metadata.name>-<node>`.
+    pub pod: String,
+    /// The manifest file the pod comes from.
+    pub manifest: PathBuf,
+    /// The pod uid (a hash of the manifest content).
+    pub uid: String,
+    /// The container's name.
+    pub container: String,
+    /// The image named by the manifest.
+    pub image: String,
+    /// The running process, when there is one.
+    pub pid: Option<u32>,
+    /// Its start time in clock ticks since boot, so a reused pid is not mistaken for it.
+    pub pid_start: u64,
+    /// When the container last started (RFC 3339).
+    pub started_at: String,
+    /// How often the container was restarted after it exited.
+    pub restart_count: u32,
+    /// "Running", "CrashLoopBackOff" or "Error: …".
+    pub phase: String,
+}
+
+struct Pod {
+    state: StaticPodState,
+    hash: u64,
+    child: Option<Child>,
+    next_start: Option<Instant>,
+    started: Instant,
+}
+
+/// Everything the static pod loop needs.
+struct StaticPods {
+    flags: Flags,
+    config: KubeletConfig,
+    exe: PathBuf,
+    pods: BTreeMap<String, Pod>,
+}
+
+/// A parsed static pod manifest.
+struct Manifest {
+    path: PathBuf,
+    hash: u64,
+    name: String,
+    container: String,
+    image: String,
+    command: Vec<String>,
+}
+
+impl StaticPods {
+    fn new(flags: &Flags, config: &KubeletConfig) -> Result<StaticPods> {
+        fs::create_dir_all(STATIC_POD_STATE_DIR)
+            .with_context(|| format!("creating {STATIC_POD_STATE_DIR}"))?;
+        let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
+        let mut me = StaticPods {
+            flags: flags.clone(),
+            config: config.clone(),
+            exe,
+            pods: BTreeMap::new(),
+        };
+        me.adopt();
+        Ok(me)
+    }
+
+    /// Takes over the static pods a previous kubelet left running.
+    fn adopt(&mut self) {
+        let Ok(entries) = fs::read_dir(STATIC_POD_STATE_DIR) else { return };
+        for e in entries.flatten() {
+            let Ok(text) = fs::read_to_string(e.path()) else { continue };
+            let Ok(state) = serde_json::from_str::<StaticPodState>(&text) else { continue };
+            let Some(pid) = state.pid.filter(|p| alive(*p, state.pid_start)) else { continue };
+            let hash = fs::read(&state.manifest).map(|b| fnv(&b, 0)).unwrap_or(0);
+            eprintln!("kubelet: adopting static pod {} (pid {pid})", state.pod);
+            // The hash recorded is that of the manifest the process was started from; when the
+            // file changed meanwhile, the next sync sees a different hash and restarts it.
+            let started_hash = uid_hash(&state.uid).unwrap_or(hash);
+            self.pods.insert(
+                state.pod.clone(),
+                Pod { state, hash: started_hash, child: None, next_start: None, started: Instant::now() },
+            );
+        }
+    }
+
+    /// One pass: start, restart or stop pods so that they match the manifests on disk.
+    fn sync(&mut self) {
+        let manifests = self.read_manifests();
+        // Gone or changed: stop.
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(name, pod)| manifests.get(*name).is_none_or(|m| m.hash != pod.hash))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(mut pod) = self.pods.remove(&name) {
+                eprintln!("kubelet: stopping static pod {name} (manifest changed or removed)");
+                stop(&mut pod);
+                let _ = fs::remove_file(state_path(&name));
+            }
+        }
+        // New or exited: start, with a back-off after a crash.
+        for (name, m) in &manifests {
+            if let Some(pod) = self.pods.get_mut(name) {
+                if let Some(code) = exited(pod) {
+                    let ran = pod.started.elapsed();
+                    if ran > Duration::from_secs(60) {
+                        pod.state.restart_count = 0;
+                    }
+                    // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
+                    let backoff = Duration::from_secs(1 << pod.state.restart_count.min(4))
+                        .min(Duration::from_secs(20));
+                    eprintln!(
+                        "kubelet: static pod {name} exited ({code}); restarting in {}s",
+                        backoff.as_secs()
+                    );
+                    pod.state.pid = None;
+                    pod.state.phase = "CrashLoopBackOff".into();
+                    pod.state.restart_count += 1;
+                    pod.next_start = Some(Instant::now() + backoff);
+                    save_state(&pod.state);
+                }
+                if pod.next_start.is_some_and(|t| Instant::now() >= t) {
+                    pod.next_start = None;
+                    if let Err(e) = self.start_into(name, m) {
+                        eprintln!("kubelet: {e:#}");
+                    }
+                }
+            } else if let Err(e) = self.start_into(name, m) {
+                eprintln!("kubelet: {e:#}");
+            }
+        }
+    }
+
+    fn read_manifests(&self) -> BTreeMap<String, Manifest> {
+        let mut out = BTreeMap::new();
+        let dir = &self.config.static_pod_path;
+        let Ok(entries) = fs::read_dir(dir) else { return out };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            // Like the real kubelet: every file but hidden ones, whatever its extension.
+            .filter(|p| p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.')))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        for path in paths {
+            match parse_manifest(&path) {
+                Ok(m) => {
+                    let pod = format!("{}-{}", m.name, self.flags.hostname);
+                    if out.contains_key(&pod) {
+                        eprintln!(
+                            "kubelet: {} defines pod {pod} again; ignored (the real kubelet \
+                             reads every file of {}: keep backups elsewhere)",
+                            path.display(),
+                            dir.display()
+                        );
+                        continue;
+                    }
+                    out.insert(pod, m);
+                }
+                Err(e) => eprintln!("kubelet: ignoring {}: {e:#}", path.display()),
+            }
+        }
+        out
+    }
+
+    /// Starts (or restarts) the pod `name` from manifest `m`.
+    fn start_into(&mut self, name: &str, m: &Manifest) -> Result<()> {
+        let uid = uid_of(m.hash);
+        let restart_count = self.pods.get(name).map_or(0, |p| p.state.restart_count);
+        let log_dir = Path::new("/var/log/pods")
+            .join(format!("kube-system_{name}_{uid}"))
+            .join(&m.container);
+        fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        let log_path = log_dir.join("0.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let (program, args) = program_for(&m.image, &m.command, &self.exe).with_context(|| {
+            format!("{}: no program for image {}", m.path.display(), m.image)
+        })?;
+        let child = Command::new(&program)
+            .args(&args)
+            .env("KUBECA_TESTBED_DIR", std::env::var_os("KUBECA_TESTBED_DIR").unwrap_or_default())
+            .env("KUBECA_TESTBED_NODE", &self.flags.hostname)
+            .env("KUBECA_TESTBED_ADDRESS", &self.flags.node_ip)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a kubelet restart must not take the pod down with it.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} for static pod {name}", program.display()))?;
+        let pid = child.id();
+        eprintln!("kubelet: started static pod {name} (pid {pid}, uid {uid})");
+        let state = StaticPodState {
+            pod: name.to_string(),
+            manifest: m.path.clone(),
+            uid,
+            container: m.container.clone(),
+            image: m.image.clone(),
+            pid: Some(pid),
+            pid_start: proc_stat(pid).map_or(0, |(s, _)| s),
+            started_at: jiff::Timestamp::now().to_string(),
+            restart_count,
+            phase: "Running".into(),
+        };
+        save_state(&state);
+        self.pods.insert(
+            name.to_string(),
+            Pod { state, hash: m.hash, child: Some(child), next_start: None, started: Instant::now() },
+        );
+        Ok(())
+    }
+}
+
+/// The program and arguments that run a container of `image` with `command` (command and args
+/// of the manifest, the first element being the image's entry point).
+///
+/// `registry.k8s.io/etcd:*` runs the real `/usr/bin/etcd`; `kube-apiserver`,
+/// `kube-controller-manager`, `kube-scheduler` images and the testbed's pod programs
+/// (`coredns`, `kube-proxy`, `metrics-server`) run `kubeca-testbed <program>`.
+pub fn program_for(image: &str, command: &[String], exe: &Path) -> Option<(PathBuf, Vec<String>)> {
+    let repo = image.rsplit('/').next()?.split([':', '@']).next()?;
+    let flags = command.get(1..).unwrap_or_default().to_vec();
+    match repo {
+        "etcd" => Some((PathBuf::from("/usr/bin/etcd"), flags)),
+        "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" | "coredns"
+        | "kube-proxy" | "metrics-server" => {
+            // The image decides the program, as it decides the binary of a real container.
+            Some((exe.to_path_buf(), std::iter::once(repo.to_string()).chain(flags).collect()))
+        }
+        _ => None,
+    }
+}
+
+fn parse_manifest(path: &Path) -> Result<Manifest> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_yaml_ng::from_slice(&bytes).context("not YAML")?;
+    if v.get("kind").and_then(Value::as_str) != Some("Pod") {
+        bail!("kind is not Pod");
+    }
+    let name = v
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .context("metadata.name is missing")?;
+    let c = v
+        .get("spec")
+        .and_then(|s| s.get("containers"))
+        .and_then(|c| c.get(0))
+        .context("spec.containers[0] is missing")?;
+    let strings = |key: &str| -> Vec<String> {
+        c.get(key)
+            .and_then(Value::as_sequence)
+            .map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let mut command = strings("command");
+    command.extend(strings("args"));
+    if command.is_empty() {
+        bail!("spec.containers[0].command is empty");
+    }
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        hash: fnv(&bytes, 0),
+        name: name.to_string(),
+        container: c.get("name").and_then(Value::as_str).unwrap_or(name).to_string(),
+        image: c.get("image").and_then(Value::as_str).context("image is missing")?.to_string(),
+        command,
+    })
+}
+
+/// Whether the pod's process has exited; its exit status as text.
+fn exited(pod: &mut Pod) -> Option<String> {
+    if let Some(child) = pod.child.as_mut() {
+        return match child.try_wait() {
+            Ok(Some(status)) => {
+                pod.child = None;
+                Some(status.to_string())
+            }
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
+    }
+    // An adopted pod is not our child: its parent, the node supervisor, reaps it.
+    match pod.state.pid {
+        Some(pid) if !alive(pid, pod.state.pid_start) => Some("exited".into()),
+        _ => None,
+    }
+}
+
+/// SIGTERM to the pod's process group, SIGKILL after the grace period.
+fn stop(pod: &mut Pod) {
+    let Some(pid) = pod.state.pid else { return };
+    let Some(p) = to_pid(pid) else { return };
+    let _ = rustix::process::kill_process_group(p, Signal::TERM);
+    let deadline = Instant::now() + GRACE;
+    loop {
+        let gone = match pod.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => !alive(pid, pod.state.pid_start),
+        };
+        if gone {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = rustix::process::kill_process_group(p, Signal::KILL);
+            if let Some(c) = pod.child.as_mut() {
+                let _ = c.wait();
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pod.child = None;
+    pod.state.pid = None;
+}
+
+fn state_path(pod: &str) -> PathBuf {
+    Path::new(STATIC_POD_STATE_DIR).join(format!("{pod}.json"))
+}
+
+fn save_state(state: &StaticPodState) {
+    let path = state_path(&state.pod);
+    let tmp = path.with_extension("json.tmp");
+    if let Ok(text) = serde_json::to_string_pretty(state)
+        && fs::write(&tmp, text).is_ok()
+    {
+        let _ = fs::rename(&tmp, &path);
+    }
+}
+
+/// The states of the static pods of the node this process runs on (for mirror pods).
+pub fn static_pod_states() -> Vec<StaticPodState> {
+    let Ok(entries) = fs::read_dir(STATIC_POD_STATE_DIR) else { return Vec::new() };
+    let mut v: Vec<StaticPodState> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_str(&fs::read_to_string(e.path()).ok()?).ok())
+        .collect();
+    v.sort_by(|a, b| a.pod.cmp(&b.pod));
+    v
+}
+
+/// 64-bit FNV-1a, seeded: a stable content hash (std's hasher may change between releases).
+fn fnv(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The pod uid for a manifest hash, in UUID form; the hash is its first 16 hex digits.
+fn uid_of(hash: u64) -> String {
+    let lo = fnv(&hash.to_be_bytes(), 1);
+    let h = format!("{hash:016x}{lo:016x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn uid_hash(uid: &str) -> Option<u64> {
+    let hex: String = uid.chars().filter(|c| *c != '-').take(16).collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// :10250
+
+fn server_config(config: &KubeletConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let read_certs = |p: &Path| -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let certs = rustls_pemfile::certs(&mut BufReader::new(f))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading certificates of {}", p.display()))?;
+        if certs.is_empty() {
+            bail!("{} holds no certificate", p.display());
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&config.client_ca_file)? {
+        roots.add(c).with_context(|| format!("{}: bad CA", config.client_ca_file.display()))?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("building the client certificate verifier")?;
+    let certs = read_certs(&config.tls_cert_file)?;
+    let key_path = &config.tls_private_key_file;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(
+        fs::File::open(key_path).with_context(|| format!("opening {}", key_path.display()))?,
+    ))
+    .with_context(|| format!("reading {}", key_path.display()))?
+    .with_context(|| format!("{} holds no private key", key_path.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the kubelet's serving certificate and key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(handle);
+            let _ = hyper_util::server::conn::auto::Builder::new(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+        });
+    }
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+async fn handle(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let (status, body) = if path == "/healthz" {
+        (200, "ok".to_string())
+    } else if path == "/pods" || path == "/pods/" {
+        let items: Vec<serde_json::Value> = static_pod_states()
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "metadata": {"name": s.pod, "namespace": "kube-system", "uid": s.uid},
+                    "status": {"phase": if s.phase == "Running" { "Running" } else { "Pending" }},
+                })
+            })
+            .collect();
+        (200, serde_json::json!({"kind": "PodList", "apiVersion": "v1", "items": items}).to_string())
+    } else if let Some(rest) = path.strip_prefix("/containerLogs/") {
+        container_log(rest).map_or((404, "not found".into()), |l| (200, l))
+    } else {
+        (404, "not found".into())
+    };
+    let mut resp = hyper::Response::new(Body::from(body));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    Ok(resp)
+}
+
+/// The log of `<ns>/<pod>/<container>` from /var/log/pods, newest pod uid first.
+pub fn container_log(ns_pod_container: &str) -> Option<String> {
+    let mut parts = ns_pod_container.splitn(3, '/');
+    let (ns, pod, container) = (parts.next()?, parts.next()?, parts.next()?);
+    let prefix = format!("{ns}_{pod}_");
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir("/var/log/pods")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    let (_, dir) = dirs.pop()?;
+    fs::read_to_string(dir.join(container).join("0.log")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_map_to_programs() {
+        let exe = Path::new("/x/kubeca-testbed");
+        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            program_for("registry.k8s.io/etcd:3.5.12-0", &cmd(&["etcd", "--name=cp-1"]), exe),
+            Some((PathBuf::from("/usr/bin/etcd"), cmd(&["--name=cp-1"])))
+        );
+        assert_eq!(
+            program_for(
+                "registry.k8s.io/kube-apiserver:v1.30.6",
+                &cmd(&["kube-apiserver", "--secure-port=6443"]),
+                exe
+            ),
+            Some((exe.to_path_buf(), cmd(&["kube-apiserver", "--secure-port=6443"])))
+        );
+        assert_eq!(program_for("docker.io/nginx:1", &cmd(&["nginx"]), exe), None);
+    }
+
+    #[test]
+    fn uid_keeps_its_hash() {
+        let h = fnv(b"apiVersion: v1", 0);
+        let uid = uid_of(h);
+        assert_eq!(uid.len(), 36);
+        assert_eq!(uid_hash(&uid), Some(h));
+        assert_ne!(uid_of(fnv(b"apiVersion: v2", 0)), uid);
+    }
+}
