@@ -1,0 +1,92 @@
+//! The testbed end to end: one 3 control-plane + 2 worker cluster per test binary, checked with
+//! tools nobody here wrote (ssh, openssl, etcdctl, curl, kubectl), then taken down.
+//!
+//! The checks share one testbed, so they run in a fixed order from one `#[test]`: those that
+//! change nothing first, then those that restart components, then `down`. Each check runs even
+//! when an earlier one failed, and the test fails naming every failed check. The `Testbed` guard
+//! runs `down` when it is dropped, also on a panic; a run killed outright is cleaned up by the
+//! `down` the next run starts with.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod testbed {
+    pub mod infra;
+    pub mod util;
+}
+
+use testbed::infra;
+use testbed::util::Testbed;
+
+type Check = (&'static str, fn(&Testbed));
+
+#[test]
+fn testbed_3_control_planes_2_workers() {
+    let tb = Testbed::up("testbed-3-2", 3, 2, &["--wait=infra"]);
+    let checks: &[Check] = &[
+        ("ssh_reaches_each_node_and_its_own_files", infra::ssh_reaches_each_node_and_its_own_files),
+        ("openssl_verifies_every_certificate", infra::openssl_verifies_every_certificate),
+        ("etcd_cluster_is_healthy_with_mutual_tls", infra::etcd_cluster_is_healthy_with_mutual_tls),
+        ("kubelet_requires_client_certificates", infra::kubelet_requires_client_certificates),
+        ("up_on_a_live_dir_names_the_pids", infra::up_on_a_live_dir_names_the_pids),
+        ("editing_a_manifest_restarts_the_component", infra::editing_a_manifest_restarts_the_component),
+        ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
+        ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
+        ("down_leaves_nothing", infra::down_leaves_nothing),
+    ];
+    let mut failed = Vec::new();
+    for (name, check) in checks {
+        let started = std::time::Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&tb)));
+        eprintln!(
+            "{} {name} ({:.1}s)",
+            if result.is_ok() { "ok  " } else { "FAIL" },
+            started.elapsed().as_secs_f64()
+        );
+        if result.is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "failed checks: {failed:?}");
+}
+
+/// The ECDSA option: every certificate is P-256 and verifies against its CA (no nodes started).
+#[test]
+fn ecdsa_pki_verifies_with_openssl() {
+    use kubeca_tests::testbed::{node, pki};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = node::topology(1, 1);
+    pki::generate(dir.path(), &nodes, pki::KeyAlgorithm::Ecdsa).unwrap();
+    for n in &nodes {
+        let root = node::node_dir(dir.path(), &n.name);
+        // Paths inside the node, read from the host: /etc/kubernetes and /var/lib/kubelet.
+        let host = |p: &str| {
+            let p = p
+                .replace("/etc/kubernetes/", &format!("{}/etc-kubernetes/", root.display()))
+                .replace("/var/lib/kubelet/", &format!("{}/var-lib-kubelet/", root.display()));
+            // The -current symlink is absolute inside the node; follow it by hand.
+            if p.ends_with("kubelet-client-current.pem") {
+                let target = std::fs::read_link(&p).unwrap();
+                return root.join("var-lib-kubelet/pki").join(target.file_name().unwrap());
+            }
+            std::path::PathBuf::from(p)
+        };
+        for (cert, ca) in pki::certificates_and_cas(n.control_plane) {
+            let out = std::process::Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(host(ca))
+                .arg(host(cert))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cert}: {}", testbed::util::text(&out));
+            let info = std::process::Command::new("openssl")
+                .args(["x509", "-noout", "-text", "-in"])
+                .arg(host(cert))
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&info.stdout).contains("prime256v1"), "{cert} is not P-256");
+        }
+        let key = std::fs::read_to_string(root.join("var-lib-kubelet/pki/kubelet.key")).unwrap();
+        assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    }
+}

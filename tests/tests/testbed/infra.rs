@@ -1,0 +1,226 @@
+//! Checks of the testbed's infrastructure: ssh with strict host keys, the openssl PKI, etcd with
+//! mutual TLS, static pods following their manifests, the kubelet unit, and a clean `down`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use super::util::{Testbed, etcd_health, ssh_with, static_pod_pid, text, wait_until};
+
+/// Every node answers ssh with its own host key (strict checking against DIR/known_hosts) and
+/// sees its own /etc/kubernetes: its kubelet serving certificate names it, and a control
+/// plane's apiserver certificate carries its own name and address and no other node's.
+pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
+    for (name, address, cp) in &tb.nodes {
+        let out = tb.ssh_ok(
+            address,
+            "hostname; openssl x509 -noout -subject -in /var/lib/kubelet/pki/kubelet.crt; \
+             ls /etc/kubernetes/manifests",
+        );
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(name.as_str()), "hostname of {address}");
+        assert!(lines.next().unwrap_or("").ends_with(&format!("CN = {name}")), "{out}");
+        let manifests: Vec<&str> = lines.collect();
+        if *cp {
+            assert_eq!(
+                manifests,
+                ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"]
+            );
+            let sans = tb.ssh_ok(
+                address,
+                "openssl x509 -noout -ext subjectAltName -in /etc/kubernetes/pki/apiserver.crt",
+            );
+            assert!(sans.contains(&format!("DNS:{name},")), "{sans}");
+            assert!(sans.contains(&format!("IP Address:{address},")), "{sans}");
+            for (other, other_addr, _) in tb.nodes.iter().filter(|n| &n.0 != name) {
+                assert!(!sans.contains(&format!("DNS:{other},")), "{name} has {other}'s SAN");
+                assert!(!sans.contains(&format!("IP Address:{other_addr},")), "{sans}");
+            }
+        } else {
+            assert!(manifests.is_empty(), "worker {name} has static pods: {manifests:?}");
+        }
+    }
+    // The check is strict: with a known_hosts that lacks the node, ssh refuses to connect.
+    let empty = tb.dir.join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let out = ssh_with(&tb.dir, &empty, &tb.nodes[0].1, "true");
+    assert!(!out.status.success(), "ssh accepted an unknown host key: {}", text(&out));
+    // And host keys differ per node: cp-1's key does not vouch for cp-2.
+    let kh = fs::read_to_string(tb.dir.join("known_hosts")).unwrap();
+    let first = kh.lines().next().unwrap().to_string();
+    let wrong = first.replacen(&tb.nodes[0].1, &tb.nodes[1].1, 1);
+    let wrong_file = tb.dir.join("wrong_known_hosts");
+    fs::write(&wrong_file, format!("{wrong}\n")).unwrap();
+    let out = ssh_with(&tb.dir, &wrong_file, &tb.nodes[1].1, "true");
+    assert!(!out.status.success(), "ssh accepted cp-1's host key for cp-2: {}", text(&out));
+}
+
+/// `openssl verify` of every certificate of every node against its CA, inside the node (so
+/// kubelet-client-current.pem resolves as the kubelet resolves it); keys and kubeconfigs 0600.
+pub fn openssl_verifies_every_certificate(tb: &Testbed) {
+    for (name, address, cp) in &tb.nodes {
+        let pairs = kubeca_tests::testbed::pki::certificates_and_cas(*cp);
+        let script: Vec<String> = pairs
+            .iter()
+            .map(|(cert, ca)| format!("openssl verify -CAfile {ca} {cert}"))
+            .collect();
+        let out = tb.ssh_ok(address, &script.join(" && "));
+        assert_eq!(out.lines().filter(|l| l.ends_with(": OK")).count(), pairs.len(), "{name}: {out}");
+        // A certificate from another CA does not verify: the check can fail.
+        if *cp {
+            let out = tb.ssh(
+                address,
+                "openssl verify -CAfile /etc/kubernetes/pki/etcd/ca.crt /etc/kubernetes/pki/apiserver.crt",
+            );
+            assert!(!out.status.success(), "apiserver.crt verified against the etcd CA");
+        }
+    }
+    let cp1 = tb.node_path("cp-1", "etc-kubernetes");
+    for rel in ["pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/apiserver.key", "admin.conf", "kubelet.conf"] {
+        let mode = fs::metadata(cp1.join(rel)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{rel} has mode {mode:o}");
+    }
+    let key = fs::read_to_string(cp1.join("pki/ca.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "kubeadm writes PKCS#1 RSA keys");
+    // Workers hold no CA key.
+    assert!(!tb.node_path("w-1", "etc-kubernetes/pki/ca.key").exists());
+}
+
+/// The three etcd members are healthy with client mutual TLS, and refuse a client without a
+/// certificate.
+pub fn etcd_cluster_is_healthy_with_mutual_tls(tb: &Testbed) {
+    let out = etcd_health(tb, true);
+    assert!(out.status.success(), "{}", text(&out));
+    let healthy = String::from_utf8_lossy(&out.stdout).matches("is healthy").count()
+        + String::from_utf8_lossy(&out.stderr).matches("is healthy").count();
+    assert_eq!(healthy, 3, "{}", text(&out));
+    let out = etcd_health(tb, false);
+    assert!(!out.status.success(), "etcd accepted a client without a certificate: {}", text(&out));
+}
+
+/// The kubelet's :10250 requires a client certificate from its clientCAFile.
+pub fn kubelet_requires_client_certificates(tb: &Testbed) {
+    let pki = tb.node_path("cp-1", "etc-kubernetes/pki");
+    let addr = &tb.nodes.last().unwrap().1;
+    let url = format!("https://{addr}:10250/healthz");
+    let curl = |cert: Option<(&str, &str)>, ca: &str| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "5", "--cacert"]).arg(pki.join(ca));
+        if let Some((crt, key)) = cert {
+            c.arg("--cert").arg(pki.join(crt)).arg("--key").arg(pki.join(key));
+        }
+        c.arg(&url).output().unwrap()
+    };
+    let ok = curl(Some(("apiserver-kubelet-client.crt", "apiserver-kubelet-client.key")), "ca.crt");
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok");
+    let no_cert = curl(None, "ca.crt");
+    assert!(!no_cert.status.success(), "the kubelet served a client without a certificate");
+    let wrong_ca = curl(Some(("front-proxy-client.crt", "front-proxy-client.key")), "ca.crt");
+    assert!(!wrong_ca.status.success(), "the kubelet accepted a front-proxy CA client");
+}
+
+/// Editing a static pod manifest restarts that component, and only that one; etcd rejoins.
+pub fn editing_a_manifest_restarts_the_component(tb: &Testbed) {
+    let before = static_pod_pid(tb, "cp-3", "etcd").expect("etcd runs on cp-3");
+    let scheduler = static_pod_pid(tb, "cp-3", "kube-scheduler");
+    let manifest = tb.node_path("cp-3", "etc-kubernetes/manifests/etcd.yaml");
+    let text_before = fs::read_to_string(&manifest).unwrap();
+    let edited = text_before.replace(
+        "    - --snapshot-count=10000\n",
+        "    - --snapshot-count=10000\n    - --heartbeat-interval=100\n",
+    );
+    assert_ne!(edited, text_before);
+    fs::write(&manifest, edited).unwrap();
+    wait_until("a new etcd process on cp-3", Duration::from_secs(20), || {
+        static_pod_pid(tb, "cp-3", "etcd").is_some_and(|p| p != before)
+    });
+    let after = static_pod_pid(tb, "cp-3", "etcd").unwrap();
+    let cmdline = fs::read_to_string(format!("/proc/{after}/cmdline")).unwrap_or_default();
+    assert!(cmdline.contains("--heartbeat-interval=100"), "etcd runs without the new flag");
+    if let Some(s) = scheduler {
+        assert_eq!(static_pod_pid(tb, "cp-3", "kube-scheduler").unwrap_or(s), s);
+    }
+    wait_until("a healthy etcd cluster again", Duration::from_secs(30), || {
+        etcd_health(tb, true).status.success()
+    });
+}
+
+/// Moving a manifest away stops its pod; moving it back starts it again.
+pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
+    let before = static_pod_pid(tb, "cp-2", "etcd").expect("etcd runs on cp-2");
+    let manifest = tb.node_path("cp-2", "etc-kubernetes/manifests/etcd.yaml");
+    let away = tb.node_path("cp-2", "etc-kubernetes/etcd.yaml.away");
+    fs::rename(&manifest, &away).unwrap();
+    wait_until("etcd on cp-2 to stop", Duration::from_secs(20), || {
+        static_pod_pid(tb, "cp-2", "etcd").is_none()
+    });
+    fs::rename(&away, &manifest).unwrap();
+    wait_until("etcd on cp-2 to start again", Duration::from_secs(20), || {
+        static_pod_pid(tb, "cp-2", "etcd").is_some_and(|p| p != before)
+    });
+    wait_until("a healthy etcd cluster again", Duration::from_secs(30), || {
+        etcd_health(tb, true).status.success()
+    });
+}
+
+/// `ssh <node> systemctl restart kubelet` restarts the kubelet (a new pid, running) and leaves
+/// its static pods running, as the real kubelet leaves containers; status and journal follow.
+pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
+    let addr = &tb.nodes[0].1;
+    let pid_before = tb.ssh_ok(addr, "cat /run/kubelet.pid").trim().to_string();
+    let etcd = static_pod_pid(tb, "cp-1", "etcd").expect("etcd runs on cp-1");
+    tb.ssh_ok(addr, "systemctl restart kubelet");
+    let pid_after = tb.ssh_ok(addr, "cat /run/kubelet.pid").trim().to_string();
+    assert_ne!(pid_before, pid_after);
+    let status = tb.ssh_ok(addr, "systemctl status kubelet");
+    assert!(status.contains("Active: active (running)"), "{status}");
+    assert!(status.contains(&format!("Main PID: {pid_after} (kubelet)")), "{status}");
+    let journal = tb.ssh_ok(addr, "journalctl -u kubelet --since '-1min' --no-pager");
+    assert!(journal.contains(&format!("cp-1 kubelet[{pid_after}]: kubelet cp-1 starting")), "{journal}");
+    // The restarted kubelet adopted etcd instead of starting another one.
+    std::thread::sleep(Duration::from_millis(1500)); // two kubelet sync periods, nothing to await
+    assert_eq!(static_pod_pid(tb, "cp-1", "etcd"), Some(etcd));
+    let out = tb.ssh(addr, "systemctl status containerd");
+    assert!(!out.status.success(), "the shim claims a unit it does not have");
+}
+
+/// `up` on a live DIR is an error naming the running pids.
+pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
+    let out = Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&tb.dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already up") && err.contains("(haproxy)") && err.contains("(node cp-1)"), "{err}");
+}
+
+/// After `down` nothing of the testbed runs, is mounted or listens; `down` twice is fine.
+pub fn down_leaves_nothing(tb: &Testbed) {
+    let out = tb.down();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"), "{}", text(&out));
+    let dir = tb.dir.to_string_lossy().to_string();
+    // No process: none in a node namespace or with DIR on its command line.
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
+        if pid != std::process::id() && !zombie {
+            assert!(!cmd.contains(&dir), "process {pid} survived down: {cmd}");
+        }
+    }
+    // No mount.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dir), "a mount under {dir} survived down");
+    // No listener on the testbed's addresses.
+    let ss = Command::new("ss").args(["-Hltn"]).output().unwrap();
+    let listeners = String::from_utf8_lossy(&ss.stdout);
+    for addr in std::iter::once("127.0.0.10").chain(tb.nodes.iter().map(|n| n.1.as_str())) {
+        assert!(!listeners.contains(&format!("{addr}:")), "a listener on {addr} survived down:\n{listeners}");
+    }
+    let again = tb.down();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing running"));
+}
