@@ -11,5 +11,7 @@ pub mod edit;
 pub mod inventory;
 pub mod node;
 pub mod pki;
+pub mod probe;
 pub mod procedure;
+
 pub mod trust;

@@ -28,6 +28,9 @@ use crate::trust::{self, ComponentId, Effect, Material, SimStep, Source, Topolog
 pub const PHASES: [&str; 7] =
     ["preflight", "prepare", "trust-control-plane", "trust-nodes", "switch", "verify", "finalize"];
 
+/// The name standing for the operator's machine in backups (not a valid node name).
+pub const OPERATOR: &str = "@operator";
+
 /// The one human gate.
 pub const FINALIZE_GATE: &str = "finalize";
 
@@ -161,6 +164,8 @@ pub enum Action {
         path: String,
         /// Under which new CA.
         ca: CaKind,
+        /// The manifest of the static pod that loads it (restarted after a rollback restores it).
+        manifest: String,
     },
     /// Roll one node's kubelet: config, kubeconfig, client certificate, restart, wait Ready and
     /// observed trusting what it should.
@@ -448,6 +453,21 @@ pub fn assemble(
             .in_group("backup"),
         );
     }
+
+    // The operator's admin kubeconfig is changed too (steps 7 and 12): back it up.
+    plan = plan.step(
+        step(
+            format!("preflight/backup/{OPERATOR}"),
+            "preflight",
+            "caution",
+            "backup",
+            Action::Backup {
+                node: OPERATOR.into(),
+                paths: vec![inventory.cluster.kubeconfig.display().to_string()],
+            },
+        )
+        .in_group("backup"),
+    );
 
     // prepare (1): new CAs, copied beside the old ones on every control-plane node; bundles on
     // every node (workers need the cluster bundle for the kubelet's clientCAFile).
@@ -775,7 +795,12 @@ pub fn assemble(
                 phase,
                 "9.3",
                 "reissue",
-                Action::ReissueCert { node: cp.name.to_owned(), path: path.to_owned(), ca },
+                Action::ReissueCert {
+                    node: cp.name.to_owned(),
+                    path: path.to_owned(),
+                    ca,
+                    manifest: manifest.clone(),
+                },
             ));
         }
         plan = plan.step(
@@ -1190,7 +1215,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             source: Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
             material: Material::cert(trust::ca::NEW),
         }],
-        Action::ReissueCert { node, path, ca } => {
+        Action::ReissueCert { node, path, ca, .. } => {
             vec![Effect::Write {
                 source: Source::file(node, path),
                 material: Material::cert(names(*ca).1),

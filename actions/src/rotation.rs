@@ -1,0 +1,903 @@
+//! The runner: carries out the procedure's actions on the nodes and through the API, checks
+//! their postconditions after a crash, and says how to undo them ([`engine::Runner`]).
+//!
+//! Every action checks its postcondition first, so running it twice is harmless. Contents are
+//! resolved from what the journal recorded: the old CA from the `NewCa` step's outcome (which
+//! reads it before anything changed), the new CA from the blob store, the original of every file
+//! from its node's `Backup` step. Keys travel only in memory and on stdin to the node.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use engine::{Compensation, Restart, Runner, StepError, StepId, StepStatus, Summary};
+use journal::{BlobStore, Hash};
+
+use crate::api::ClusterApi;
+use crate::edit::{Kubeconfig, KubeletConfig, Manifest};
+use crate::inventory::{Inventory, NewCa};
+use crate::node::{LocalNode, Node, NodeError};
+use crate::pki::{self, Ca, Cert, KeyAlgorithm, KeyPolicy, SecretKey};
+use crate::probe::{Seen, probe};
+use crate::procedure::{Action, CaKind, Content, KubeletTarget, OPERATOR, new_ca_step};
+
+/// Where a parked static pod manifest waits while its pod is stopped.
+pub const PARKING: &str = "/etc/kubernetes/kubeca-parked";
+
+/// Outcomes of finished steps, shared with the engine's event observer.
+pub type Known = Rc<RefCell<BTreeMap<StepId, Summary>>>;
+
+/// The rotation's runner.
+pub struct Rotation<N: Node> {
+    inventory: Inventory,
+    nodes: BTreeMap<String, N>,
+    operator: LocalNode,
+    blobs: BlobStore,
+    api: Option<ClusterApi>,
+    known: Known,
+    ranks: BTreeMap<StepId, u32>,
+    /// Bound of every wait for a component to go down or come back.
+    pub wait: Duration,
+}
+
+impl<N: Node> std::fmt::Debug for Rotation<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotation").field("nodes", &self.nodes.keys()).finish_non_exhaustive()
+    }
+}
+
+fn retry(e: impl std::fmt::Display) -> StepError {
+    StepError::retryable(e.to_string())
+}
+
+fn terminal(e: impl std::fmt::Display) -> StepError {
+    StepError::terminal(e.to_string())
+}
+
+fn node_err(e: NodeError) -> StepError {
+    if e.is_transient() { retry(e) } else { terminal(e) }
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl<N: Node> Rotation<N> {
+    /// A runner over connected `nodes`, the state directory's blob store, and the API (absent in
+    /// tests that do not touch it). `state` is the journal folded so far.
+    pub fn new(
+        inventory: Inventory,
+        nodes: BTreeMap<String, N>,
+        blobs: BlobStore,
+        api: Option<ClusterApi>,
+        state: &engine::State<Action>,
+    ) -> Rotation<N> {
+        let rotation = Rotation {
+            inventory,
+            nodes,
+            operator: LocalNode::new("operator", std::path::Path::new("/")),
+            blobs,
+            api,
+            known: Rc::new(RefCell::new(BTreeMap::new())),
+            ranks: BTreeMap::new(),
+            wait: Duration::from_secs(180),
+        };
+        let mut rotation = rotation;
+        rotation.learn(state);
+        rotation
+    }
+
+    /// Outcomes of finished steps; the caller's event observer keeps it current with [`learn`].
+    ///
+    /// [`learn`]: Rotation::learn
+    pub fn known(&self) -> Known {
+        self.known.clone()
+    }
+
+    /// Takes in what the journal says now (outcomes, and the plan's order for rollback ranks).
+    pub fn learn(&mut self, state: &engine::State<Action>) {
+        learn_into(&self.known, state);
+        if let Some(plan) = &state.plan {
+            self.ranks =
+                plan.steps().enumerate().map(|(i, s)| (s.id.clone(), i as u32 + 1)).collect();
+        }
+    }
+
+    fn node(&self, name: &str) -> Result<&N, StepError> {
+        self.nodes.get(name).ok_or_else(|| terminal(format!("node {name} is not connected")))
+    }
+
+    fn api(&self) -> Result<&ClusterApi, StepError> {
+        self.api
+            .as_ref()
+            .ok_or_else(|| terminal("no API client: the admin kubeconfig was not loaded"))
+    }
+
+    fn outcome(&self, step: &str) -> Result<Summary, StepError> {
+        self.known.borrow().get(&StepId::from(step)).cloned().ok_or_else(|| {
+            terminal(format!("step {step} has no recorded outcome; it must run first"))
+        })
+    }
+
+    fn blob(&self, hex: &str) -> Result<Vec<u8>, StepError> {
+        let digest = Hash::from_hex(hex).ok_or_else(|| terminal(format!("bad digest {hex}")))?;
+        self.blobs.get(&digest).map_err(terminal)
+    }
+
+    fn old_cert(&self, kind: CaKind) -> Result<String, StepError> {
+        let o = self.outcome(new_ca_step(kind))?;
+        Ok(text(self.blob(o.0.get("old-cert").map(String::as_str).unwrap_or_default())?))
+    }
+
+    fn new_ca(&self, kind: CaKind) -> Result<Ca, StepError> {
+        let o = self.outcome(new_ca_step(kind))?;
+        let get = |k: &str| o.0.get(k).cloned().unwrap_or_default();
+        let cert = Cert::from_pem(&text(self.blob(&get("cert"))?), "new CA").map_err(terminal)?;
+        let key =
+            SecretKey::from_pem(&text(self.blob(&get("key"))?), "new CA key").map_err(terminal)?;
+        Ca::load(cert, key).map_err(terminal)
+    }
+
+    /// The bytes `content` stands for.
+    fn resolve(&self, content: Content) -> Result<Vec<u8>, StepError> {
+        Ok(match content {
+            Content::NewCert(k) => self.new_ca(k)?.cert_pem().into_bytes(),
+            Content::NewKey(k) => self.new_ca(k)?.key_pem().into_bytes(),
+            Content::Bundle(k) => {
+                let old = self.old_cert(k)?;
+                let new = self.new_ca(k)?.cert_pem();
+                pki::bundle(&[&old, &new]).map_err(terminal)?.into_bytes()
+            }
+        })
+    }
+
+    /// The node (or the operator's machine) an action on `node` goes to.
+    async fn read_on(&self, node: Option<&str>, path: &str) -> Result<Option<Vec<u8>>, StepError> {
+        match node {
+            Some(n) => self.node(n)?.read(path).await.map_err(node_err),
+            None => self.operator.read(path).await.map_err(node_err),
+        }
+    }
+
+    async fn write_on(
+        &self,
+        node: Option<&str>,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), StepError> {
+        match node {
+            Some(n) => self.node(n)?.write(path, data, mode).await.map_err(node_err),
+            None => self.operator.write(path, data, mode).await.map_err(node_err),
+        }
+    }
+
+    async fn must_read(&self, node: Option<&str>, path: &str) -> Result<String, StepError> {
+        self.read_on(node, path).await?.map(text).ok_or_else(|| {
+            terminal(format!("{}:{path} does not exist", node.unwrap_or("operator")))
+        })
+    }
+
+    /// The original of `path` on `node`, from its backup: `Some(bytes)`, or `None` when it did
+    /// not exist before the rotation.
+    fn original(&self, node: Option<&str>, path: &str) -> Result<Option<Vec<u8>>, StepError> {
+        let step = format!("preflight/backup/{}", node.unwrap_or(OPERATOR));
+        let summary = self.outcome(&step)?;
+        match summary.0.get(path).map(String::as_str) {
+            Some("absent") => Ok(None),
+            Some(hex) => Ok(Some(self.blob(hex)?)),
+            None => Err(terminal(format!("{step} did not back up {path}"))),
+        }
+    }
+
+    /// Where a static pod listens and how to reach it: (host, port, path probed).
+    async fn endpoint(
+        &self,
+        node: &str,
+        component: &str,
+        manifest: &Manifest,
+    ) -> (String, u16, &'static str) {
+        let address = self.inventory.node(node).map(|n| n.address.clone()).unwrap_or_default();
+        match component {
+            "kube-apiserver" => (
+                manifest.flag("--advertise-address").unwrap_or(address),
+                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(6443),
+                "/readyz",
+            ),
+            "kube-controller-manager" => (
+                manifest.flag("--bind-address").unwrap_or(address),
+                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(10257),
+                "/healthz",
+            ),
+            "kube-scheduler" => (
+                manifest.flag("--bind-address").unwrap_or(address),
+                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(10259),
+                "/healthz",
+            ),
+            _ => (address, 0, "/healthz"),
+        }
+    }
+
+    /// Probes a component from where it can be reached: a loopback bind from the node itself
+    /// (over the node's shell), anything else from here.
+    async fn observe(
+        &self,
+        node: &str,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Seen, StepError> {
+        if port == 0 {
+            return Ok(Seen::Down);
+        }
+        if host.starts_with("127.") && self.inventory.node(node).is_none_or(|n| n.address != host) {
+            // kubeadm binds the controller-manager and scheduler to 127.0.0.1 on the node.
+            let script =
+                r#"curl -sk -o /dev/null -w '%{http_code}' --max-time 3 "https://$1:$2$3" || true"#;
+            let out = self
+                .node(node)?
+                .sh("probe", script, &[host, &port.to_string(), path], b"")
+                .await
+                .map_err(node_err)?;
+            let code: u16 = out.stdout_text().trim().parse().unwrap_or(0);
+            return Ok(if code == 0 {
+                Seen::Down
+            } else {
+                Seen::Up { cert: Vec::new(), status: code }
+            });
+        }
+        Ok(probe(host, port, path, Duration::from_secs(3)).await)
+    }
+
+    /// Stops a static pod (manifest parked), writes `text` as its manifest, and waits until it is
+    /// back, answering, and (for the apiserver) presenting the certificate on disk.
+    async fn restart_static_pod(
+        &self,
+        node: &str,
+        component: &str,
+        manifest_path: &str,
+        text: &str,
+    ) -> Result<Summary, StepError> {
+        let n = self.node(node)?;
+        let manifest =
+            Manifest::parse(&format!("{node}:{manifest_path}"), text).map_err(terminal)?;
+        let (host, port, path) = self.endpoint(node, component, &manifest).await;
+        let name = manifest_path.rsplit('/').next().unwrap_or(component);
+        let parked = format!("{PARKING}/{name}");
+        n.sh("prepare parking", r#"mkdir -p -- "$1""#, &[PARKING], b"").await.map_err(node_err)?;
+        if n.read(manifest_path).await.map_err(node_err)?.is_some() {
+            n.rename(manifest_path, &parked).await.map_err(node_err)?;
+        }
+        // Wait until the kubelet has stopped it, so what answers next is the new process.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        while self.observe(node, &host, port, path).await? != Seen::Down {
+            if tokio::time::Instant::now() >= deadline {
+                // Put the manifest back before giving up: never leave a component stopped.
+                n.write(manifest_path, text.as_bytes(), 0o600).await.map_err(node_err)?;
+                return Err(retry(format!(
+                    "node {node}: {component} did not stop within {} s",
+                    self.wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        n.write(manifest_path, text.as_bytes(), 0o600).await.map_err(node_err)?;
+        n.remove(&parked).await.map_err(node_err)?;
+        let expected = match component {
+            "kube-apiserver" => match manifest.flag("--tls-cert-file") {
+                Some(f) => Some(pem_der(&text_of(n.read(&f).await.map_err(node_err)?))?),
+                None => None,
+            },
+            _ => None,
+        };
+        let restarted_at = jiff::Timestamp::now();
+        loop {
+            match self.observe(node, &host, port, path).await? {
+                Seen::Up { cert, status }
+                    if status != 0 && expected.as_ref().is_none_or(|e| *e == cert) =>
+                {
+                    return Ok(Summary::new()
+                        .with("restarted-at", restarted_at.to_string())
+                        .with("serving-cert", hex_sha(&cert)));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(retry(format!(
+                    "node {node}: {component} did not come back healthy{} within {} s; its manifest is in place, check its log",
+                    if expected.is_some() { " presenting the certificate on disk" } else { "" },
+                    self.wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn restart_kubelet(&self, node: &str) -> Result<Summary, StepError> {
+        let n = self.node(node)?;
+        n.run("restart kubelet", "systemctl restart kubelet").await.map_err(node_err)?;
+        let address = self.inventory.node(node).map(|x| x.address.clone()).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            if let Seen::Up { .. } =
+                probe(&address, 10250, "/healthz", Duration::from_secs(3)).await
+            {
+                return Ok(Summary::new().with("restarted-at", jiff::Timestamp::now().to_string()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(retry(format!(
+                    "node {node}: the kubelet did not serve :10250 again within {} s",
+                    self.wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn files_hold(
+        &self,
+        node: &str,
+        files: &[(String, Content, u32)],
+    ) -> Result<bool, StepError> {
+        for (path, content, _) in files {
+            let want = self.resolve(*content)?;
+            if self.node(node)?.read(path).await.map_err(node_err)?.as_deref()
+                != Some(want.as_slice())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn kubelet_done(
+        &self,
+        node: &str,
+        config: &str,
+        kubeconfig: &str,
+        target: &KubeletTarget,
+    ) -> Result<bool, StepError> {
+        let c = KubeletConfig::parse(config, &self.must_read(Some(node), config).await?)
+            .map_err(terminal)?;
+        if c.client_ca_file().as_deref() != Some(target.client_ca_file.as_str()) {
+            return Ok(false);
+        }
+        let k = Kubeconfig::parse(kubeconfig, &self.must_read(Some(node), kubeconfig).await?)
+            .map_err(terminal)?;
+        let want = text(self.resolve(target.kubeconfig_ca)?);
+        Ok(k.ca_data().map_err(terminal)?.as_deref() == Some(want.as_str()))
+    }
+
+    async fn apply_action(&self, step: &StepId, action: &Action) -> Result<Summary, StepError> {
+        let now = jiff::Timestamp::now();
+        match action {
+            Action::Preflight => self.preflight(now).await,
+            Action::Backup { node, paths } => {
+                let mut s = Summary::new();
+                let on = (node != OPERATOR).then_some(node.as_str());
+                for path in paths {
+                    let value = match self.read_on(on, path).await? {
+                        Some(bytes) => self.blobs.put(&bytes).map_err(terminal)?.to_hex(),
+                        None => "absent".into(),
+                    };
+                    s = s.with(path.clone(), value);
+                }
+                Ok(s)
+            }
+            Action::NewCa { ca, node, old_cert } => {
+                let old_pem = self.must_read(Some(node), old_cert).await?;
+                let old =
+                    Cert::from_pem(&old_pem, &format!("{node}:{old_cert}")).map_err(terminal)?;
+                let source = match ca {
+                    CaKind::Cluster => &self.inventory.rotation.new_ca,
+                    CaKind::FrontProxy => &self.inventory.rotation.new_front_proxy_ca,
+                };
+                let new = match source {
+                    NewCa::Import { cert, key } => {
+                        let c = std::fs::read_to_string(cert)
+                            .map_err(|e| terminal(format!("{}: {e}", cert.display())))?;
+                        let k = std::fs::read_to_string(key)
+                            .map_err(|e| terminal(format!("{}: {e}", key.display())))?;
+                        let c =
+                            Cert::from_pem(&c, &cert.display().to_string()).map_err(terminal)?;
+                        let k = SecretKey::from_pem(&k, &key.display().to_string())
+                            .map_err(terminal)?;
+                        Ca::import(c, k).map_err(terminal)?
+                    }
+                    NewCa::Generate(_) => {
+                        let algorithm: KeyAlgorithm =
+                            self.inventory.rotation.key_algorithm.parse().map_err(terminal)?;
+                        let spec = algorithm.resolve(&old).map_err(terminal)?;
+                        let name = match ca {
+                            CaKind::Cluster => "kubernetes",
+                            CaKind::FrontProxy => "front-proxy-ca",
+                        };
+                        Ca::generate(
+                            name,
+                            spec,
+                            self.inventory.rotation.validity_days,
+                            now,
+                            &mut rand_core::OsRng,
+                        )
+                        .map_err(terminal)?
+                    }
+                };
+                let cert = self.blobs.put(new.cert_pem().as_bytes()).map_err(terminal)?;
+                let key = self.blobs.put(new.key_pem().as_bytes()).map_err(terminal)?;
+                let old_digest = self.blobs.put(old_pem.as_bytes()).map_err(terminal)?;
+                Ok(Summary::new()
+                    .with("cert", cert.to_hex())
+                    .with("key", key.to_hex())
+                    .with("old-cert", old_digest.to_hex())
+                    .with("fingerprint", new.cert().fingerprint())
+                    .with("discovery-hash", new.cert().discovery_hash()))
+            }
+            Action::PutFiles { node, files, .. } => {
+                let n = self.node(node)?;
+                let mut s = Summary::new();
+                for (path, content, mode) in files {
+                    let data = self.resolve(*content)?;
+                    n.write(path, &data, *mode).await.map_err(node_err)?;
+                    s = s.with(path.clone(), Hash::of(&data).to_hex());
+                }
+                Ok(s)
+            }
+            Action::SetFlags { node, component, manifest, flags } => {
+                let file = format!("{node}:{manifest}");
+                let current = match self.read_on(Some(node), manifest).await? {
+                    Some(b) => text(b),
+                    // A crash may have left it parked.
+                    None => {
+                        self.must_read(
+                            Some(node),
+                            &format!("{PARKING}/{}", manifest.rsplit('/').next().unwrap_or("")),
+                        )
+                        .await?
+                    }
+                };
+                let mut m = Manifest::parse(&file, &current).map_err(terminal)?;
+                for (flag, value) in flags {
+                    m.set_flag(flag, value).map_err(terminal)?;
+                }
+                self.restart_static_pod(node, component, manifest, &m.text()).await
+            }
+            Action::RestartStaticPod { node, component, manifest } => {
+                let current = match self.read_on(Some(node), manifest).await? {
+                    Some(b) => text(b),
+                    None => {
+                        self.must_read(
+                            Some(node),
+                            &format!("{PARKING}/{}", manifest.rsplit('/').next().unwrap_or("")),
+                        )
+                        .await?
+                    }
+                };
+                self.restart_static_pod(node, component, manifest, &current).await
+            }
+            Action::SetKubeconfigCa { node, path, content } => {
+                let mut k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
+                    .map_err(terminal)?;
+                let pem = text(self.resolve(*content)?);
+                k.set_ca_data(&pem).map_err(terminal)?;
+                self.write_on(node.as_deref(), path, k.text().as_bytes(), 0o600).await?;
+                Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
+            }
+            Action::ReissueKubeconfigClient { node, path } => {
+                let mut k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
+                    .map_err(terminal)?;
+                let cert_pem = k
+                    .client_cert_data()
+                    .map_err(terminal)?
+                    .ok_or_else(|| terminal(format!("{path}: no embedded client certificate")))?;
+                let key_pem = k
+                    .client_key_data()
+                    .map_err(terminal)?
+                    .ok_or_else(|| terminal(format!("{path}: no embedded client key")))?;
+                let leaf = Cert::from_pem(&cert_pem, path).map_err(terminal)?;
+                let ca = self.new_ca(CaKind::Cluster)?;
+                let new = pki::reissue(&leaf, &ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)
+                    .map_err(terminal)?;
+                k.set_client_data(&new.cert.to_pem(), &key_pem).map_err(terminal)?;
+                self.write_on(node.as_deref(), path, k.text().as_bytes(), 0o600).await?;
+                Ok(Summary::new().with("client-cert", new.cert.fingerprint()))
+            }
+            Action::ReissueCert { node, path, ca, .. } => {
+                let pem = self.must_read(Some(node), path).await?;
+                let leaf = Cert::from_pem(&pem, &format!("{node}:{path}")).map_err(terminal)?;
+                let new = pki::reissue(
+                    &leaf,
+                    &self.new_ca(*ca)?,
+                    KeyPolicy::Keep,
+                    now,
+                    &mut rand_core::OsRng,
+                )
+                .map_err(terminal)?;
+                self.node(node)?
+                    .write(path, new.cert.to_pem().as_bytes(), 0o644)
+                    .await
+                    .map_err(node_err)?;
+                Ok(Summary::new().with("cert", new.cert.fingerprint()))
+            }
+            Action::RollKubelet { node, config, kubeconfig, target } => {
+                let n = self.node(node)?;
+                let mut c =
+                    KubeletConfig::parse(config, &self.must_read(Some(node), config).await?)
+                        .map_err(terminal)?;
+                if c.set_client_ca_file(&target.client_ca_file).map_err(terminal)? {
+                    n.write(config, c.text().as_bytes(), 0o644).await.map_err(node_err)?;
+                }
+                let mut k =
+                    Kubeconfig::parse(kubeconfig, &self.must_read(Some(node), kubeconfig).await?)
+                        .map_err(terminal)?;
+                let pem = text(self.resolve(target.kubeconfig_ca)?);
+                let mut changed = k.set_ca_data(&pem).map_err(terminal)?;
+                if target.reissue_client_cert {
+                    let ca = self.new_ca(CaKind::Cluster)?;
+                    if let Some(cert_pem) = k.client_cert_data().map_err(terminal)? {
+                        let key_pem = k.client_key_data().map_err(terminal)?.unwrap_or_default();
+                        let leaf = Cert::from_pem(&cert_pem, kubeconfig).map_err(terminal)?;
+                        if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
+                            let new = pki::reissue(
+                                &leaf,
+                                &ca,
+                                KeyPolicy::Keep,
+                                now,
+                                &mut rand_core::OsRng,
+                            )
+                            .map_err(terminal)?;
+                            changed |= k
+                                .set_client_data(&new.cert.to_pem(), &key_pem)
+                                .map_err(terminal)?;
+                        }
+                    } else if let (Some(cert_file), key_file) = k.client_files() {
+                        // kubelet-client-current.pem holds certificate and key; keep the key.
+                        let both = self.must_read(Some(node), &cert_file).await?;
+                        let leaf = Cert::from_pem(&both, &format!("{node}:{cert_file}"))
+                            .map_err(terminal)?;
+                        if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
+                            let new = pki::reissue(
+                                &leaf,
+                                &ca,
+                                KeyPolicy::Keep,
+                                now,
+                                &mut rand_core::OsRng,
+                            )
+                            .map_err(terminal)?;
+                            let key_pem = if key_file.as_deref() == Some(cert_file.as_str()) {
+                                key_blocks(&both)
+                            } else {
+                                String::new()
+                            };
+                            let out = format!("{}{key_pem}", new.cert.to_pem());
+                            n.write(&cert_file, out.as_bytes(), 0o600).await.map_err(node_err)?;
+                        }
+                    }
+                }
+                if changed {
+                    n.write(kubeconfig, k.text().as_bytes(), 0o600).await.map_err(node_err)?;
+                }
+                self.restart_kubelet(node).await
+            }
+            Action::RestartKubelet { node } => self.restart_kubelet(node).await,
+            Action::WaitRootCa { content } => {
+                let pem = text(self.resolve(*content)?);
+                self.api()?.wait_root_ca(&pem).await.map_err(retry)?;
+                Ok(Summary::new().with("root-ca", Hash::of(pem.as_bytes()).to_hex()))
+            }
+            Action::RollWorkloads { only, round } => {
+                let rolled = self.api()?.roll_workloads(only, round).await.map_err(retry)?;
+                Ok(Summary::new().with("rolled", rolled.len().to_string()))
+            }
+            Action::SetClusterInfo { content } => {
+                let pem = text(self.resolve(*content)?);
+                self.api()?.set_cluster_info(&pem).await.map_err(retry)?;
+                Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
+            }
+            Action::PrintDiscoveryHash => {
+                let hash = self.new_ca(CaKind::Cluster)?.cert().discovery_hash();
+                tracing::info!(%hash, "joining nodes now use --discovery-token-ca-cert-hash {hash}");
+                Ok(Summary::new().with("discovery-token-ca-cert-hash", hash))
+            }
+            Action::CheckLogs => {
+                let since = self.switch_time();
+                let errors = self.api()?.tls_errors_since(since).await.map_err(retry)?;
+                if errors.is_empty() {
+                    Ok(Summary::new().with("tls-errors", "0"))
+                } else {
+                    Err(terminal(format!(
+                        "TLS errors in logs since the switch:\n{}",
+                        errors.join("\n")
+                    )))
+                }
+            }
+            Action::CheckEdges => self.check_edges().await,
+            Action::ListStalePods => {
+                let pods =
+                    self.api()?.pods_started_before(self.switch_time()).await.map_err(retry)?;
+                if !pods.is_empty() {
+                    tracing::warn!(
+                        count = pods.len(),
+                        "pods started before the switch hold the old CA in memory: {}",
+                        pods.join(", ")
+                    );
+                }
+                Ok(Summary::new().with("stale-pods", pods.len().to_string()))
+            }
+            Action::RemoveFiles { node, paths } => {
+                for p in paths {
+                    self.node(node)?.remove(p).await.map_err(node_err)?;
+                }
+                Ok(Summary::new().with("removed", paths.len().to_string()))
+            }
+            Action::RestoreFiles { node, paths } => {
+                let mut s = Summary::new();
+                for path in paths {
+                    match self.original(node.as_deref(), path)? {
+                        Some(bytes) => {
+                            self.write_on(node.as_deref(), path, &bytes, 0o600).await?;
+                            s = s.with(path.clone(), Hash::of(&bytes).to_hex());
+                        }
+                        None => {
+                            match node.as_deref() {
+                                Some(n) => self.node(n)?.remove(path).await.map_err(node_err)?,
+                                None => self.operator.remove(path).await.map_err(node_err)?,
+                            }
+                            s = s.with(path.clone(), "absent");
+                        }
+                    }
+                }
+                let _ = step;
+                Ok(s)
+            }
+        }
+    }
+
+    /// When the first apiserver switched (logs are scanned from then on).
+    fn switch_time(&self) -> jiff::Timestamp {
+        let known = self.known.borrow();
+        known
+            .iter()
+            .filter(|(id, _)| id.as_str().starts_with("switch/apiserver/"))
+            .filter_map(|(_, s)| s.0.get("restarted-at")?.parse().ok())
+            .min()
+            .unwrap_or_else(jiff::Timestamp::now)
+    }
+
+    async fn preflight(&self, now: jiff::Timestamp) -> Result<Summary, StepError> {
+        let mut s = Summary::new();
+        let cps: Vec<_> = self.inventory.control_planes().collect();
+        if cps.len() < 2 {
+            tracing::warn!(
+                "only one API server: the cluster API is down while it restarts (upstream caution)"
+            );
+            s = s.with("warning", "single apiserver: downtime during its restarts");
+        }
+        for n in &self.inventory.nodes {
+            self.node(&n.name)?.run("reach", "true").await.map_err(node_err)?;
+        }
+        let first = &cps.first().ok_or_else(|| terminal("no control-plane node"))?.name;
+        for (cert, key) in [
+            ("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/pki/ca.key"),
+            ("/etc/kubernetes/pki/front-proxy-ca.crt", "/etc/kubernetes/pki/front-proxy-ca.key"),
+        ] {
+            let c = Cert::from_pem(
+                &self.must_read(Some(first), cert).await?,
+                &format!("{first}:{cert}"),
+            )
+            .map_err(terminal)?;
+            let k = SecretKey::from_pem(
+                &self.must_read(Some(first), key).await?,
+                &format!("{first}:{key}"),
+            )
+            .map_err(terminal)?;
+            let ca = Ca::load(c, k).map_err(terminal)?;
+            ca.check(now).map_err(terminal)?;
+            s = s.with(cert, ca.cert().fingerprint());
+        }
+        Ok(s)
+    }
+
+    async fn check_edges(&self) -> Result<Summary, StepError> {
+        // Every apiserver must present a certificate from the new CA.
+        let ca = self.new_ca(CaKind::Cluster)?;
+        let now = jiff::Timestamp::now();
+        let mut checked = 0;
+        for n in self.inventory.control_planes() {
+            match probe(&n.address, 6443, "/readyz", Duration::from_secs(5)).await {
+                Seen::Up { cert, .. } => {
+                    let c =
+                        Cert::from_der(cert, &format!("apiserver@{}", n.name)).map_err(terminal)?;
+                    pki::verify_chain(&c, std::slice::from_ref(ca.cert()), now)
+                        .map_err(|e| terminal(format!("apiserver@{}: {e}", n.name)))?;
+                    checked += 1;
+                }
+                Seen::Down => return Err(retry(format!("apiserver@{} does not answer", n.name))),
+            }
+        }
+        Ok(Summary::new().with("apiservers", checked.to_string()))
+    }
+
+    async fn check_action(&self, action: &Action) -> Result<Option<Summary>, StepError> {
+        let done =
+            |ok: bool| Ok(ok.then(|| Summary::new().with("recovered", "postcondition held")));
+        match action {
+            Action::PutFiles { node, files, .. } => done(self.files_hold(node, files).await?),
+            Action::SetKubeconfigCa { node, path, content } => {
+                let k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
+                    .map_err(terminal)?;
+                let want = text(self.resolve(*content)?);
+                done(k.ca_data().map_err(terminal)?.as_deref() == Some(want.as_str()))
+            }
+            Action::ReissueKubeconfigClient { node, path } => {
+                let k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
+                    .map_err(terminal)?;
+                let Some(pem) = k.client_cert_data().map_err(terminal)? else { return done(false) };
+                let leaf = Cert::from_pem(&pem, path).map_err(terminal)?;
+                let ca = self.new_ca(CaKind::Cluster)?;
+                done(
+                    pki::verify_chain(
+                        &leaf,
+                        std::slice::from_ref(ca.cert()),
+                        jiff::Timestamp::now(),
+                    )
+                    .is_ok(),
+                )
+            }
+            Action::ReissueCert { node, path, ca, .. } => {
+                let leaf = Cert::from_pem(&self.must_read(Some(node), path).await?, path)
+                    .map_err(terminal)?;
+                let ca = self.new_ca(*ca)?;
+                done(
+                    pki::verify_chain(
+                        &leaf,
+                        std::slice::from_ref(ca.cert()),
+                        jiff::Timestamp::now(),
+                    )
+                    .is_ok(),
+                )
+            }
+            Action::RemoveFiles { node, paths } => {
+                for p in paths {
+                    if self.node(node)?.read(p).await.map_err(node_err)?.is_some() {
+                        return done(false);
+                    }
+                }
+                done(true)
+            }
+            Action::RollKubelet { node, config, kubeconfig, target } => {
+                // Even when the files are right, the kubelet may not have been restarted: only
+                // the restart itself is repeated (it is harmless).
+                if self.kubelet_done(node, config, kubeconfig, target).await? {
+                    self.restart_kubelet(node).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            // Everything else is repeated: restarts and waits are idempotent, generation is
+            // redone (nothing used the half-made CA yet), backups read the same files.
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<N: Node> Runner<Action> for Rotation<N> {
+    async fn check(&self, _step: &StepId, action: &Action) -> Result<Option<Summary>, StepError> {
+        self.check_action(action).await
+    }
+
+    async fn apply(&self, step: &StepId, action: &Action) -> Result<Summary, StepError> {
+        self.apply_action(step, action).await
+    }
+
+    fn compensate(
+        &self,
+        step: &StepId,
+        action: &Action,
+        _outcome: Option<&Summary>,
+    ) -> Vec<Compensation<Action>> {
+        let trust = self.ranks.get(step).copied().unwrap_or(0);
+        let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
+            node: node.map(str::to_owned),
+            paths,
+        };
+        let static_pod = |node: &str, component: &str, manifest: &str| Restart {
+            key: format!("{node}/{component}"),
+            action: Action::RestartStaticPod {
+                node: node.into(),
+                component: component.into(),
+                manifest: manifest.into(),
+            },
+            kind: "static-pod".into(),
+        };
+        let kubelet = |node: &str| Restart {
+            key: format!("{node}/kubelet"),
+            action: Action::RestartKubelet { node: node.into() },
+            kind: "kubelet".into(),
+        };
+        let comp = |action: Action, restart: Option<Restart<Action>>| Compensation {
+            action,
+            kind: "restore".into(),
+            trust,
+            restart,
+        };
+        match action {
+            Action::PutFiles { node, files, loaded_by } => {
+                let restart = if loaded_by.iter().any(|c| c == "kubelet") {
+                    Some(kubelet(node))
+                } else {
+                    None
+                };
+                vec![comp(
+                    restore(Some(node), files.iter().map(|f| f.0.clone()).collect()),
+                    restart,
+                )]
+            }
+            Action::SetFlags { node, component, manifest, .. } => {
+                vec![comp(
+                    restore(Some(node), vec![manifest.clone()]),
+                    Some(static_pod(node, component, manifest)),
+                )]
+            }
+            Action::SetKubeconfigCa { node, path, .. }
+            | Action::ReissueKubeconfigClient { node, path } => {
+                vec![comp(restore(node.as_deref(), vec![path.clone()]), None)]
+            }
+            Action::ReissueCert { node, path, manifest, .. } => vec![comp(
+                restore(Some(node), vec![path.clone()]),
+                Some(static_pod(node, "kube-apiserver", manifest)),
+            )],
+            Action::RollKubelet { node, config, kubeconfig, .. } => {
+                let mut paths = vec![config.clone(), kubeconfig.clone()];
+                paths.push(crate::discovery::defaults::KUBELET_CLIENT_CURRENT.into());
+                vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
+            }
+            Action::RemoveFiles { node, paths } => {
+                vec![comp(restore(Some(node), paths.clone()), None)]
+            }
+            Action::SetClusterInfo { .. } => Vec::new(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Copies every succeeded step's outcome from `state` into `known`.
+pub fn learn_into(known: &Known, state: &engine::State<Action>) {
+    let mut k = known.borrow_mut();
+    for (id, s) in &state.steps {
+        if let StepStatus::Succeeded { summary, .. } = &s.status {
+            k.insert(id.clone(), summary.clone());
+        }
+    }
+}
+
+fn text_of(bytes: Option<Vec<u8>>) -> String {
+    bytes.map(text).unwrap_or_default()
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>, StepError> {
+    Cert::from_pem(pem, "serving certificate").map(|c| c.der().to_vec()).map_err(terminal)
+}
+
+fn hex_sha(der: &[u8]) -> String {
+    Hash::of(der).to_hex()
+}
+
+/// The private-key blocks of a PEM text (kubelet-client-current.pem holds cert and key).
+fn key_blocks(pem: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") && line.contains("PRIVATE KEY") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("-----END") && line.contains("PRIVATE KEY") {
+            inside = false;
+        }
+    }
+    out
+}
