@@ -198,12 +198,13 @@ pub fn decide<A>(state: &State<A>, options: &RunOptions, now: Timestamp) -> Resu
                 return Ok(Stage::Pause(PauseReason::Cancelled { abandoned: Vec::new() }));
             }
             if let Some(window) = &options.window
-                && !record.is_some_and(StepState::in_doubt) {
-                    let expected = state.expected_duration(&step.kind, step.estimate);
-                    if let Some(reason) = window.refuses(now, &step.id, expected) {
-                        return Ok(Stage::Pause(reason));
-                    }
+                && !record.is_some_and(StepState::in_doubt)
+            {
+                let expected = state.expected_duration(&step.kind, step.estimate);
+                if let Some(reason) = window.refuses(now, &step.id, expected) {
+                    return Ok(Stage::Pause(reason));
                 }
+            }
             return Ok(Stage::Execute(Unit {
                 track: Track::Rollback,
                 group: None,
@@ -229,10 +230,10 @@ pub fn decide<A>(state: &State<A>, options: &RunOptions, now: Timestamp) -> Resu
                 .then(|| PauseReason::Until { phase: name.clone() })
         })
     };
-    for unit in plan.units() {
+    for unit in state.open_units() {
         match unit {
             PlanUnit::Gate(index) => {
-                let Some(Item::Gate(gate)) = plan.items.get(index) else { continue };
+                let Some(Item::Gate(gate)) = plan.items.get(*index) else { continue };
                 if state.gate_approved(&gate.name) {
                     continue;
                 }
@@ -293,7 +294,7 @@ pub fn decide<A>(state: &State<A>, options: &RunOptions, now: Timestamp) -> Resu
                 }
                 return Ok(Stage::Execute(Unit {
                     track: Track::Forward,
-                    group,
+                    group: group.clone(),
                     steps: unfinished.iter().map(|s| s.id.clone()).collect(),
                     whole,
                 }));
@@ -434,9 +435,10 @@ where
                 });
             }
             if let Some(phase) = &options.until
-                && plan.phase_index(phase).is_none() {
-                    return Err(Error::UnknownPhase(phase.clone()));
-                }
+                && plan.phase_index(phase).is_none()
+            {
+                return Err(Error::UnknownPhase(phase.clone()));
+            }
         }
         self.drive(options).await
     }

@@ -287,7 +287,7 @@ pub enum PlanError {
 }
 
 /// What the driver runs as one piece: a gate, or a lone step or a whole group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PlanUnit {
     Gate(usize),
     Steps { group: Option<GroupId>, items: Vec<usize> },
@@ -431,10 +431,9 @@ impl<A> Plan<A> {
                                 step: s.id.clone(),
                             });
                         }
-                        if !continues
-                            && let Some((og, _)) = open_group {
-                                closed_groups.insert(og);
-                            }
+                        if !continues && let Some((og, _)) = open_group {
+                            closed_groups.insert(og);
+                        }
                         Some((g, &s.phase))
                     } else {
                         None
@@ -448,9 +447,10 @@ impl<A> Plan<A> {
                 }
             };
             if group.is_none()
-                && let Some((og, _)) = open_group {
-                    closed_groups.insert(og);
-                }
+                && let Some((og, _)) = open_group
+            {
+                closed_groups.insert(og);
+            }
             open_group = group;
         }
         Ok(())
@@ -465,10 +465,11 @@ impl<A> Plan<A> {
                 Item::Step(step) => {
                     if let (Some(g), Some(PlanUnit::Steps { group: Some(last), items })) =
                         (&step.group, units.last_mut())
-                        && g == last {
-                            items.push(index);
-                            continue;
-                        }
+                        && g == last
+                    {
+                        items.push(index);
+                        continue;
+                    }
                     units.push(PlanUnit::Steps { group: step.group.clone(), items: vec![index] });
                 }
             }

@@ -78,17 +78,18 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
                 trust,
             });
             if let Some(restart) = &entry.comp.restart
-                && keys.insert(restart.key.clone()) {
-                    restarts.push(CompStep {
-                        id: StepId(format!("restart:{}@{trust}", restart.key)),
-                        undoes: None,
-                        action: restart.action.clone(),
-                        kind: restart.kind.clone(),
-                        estimate: entry.estimate,
-                        retry: entry.retry.clone(),
-                        trust,
-                    });
-                }
+                && keys.insert(restart.key.clone())
+            {
+                restarts.push(CompStep {
+                    id: StepId(format!("restart:{}@{trust}", restart.key)),
+                    undoes: None,
+                    action: restart.action.clone(),
+                    kind: restart.kind.clone(),
+                    estimate: entry.estimate,
+                    retry: entry.retry.clone(),
+                    trust,
+                });
+            }
         }
         steps.extend(restarts);
         start = end;

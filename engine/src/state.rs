@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{CompStep, Event, PauseReason, StepError, Summary};
-use crate::plan::{GateName, Item, PhaseName, Plan, StepId, step_index};
+use crate::plan::{GateName, Item, PhaseName, Plan, PlanUnit, StepId, step_index};
 
 /// Where one step (or rollback step) stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +110,10 @@ pub struct State<A> {
     /// Number of events folded.
     pub events: u64,
     index: BTreeMap<StepId, usize>,
+    /// The plan cut into what the driver runs as one piece, and the first one not yet done:
+    /// bookkeeping so that choosing the next step does not rescan the finished ones.
+    units: Vec<PlanUnit>,
+    cursor: usize,
 }
 
 impl<A> Default for State<A> {
@@ -127,6 +131,8 @@ impl<A> Default for State<A> {
             last: None,
             events: 0,
             index: BTreeMap::new(),
+            units: Vec::new(),
+            cursor: 0,
         }
     }
 }
@@ -152,6 +158,8 @@ impl<A: Clone> State<A> {
         match event {
             Event::RunStarted(e) => {
                 self.index = step_index(&e.plan);
+                self.units = e.plan.units();
+                self.cursor = 0;
                 self.steps = e.plan.steps().map(|s| (s.id.clone(), StepState::pending())).collect();
                 self.gates = e
                     .plan
@@ -167,10 +175,10 @@ impl<A: Clone> State<A> {
             }
             Event::StepStarted(e) => {
                 self.paused = None;
-                if !self.started_order.contains(&e.step) {
+                let record = self.steps.entry(e.step.clone()).or_insert_with(StepState::pending);
+                if record.attempts == 0 {
                     self.started_order.push(e.step.clone());
                 }
-                let record = self.steps.entry(e.step.clone()).or_insert_with(StepState::pending);
                 record.attempts = record.attempts.max(e.attempt);
                 record.status = StepStatus::Started { attempt: e.attempt, since: e.at };
             }
@@ -185,6 +193,7 @@ impl<A: Clone> State<A> {
                 }
                 record.status =
                     StepStatus::Succeeded { summary: e.summary.clone(), recovered: false };
+                self.advance();
             }
             Event::StepFailed(e) => {
                 let record = self.steps.entry(e.step.clone()).or_insert_with(StepState::pending);
@@ -194,6 +203,7 @@ impl<A: Clone> State<A> {
                 let record = self.steps.entry(e.step.clone()).or_insert_with(StepState::pending);
                 record.status =
                     StepStatus::Succeeded { summary: e.summary.clone(), recovered: true };
+                self.advance();
             }
             Event::GateReached(e) => {
                 let gate = self.gates.entry(e.gate.clone()).or_default();
@@ -203,6 +213,7 @@ impl<A: Clone> State<A> {
                 self.paused = None;
                 let gate = self.gates.entry(e.gate.clone()).or_default();
                 gate.approved = Some((e.by.clone(), e.at));
+                self.advance();
             }
             Event::Paused(e) => self.paused = Some(e.reason.clone()),
             Event::RollbackPlanned(e) => {
@@ -255,6 +266,34 @@ impl<A: Clone> State<A> {
 }
 
 impl<A> State<A> {
+    /// Moves the cursor past the units that are done.
+    fn advance(&mut self) {
+        while let Some(unit) = self.units.get(self.cursor) {
+            let done = match unit {
+                PlanUnit::Gate(index) => match self.plan.as_ref().and_then(|p| p.items.get(*index))
+                {
+                    Some(Item::Gate(gate)) => self.gate_approved(&gate.name),
+                    _ => true,
+                },
+                PlanUnit::Steps { items, .. } => items.iter().all(|index| {
+                    match self.plan.as_ref().and_then(|p| p.items.get(*index)) {
+                        Some(Item::Step(step)) => self.step(&step.id).is_done(),
+                        _ => true,
+                    }
+                }),
+            };
+            if !done {
+                break;
+            }
+            self.cursor += 1;
+        }
+    }
+
+    /// The units not known to be done, in plan order.
+    pub(crate) fn open_units(&self) -> &[PlanUnit] {
+        self.units.get(self.cursor..).unwrap_or_default()
+    }
+
     fn plan_step_kind(&self, id: &StepId) -> Option<String> {
         let plan = self.plan.as_ref()?;
         match plan.items.get(*self.index.get(id)?) {

@@ -47,7 +47,7 @@ struct FileRunner {
 }
 
 impl FileRunner {
-    fn parse<'a>(action: &'a str) -> Result<(&'a str, &'a str), StepError> {
+    fn parse(action: &str) -> Result<(&str, &str), StepError> {
         action.split_once('=').ok_or_else(|| StepError::terminal(format!("bad action {action}")))
     }
 
