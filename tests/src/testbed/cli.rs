@@ -67,6 +67,17 @@ enum Cmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Measures the CPU used by every process of the testbed over SECONDS, in cores.
+    ///
+    /// Example (the idle figure of the issue): kubeca-testbed cpu --dir /tmp/tb --seconds 60
+    Cpu {
+        /// The testbed's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long to measure.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Internal: the supervisor of one node, started by `up` inside its namespaces.
     #[command(hide = true)]
     Node {
@@ -155,6 +166,15 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
             }
             Ok(if r.tls_failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Cpu { dir, seconds } => {
+            let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+            let (cores, processes) = node::cpu_use(&dir, Duration::from_secs(seconds))?;
+            println!(
+                "{cores:.3} cores over {seconds}s ({:.1}% of one core), {processes} processes",
+                cores * 100.0
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Node { dir, name, address } => {
             node::supervise(&dir, &name, &address)?;

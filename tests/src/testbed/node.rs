@@ -422,12 +422,23 @@ pub fn running(dir: &Path) -> Vec<(u32, String)> {
                 && let Some(node) = namespaces.get(&meta.ino())
                 && matches!(proc_stat(pid), Some((_, false)))
             {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                found.insert(pid, format!("{} on node {node}", comm.trim()));
+                found.insert(pid, format!("{} on node {node}", program_name(pid)));
             }
         }
     }
     found.into_iter().collect()
+}
+
+/// What a process runs: `etcd`, `sshd`, or the subcommand of `kubeca-testbed` (`kubelet`, …).
+fn program_name(pid: u32) -> String {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned());
+    let argv0 = args.next().unwrap_or_default();
+    let program = argv0.rsplit('/').next().unwrap_or_default().to_string();
+    match args.next() {
+        Some(sub) if program == "kubeca-testbed" => sub,
+        _ => program,
+    }
 }
 
 /// Mount namespace inode → node name, for every node of DIR that recorded one.
@@ -453,6 +464,35 @@ fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// CPU time (user + system, in clock ticks) of a process. Children's reaped time is left out:
+/// the children are measured themselves while they run.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // utime, stime: fields 14 and 15 of stat, 11 and 12 after the command name.
+    (11..=12).map(|i| fields.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// The CPU the testbed's processes use over `period`, in cores, and how many were measured.
+/// A process that started during the period counts whole; one that ended is not counted.
+pub fn cpu_use(dir: &Path, period: Duration) -> Result<(f64, usize)> {
+    let before: BTreeMap<u32, u64> =
+        running(dir).into_iter().filter_map(|(p, _)| Some((p, cpu_ticks(p)?))).collect();
+    if before.is_empty() {
+        bail!("no process of a testbed runs in {}", dir.display());
+    }
+    let started = Instant::now();
+    std::thread::sleep(period);
+    let after: BTreeMap<u32, u64> =
+        running(dir).into_iter().filter_map(|(p, _)| Some((p, cpu_ticks(p)?))).collect();
+    let ticks: u64 = after
+        .iter()
+        .map(|(p, t)| t.saturating_sub(before.get(p).copied().unwrap_or(0)))
+        .sum();
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    Ok((ticks as f64 / hz / started.elapsed().as_secs_f64(), after.len()))
 }
 
 /// Stops every process of the testbed in DIR, by pid: SIGTERM, then SIGKILL after `grace`,
