@@ -64,7 +64,6 @@ pub struct Restart<A> {
 }
 
 /// The clock: the time of facts and the waits between attempts.
-#[allow(async_fn_in_trait)] // see Runner
 pub trait Clock {
     /// Now.
     fn now(&self) -> Timestamp;

@@ -7,6 +7,8 @@
 mod decide;
 #[path = "engine/fold.rs"]
 mod fold;
+#[path = "engine/plan.rs"]
+mod plan;
 #[path = "engine/property.rs"]
 mod property;
 #[path = "engine/rollback.rs"]
