@@ -1,0 +1,152 @@
+//! Certificate authorities: generated with rcgen, or read from files and refused unless they
+//! can sign (CA:TRUE, keyCertSign), their key is theirs, and they are valid now.
+
+use jiff::{SignedDuration, Timestamp};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+};
+
+use super::{BACKDATE, Cert, KeySpec, PkiError, SecretKey, random_serial};
+
+/// A CA certificate with its private key.
+///
+/// Only made by [`Ca::generate`], [`Ca::load`] and [`Ca::import`], so a `Ca` is always a CA
+/// certificate (CA:TRUE, keyCertSign) whose key matches it; whether it is valid *now* is
+/// [`Ca::check`]'s question.
+#[derive(Debug)]
+pub struct Ca {
+    cert: Cert,
+    key: SecretKey,
+}
+
+impl Ca {
+    /// A new self-signed CA named `CN=common_name` (kubeadm uses `kubernetes` for the cluster
+    /// CA and `front-proxy-ca` for the front proxy's), valid from [`BACKDATE`] before `now`
+    /// for `validity_days` days, with a key of kind `spec`.
+    pub fn generate(
+        common_name: &str,
+        spec: KeySpec,
+        validity_days: u32,
+        now: Timestamp,
+        serials: &mut impl rand_core::RngCore,
+    ) -> Result<Ca, PkiError> {
+        let what = format!("new CA {common_name}");
+        let validity =
+            |reason: &str| PkiError::Validity { what: what.clone(), reason: reason.into() };
+        if validity_days == 0 {
+            return Err(validity("validity_days must be at least 1"));
+        }
+        // Certificates carry whole seconds; computing from whole seconds keeps lengths exact.
+        let now =
+            Timestamp::from_second(now.as_second()).map_err(|_| validity("now is out of range"))?;
+        let not_before = now.checked_sub(BACKDATE).map_err(|_| validity("now is out of range"))?;
+        let not_after = now
+            .checked_add(SignedDuration::from_hours(24 * i64::from(validity_days)))
+            .map_err(|_| validity("validity_days is too large"))?;
+        let key = SecretKey::generate(spec, &format!("{what} key"))?;
+
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // kubeadm's CAs: digitalSignature, keyEncipherment (RSA only: it means nothing for an EC
+        // key) and keyCertSign.
+        params.key_usages = match spec {
+            KeySpec::Rsa { .. } => vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+                KeyUsagePurpose::KeyCertSign,
+            ],
+            KeySpec::EcdsaP256 | KeySpec::EcdsaP384 => {
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]
+            }
+        };
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial(serials)));
+        // rcgen takes the `time` crate's type, which x509-parser converts to without naming it.
+        let date = |t: Timestamp| {
+            x509_parser::time::ASN1Time::from_timestamp(t.as_second())
+                .map(|t| t.to_datetime())
+                .map_err(|_| validity("date out of range"))
+        };
+        params.not_before = date(not_before)?;
+        params.not_after = date(not_after)?;
+        let signed = params
+            .self_signed(key.pair())
+            .map_err(|e| PkiError::Signing { what: what.clone(), reason: e.to_string() })?;
+        let cert = Cert::from_der(signed.der().to_vec(), &what)?;
+        Ok(Ca { cert, key })
+    }
+
+    /// A CA that already exists (the cluster's current one): refused unless `cert` is a CA
+    /// that can sign certificates and `key` is its private key. Key size is not judged here,
+    /// so that a weak old CA can still be rotated away from.
+    pub fn load(cert: Cert, key: SecretKey) -> Result<Ca, PkiError> {
+        if !cert.is_ca() {
+            return Err(PkiError::NotCa { origin: cert.origin().to_owned() });
+        }
+        if !cert.can_sign_certificates() {
+            return Err(PkiError::NoKeyCertSign { origin: cert.origin().to_owned() });
+        }
+        if !key.matches(&cert) {
+            return Err(PkiError::KeyMismatch {
+                cert: cert.origin().to_owned(),
+                key: key.origin().to_owned(),
+            });
+        }
+        Ok(Ca { cert, key })
+    }
+
+    /// A CA the user gives to rotate to: everything [`Ca::load`] checks, and an RSA key of
+    /// at least 2048 bits.
+    pub fn import(cert: Cert, key: SecretKey) -> Result<Ca, PkiError> {
+        if !cert.is_ca() {
+            return Err(PkiError::NotCa { origin: cert.origin().to_owned() });
+        }
+        if let KeySpec::Rsa { bits } = cert.key_spec()?
+            && bits < 2048
+        {
+            return Err(PkiError::WeakKey { origin: cert.origin().to_owned(), bits });
+        }
+        Ca::load(cert, key)
+    }
+
+    /// Refuses a CA that is not valid at `now` (expired, or not yet valid). The other
+    /// properties were checked when the `Ca` was made.
+    pub fn check(&self, now: Timestamp) -> Result<(), PkiError> {
+        if now < self.cert.not_before() {
+            return Err(PkiError::NotYetValid {
+                origin: self.cert.origin().to_owned(),
+                not_before: self.cert.not_before(),
+            });
+        }
+        if now > self.cert.not_after() {
+            return Err(PkiError::Expired {
+                origin: self.cert.origin().to_owned(),
+                not_after: self.cert.not_after(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> &Cert {
+        &self.cert
+    }
+
+    /// The CA's private key.
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
+    /// The certificate as PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.to_pem()
+    }
+
+    /// The private key as PEM, in the key's [`SecretKey::format`]. Secret: mode 0600, never
+    /// logged.
+    pub fn key_pem(&self) -> String {
+        self.key.to_pem()
+    }
+}
