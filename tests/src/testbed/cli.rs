@@ -366,7 +366,9 @@ fn down(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
-    let stopped = node::stop_all(&dir, Duration::from_secs(15))?;
+    // Three seconds of grace: enough for every component to exit on SIGTERM, except the last
+    // etcd member, which waits for peers that are already gone; it gets SIGKILL.
+    let stopped = node::stop_all(&dir, Duration::from_secs(3))?;
     // Node mounts live in private namespaces and vanish with their last process; anything
     // still mounted on the host under DIR is a leak to clean up.
     for target in node::host_mounts_under(&dir) {

@@ -100,28 +100,26 @@ pub fn generate(dir: &Path, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()
         path_str(&shared.join("sa.pub"))?,
     ])?;
 
-    // Every node's files; two at a time so the two cores of a CI machine are both busy.
+    // Every node's files, from a queue shared by one worker per core (control planes, which
+    // have the most keys to make, first).
     let control_planes: Vec<&NodeSpec> = nodes.iter().filter(|n| n.control_plane).collect();
-    let chunks: Vec<Vec<&NodeSpec>> = {
-        let mut c = vec![Vec::new(), Vec::new()];
-        for (i, n) in nodes.iter().enumerate() {
-            c[i % 2].push(n);
-        }
-        c
-    };
+    let queue = std::sync::Mutex::new(nodes.iter());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let ossl = &ossl;
-                let shared = &shared;
-                let control_planes = &control_planes;
-                s.spawn(move || -> Result<()> {
-                    for node in chunk {
-                        node_files(dir, ossl, shared, node, control_planes)
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        // The lock only guards the iterator; a poisoned lock means another
+                        // worker panicked, and its join below reports that.
+                        let next = match queue.lock() {
+                            Ok(mut q) => q.next(),
+                            Err(_) => return Ok(()),
+                        };
+                        let Some(node) = next else { return Ok(()) };
+                        node_files(dir, &ossl, &shared, node, &control_planes)
                             .with_context(|| format!("making the files of node {}", node.name))?;
                     }
-                    Ok(())
                 })
             })
             .collect();
