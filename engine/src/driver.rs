@@ -143,6 +143,21 @@ pub enum Outcome {
     RolledBack,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Completed => f.write_str("completed"),
+            Outcome::ReachedUntil { phase } => write!(f, "phase {phase} is done, as asked"),
+            Outcome::Paused { reason } => write!(f, "paused: {reason}; run again to continue"),
+            Outcome::Failed { failures } => {
+                let reason = PauseReason::Failed { failures: failures.clone() };
+                write!(f, "{reason}; fix the cause, then run again")
+            }
+            Outcome::RolledBack => f.write_str("rolled back"),
+        }
+    }
+}
+
 impl Outcome {
     fn of_pause(reason: PauseReason) -> Outcome {
         match reason {

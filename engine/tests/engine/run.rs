@@ -159,6 +159,10 @@ fn given_a_terminal_error_when_run_then_it_fails_after_one_attempt() {
     );
     assert_eq!(world.calls(), ["apply:a"]);
     assert_eq!(world.names().last(), Some(&"Paused"));
+    assert_eq!(
+        outcome.to_string(),
+        "failed: step a: a: broken for good; fix the cause, then run again"
+    );
 }
 
 #[test]
