@@ -94,6 +94,56 @@ impl ClusterApi {
         Ok(list.items.into_iter().filter_map(|n| n.metadata.name).collect())
     }
 
+    /// The workloads behind aggregated API servers and admission webhooks
+    /// (`namespace/Deployment/name`): they must be restarted to trust the new CAs (upstream 9.1).
+    pub async fn extension_workloads(&self) -> Result<Vec<String>, ApiError> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let mut out = Vec::new();
+        let kinds = [
+            ("apiregistration.k8s.io", "v1", "APIService", "apiservices", "/spec/service"),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+                "validatingwebhookconfigurations",
+                "/webhooks",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "MutatingWebhookConfiguration",
+                "mutatingwebhookconfigurations",
+                "/webhooks",
+            ),
+        ];
+        for (group, version, kind, plural, pointer) in kinds {
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            // A cluster without the resource (an old or minimal API) simply has none.
+            let Ok(list) = api.list(&ListParams::default()).await else { continue };
+            for item in list.items {
+                let Some(value) = item.data.pointer(pointer) else { continue };
+                let services: Vec<&serde_json::Value> = match value {
+                    serde_json::Value::Array(hooks) => {
+                        hooks.iter().filter_map(|h| h.pointer("/clientConfig/service")).collect()
+                    }
+                    other => vec![other],
+                };
+                for svc in services {
+                    if let (Some(ns), Some(name)) =
+                        (svc["namespace"].as_str(), svc["name"].as_str())
+                    {
+                        out.push(format!("{ns}/Deployment/{name}"));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Namespaces whose `kube-root-ca.crt` does not hold exactly `pem` (as certificates, in any
     /// order), and legacy token Secrets whose `ca.crt` does not.
     pub async fn root_ca_lagging(&self, pem: &str) -> Result<Vec<String>, ApiError> {

@@ -13,5 +13,5 @@ pub mod node;
 pub mod pki;
 pub mod probe;
 pub mod procedure;
-
+pub mod rotation;
 pub mod trust;

@@ -901,3 +901,22 @@ fn key_blocks(pem: &str) -> String {
     }
     out
 }
+
+/// A runner for commands that only read the journal or record an approval: it refuses to act,
+/// and has nothing to undo (it is never used for `run` or `rollback`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Idle;
+
+impl Runner<Action> for Idle {
+    async fn check(&self, step: &StepId, _: &Action) -> Result<Option<Summary>, StepError> {
+        Err(terminal(format!("step {step}: this command does not carry out steps")))
+    }
+
+    async fn apply(&self, step: &StepId, _: &Action) -> Result<Summary, StepError> {
+        Err(terminal(format!("step {step}: this command does not carry out steps")))
+    }
+
+    fn compensate(&self, _: &StepId, _: &Action, _: Option<&Summary>) -> Vec<Compensation<Action>> {
+        Vec::new()
+    }
+}

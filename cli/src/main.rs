@@ -1,6 +1,7 @@
 //! `kubeca`: the command-line interface — flags, output formats, exit codes; no rotation logic.
 
 mod args;
+mod rotate;
 
 use std::process::ExitCode;
 
@@ -19,7 +20,7 @@ const EXIT_USAGE: u8 = 2;
 /// An error that maps to "usage or configuration" (exit 2) rather than "failed" (exit 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,35 +77,36 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("lock {lock_id} of {} cleared", dir.display());
                 Ok(EXIT_OK)
             }
-            JournalCommand::Export { .. } | JournalCommand::Verify { .. } => {
-                bail!(
-                    "`kubeca journal export|verify` is not built yet: it needs the rotation engine's event types"
-                )
+            JournalCommand::Export { format, output } => {
+                rotate::export(state_dir(&cli)?, *format, output.as_ref())
+            }
+            JournalCommand::Verify { export, format } => {
+                if export.is_some() {
+                    rotate::verify_journal(None, export.as_ref(), *format)
+                } else {
+                    rotate::verify_journal(Some(state_dir(&cli)?), None, None)
+                }
             }
         },
-        Command::Verify { .. } => {
-            bail!("`kubeca verify` is not built yet: the live trust check comes with the procedure")
+        Command::Init { inventory } => rotate::init(state_dir(&cli)?, inventory),
+        Command::Plan { output } => rotate::plan(state_dir(&cli)?, *output),
+        Command::Run { until, window } => {
+            rotate::drive(state_dir(&cli)?, until.as_deref(), window.as_deref(), false)
         }
-        other => {
-            state_dir(&cli)?;
-            bail!(
-                "`kubeca {}` is not built yet: the rotation engine and procedure are still being built \
-             (see README.md, Status)",
-                name_of(other)
-            )
+        Command::Status { output } => rotate::status(state_dir(&cli)?, *output),
+        Command::Approve { gate } => rotate::approve(state_dir(&cli)?, gate),
+        Command::Rollback { yes } => {
+            let dir = state_dir(&cli)?;
+            if !yes {
+                bail!(UsageError(
+                    "rollback restarts components on every node: confirm with --yes".into()
+                ));
+            }
+            rotate::drive(dir, None, None, true)
         }
-    }
-}
-
-fn name_of(command: &Command) -> &'static str {
-    match command {
-        Command::Init { .. } => "init",
-        Command::Plan { .. } => "plan",
-        Command::Run { .. } => "run",
-        Command::Status { .. } => "status",
-        Command::Approve { .. } => "approve",
-        Command::Rollback { .. } => "rollback",
-        Command::Journal(_) => "journal",
-        Command::Verify { .. } => "verify",
+        Command::Verify { .. } => bail!(
+            "`kubeca verify` is not built yet: the live trust check of every edge comes with the \
+             end-to-end issue"
+        ),
     }
 }

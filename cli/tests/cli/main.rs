@@ -46,10 +46,100 @@ fn a_usage_error_exits_2() {
 
 #[test]
 fn commands_not_built_yet_say_so_and_fail() {
+    let out = kubeca(&["verify", "--inventory", "cluster.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+}
+
+#[test]
+fn run_before_init_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = kubeca(&["--state-dir", dir.path().to_str().unwrap(), "run"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+    assert!(text(&out).contains("run `init` first"), "{}", text(&out));
+    let out = kubeca(&["--state-dir", dir.path().to_str().unwrap(), "status"]);
+    assert!(out.status.success());
+    assert!(text(&out).contains("init --inventory"), "{}", text(&out));
+}
+
+#[test]
+fn a_bad_inventory_is_a_configuration_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("cluster.toml");
+    std::fs::write(&inv, "[cluster]\nname = \"x\"\nkubeconfig = \"a\"\napi_endpoint = \"https://h:6443\"\nbogus = 1\n").unwrap();
+    let out = kubeca(&[
+        "--state-dir",
+        dir.path().join("rot").to_str().unwrap(),
+        "init",
+        "--inventory",
+        inv.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("bogus") && text(&out).contains("cluster.toml"), "{}", text(&out));
+}
+
+/// A state directory holding a recorded plan of two real actions, the first done.
+fn recorded(dir: &std::path::Path) {
+    use actions::procedure::Action;
+    use engine::{Engine, Plan, Step, Summary, SystemClock};
+    let j: journal::Journal<engine::Event<Action>> =
+        journal::Journal::open(dir, journal::Actor::current("test")).unwrap();
+    let plan = Plan::new(["preflight", "verify"])
+        .step(
+            Step::new("preflight/check", "preflight", "preflight", Action::Preflight)
+                .upstream("caution"),
+        )
+        .step(Step::new("verify/logs", "verify", "verify", Action::CheckLogs).upstream("11.1"));
+    let engine = Engine::open(j, actions::rotation::Idle, SystemClock).unwrap();
+    engine.start(plan).unwrap();
+    let _ = Summary::new();
+}
+
+#[test]
+fn status_export_and_verify_read_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    let d = state.to_str().unwrap();
+    let out = kubeca(&["--state-dir", d, "status", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total"], 2);
+    assert!(v["next"].as_str().unwrap().ends_with(" run"), "{v}");
+
+    let export = dir.path().join("audit.jsonl");
+    let out = kubeca(&[
+        "--state-dir",
+        d,
+        "journal",
+        "export",
+        "--format",
+        "jsonl",
+        "-o",
+        export.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        lines.contains("\"upstream\":\"11.1\""),
+        "the audit record keeps upstream step numbers"
+    );
+    assert!(!lines.contains("PRIVATE KEY"));
+    let out =
+        kubeca(&["journal", "verify", "--export", export.to_str().unwrap(), "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kubeca(&["--state-dir", d, "journal", "verify"]);
+    assert!(
+        out.status.success() && text(&out).contains("journal intact: 1 records"),
+        "{}",
+        text(&out)
+    );
+
+    // An edited export is refused.
+    std::fs::write(&export, lines.replace("11.1", "11.2")).unwrap();
+    let out =
+        kubeca(&["journal", "verify", "--export", export.to_str().unwrap(), "--format", "jsonl"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
 
 #[test]

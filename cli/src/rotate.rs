@@ -1,0 +1,489 @@
+//! The rotation commands: open the state directory, build the runner, drive the engine, and
+//! print what happened and what to type next. No rotation logic lives here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actions::api::ClusterApi;
+use actions::inventory::Inventory;
+use actions::node::{SshNode, SshOptions};
+use actions::procedure::{self, Action, ClusterFacts};
+use actions::rotation::{Idle, Rotation, learn_into};
+use anyhow::{Context, anyhow, bail};
+use engine::{Engine, Event, Outcome, PauseReason, RunOptions, State, SystemClock, Window};
+use journal::{Actor, Journal};
+
+use crate::UsageError;
+use crate::args::{ExportFormat, Output};
+
+/// Exit code: paused and resumable.
+pub const EXIT_PAUSED: u8 = 75;
+
+type EventLog = Journal<Event<Action>>;
+
+/// The inventory as resolved at `init`, kept beside the journal for `run`.
+const INVENTORY_FILE: &str = "inventory.json";
+
+fn actor() -> Actor {
+    Actor::current(format!("kubeca {}", env!("CARGO_PKG_VERSION")))
+}
+
+fn open(dir: &Path) -> anyhow::Result<EventLog> {
+    Journal::open(dir, actor())
+        .with_context(|| format!("opening the state directory {}", dir.display()))
+}
+
+fn folded(journal: &EventLog) -> anyhow::Result<State<Action>> {
+    let events: Vec<Event<Action>> = journal.replay()?.into_iter().map(|r| r.event).collect();
+    Ok(State::fold(&events))
+}
+
+fn load_inventory(dir: &Path) -> anyhow::Result<Inventory> {
+    let path = dir.join(INVENTORY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: no inventory recorded; start with `kubeca --state-dir {} init --inventory FILE`",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: unreadable inventory record", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn connect(inventory: &Inventory, dir: &Path) -> anyhow::Result<BTreeMap<String, SshNode>> {
+    let control_dir = dir.join("ssh");
+    journal::create_private_dir(&control_dir)?;
+    let opts = SshOptions {
+        user: inventory.ssh.user.clone(),
+        identity: inventory.ssh.identity.clone(),
+        known_hosts: inventory.ssh.known_hosts.clone(),
+        strict: inventory.ssh.strict_host_key_checking,
+        sudo: inventory.ssh.sudo,
+        timeout: Duration::from_secs(inventory.ssh.command_timeout_secs),
+        control_dir,
+    };
+    let mut nodes = BTreeMap::new();
+    for (i, n) in inventory.nodes.iter().enumerate() {
+        tracing::info!(node = %n.name, "connecting {} of {}", i + 1, inventory.nodes.len());
+        let node = SshNode::connect(&n.name, &n.address, n.port, &opts).await?;
+        nodes.insert(n.name.clone(), node);
+    }
+    Ok(nodes)
+}
+
+/// `kubeca init`.
+pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
+    let inventory = Inventory::load(inventory_file).map_err(|e| UsageError(e.to_string()))?;
+    let journal = open(dir)?;
+    if folded(&journal)?.plan.is_some() {
+        return Err(UsageError(format!(
+            "{} already holds a rotation; use `kubeca --state-dir {} status`, or another directory for a new one",
+            dir.display(),
+            dir.display()
+        ))
+        .into());
+    }
+    let rt = runtime()?;
+    let plan = rt.block_on(async {
+        let nodes = connect(&inventory, dir).await?;
+        let mut facts = BTreeMap::new();
+        for (name, node) in &nodes {
+            tracing::info!(node = %name, "discovering what each component loads");
+            facts.insert(name.clone(), actions::discovery::discover(node).await?);
+        }
+        let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
+        let cluster = ClusterFacts {
+            nodes: facts,
+            extension_workloads: api.extension_workloads().await?,
+            namespaces: api.namespaces().await?,
+        };
+        let id = format!("{}", jiff::Timestamp::now().as_second());
+        for node in nodes.into_values() {
+            node.close().await;
+        }
+        anyhow::Ok(procedure::build(&inventory, &cluster, &id)?)
+    })?;
+    let record = serde_json::to_vec_pretty(&inventory)?;
+    write_private(&dir.join(INVENTORY_FILE), &record)?;
+    let steps = plan.steps().count();
+    let engine = Engine::open(journal, Idle, SystemClock)?;
+    engine.start(plan)?;
+    println!(
+        "rotation recorded in {}: {steps} steps; every connection holds after every step.",
+        dir.display()
+    );
+    println!(
+        "next: kubeca --state-dir {} plan   (review), then kubeca --state-dir {} run",
+        dir.display(),
+        dir.display()
+    );
+    Ok(0)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `kubeca plan`.
+pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
+    let journal = open(dir)?;
+    let state = folded(&journal)?;
+    let plan = state
+        .plan
+        .as_ref()
+        .ok_or_else(|| anyhow!("no rotation recorded in {}; run `init` first", dir.display()))?;
+    let inventory = load_inventory(dir)?;
+    let facts = ClusterFacts {
+        nodes: BTreeMap::new(),
+        extension_workloads: Vec::new(),
+        namespaces: Vec::new(),
+    };
+    let trust = procedure::check_trust(plan, &procedure::topology(&inventory, &facts));
+    match output {
+        Output::Json => {
+            let steps: Vec<serde_json::Value> = plan
+                .steps()
+                .map(|s| serde_json::json!({
+                    "id": s.id.as_str(), "phase": s.phase.as_str(), "upstream": s.upstream,
+                    "group": s.group.as_ref().map(|g| g.as_str()), "action": s.action,
+                    "status": format!("{:?}", state.step(&s.id).status).split_whitespace().next().unwrap_or(""),
+                }))
+                .collect();
+            let out = serde_json::json!({
+                "digest": state.digest, "steps": steps,
+                "trust_check": match &trust { Ok(()) => "every edge holds after every step".to_string(), Err(v) => v.to_string() },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Text => {
+            let mut phase = String::new();
+            for item in &plan.items {
+                match item {
+                    engine::Item::Gate(g) => println!("\n== gate {}: {}", g.name, g.note),
+                    engine::Item::Step(s) => {
+                        if s.phase.as_str() != phase {
+                            phase = s.phase.to_string();
+                            println!("\n== {phase}");
+                        }
+                        let group = s.group.as_ref().map(|g| format!(" [{g}]")).unwrap_or_default();
+                        let done = if state.step(&s.id).is_done() { "done" } else { "    " };
+                        println!(
+                            "  {done} {:<8} {}{group}",
+                            s.upstream.clone().unwrap_or_default(),
+                            s.id
+                        );
+                    }
+                }
+            }
+            match &trust {
+                Ok(()) => println!(
+                    "\ntrust check: every connection holds after every one of {} steps",
+                    plan.steps().count()
+                ),
+                Err(v) => println!("\ntrust check FAILED: {v}"),
+            }
+        }
+    }
+    Ok(if trust.is_ok() { 0 } else { 1 })
+}
+
+fn parse_window(text: &str) -> anyhow::Result<Window> {
+    let (start, duration) = text.split_once('/').ok_or_else(|| {
+        UsageError(format!("--window {text}: expected START/DURATION, e.g. 2026-12-05T02:00Z/4h"))
+    })?;
+    let start: jiff::Timestamp = normalize_time(start)
+        .parse()
+        .map_err(|e| UsageError(format!("--window {text}: start {start:?}: {e}")))?;
+    let span: jiff::Span = duration
+        .parse()
+        .map_err(|e| UsageError(format!("--window {text}: duration {duration:?}: {e}")))?;
+    let duration = Duration::try_from(
+        span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+            .map_err(|e| UsageError(e.to_string()))?,
+    )
+    .map_err(|e| UsageError(format!("--window {text}: {e}")))?;
+    Ok(Window { start, duration })
+}
+
+/// Accepts `2026-12-05T02:00Z` (no seconds), which RFC 3339 parsers reject.
+fn normalize_time(s: &str) -> String {
+    let t = s.trim();
+    match t.split_once('T') {
+        Some((date, time)) if time.len() == 6 && time.ends_with('Z') => {
+            format!("{date}T{}:00Z", &time[..5])
+        }
+        _ => t.to_owned(),
+    }
+}
+
+fn options(
+    until: Option<&str>,
+    window: Option<&str>,
+) -> anyhow::Result<(RunOptions, engine::Canceller)> {
+    let (canceller, cancel) = engine::Cancel::new();
+    let mut o = RunOptions { cancel, ..RunOptions::default() };
+    if let Some(u) = until {
+        if !procedure::PHASES.contains(&u) {
+            return Err(UsageError(format!(
+                "--until {u}: not a phase; one of {}",
+                procedure::PHASES.join(", ")
+            ))
+            .into());
+        }
+        o.until = Some(u.into());
+    }
+    o.window = window.map(parse_window).transpose()?;
+    o.jitter_seed = u64::from(std::process::id());
+    Ok((o, canceller))
+}
+
+/// `kubeca run` and `kubeca rollback`.
+pub fn drive(
+    dir: &Path,
+    until: Option<&str>,
+    window: Option<&str>,
+    rollback: bool,
+) -> anyhow::Result<u8> {
+    let (opts, canceller) = options(until, window)?;
+    let journal = open(dir)?;
+    let state = folded(&journal)?;
+    if state.plan.is_none() {
+        bail!("no rotation recorded in {}; run `init` first", dir.display());
+    }
+    if rollback && let Some(at) = state.completed {
+        return Err(UsageError(format!(
+            "the rotation completed at {at}: the old CA is gone from the cluster, so there is nothing to roll back to"
+        ))
+        .into());
+    }
+    let inventory = load_inventory(dir)?;
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let nodes = connect(&inventory, dir).await?;
+        let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
+        let blobs = journal.blobs().clone();
+        let runner = Rotation::new(inventory.clone(), nodes, blobs, Some(api), &state);
+        let known = runner.known();
+        let mut engine = Engine::open(journal, runner, SystemClock)?;
+        let started = std::time::Instant::now();
+        engine.on_event(move |event, state| {
+            learn_into(&known, state);
+            progress(event, state, started.elapsed());
+        });
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::warn!("stopping: no new step starts; running steps finish");
+            canceller.cancel();
+        });
+        let outcome = if rollback { engine.rollback(&opts).await? } else { engine.run(&opts).await? };
+        anyhow::Ok(outcome)
+    })?;
+    Ok(report(dir, &outcome))
+}
+
+fn progress(event: &Event<Action>, state: &State<Action>, elapsed: Duration) {
+    let status = state.status();
+    let at = format!("{}/{}", status.done, status.total);
+    let secs = elapsed.as_secs();
+    match event {
+        Event::StepStarted(e) => {
+            let phase = state.plan_step(&e.step).map(|s| s.phase.to_string()).unwrap_or_default();
+            tracing::info!(phase, step = %e.step, progress = %at, elapsed_s = secs, "started");
+        }
+        Event::StepSucceeded(e) => {
+            tracing::info!(step = %e.step, progress = %at, elapsed_s = secs, "done")
+        }
+        Event::StepRecovered(e) => {
+            tracing::info!(step = %e.step, progress = %at, "already done (recovered after a crash)")
+        }
+        Event::StepFailed(e) => tracing::warn!(step = %e.step, error = %e.error.message, "failed"),
+        Event::GateReached(e) => tracing::info!(gate = %e.gate, "gate reached"),
+        Event::CompensationStarted(e) => {
+            tracing::info!(step = %e.step, progress = %at, elapsed_s = secs, "rollback step started")
+        }
+        Event::CompensationSucceeded(e) => {
+            tracing::info!(step = %e.step, progress = %at, "rollback step done")
+        }
+        other => tracing::info!(event = other.name(), "recorded"),
+    }
+}
+
+fn report(dir: &Path, outcome: &Outcome) -> u8 {
+    let d = dir.display();
+    match outcome {
+        Outcome::Completed => {
+            println!("rotation completed.");
+            0
+        }
+        Outcome::RolledBack => {
+            println!("rollback completed: the cluster is back on the old CA only.");
+            0
+        }
+        Outcome::ReachedUntil { phase } => {
+            println!("phase {phase} done, as asked. next: kubeca --state-dir {d} run");
+            0
+        }
+        Outcome::Paused { reason } => {
+            match reason {
+                PauseReason::Gate { gate } => println!(
+                    "paused at gate {gate}. When clients outside the cluster trust the new CA: kubeca --state-dir {d} approve {gate}, then kubeca --state-dir {d} run"
+                ),
+                other => println!(
+                    "paused: {other:?}. next: kubeca --state-dir {d} run (resumes where it stopped)"
+                ),
+            }
+            EXIT_PAUSED
+        }
+        Outcome::Failed { failures } => {
+            for f in failures {
+                eprintln!("failed: {f:?}");
+            }
+            eprintln!(
+                "the state is journaled. fix the cause and run again, or roll back: kubeca --state-dir {d} rollback --yes"
+            );
+            1
+        }
+    }
+}
+
+/// `kubeca status`.
+pub fn status(dir: &Path, output: Output) -> anyhow::Result<u8> {
+    let journal = open(dir)?;
+    let state = folded(&journal)?;
+    let s = state.status();
+    let next = match &s.next {
+        engine::Next::Start => {
+            format!("kubeca --state-dir {} init --inventory FILE", dir.display())
+        }
+        engine::Next::Run => format!("kubeca --state-dir {} run", dir.display()),
+        engine::Next::Approve(g) => format!("kubeca --state-dir {} approve {g}", dir.display()),
+        engine::Next::Rollback => format!("kubeca --state-dir {} rollback --yes", dir.display()),
+        engine::Next::Nothing => "nothing: the run is finished".into(),
+    };
+    match output {
+        Output::Json => {
+            let out = serde_json::json!({
+                "condition": format!("{:?}", s.condition),
+                "done": s.done, "total": s.total,
+                "phase": s.phase.as_ref().map(|p| p.as_str()),
+                "current": s.current.as_ref().map(|c| c.as_str()),
+                "last": s.last.as_ref().map(|(what, at)| serde_json::json!({"event": what, "at": at.to_string()})),
+                "next": next,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Text => {
+            println!("condition: {:?}", s.condition);
+            println!("progress:  {} of {} steps", s.done, s.total);
+            if let Some(p) = &s.phase {
+                println!("phase:     {p}");
+            }
+            if let Some(c) = &s.current {
+                println!("step:      {c}");
+            }
+            if let Some((what, at)) = &s.last {
+                println!("last:      {what} at {at}");
+            }
+            println!("next:      {next}");
+        }
+    }
+    Ok(0)
+}
+
+/// `kubeca approve`.
+pub fn approve(dir: &Path, gate: &str) -> anyhow::Result<u8> {
+    let journal = open(dir)?;
+    let engine = Engine::open(journal, Idle, SystemClock)?;
+    let by = actor();
+    let newly = engine.approve(&gate.into(), &format!("{}@{}", by.user, by.host))?;
+    if newly {
+        println!("gate {gate} approved. next: kubeca --state-dir {} run", dir.display());
+    } else {
+        println!("gate {gate} was already approved.");
+    }
+    Ok(0)
+}
+
+fn to_json(e: &Event<Action>) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+    // The audit record maps each step to its upstream step number.
+    if let Event::RunStarted(_) = e
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert("kind".into(), "run-started".into());
+    }
+    v
+}
+
+/// `kubeca journal export`.
+pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> anyhow::Result<u8> {
+    let journal = open(dir)?;
+    let format = match format {
+        ExportFormat::Jsonl => journal::Format::Jsonl,
+        ExportFormat::Csv => journal::Format::Csv,
+    };
+    let head = match output {
+        Some(path) => {
+            let mut f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            journal.export(&mut f, format, &to_json)?
+        }
+        None => journal.export(&mut std::io::stdout().lock(), format, &to_json)?,
+    };
+    eprintln!("exported {} records; head {}", head.len, head.hash);
+    Ok(0)
+}
+
+/// `kubeca journal verify`.
+pub fn verify_journal(
+    dir: Option<&Path>,
+    export: Option<&PathBuf>,
+    format: Option<ExportFormat>,
+) -> anyhow::Result<u8> {
+    let head = match export {
+        Some(path) => {
+            let format = match format {
+                Some(ExportFormat::Csv) => journal::Format::Csv,
+                _ => journal::Format::Jsonl,
+            };
+            let f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            journal::verify_export::<Event<Action>>(
+                std::io::BufReader::new(f),
+                format,
+                &path.display().to_string(),
+                &to_json,
+            )?
+        }
+        None => {
+            let dir = dir.ok_or_else(|| {
+                UsageError("--state-dir DIR (or --export FILE) is required".into())
+            })?;
+            open(dir)?.verify()?
+        }
+    };
+    println!("journal intact: {} records, head {}", head.len, head.hash);
+    Ok(0)
+}
