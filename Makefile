@@ -16,6 +16,7 @@ demo: setup
 # Benchmarks; figures go to BENCHMARKS.md.
 bench:
 	cargo bench -p journal --bench journal
+	cargo bench -p engine --bench engine
 
 soak:
 	@echo "make soak: the crash matrix is not built yet." >&2
