@@ -150,3 +150,52 @@ impl Ca {
         self.key.to_pem()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ec_ca(name: &str, days: u32, now: Timestamp) -> Ca {
+        Ca::generate(name, KeySpec::EcdsaP256, days, now, &mut rand_core::OsRng).unwrap()
+    }
+
+    #[test]
+    fn generated_ca_is_valid_from_backdate_until_its_days_run_out() {
+        let now: Timestamp = "2026-12-05T02:00:00.5Z".parse().unwrap();
+        let ca = ec_ca("kubernetes", 10, now);
+        assert!(ca.cert().is_ca() && ca.cert().can_sign_certificates());
+        assert_eq!(ca.cert().subject(), "CN=kubernetes");
+        assert_eq!(ca.cert().not_before(), "2026-12-05T01:55:00Z".parse().unwrap());
+        assert_eq!(ca.cert().not_after(), "2026-12-15T02:00:00Z".parse().unwrap());
+        ca.check(now).unwrap();
+        let err = ca.check("2026-12-15T02:00:01Z".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, PkiError::Expired { .. }));
+        assert!(err.to_string().starts_with("new CA kubernetes: expired"), "{err}");
+        assert!(matches!(
+            ca.check("2026-12-05T01:54:59Z".parse().unwrap()),
+            Err(PkiError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_days_is_refused() {
+        let err = Ca::generate("x", KeySpec::EcdsaP256, 0, Timestamp::now(), &mut rand_core::OsRng)
+            .unwrap_err();
+        assert!(matches!(err, PkiError::Validity { .. }));
+    }
+
+    #[test]
+    fn load_refuses_another_cas_key_and_debug_hides_the_key() {
+        let now = Timestamp::now();
+        let (a, b) = (ec_ca("a", 1, now), ec_ca("b", 1, now));
+        let key_pem = b.key_pem();
+        let other_key = SecretKey::from_pem(&key_pem, "b.key").unwrap();
+        let err = Ca::load(a.cert().clone(), other_key).unwrap_err();
+        assert!(matches!(err, PkiError::KeyMismatch { .. }));
+        assert_eq!(err.to_string().split(' ').next(), Some("b.key"));
+        let debug = format!("{b:?}");
+        let body: String = key_pem.lines().nth(1).unwrap().into();
+        assert!(debug.contains("[redacted]") && !debug.contains(&body), "{debug}");
+        assert_ne!(a.cert().serial_hex(), b.cert().serial_hex());
+    }
+}

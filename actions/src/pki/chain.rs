@@ -149,3 +149,28 @@ pub fn verify_chain(cert: &Cert, trusted: &[Cert], now: Timestamp) -> Result<(),
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Ca, KeySpec};
+    use super::*;
+
+    #[test]
+    fn bundles_keep_first_occurrences_in_order() {
+        let now = Timestamp::now();
+        let ca =
+            |name| Ca::generate(name, KeySpec::EcdsaP256, 1, now, &mut rand_core::OsRng).unwrap();
+        let (a, b, c) = (ca("a"), ca("b"), ca("c"));
+        let (a, b, c) = (a.cert().clone(), b.cert().clone(), c.cert().clone());
+        let text = bundle_certs([&b, &a, &b, &c, &a]);
+        let certs = split_pem(&text, "t").unwrap();
+        assert_eq!(certs, vec![b.clone(), a.clone(), c.clone()]);
+        assert_eq!(certs_in(&text, "t").unwrap(), 3);
+        assert_eq!(certs_in("", "t").unwrap(), 0);
+        assert_eq!(bundle(&[&text, &a.to_pem()]).unwrap(), text);
+        assert_eq!(certs[1].origin(), "t (certificate 2)");
+        // Self-signed CAs chain to themselves, and to nothing else.
+        verify_chain(&a, &certs, now).unwrap();
+        assert!(matches!(verify_chain(&a, &[b, c], now), Err(ChainError::UnknownIssuer { .. })));
+    }
+}
