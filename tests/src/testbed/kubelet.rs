@@ -150,24 +150,29 @@ fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()
         .context("building the kubelet's runtime")?;
+    // Static pods are synced on their own thread: stopping a pod may take its grace period,
+    // and :10250 must keep answering meanwhile.
+    let mut pods = StaticPods::new(&flags, &config)?;
+    std::thread::Builder::new()
+        .name("static-pods".into())
+        .spawn(move || {
+            loop {
+                pods.sync();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .context("starting the static pod thread")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((config.address.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.address, config.port))?;
         tokio::spawn(serve(listener, server_tls));
-        let mut pods = StaticPods::new(&flags, &config)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => pods.sync(),
-                _ = term.recv() => {
-                    // The real kubelet leaves containers running when it stops.
-                    eprintln!("kubelet: SIGTERM, leaving static pods running");
-                    return Ok(());
-                }
-            }
-        }
+        term.recv().await;
+        // The real kubelet leaves containers running when it stops; so does this one (the
+        // static pod thread ends with the process).
+        eprintln!("kubelet: SIGTERM, leaving static pods running");
+        Ok(())
     })
 }
 
