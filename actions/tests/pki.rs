@@ -12,6 +12,7 @@ use actions::pki::{
 };
 use jiff::{SignedDuration, Timestamp};
 use rand_core::OsRng;
+use x509_parser::extensions::ParsedExtension;
 
 /// openssl configuration: the CA and leaf profiles kubeadm uses.
 const CNF: &str = r#"
@@ -342,6 +343,21 @@ fn reissue_and_compare(
         old.not_after().duration_since(old.not_before())
     );
     assert_ne!(new.serial_hex(), old.serial_hex());
+    // The authority key identifier names the new CA's key, where the old one stood.
+    let key_id = |c: &Cert, want_authority: bool| {
+        c.parsed().extensions().iter().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) if want_authority => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            ParsedExtension::SubjectKeyIdentifier(ski) if !want_authority => Some(ski.0.to_vec()),
+            _ => None,
+        })
+    };
+    assert_eq!(key_id(new, true), key_id(new_ca.cert(), false));
+    assert!(key_id(new, true).is_some());
+    let oids =
+        |c: &Cert| c.parsed().extensions().iter().map(|e| e.oid.to_id_string()).collect::<Vec<_>>();
+    assert_eq!(oids(new), oids(&old));
     assert_eq!(new.serial_hex().len(), 32);
 
     pki::verify_chain(new, std::slice::from_ref(new_ca.cert()), now()).unwrap();
@@ -575,7 +591,7 @@ fn verify_chain_rejects_wrong_signer_expired_leaf_and_non_ca_issuer() {
     assert!(err.to_string().contains(&pki.name("admin.crt")));
 
     let expired = admin.not_after() + SignedDuration::from_secs(1);
-    let err = pki::verify_chain(&admin, &[ca.clone()], expired).unwrap_err();
+    let err = pki::verify_chain(&admin, std::slice::from_ref(&ca), expired).unwrap_err();
     assert!(matches!(err, ChainError::OutsideValidity { .. }), "{err}");
 
     // Signed by a leaf: openssl refuses it and so does verify_chain.
