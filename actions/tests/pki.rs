@@ -38,6 +38,13 @@ basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = clientAuth
 authorityKeyIdentifier = keyid
+[with_urls]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+authorityInfoAccess = caIssuers;URI:http://old-ca.invalid/ca.crt
+crlDistributionPoints = URI:http://old-ca.invalid/ca.crl
 [ec_client]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
@@ -638,5 +645,24 @@ fn reissue_refuses_a_ca_and_caps_validity_at_the_new_ca() {
     pki.write("short-ca.crt", &new_ca.cert_pem());
     pki.write("short.crt", &leaf.cert.to_pem());
     let (ok, said) = pki.verify("short-ca.crt", "short.crt");
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn reissue_drops_what_describes_the_old_issuer() {
+    let pki = old_pki();
+    pki.ec_key("urls.key");
+    pki.signed("urls", "/CN=system:kube-scheduler", "ca", "with_urls");
+    assert!(
+        pki.openssl(&["x509", "-in", "urls.crt", "-noout", "-text"]).contains("old-ca.invalid")
+    );
+    let new_ca = Ca::import(pki.cert("new-ca.crt"), pki.key("new-ca.key")).unwrap();
+    let new =
+        pki::reissue(&pki.cert("urls.crt"), &new_ca, KeyPolicy::Keep, now(), &mut OsRng).unwrap();
+    pki.write("urls-new.crt", &new.cert.to_pem());
+    let text = pki.openssl(&["x509", "-in", "urls-new.crt", "-noout", "-text"]);
+    assert!(!text.contains("old-ca.invalid"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    let (ok, said) = pki.verify("new-ca.crt", "urls-new.crt");
     assert!(ok, "{said}");
 }

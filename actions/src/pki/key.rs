@@ -374,12 +374,10 @@ fn sec1_with_curve(sec1: &[u8], curve: Option<&[u8]>) -> Vec<u8> {
     let Ok(body) = der::expect_only(sec1, tag::SEQUENCE) else { return sec1.to_vec() };
     let mut elements = Vec::new();
     let mut rest = body;
-    while let Ok((element, next)) = der::read(rest) {
+    while !rest.is_empty() {
+        let Ok((element, next)) = der::read(rest) else { return sec1.to_vec() };
         elements.push(der::tlv(element.tag, element.value));
         rest = next;
-        if rest.is_empty() {
-            break;
-        }
     }
     if elements.len() < 2 {
         return sec1.to_vec();
