@@ -403,7 +403,12 @@ impl<N: Node> Rotation<N> {
                             Cert::from_pem(&c, &cert.display().to_string()).map_err(terminal)?;
                         let k = SecretKey::from_pem(&k, &key.display().to_string())
                             .map_err(terminal)?;
-                        Ca::import(c, k).map_err(terminal)?
+                        {
+                            let ca = Ca::import(c, k).map_err(terminal)?;
+                            // An imported CA must be valid now, not only well-formed.
+                            ca.check(now).map_err(terminal)?;
+                            ca
+                        }
                     }
                     NewCa::Generate(_) => {
                         let algorithm: KeyAlgorithm =
