@@ -241,8 +241,9 @@ fn up(
     let deadline = Instant::now() + timeout;
     let hint = || {
         format!(
-            "the testbed is left running for inspection (logs: {d}/nodes/<node>/kubelet.journal, \
+            "{}the testbed is left running for inspection (logs: {d}/nodes/<node>/kubelet.journal, \
              {d}/nodes/<node>/var-log-pods/); stop it with `kubeca-testbed down --dir {d}`",
+            failing_static_pods(&dir, &nodes),
             d = dir.display()
         )
     };
@@ -261,6 +262,39 @@ fn up(
         .with_context(hint)?;
     }
     Ok(dir)
+}
+
+/// The static pods that are not running, each with the last lines of its log, for the error
+/// of an `up` that timed out.
+fn failing_static_pods(dir: &Path, nodes: &[NodeSpec]) -> String {
+    let mut s = String::new();
+    for n in nodes {
+        let root = node::node_dir(dir, &n.name);
+        let Ok(entries) = fs::read_dir(root.join("run/kubelet/static-pods")) else { continue };
+        for e in entries.flatten() {
+            let Ok(text) = fs::read_to_string(e.path()) else { continue };
+            let Ok(st) = serde_json::from_str::<kubelet::StaticPodState>(&text) else { continue };
+            if st.phase == "Running" {
+                continue;
+            }
+            let log = root
+                .join("var-log-pods")
+                .join(format!("kube-system_{}_{}", st.pod, st.uid))
+                .join(&st.container)
+                .join("0.log");
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            s.push_str(&format!(
+                "static pod {} is {} (restarts {}); last lines of {}:\n    {}\n",
+                st.pod,
+                st.phase,
+                st.restart_count,
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+            ));
+        }
+    }
+    s
 }
 
 /// Polls `ready` every 250 ms until it says yes or `deadline` passes.
@@ -313,7 +347,9 @@ fn cluster_ready(dir: &Path, node_count: usize) -> Result<bool> {
             .output()
             .context("running kubectl")?;
         if !out.status.success() {
-            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            // kubectl repeats its error once per retry; the last line says it.
+            let err = String::from_utf8_lossy(&out.stderr);
+            bail!("kubectl {}: {}", args.join(" "), err.trim().lines().last().unwrap_or(""));
         }
         serde_json::from_slice(&out.stdout).context("kubectl printed no JSON")
     };
