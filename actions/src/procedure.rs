@@ -53,16 +53,21 @@ pub enum Content {
     NewKey(CaKind),
     /// Old and new CA certificates, old first.
     Bundle(CaKind),
+    /// The old CA's certificate, exactly as read before anything changed (rollback).
+    OldCert(CaKind),
 }
 
 impl Content {
     fn material(self) -> Option<Material> {
         let (old, new) = names(match self {
-            Content::NewCert(k) | Content::NewKey(k) | Content::Bundle(k) => k,
+            Content::NewCert(k) | Content::NewKey(k) | Content::Bundle(k) | Content::OldCert(k) => {
+                k
+            }
         });
         match self {
             Content::NewCert(_) => Some(Material::bundle([new])),
             Content::Bundle(_) => Some(Material::bundle([old, new])),
+            Content::OldCert(_) => Some(Material::bundle([old])),
             Content::NewKey(_) => None,
         }
     }

@@ -144,6 +144,7 @@ impl<N: Node> Rotation<N> {
         Ok(match content {
             Content::NewCert(k) => self.new_ca(k)?.cert_pem().into_bytes(),
             Content::NewKey(k) => self.new_ca(k)?.key_pem().into_bytes(),
+            Content::OldCert(k) => self.old_cert(k)?.into_bytes(),
             Content::Bundle(k) => {
                 let old = self.old_cert(k)?;
                 let new = self.new_ca(k)?.cert_pem();
@@ -860,7 +861,11 @@ impl<N: Node> Runner<Action> for Rotation<N> {
             Action::RemoveFiles { node, paths } => {
                 vec![comp(restore(Some(node), paths.clone()), None)]
             }
-            Action::SetClusterInfo { .. } => Vec::new(),
+            // cluster-info goes back to the old CA's certificate as read before the rotation.
+            Action::SetClusterInfo { .. } => vec![comp(
+                Action::SetClusterInfo { content: Content::OldCert(CaKind::Cluster) },
+                None,
+            )],
             _ => Vec::new(),
         }
     }
