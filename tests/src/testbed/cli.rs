@@ -218,6 +218,18 @@ fn up(
             dir.display()
         );
     }
+    // Another testbed (in another DIR) on the same addresses would answer in place of this one.
+    let nodes = node::topology(control_planes, workers);
+    let endpoints = std::iter::once((LB_ADDRESS.to_string(), 6443))
+        .chain(nodes.iter().map(|n| (n.address.clone(), 22)));
+    for (addr, port) in endpoints {
+        let sock = std::net::SocketAddr::new(addr.parse()?, port);
+        if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+            bail!(
+                "{sock} is already in use (another testbed? `kubeca-testbed down --dir` it first)"
+            );
+        }
+    }
     for stale in MADE_BY_UP {
         let p = dir.join(stale);
         if p.is_dir() {
@@ -227,7 +239,6 @@ fn up(
         }
     }
     let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
-    let nodes = node::topology(control_planes, workers);
     pki::generate(&dir, &nodes, key)?;
     node::prepare(&dir, &nodes, &exe)?;
     let admin = node::node_dir(&dir, "cp-1").join("etc-kubernetes/admin.conf");

@@ -192,6 +192,13 @@ pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already up") && err.contains("(haproxy)") && err.contains("(node cp-1)"), "{err}");
+    // A second testbed in another DIR would collide on the addresses: refused, naming one.
+    let other = tb.dir.with_file_name("testbed-collision");
+    let out = Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&other).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.10:6443 is already in use"), "{err}");
+    assert!(!other.join("nodes").exists(), "the refused up made files");
 }
 
 /// After `down` nothing of the testbed runs, is mounted or listens; `down` twice is fine.
