@@ -28,7 +28,10 @@ fn testbed_3_control_planes_2_workers() {
         ("etcd_cluster_is_healthy_with_mutual_tls", infra::etcd_cluster_is_healthy_with_mutual_tls),
         ("kubelet_requires_client_certificates", infra::kubelet_requires_client_certificates),
         ("up_on_a_live_dir_names_the_pids", infra::up_on_a_live_dir_names_the_pids),
-        ("editing_a_manifest_restarts_the_component", infra::editing_a_manifest_restarts_the_component),
+        (
+            "editing_a_manifest_restarts_the_component",
+            infra::editing_a_manifest_restarts_the_component,
+        ),
         ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
         ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
         ("down_leaves_nothing", infra::down_leaves_nothing),
@@ -84,7 +87,10 @@ fn ecdsa_pki_verifies_with_openssl() {
                 .arg(host(cert))
                 .output()
                 .unwrap();
-            assert!(String::from_utf8_lossy(&info.stdout).contains("prime256v1"), "{cert} is not P-256");
+            assert!(
+                String::from_utf8_lossy(&info.stdout).contains("prime256v1"),
+                "{cert} is not P-256"
+            );
         }
         let key = std::fs::read_to_string(root.join("var-lib-kubelet/pki/kubelet.key")).unwrap();
         assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));

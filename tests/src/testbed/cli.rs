@@ -141,7 +141,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Up { dir, control_planes, workers, key, wait, timeout } => {
             if control_planes == 0 || control_planes + workers > 240 {
-                bail!("--control-planes must be at least 1 and the nodes at most 240 (127.0.0.11-250)");
+                bail!(
+                    "--control-planes must be at least 1 and the nodes at most 240 (127.0.0.11-250)"
+                );
             }
             let started = Instant::now();
             let dir = up(&dir, control_planes, workers, key, wait, Duration::from_secs(timeout))?;
@@ -369,9 +371,9 @@ fn cluster_ready(dir: &Path, node_count: usize) -> Result<bool> {
     let ready = items
         .iter()
         .filter(|n| {
-            n["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+            n["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         })
         .count();
     if ready < node_count {

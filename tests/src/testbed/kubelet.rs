@@ -112,11 +112,19 @@ impl KubeletConfig {
                 format!("{}: authentication.x509.clientCAFile is not set", path.display())
             })?;
         Ok(KubeletConfig {
-            static_pod_path: s("staticPodPath").unwrap_or("/etc/kubernetes/manifests".into()).into(),
+            static_pod_path: s("staticPodPath")
+                .unwrap_or("/etc/kubernetes/manifests".into())
+                .into(),
             client_ca_file: client_ca.into(),
             address: s("address").unwrap_or_else(|| node_ip.to_string()),
-            port: v.get("port").and_then(Value::as_u64).and_then(|p| p.try_into().ok()).unwrap_or(10250),
-            tls_cert_file: s("tlsCertFile").unwrap_or("/var/lib/kubelet/pki/kubelet.crt".into()).into(),
+            port: v
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| p.try_into().ok())
+                .unwrap_or(10250),
+            tls_cert_file: s("tlsCertFile")
+                .unwrap_or("/var/lib/kubelet/pki/kubelet.crt".into())
+                .into(),
             tls_private_key_file: s("tlsPrivateKeyFile")
                 .unwrap_or("/var/lib/kubelet/pki/kubelet.key".into())
                 .into(),
@@ -232,12 +240,8 @@ impl StaticPods {
         fs::create_dir_all(STATIC_POD_STATE_DIR)
             .with_context(|| format!("creating {STATIC_POD_STATE_DIR}"))?;
         let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
-        let mut me = StaticPods {
-            flags: flags.clone(),
-            config: config.clone(),
-            exe,
-            pods: BTreeMap::new(),
-        };
+        let mut me =
+            StaticPods { flags: flags.clone(), config: config.clone(), exe, pods: BTreeMap::new() };
         me.adopt();
         Ok(me)
     }
@@ -256,7 +260,13 @@ impl StaticPods {
             let started_hash = uid_hash(&state.uid).unwrap_or(hash);
             self.pods.insert(
                 state.pod.clone(),
-                Pod { state, hash: started_hash, child: None, next_start: None, started: Instant::now() },
+                Pod {
+                    state,
+                    hash: started_hash,
+                    child: None,
+                    next_start: None,
+                    started: Instant::now(),
+                },
             );
         }
     }
@@ -348,9 +358,8 @@ impl StaticPods {
     fn start_into(&mut self, name: &str, m: &Manifest) -> Result<()> {
         let uid = uid_of(m.hash);
         let restart_count = self.pods.get(name).map_or(0, |p| p.state.restart_count);
-        let log_dir = Path::new("/var/log/pods")
-            .join(format!("kube-system_{name}_{uid}"))
-            .join(&m.container);
+        let log_dir =
+            Path::new("/var/log/pods").join(format!("kube-system_{name}_{uid}")).join(&m.container);
         fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         let log_path = log_dir.join("0.log");
         let log = fs::OpenOptions::new()
@@ -358,9 +367,8 @@ impl StaticPods {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let (program, args) = program_for(&m.image, &m.command, &self.exe).with_context(|| {
-            format!("{}: no program for image {}", m.path.display(), m.image)
-        })?;
+        let (program, args) = program_for(&m.image, &m.command, &self.exe)
+            .with_context(|| format!("{}: no program for image {}", m.path.display(), m.image))?;
         let child = Command::new(&program)
             .args(&args)
             .env("KUBECA_TESTBED_DIR", std::env::var_os("KUBECA_TESTBED_DIR").unwrap_or_default())
@@ -391,7 +399,13 @@ impl StaticPods {
         save_state(&state);
         self.pods.insert(
             name.to_string(),
-            Pod { state, hash: m.hash, child: Some(child), next_start: None, started: Instant::now() },
+            Pod {
+                state,
+                hash: m.hash,
+                child: Some(child),
+                next_start: None,
+                started: Instant::now(),
+            },
         );
         Ok(())
     }
@@ -408,8 +422,12 @@ pub fn program_for(image: &str, command: &[String], exe: &Path) -> Option<(PathB
     let flags = command.get(1..).unwrap_or_default().to_vec();
     match repo {
         "etcd" => Some((PathBuf::from("/usr/bin/etcd"), flags)),
-        "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" | "coredns"
-        | "kube-proxy" | "metrics-server" => {
+        "kube-apiserver"
+        | "kube-controller-manager"
+        | "kube-scheduler"
+        | "coredns"
+        | "kube-proxy"
+        | "metrics-server" => {
             // The image decides the program, as it decides the binary of a real container.
             Some((exe.to_path_buf(), std::iter::once(repo.to_string()).chain(flags).collect()))
         }
@@ -567,10 +585,12 @@ fn server_config(config: &KubeletConfig) -> Result<Arc<rustls::ServerConfig>> {
     for c in read_certs(&config.client_ca_file)? {
         roots.add(c).with_context(|| format!("{}: bad CA", config.client_ca_file.display()))?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .context("building the client certificate verifier")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("building the client certificate verifier")?;
     let certs = read_certs(&config.tls_cert_file)?;
     let key_path = &config.tls_private_key_file;
     let key = rustls_pemfile::private_key(&mut BufReader::new(
@@ -596,11 +616,10 @@ async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>
         tokio::spawn(async move {
             let Ok(stream) = acceptor.accept(tcp).await else { return };
             let service = hyper::service::service_fn(handle);
-            let _ = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-            .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
         });
     }
 }
@@ -623,7 +642,10 @@ async fn handle(
                 })
             })
             .collect();
-        (200, serde_json::json!({"kind": "PodList", "apiVersion": "v1", "items": items}).to_string())
+        (
+            200,
+            serde_json::json!({"kind": "PodList", "apiVersion": "v1", "items": items}).to_string(),
+        )
     } else if let Some(rest) = path.strip_prefix("/containerLogs/") {
         container_log(rest).map_or((404, "not found".into()), |l| (200, l))
     } else {

@@ -280,9 +280,8 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
     let mut kubelet = Some(start_kubelet()?);
     let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
-        let sleep_until = restart_at.unwrap_or_else(|| {
-            tokio::time::Instant::now() + Duration::from_secs(3600)
-        });
+        let sleep_until =
+            restart_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = hup.recv() => {
                 // `systemctl restart kubelet`: stop it, then start it again at once. Its static
@@ -487,10 +486,8 @@ pub fn cpu_use(dir: &Path, period: Duration) -> Result<(f64, usize)> {
     std::thread::sleep(period);
     let after: BTreeMap<u32, u64> =
         running(dir).into_iter().filter_map(|(p, _)| Some((p, cpu_ticks(p)?))).collect();
-    let ticks: u64 = after
-        .iter()
-        .map(|(p, t)| t.saturating_sub(before.get(p).copied().unwrap_or(0)))
-        .sum();
+    let ticks: u64 =
+        after.iter().map(|(p, t)| t.saturating_sub(before.get(p).copied().unwrap_or(0))).sum();
     let hz = rustix::param::clock_ticks_per_second() as f64;
     Ok((ticks as f64 / hz / started.elapsed().as_secs_f64(), after.len()))
 }

@@ -260,7 +260,8 @@ fn node_files(
     // certificate and key, and the `-current` symlink), serving certificate signed by the
     // cluster CA so that the apiserver's --kubelet-certificate-authority can check it.
     let kpki = kubelet_dir.join("pki");
-    let spec = CertSpec::new(&format!("system:node:{}", node.name), &["system:nodes"], Usage::Client);
+    let spec =
+        CertSpec::new(&format!("system:node:{}", node.name), &["system:nodes"], Usage::Client);
     let (crt, key) = ossl.temp_key_and_cert(&work, "kubelet-client", &spec, &shared_ca)?;
     let stamp = jiff::Timestamp::now().strftime("%Y-%m-%d-%H-%M-%S").to_string();
     let dated = format!("kubelet-client-{stamp}.pem");
@@ -304,15 +305,9 @@ impl Openssl {
         match self.algo {
             // `-traditional`: PKCS#1 "RSA PRIVATE KEY", the form kubeadm writes.
             KeyAlgorithm::Rsa => run_openssl(&["genrsa", "-traditional", "-out", out, "2048"])?,
-            KeyAlgorithm::Ecdsa => run_openssl(&[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                out,
-            ])?,
+            KeyAlgorithm::Ecdsa => {
+                run_openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", out])?
+            }
         }
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))
@@ -532,9 +527,7 @@ impl StaticPod<'_> {
         let _ = writeln!(s, "    image: {}\n    imagePullPolicy: IfNotPresent", self.image);
         if let Some((host, port, path)) = self.probe {
             let scheme = if self.name == "etcd" { "HTTP" } else { "HTTPS" };
-            for (probe, failures, delay) in
-                [("livenessProbe", 8, 10), ("startupProbe", 24, 10)]
-            {
+            for (probe, failures, delay) in [("livenessProbe", 8, 10), ("startupProbe", 24, 10)] {
                 let _ = write!(
                     s,
                     "    {probe}:\n      failureThreshold: {failures}\n      httpGet:\n        \
@@ -560,7 +553,10 @@ impl StaticPod<'_> {
              securityContext:\n    seccompProfile:\n      type: RuntimeDefault\n  volumes:\n",
         );
         for (vname, host, _, ty, _) in &self.volumes {
-            let _ = writeln!(s, "  - hostPath:\n      path: {host}\n      type: {ty}\n    name: {vname}");
+            let _ = writeln!(
+                s,
+                "  - hostPath:\n      path: {host}\n      type: {ty}\n    name: {vname}"
+            );
         }
         s.push_str("status: {}\n");
         s
@@ -569,7 +565,13 @@ impl StaticPod<'_> {
 
 const CA_CERT_VOLUMES: [(&str, &str, &str, &str, bool); 4] = [
     ("ca-certs", "/etc/ssl/certs", "/etc/ssl/certs", "DirectoryOrCreate", true),
-    ("etc-ca-certificates", "/etc/ca-certificates", "/etc/ca-certificates", "DirectoryOrCreate", true),
+    (
+        "etc-ca-certificates",
+        "/etc/ca-certificates",
+        "/etc/ca-certificates",
+        "DirectoryOrCreate",
+        true,
+    ),
     (
         "usr-local-share-ca-certificates",
         "/usr/local/share/ca-certificates",
@@ -577,7 +579,13 @@ const CA_CERT_VOLUMES: [(&str, &str, &str, &str, bool); 4] = [
         "DirectoryOrCreate",
         true,
     ),
-    ("usr-share-ca-certificates", "/usr/share/ca-certificates", "/usr/share/ca-certificates", "DirectoryOrCreate", true),
+    (
+        "usr-share-ca-certificates",
+        "/usr/share/ca-certificates",
+        "/usr/share/ca-certificates",
+        "DirectoryOrCreate",
+        true,
+    ),
 ];
 
 fn flags(program: &str, flags: &[(&str, String)]) -> Vec<String> {
@@ -671,7 +679,13 @@ fn controller_manager_manifest(node: &NodeSpec) -> String {
         ],
     );
     let mut volumes = CA_CERT_VOLUMES.to_vec();
-    volumes.push(("flexvolume-dir", "/usr/libexec/kubernetes/kubelet-plugins/volume/exec", "/usr/libexec/kubernetes/kubelet-plugins/volume/exec", "DirectoryOrCreate", false));
+    volumes.push((
+        "flexvolume-dir",
+        "/usr/libexec/kubernetes/kubelet-plugins/volume/exec",
+        "/usr/libexec/kubernetes/kubelet-plugins/volume/exec",
+        "DirectoryOrCreate",
+        false,
+    ));
     volumes.push(("k8s-certs", p, p, "DirectoryOrCreate", true));
     volumes.push(("kubeconfig", conf, conf, "FileOrCreate", true));
     StaticPod {
@@ -775,11 +789,7 @@ fn run_openssl(args: &[&str]) -> Result<()> {
         .output()
         .context("running openssl (install the openssl package: scripts/setup.sh)")?;
     if !out.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -808,7 +818,8 @@ fn write_secret(p: &Path, data: &[u8]) -> Result<()> {
 
 /// Copies a file, keeping 0600 for keys.
 fn copy(from: &Path, to: &Path) -> Result<()> {
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     if to.extension().is_some_and(|e| e == "key") {
         fs::set_permissions(to, fs::Permissions::from_mode(0o600))?;
     }

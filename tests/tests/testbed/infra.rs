@@ -25,7 +25,12 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
         if *cp {
             assert_eq!(
                 manifests,
-                ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"]
+                [
+                    "etcd.yaml",
+                    "kube-apiserver.yaml",
+                    "kube-controller-manager.yaml",
+                    "kube-scheduler.yaml"
+                ]
             );
             let sans = tb.ssh_ok(
                 address,
@@ -61,12 +66,14 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
 pub fn openssl_verifies_every_certificate(tb: &Testbed) {
     for (name, address, cp) in &tb.nodes {
         let pairs = kubeca_tests::testbed::pki::certificates_and_cas(*cp);
-        let script: Vec<String> = pairs
-            .iter()
-            .map(|(cert, ca)| format!("openssl verify -CAfile {ca} {cert}"))
-            .collect();
+        let script: Vec<String> =
+            pairs.iter().map(|(cert, ca)| format!("openssl verify -CAfile {ca} {cert}")).collect();
         let out = tb.ssh_ok(address, &script.join(" && "));
-        assert_eq!(out.lines().filter(|l| l.ends_with(": OK")).count(), pairs.len(), "{name}: {out}");
+        assert_eq!(
+            out.lines().filter(|l| l.ends_with(": OK")).count(),
+            pairs.len(),
+            "{name}: {out}"
+        );
         // A certificate from another CA does not verify: the check can fail.
         if *cp {
             let out = tb.ssh(
@@ -77,7 +84,14 @@ pub fn openssl_verifies_every_certificate(tb: &Testbed) {
         }
     }
     let cp1 = tb.node_path("cp-1", "etc-kubernetes");
-    for rel in ["pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/apiserver.key", "admin.conf", "kubelet.conf"] {
+    for rel in [
+        "pki/ca.key",
+        "pki/sa.key",
+        "pki/etcd/ca.key",
+        "pki/apiserver.key",
+        "admin.conf",
+        "kubelet.conf",
+    ] {
         let mode = fs::metadata(cp1.join(rel)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{rel} has mode {mode:o}");
     }
@@ -178,7 +192,10 @@ pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
     assert!(status.contains("Active: active (running)"), "{status}");
     assert!(status.contains(&format!("Main PID: {pid_after} (kubelet)")), "{status}");
     let journal = tb.ssh_ok(addr, "journalctl -u kubelet --since '-1min' --no-pager");
-    assert!(journal.contains(&format!("cp-1 kubelet[{pid_after}]: kubelet cp-1 starting")), "{journal}");
+    assert!(
+        journal.contains(&format!("cp-1 kubelet[{pid_after}]: kubelet cp-1 starting")),
+        "{journal}"
+    );
     // The restarted kubelet adopted etcd instead of starting another one.
     std::thread::sleep(Duration::from_millis(1500)); // two kubelet sync periods, nothing to await
     assert_eq!(static_pod_pid(tb, "cp-1", "etcd"), Some(etcd));
@@ -188,13 +205,18 @@ pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
 
 /// `up` on a live DIR is an error naming the running pids.
 pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
-    let out = Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&tb.dir).output().unwrap();
+    let out =
+        Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&tb.dir).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already up") && err.contains("(haproxy)") && err.contains("(node cp-1)"), "{err}");
+    assert!(
+        err.contains("already up") && err.contains("(haproxy)") && err.contains("(node cp-1)"),
+        "{err}"
+    );
     // A second testbed in another DIR would collide on the addresses: refused, naming one.
     let other = tb.dir.with_file_name("testbed-collision");
-    let out = Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&other).output().unwrap();
+    let out =
+        Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&other).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.10:6443 is already in use"), "{err}");
@@ -225,7 +247,10 @@ pub fn down_leaves_nothing(tb: &Testbed) {
     let ss = Command::new("ss").args(["-Hltn"]).output().unwrap();
     let listeners = String::from_utf8_lossy(&ss.stdout);
     for addr in std::iter::once("127.0.0.10").chain(tb.nodes.iter().map(|n| n.1.as_str())) {
-        assert!(!listeners.contains(&format!("{addr}:")), "a listener on {addr} survived down:\n{listeners}");
+        assert!(
+            !listeners.contains(&format!("{addr}:")),
+            "a listener on {addr} survived down:\n{listeners}"
+        );
     }
     let again = tb.down();
     assert!(again.status.success(), "{}", text(&again));

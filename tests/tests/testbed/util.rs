@@ -28,8 +28,11 @@ impl Testbed {
         let nodes: Vec<(String, String, bool)> = (0..control_planes + workers)
             .map(|i| {
                 let cp = i < control_planes;
-                let name =
-                    if cp { format!("cp-{}", i + 1) } else { format!("w-{}", i + 1 - control_planes) };
+                let name = if cp {
+                    format!("cp-{}", i + 1)
+                } else {
+                    format!("w-{}", i + 1 - control_planes)
+                };
                 (name, format!("127.0.0.{}", 11 + i), cp)
             })
             .collect();
