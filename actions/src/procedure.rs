@@ -134,6 +134,10 @@ pub enum Action {
         manifest: String,
         /// flag → value.
         flags: BTreeMap<String, String>,
+        /// The values these flags had before this step (a rollback sets them back).
+        prior: BTreeMap<String, String>,
+        /// What a rollback does after setting them back (republish, restart pods).
+        after_undo: Vec<Action>,
     },
     /// Restart a static pod (manifest moved out and back) and wait until it is observed healthy
     /// with what it should now load.
@@ -153,6 +157,12 @@ pub enum Action {
         path: String,
         /// What it should trust.
         content: Content,
+        /// What it trusted before this step, when an earlier step set it (a rollback sets it
+        /// back); `None`: the original, restored from the backup.
+        prior: Option<Content>,
+        /// The static pod that loads it, as (component, manifest), restarted after a rollback
+        /// restores it.
+        loaded_by: Option<(String, String)>,
     },
     /// Re-issue a kubeconfig's embedded client certificate under the new cluster CA.
     ReissueKubeconfigClient {
@@ -160,6 +170,8 @@ pub enum Action {
         node: Option<String>,
         /// The kubeconfig.
         path: String,
+        /// The static pod that loads it, as (component, manifest).
+        loaded_by: Option<(String, String)>,
     },
     /// Re-issue a certificate file under a new CA, keeping its key, subject, SANs and usages.
     ReissueCert {
@@ -183,6 +195,9 @@ pub enum Action {
         kubeconfig: String,
         /// What it should load.
         target: KubeletTarget,
+        /// What an earlier step made it load (a rollback goes back to that); `None`: the
+        /// original files, restored from the backup.
+        prior: Option<KubeletTarget>,
     },
     /// Wait until `kube-root-ca.crt` in every namespace (and every legacy token Secret's
     /// `ca.crt`) holds `content`.
@@ -202,6 +217,8 @@ pub enum Action {
     SetClusterInfo {
         /// What it should hold.
         content: Content,
+        /// What it held before this step (a rollback puts that back).
+        prior: Content,
     },
     /// Print the new `--discovery-token-ca-cert-hash`.
     PrintDiscoveryHash,
@@ -217,6 +234,8 @@ pub enum Action {
         node: String,
         /// The files.
         paths: Vec<String>,
+        /// What they held (a rollback writes them again): (path, content, mode).
+        prior: Vec<(String, Content, u32)>,
     },
     /// Rollback: put files back as the backup holds them (or remove those that did not exist).
     RestoreFiles {
@@ -346,6 +365,16 @@ impl<'a> ControlPlane<'a> {
     }
     fn new_fp_key(&self) -> String {
         format!("{}/front-proxy-ca-new.key", self.pki)
+    }
+
+    /// The static pod whose `--kubeconfig` is `path`, as (component, manifest).
+    fn loader_of(&self, path: &str) -> Option<(String, String)> {
+        self.facts.static_pods.iter().find_map(|(component, pod)| {
+            crate::discovery::KUBECONFIG_FLAGS
+                .iter()
+                .any(|f| pod.flags.get(*f).map(String::as_str) == Some(path))
+                .then(|| (component.clone(), pod.manifest.clone()))
+        })
     }
 
     /// The kubeconfigs kubeadm keeps on a control-plane node, as discovered.
@@ -552,6 +581,8 @@ pub fn assemble(
             "2",
             "static-pod",
             Action::SetFlags {
+                prior: BTreeMap::new(),
+                after_undo: Vec::new(),
                 node: cp.name.to_owned(),
                 component: CONTROLLER_MANAGER.into(),
                 manifest,
@@ -596,6 +627,8 @@ pub fn assemble(
             "5",
             "apiserver-restart",
             Action::SetFlags {
+                prior: BTreeMap::new(),
+                after_undo: Vec::new(),
                 node: cp.name.to_owned(),
                 component: APISERVER.into(),
                 manifest,
@@ -615,6 +648,8 @@ pub fn assemble(
                 "6",
                 "static-pod",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: SCHEDULER.into(),
                     manifest,
@@ -631,9 +666,11 @@ pub fn assemble(
                 "7",
                 "kubeconfig",
                 Action::SetKubeconfigCa {
+                    prior: None,
                     node: Some(cp.name.to_owned()),
                     path: path.clone(),
                     content: Content::Bundle(CaKind::Cluster),
+                    loaded_by: cp.loader_of(&path),
                 },
             ));
             plan = plan.step(step(
@@ -641,7 +678,11 @@ pub fn assemble(
                 phase,
                 "7",
                 "kubeconfig",
-                Action::ReissueKubeconfigClient { node: Some(cp.name.to_owned()), path },
+                Action::ReissueKubeconfigClient {
+                    node: Some(cp.name.to_owned()),
+                    loaded_by: cp.loader_of(&path),
+                    path,
+                },
             ));
         }
         for component in [CONTROLLER_MANAGER, SCHEDULER] {
@@ -667,6 +708,8 @@ pub fn assemble(
                 "8",
                 "static-pod",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: CLOUD_CONTROLLER_MANAGER.into(),
                     manifest,
@@ -683,7 +726,9 @@ pub fn assemble(
         "7",
         "kubeconfig",
         Action::SetKubeconfigCa {
+            prior: None,
             node: None,
+            loaded_by: None,
             path: operator_conf.clone(),
             content: Content::Bundle(CaKind::Cluster),
         },
@@ -693,7 +738,11 @@ pub fn assemble(
         phase,
         "7",
         "kubeconfig",
-        Action::ReissueKubeconfigClient { node: None, path: operator_conf.clone() },
+        Action::ReissueKubeconfigClient {
+            node: None,
+            path: operator_conf.clone(),
+            loaded_by: None,
+        },
     ));
     // cluster-info must trust both before any apiserver presents a new-CA certificate, or a
     // node joining in between cannot verify it (found by the trust simulator; upstream 10
@@ -703,7 +752,10 @@ pub fn assemble(
         phase,
         "10",
         "api",
-        Action::SetClusterInfo { content: Content::Bundle(CaKind::Cluster) },
+        Action::SetClusterInfo {
+            content: Content::Bundle(CaKind::Cluster),
+            prior: Content::OldCert(CaKind::Cluster),
+        },
     ));
 
     // trust-nodes (9.1, 9.2).
@@ -739,6 +791,7 @@ pub fn assemble(
                 upstream,
                 "kubelet",
                 Action::RollKubelet {
+                    prior: None,
                     node: name.to_owned(),
                     config: k.config.clone(),
                     kubeconfig: k.kubeconfig.clone(),
@@ -844,6 +897,8 @@ pub fn assemble(
                 "9.3",
                 "static-pod",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: CONTROLLER_MANAGER.into(),
                     manifest,
@@ -932,6 +987,8 @@ pub fn assemble(
                 "12.2",
                 "static-pod",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: CONTROLLER_MANAGER.into(),
                     manifest,
@@ -980,6 +1037,8 @@ pub fn assemble(
                 "12.2",
                 "apiserver-restart",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: APISERVER.into(),
                     manifest,
@@ -996,6 +1055,8 @@ pub fn assemble(
                 "12.2",
                 "static-pod",
                 Action::SetFlags {
+                    prior: BTreeMap::new(),
+                    after_undo: Vec::new(),
                     node: cp.name.to_owned(),
                     component: SCHEDULER.into(),
                     manifest,
@@ -1011,7 +1072,9 @@ pub fn assemble(
                 "12.2",
                 "kubeconfig",
                 Action::SetKubeconfigCa {
+                    prior: None,
                     node: Some(cp.name.to_owned()),
+                    loaded_by: cp.loader_of(&path),
                     path,
                     content: Content::NewCert(CaKind::Cluster),
                 },
@@ -1039,7 +1102,9 @@ pub fn assemble(
         "12.2",
         "kubeconfig",
         Action::SetKubeconfigCa {
+            prior: None,
             node: None,
+            loaded_by: None,
             path: operator_conf,
             content: Content::NewCert(CaKind::Cluster),
         },
@@ -1087,7 +1152,10 @@ pub fn assemble(
         phase,
         "10",
         "api",
-        Action::SetClusterInfo { content: Content::NewCert(CaKind::Cluster) },
+        Action::SetClusterInfo {
+            content: Content::NewCert(CaKind::Cluster),
+            prior: Content::Bundle(CaKind::Cluster),
+        },
     ));
     for cp in &cps {
         plan = plan.step(step(
@@ -1096,6 +1164,7 @@ pub fn assemble(
             "12",
             "cleanup",
             Action::RemoveFiles {
+                prior: Vec::new(),
                 node: cp.name.to_owned(),
                 paths: vec![
                     cp.bundle(),
@@ -1114,10 +1183,111 @@ pub fn assemble(
             phase,
             "12",
             "cleanup",
-            Action::RemoveFiles { node: (*w).to_owned(), paths: vec![worker_bundle(w)?] },
+            Action::RemoveFiles {
+                node: (*w).to_owned(),
+                paths: vec![worker_bundle(w)?],
+                prior: Vec::new(),
+            },
         ));
     }
+    fill_after_undo(&mut plan, facts, rotation_id);
+    fill_priors(&mut plan, facts);
     Ok(plan)
+}
+
+/// Records in each action what it changes from, so a rollback can go back step by step: flag
+/// values before each `SetFlags`, the CA data before each `SetKubeconfigCa`, what each kubelet
+/// loaded before each roll, and the contents of files before they are removed.
+fn fill_priors(plan: &mut Plan<Action>, facts: &ClusterFacts) {
+    let mut flag_values: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    let mut kubeconfigs: BTreeMap<(Option<String>, String), Content> = BTreeMap::new();
+    let mut kubelets: BTreeMap<String, KubeletTarget> = BTreeMap::new();
+    let mut files: BTreeMap<(String, String), (Content, u32)> = BTreeMap::new();
+    for item in &mut plan.items {
+        let engine::Item::Step(step) = item else { continue };
+        match &mut step.action {
+            Action::SetFlags { node, manifest, flags, prior, .. } => {
+                let current =
+                    flag_values.entry((node.clone(), manifest.clone())).or_insert_with(|| {
+                        facts
+                            .nodes
+                            .get(node.as_str())
+                            .and_then(|f| f.static_pods.values().find(|p| &p.manifest == manifest))
+                            .map(|p| p.flags.clone())
+                            .unwrap_or_default()
+                    });
+                *prior = flags
+                    .keys()
+                    .filter_map(|k| current.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect();
+                for (k, v) in flags.iter() {
+                    current.insert(k.clone(), v.clone());
+                }
+            }
+            Action::SetKubeconfigCa { node, path, content, prior, .. } => {
+                *prior = kubeconfigs.insert((node.clone(), path.clone()), *content);
+            }
+            Action::RollKubelet { node, target, prior, .. } => {
+                *prior = kubelets.insert(node.clone(), target.clone());
+            }
+            Action::PutFiles { node, files: written, .. } => {
+                for (path, content, mode) in written.iter() {
+                    files.insert((node.clone(), path.clone()), (*content, *mode));
+                }
+            }
+            Action::RemoveFiles { node, paths, prior } => {
+                *prior = paths
+                    .iter()
+                    .filter_map(|p| {
+                        files.get(&(node.clone(), p.clone())).map(|(c, m)| (p.clone(), *c, *m))
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a rollback must do once the controller-manager's root CA is set back (republish
+/// `kube-root-ca.crt`, restart the pods that read it) and once the apiservers' request-header CA
+/// is (restart the extension servers that read it): attached to the first such step of each
+/// phase, which a rollback undoes last.
+fn fill_after_undo(plan: &mut Plan<Action>, facts: &ClusterFacts, rotation_id: &str) {
+    let mut seen = std::collections::BTreeSet::new();
+    for item in &mut plan.items {
+        let engine::Item::Step(step) = item else { continue };
+        let phase = step.phase.to_string();
+        let Action::SetFlags { component, flags, after_undo, .. } = &mut step.action else {
+            continue;
+        };
+        if component == CONTROLLER_MANAGER && flags.contains_key("--root-ca-file") {
+            if !seen.insert((phase.clone(), "root-ca")) {
+                continue;
+            }
+            let before = if phase == "finalize" {
+                Content::Bundle(CaKind::Cluster)
+            } else {
+                Content::OldCert(CaKind::Cluster)
+            };
+            *after_undo = vec![
+                Action::WaitRootCa { content: before },
+                Action::RollWorkloads {
+                    only: Vec::new(),
+                    round: format!("{rotation_id}-undo-{phase}"),
+                },
+            ];
+        } else if component == APISERVER && flags.contains_key("--requestheader-client-ca-file") {
+            if !seen.insert((phase.clone(), "requestheader"))
+                || facts.extension_workloads.is_empty()
+            {
+                continue;
+            }
+            *after_undo = vec![Action::RollWorkloads {
+                only: facts.extension_workloads.clone(),
+                round: format!("{rotation_id}-undo-{phase}-extensions"),
+            }];
+        }
+    }
 }
 
 /// The trust model's view of the cluster.
@@ -1132,7 +1302,15 @@ pub fn topology(inventory: &Inventory, facts: &ClusterFacts) -> Topology {
             .iter()
             .map(|ns| (ns.clone(), "workloads".into(), first_node.clone()))
             .collect(),
-        aggregated: Vec::new(),
+        aggregated: facts
+            .extension_workloads
+            .iter()
+            .filter_map(|w| {
+                let mut parts = w.splitn(3, '/');
+                let (ns, _kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((ns.to_owned(), name.to_owned(), first_node.clone()))
+            })
+            .collect(),
         kubelet_certificate_authority: None,
     }
 }
@@ -1208,7 +1386,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             out
         }
         Action::RestartStaticPod { node, component, .. } => restart(node, component),
-        Action::SetKubeconfigCa { node: Some(node), path, content } => content
+        Action::SetKubeconfigCa { node: Some(node), path, content, .. } => content
             .material()
             .map(|m| Effect::Write {
                 source: Source::KubeconfigCa { node: Some(node.clone()), path: path.clone() },
@@ -1216,7 +1394,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             })
             .into_iter()
             .collect(),
-        Action::ReissueKubeconfigClient { node: Some(node), path } => vec![Effect::Write {
+        Action::ReissueKubeconfigClient { node: Some(node), path, .. } => vec![Effect::Write {
             source: Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
             material: Material::cert(trust::ca::NEW),
         }],
@@ -1283,7 +1461,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
                 Effect::Restart(ComponentId::on(&format!("aggregated/{ns}/{name}"), node))
             })
             .collect(),
-        Action::SetClusterInfo { content } => content
+        Action::SetClusterInfo { content, .. } => content
             .material()
             .map(|m| Effect::Write {
                 source: Source::ConfigMap {
@@ -1294,7 +1472,10 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             })
             .into_iter()
             .collect(),
-        Action::RestoreFiles { .. } | Action::RestartKubelet { .. } => Vec::new(),
+        Action::RestartKubelet { node } => {
+            vec![Effect::Restart(ComponentId::on(trust::kind::KUBELET, node))]
+        }
+        Action::RestoreFiles { .. } => Vec::new(),
         Action::Preflight
         | Action::Backup { .. }
         | Action::NewCa { .. }
@@ -1306,6 +1487,231 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
         | Action::ListStalePods
         | Action::RemoveFiles { .. } => Vec::new(),
     }
+}
+
+/// What undoes `action`, at trust rank `trust` (its position in the plan: a rollback undoes the
+/// latest first). Files are restored from the backups taken before the rotation, and whatever
+/// loads a restored file is restarted after it.
+pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Action>> {
+    use engine::{Compensation, Restart};
+    let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
+        node: node.map(str::to_owned),
+        paths,
+    };
+    let static_pod = |node: &str, component: &str, manifest: &str| Restart {
+        key: format!("{node}/{component}"),
+        action: Action::RestartStaticPod {
+            node: node.into(),
+            component: component.into(),
+            manifest: manifest.into(),
+        },
+        kind: "static-pod".into(),
+    };
+    let kubelet = |node: &str| Restart {
+        key: format!("{node}/kubelet"),
+        action: Action::RestartKubelet { node: node.into() },
+        kind: "kubelet".into(),
+    };
+    let comp = |action: Action, restart: Option<Restart<Action>>| Compensation {
+        action,
+        kind: "restore".into(),
+        trust,
+        restart,
+    };
+    match action {
+        Action::PutFiles { node, files, loaded_by } => {
+            let restart =
+                if loaded_by.iter().any(|c| c == "kubelet") { Some(kubelet(node)) } else { None };
+            vec![comp(restore(Some(node), files.iter().map(|f| f.0.clone()).collect()), restart)]
+        }
+        Action::SetFlags { node, component, manifest, flags, prior, after_undo } => {
+            // Setting the flags back changes the manifest, which restarts the pod; the action
+            // waits until it is observed healthy again.
+            let mut out = vec![comp(
+                Action::SetFlags {
+                    node: node.clone(),
+                    component: component.clone(),
+                    manifest: manifest.clone(),
+                    flags: prior.clone(),
+                    prior: flags.clone(),
+                    after_undo: Vec::new(),
+                },
+                None,
+            )];
+            out.extend(after_undo.iter().map(|a| comp(a.clone(), None)));
+            out
+        }
+        Action::SetKubeconfigCa { node, path, content, prior, loaded_by } => {
+            let restart = match (node, loaded_by) {
+                (Some(n), Some((component, manifest))) => Some(static_pod(n, component, manifest)),
+                _ => None,
+            };
+            match prior {
+                Some(before) => vec![comp(
+                    Action::SetKubeconfigCa {
+                        node: node.clone(),
+                        path: path.clone(),
+                        content: *before,
+                        prior: Some(*content),
+                        loaded_by: loaded_by.clone(),
+                    },
+                    restart,
+                )],
+                None => vec![comp(restore(node.as_deref(), vec![path.clone()]), restart)],
+            }
+        }
+        Action::ReissueKubeconfigClient { node, path, loaded_by } => {
+            let restart = match (node, loaded_by) {
+                (Some(n), Some((component, manifest))) => Some(static_pod(n, component, manifest)),
+                _ => None,
+            };
+            vec![comp(restore(node.as_deref(), vec![path.clone()]), restart)]
+        }
+        Action::ReissueCert { node, path, manifest, .. } => vec![comp(
+            restore(Some(node), vec![path.clone()]),
+            Some(static_pod(node, "kube-apiserver", manifest)),
+        )],
+        Action::RollKubelet { node, config, kubeconfig, target, prior } => match prior {
+            Some(before) => vec![comp(
+                Action::RollKubelet {
+                    node: node.clone(),
+                    config: config.clone(),
+                    kubeconfig: kubeconfig.clone(),
+                    target: KubeletTarget { reissue_client_cert: false, ..before.clone() },
+                    prior: Some(target.clone()),
+                },
+                None,
+            )],
+            None => {
+                let mut paths = vec![config.clone(), kubeconfig.clone()];
+                paths.push(crate::discovery::defaults::KUBELET_CLIENT_CURRENT.into());
+                vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
+            }
+        },
+        Action::RemoveFiles { node, paths, prior } => {
+            if prior.is_empty() {
+                vec![comp(restore(Some(node), paths.clone()), None)]
+            } else {
+                vec![comp(
+                    Action::PutFiles {
+                        node: node.clone(),
+                        files: prior.clone(),
+                        loaded_by: Vec::new(),
+                    },
+                    None,
+                )]
+            }
+        }
+        // cluster-info goes back to what it held before this step.
+        Action::SetClusterInfo { content, prior } => {
+            vec![comp(Action::SetClusterInfo { content: *prior, prior: *content }, None)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The component a static pod manifest runs, from its file name (kubeadm names them after it).
+fn manifest_component(path: &str) -> Option<&'static str> {
+    let name = path.rsplit('/').next()?;
+    [APISERVER, CONTROLLER_MANAGER, SCHEDULER, CLOUD_CONTROLLER_MANAGER]
+        .into_iter()
+        .find(|c| name == format!("{c}.yaml"))
+}
+
+/// The trust effects of a rollback step: restores bring back what the world held before the
+/// rotation (`initial`); a restored static pod manifest restarts its pod at once (the kubelet
+/// watches the directory); a restored kubelet config points the kubelet back at its original
+/// files from its next restart.
+fn undo_effects(action: &Action, initial: &trust::World, topology: &Topology) -> Vec<Effect> {
+    let Action::RestoreFiles { node: Some(node), paths } = action else {
+        return effects(action, topology);
+    };
+    let mut out = Vec::new();
+    for path in paths {
+        for source in [
+            Source::file(node, path),
+            Source::KubeconfigCa { node: Some(node.clone()), path: path.clone() },
+            Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
+        ] {
+            out.push(Effect::Write { material: initial.on_disk(&source).clone(), source });
+        }
+        let mut repoint = |id: ComponentId| {
+            if let Some(c) = initial.components.get(&id) {
+                for (slot, source) in &c.slots {
+                    out.push(Effect::Repoint {
+                        component: id.clone(),
+                        slot: slot.clone(),
+                        source: source.clone(),
+                    });
+                }
+            }
+        };
+        if let Some(component) = manifest_component(path) {
+            let id = ComponentId::on(component, node);
+            repoint(id);
+            out.extend(effects(
+                &Action::RestartStaticPod {
+                    node: node.clone(),
+                    component: component.into(),
+                    manifest: path.clone(),
+                },
+                topology,
+            ));
+        } else if path.ends_with("/config.yaml") {
+            repoint(ComponentId::on(trust::kind::KUBELET, node));
+        }
+    }
+    out
+}
+
+/// Simulates a rollback after the first `done` steps of `plan`: the steps, then the
+/// compensations in the order the engine runs them. Checks every edge after every step, and
+/// that every component ends up having loaded what it loaded before the rotation.
+pub fn check_rollback(
+    plan: &Plan<Action>,
+    topology: &Topology,
+    done: usize,
+) -> Result<(), Violation> {
+    let initial = trust::kubeadm(topology);
+    let steps: Vec<&Step<Action>> = plan.steps().take(done).collect();
+    let mut sim: Vec<SimStep> = steps
+        .iter()
+        .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, topology) })
+        .collect();
+    let undos = steps
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, s)| engine::Undo {
+            step: s.id.clone(),
+            retry: s.retry.clone(),
+            estimate: s.estimate,
+            compensations: compensations(&s.action, i as u32 + 1),
+        })
+        .collect();
+    for c in engine::order_compensations(undos) {
+        sim.push(SimStep {
+            id: c.id.to_string(),
+            effects: undo_effects(&c.action, &initial, topology),
+        });
+    }
+    let end = initial.clone().simulate(&sim)?;
+    for (id, loaded) in &initial.loaded {
+        for (slot, material) in loaded {
+            let now = end.loaded(id, slot);
+            if now != material {
+                return Err(Violation {
+                    step: "(end of rollback)".into(),
+                    edge: format!("{id} {slot}"),
+                    why: trust::Break::UntrustedServer {
+                        server_signer: format!("loaded {now}"),
+                        client_trusts: format!("before the rotation it loaded {material}"),
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Replays `plan` on the trust graph of `topology`, checking every edge after every step.
@@ -1505,6 +1911,7 @@ mod tests {
                 "12.3",
                 "kubelet",
                 Action::RollKubelet {
+                    prior: None,
                     node: "w-1".into(),
                     config: "/var/lib/kubelet/config.yaml".into(),
                     kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
@@ -1528,6 +1935,43 @@ mod tests {
         assert_eq!(v.step, "bad/kubelet/w-1");
         assert_eq!(v.edge, "kube-apiserver@cp-1 -> kubelet@w-1 (apiserver->kubelet)");
         assert!(matches!(v.why, trust::Break::BadClientCert { .. }), "{v}");
+    }
+
+    #[tokio::test]
+    async fn rollback_from_every_phase_boundary_keeps_every_edge_and_ends_on_the_old_configuration()
+    {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let topo = topology(&inv, &facts);
+        let mut failures = Vec::new();
+        let steps: Vec<&Step<Action>> = plan.steps().collect();
+        for phase in PHASES {
+            let done = steps.iter().rposition(|s| s.phase.as_str() == phase).map_or(0, |i| i + 1);
+            if let Err(v) = check_rollback(&plan, &topo, done) {
+                failures.push(format!("after {phase} ({done} steps): {v}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn rollback_after_any_number_of_steps_keeps_every_edge() {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let topo = topology(&inv, &facts);
+        let total = plan.steps().count();
+        let failures: Vec<String> = (0..=total)
+            .filter_map(|done| {
+                check_rollback(&plan, &topo, done).err().map(|v| format!("after {done}: {v}"))
+            })
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} of {} rollback points break:\n{}",
+            failures.len(),
+            total + 1,
+            failures.join("\n")
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use engine::{Compensation, Restart, Runner, StepError, StepId, StepStatus, Summary};
+use engine::{Compensation, Runner, StepError, StepId, StepStatus, Summary};
 use journal::{BlobStore, Hash};
 
 use crate::api::ClusterApi;
@@ -449,7 +449,7 @@ impl<N: Node> Rotation<N> {
                 }
                 Ok(s)
             }
-            Action::SetFlags { node, component, manifest, flags } => {
+            Action::SetFlags { node, component, manifest, flags, .. } => {
                 let file = format!("{node}:{manifest}");
                 let current = match self.read_on(Some(node), manifest).await? {
                     Some(b) => text(b),
@@ -481,7 +481,7 @@ impl<N: Node> Rotation<N> {
                 };
                 self.restart_static_pod(node, component, manifest, &current).await
             }
-            Action::SetKubeconfigCa { node, path, content } => {
+            Action::SetKubeconfigCa { node, path, content, .. } => {
                 let mut k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
                     .map_err(terminal)?;
                 let pem = text(self.resolve(*content)?);
@@ -489,7 +489,7 @@ impl<N: Node> Rotation<N> {
                 self.write_on(node.as_deref(), path, k.text().as_bytes(), 0o600).await?;
                 Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
             }
-            Action::ReissueKubeconfigClient { node, path } => {
+            Action::ReissueKubeconfigClient { node, path, .. } => {
                 let mut k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
                     .map_err(terminal)?;
                 let cert_pem = k
@@ -525,7 +525,7 @@ impl<N: Node> Rotation<N> {
                     .map_err(node_err)?;
                 Ok(Summary::new().with("cert", new.cert.fingerprint()))
             }
-            Action::RollKubelet { node, config, kubeconfig, target } => {
+            Action::RollKubelet { node, config, kubeconfig, target, .. } => {
                 let n = self.node(node)?;
                 let mut c =
                     KubeletConfig::parse(config, &self.must_read(Some(node), config).await?)
@@ -595,7 +595,7 @@ impl<N: Node> Rotation<N> {
                 let rolled = self.api()?.roll_workloads(only, round).await.map_err(retry)?;
                 Ok(Summary::new().with("rolled", rolled.len().to_string()))
             }
-            Action::SetClusterInfo { content } => {
+            Action::SetClusterInfo { content, .. } => {
                 let pem = text(self.resolve(*content)?);
                 self.api()?.set_cluster_info(&pem).await.map_err(retry)?;
                 Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
@@ -630,7 +630,7 @@ impl<N: Node> Rotation<N> {
                 }
                 Ok(Summary::new().with("stale-pods", pods.len().to_string()))
             }
-            Action::RemoveFiles { node, paths } => {
+            Action::RemoveFiles { node, paths, .. } => {
                 for p in paths {
                     self.node(node)?.remove(p).await.map_err(node_err)?;
                 }
@@ -729,13 +729,13 @@ impl<N: Node> Rotation<N> {
             |ok: bool| Ok(ok.then(|| Summary::new().with("recovered", "postcondition held")));
         match action {
             Action::PutFiles { node, files, .. } => done(self.files_hold(node, files).await?),
-            Action::SetKubeconfigCa { node, path, content } => {
+            Action::SetKubeconfigCa { node, path, content, .. } => {
                 let k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
                     .map_err(terminal)?;
                 let want = text(self.resolve(*content)?);
                 done(k.ca_data().map_err(terminal)?.as_deref() == Some(want.as_str()))
             }
-            Action::ReissueKubeconfigClient { node, path } => {
+            Action::ReissueKubeconfigClient { node, path, .. } => {
                 let k = Kubeconfig::parse(path, &self.must_read(node.as_deref(), path).await?)
                     .map_err(terminal)?;
                 let Some(pem) = k.client_cert_data().map_err(terminal)? else { return done(false) };
@@ -763,7 +763,7 @@ impl<N: Node> Rotation<N> {
                     .is_ok(),
                 )
             }
-            Action::RemoveFiles { node, paths } => {
+            Action::RemoveFiles { node, paths, .. } => {
                 for p in paths {
                     if self.node(node)?.read(p).await.map_err(node_err)?.is_some() {
                         return done(false);
@@ -771,7 +771,7 @@ impl<N: Node> Rotation<N> {
                 }
                 done(true)
             }
-            Action::RollKubelet { node, config, kubeconfig, target } => {
+            Action::RollKubelet { node, config, kubeconfig, target, .. } => {
                 // Even when the files are right, the kubelet may not have been restarted: only
                 // the restart itself is repeated (it is harmless).
                 if self.kubelet_done(node, config, kubeconfig, target).await? {
@@ -802,72 +802,7 @@ impl<N: Node> Runner<Action> for Rotation<N> {
         action: &Action,
         _outcome: Option<&Summary>,
     ) -> Vec<Compensation<Action>> {
-        let trust = self.ranks.get(step).copied().unwrap_or(0);
-        let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
-            node: node.map(str::to_owned),
-            paths,
-        };
-        let static_pod = |node: &str, component: &str, manifest: &str| Restart {
-            key: format!("{node}/{component}"),
-            action: Action::RestartStaticPod {
-                node: node.into(),
-                component: component.into(),
-                manifest: manifest.into(),
-            },
-            kind: "static-pod".into(),
-        };
-        let kubelet = |node: &str| Restart {
-            key: format!("{node}/kubelet"),
-            action: Action::RestartKubelet { node: node.into() },
-            kind: "kubelet".into(),
-        };
-        let comp = |action: Action, restart: Option<Restart<Action>>| Compensation {
-            action,
-            kind: "restore".into(),
-            trust,
-            restart,
-        };
-        match action {
-            Action::PutFiles { node, files, loaded_by } => {
-                let restart = if loaded_by.iter().any(|c| c == "kubelet") {
-                    Some(kubelet(node))
-                } else {
-                    None
-                };
-                vec![comp(
-                    restore(Some(node), files.iter().map(|f| f.0.clone()).collect()),
-                    restart,
-                )]
-            }
-            Action::SetFlags { node, component, manifest, .. } => {
-                vec![comp(
-                    restore(Some(node), vec![manifest.clone()]),
-                    Some(static_pod(node, component, manifest)),
-                )]
-            }
-            Action::SetKubeconfigCa { node, path, .. }
-            | Action::ReissueKubeconfigClient { node, path } => {
-                vec![comp(restore(node.as_deref(), vec![path.clone()]), None)]
-            }
-            Action::ReissueCert { node, path, manifest, .. } => vec![comp(
-                restore(Some(node), vec![path.clone()]),
-                Some(static_pod(node, "kube-apiserver", manifest)),
-            )],
-            Action::RollKubelet { node, config, kubeconfig, .. } => {
-                let mut paths = vec![config.clone(), kubeconfig.clone()];
-                paths.push(crate::discovery::defaults::KUBELET_CLIENT_CURRENT.into());
-                vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
-            }
-            Action::RemoveFiles { node, paths } => {
-                vec![comp(restore(Some(node), paths.clone()), None)]
-            }
-            // cluster-info goes back to the old CA's certificate as read before the rotation.
-            Action::SetClusterInfo { .. } => vec![comp(
-                Action::SetClusterInfo { content: Content::OldCert(CaKind::Cluster) },
-                None,
-            )],
-            _ => Vec::new(),
-        }
+        crate::procedure::compensations(action, self.ranks.get(step).copied().unwrap_or(0))
     }
 }
 

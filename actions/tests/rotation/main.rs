@@ -298,13 +298,19 @@ async fn node_actions_do_what_they_say_and_restore_byte_for_byte() {
     w.run(
         "t/kubeconfig-ca",
         &Action::SetKubeconfigCa {
+            prior: None,
             node: Some("cp-1".into()),
             path: conf.clone(),
             content: Content::Bundle(CaKind::Cluster),
+            loaded_by: None,
         },
     )
     .await;
-    let client = Action::ReissueKubeconfigClient { node: Some("cp-1".into()), path: conf.clone() };
+    let client = Action::ReissueKubeconfigClient {
+        node: Some("cp-1".into()),
+        path: conf.clone(),
+        loaded_by: None,
+    };
     w.run("t/kubeconfig-client", &client).await;
     assert!(w.runner.check(&StepId::from("t/kubeconfig-client"), &client).await.unwrap().is_some());
     let after = std::fs::read_to_string(root.join("etc/kubernetes/admin.conf")).unwrap();
