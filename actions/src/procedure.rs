@@ -297,6 +297,9 @@ pub enum ProcedureError {
     /// The plan would break a connection.
     #[error(transparent)]
     Trust(#[from] Violation),
+    /// A rollback of the plan would break a connection or not restore the old configuration.
+    #[error("rollback: {0}")]
+    Rollback(Violation),
     /// The plan is malformed (a bug).
     #[error("the plan is malformed: {0}")]
     Plan(String),
@@ -412,8 +415,21 @@ pub fn build(
 ) -> Result<Plan<Action>, ProcedureError> {
     let plan = assemble(inventory, facts, rotation_id)?;
     plan.validate().map_err(|e| ProcedureError::Plan(e.to_string()))?;
-    check_trust(&plan, &topology(inventory, facts))?;
+    check(&plan, &topology(inventory, facts))?;
     Ok(plan)
+}
+
+/// The trust checks of a plan: every edge holds after every step, and a rollback from the end
+/// of every phase keeps every edge and ends on the configuration from before the rotation (the
+/// tests check every point of a 3+2 plan; every point of a large fleet's plan is quadratic).
+pub fn check(plan: &Plan<Action>, topology: &Topology) -> Result<(), ProcedureError> {
+    check_trust(plan, topology)?;
+    let steps: Vec<&Step<Action>> = plan.steps().collect();
+    for phase in PHASES {
+        let done = steps.iter().rposition(|s| s.phase.as_str() == phase).map_or(0, |i| i + 1);
+        check_rollback(plan, topology, done).map_err(ProcedureError::Rollback)?;
+    }
+    Ok(())
 }
 
 /// The plan, before its trust check.

@@ -156,7 +156,7 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
         extension_workloads: Vec::new(),
         namespaces: Vec::new(),
     };
-    let trust = procedure::check_trust(plan, &procedure::topology(&inventory, &facts));
+    let trust = procedure::check(plan, &procedure::topology(&inventory, &facts));
     match output {
         Output::Json => {
             let steps: Vec<serde_json::Value> = plan
@@ -169,7 +169,7 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
                 .collect();
             let out = serde_json::json!({
                 "digest": state.digest, "steps": steps,
-                "trust_check": match &trust { Ok(()) => "every edge holds after every step".to_string(), Err(v) => v.to_string() },
+                "trust_check": match &trust { Ok(()) => "every edge holds after every step and every phase's rollback".to_string(), Err(v) => v.to_string() },
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -195,7 +195,9 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
             }
             match &trust {
                 Ok(()) => println!(
-                    "\ntrust check: every connection holds after every one of {} steps",
+                    "\ntrust check: every connection holds after every one of {} steps, and a \
+                     rollback from the end of every phase restores the old configuration without \
+                     breaking one",
                     plan.steps().count()
                 ),
                 Err(v) => println!("\ntrust check FAILED: {v}"),
