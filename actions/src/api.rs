@@ -87,6 +87,38 @@ impl ClusterApi {
         Ok(ClusterApi { client, wait: Duration::from_secs(600) })
     }
 
+    /// A client of one apiserver (`url`, e.g. `https://10.0.0.11:6443`) with the credentials and
+    /// CA data of the kubeconfig at `path`: both directions of TLS trust are exercised by a real
+    /// request.
+    pub async fn one_apiserver(path: &Path, url: &str) -> Result<ClusterApi, ApiError> {
+        let fail = |detail: String| ApiError::Config { path: path.display().to_string(), detail };
+        let kc = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        config.cluster_url = url.parse().map_err(|e| fail(format!("{url}: {e}")))?;
+        let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
+        Ok(ClusterApi { client, wait: Duration::from_secs(30) })
+    }
+
+    /// `GET /version`: succeeds when this client and the apiserver trust each other.
+    pub async fn version(&self) -> Result<String, ApiError> {
+        let v = self.client.apiserver_version().await.map_err(call("GET /version"))?;
+        Ok(v.git_version)
+    }
+
+    /// The CA certificates a ConfigMap key holds (`kube-root-ca.crt` / `ca.crt`).
+    pub async fn configmap_value(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let cm = api.get_opt(name).await.map_err(call(format!("get {namespace}/{name}")))?;
+        Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
+    }
+
     /// Every namespace's name.
     pub async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         let api: Api<Namespace> = Api::all(self.client.clone());

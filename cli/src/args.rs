@@ -121,6 +121,9 @@ kubeca --state-dir ./rot run --window 2026-12-05T02:00Z/4h")]
         /// The cluster inventory (TOML).
         #[arg(long, value_name = "FILE")]
         inventory: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 

@@ -489,3 +489,75 @@ pub fn verify_journal(
     println!("journal intact: {} records, head {}", head.len, head.hash);
     Ok(0)
 }
+
+/// `kubeca verify --inventory FILE`: does every client still trust every server? Real TLS
+/// handshakes: the inventory's admin kubeconfig against each apiserver (both directions, by a
+/// request), and the CA that pods (`kube-root-ca.crt`) and joining nodes (`cluster-info`) trust
+/// against the certificate each apiserver presents.
+pub fn verify_live(inventory_file: &Path, output: Output) -> anyhow::Result<u8> {
+    use actions::pki::{self, Cert, split_pem};
+    use actions::probe::{Seen, probe};
+    let inventory = Inventory::load(inventory_file).map_err(|e| UsageError(e.to_string()))?;
+    let rt = runtime()?;
+    let results: Vec<(String, Result<(), String>)> = rt.block_on(async {
+        let mut out = Vec::new();
+        let lb = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
+        let root_ca = lb.configmap_value("kube-system", "kube-root-ca.crt", "ca.crt").await;
+        let cluster_info = lb.cluster_info_ca().await;
+        let now = jiff::Timestamp::now();
+        for n in inventory.control_planes() {
+            let url = format!("https://{}:6443", n.address);
+            let server = format!("kube-apiserver@{}", n.name);
+            let admin = match ClusterApi::one_apiserver(&inventory.cluster.kubeconfig, &url).await {
+                Ok(api) => api.version().await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push((format!("admin -> {server}"), admin));
+            let presented = match probe(&n.address, 6443, "/readyz", Duration::from_secs(5)).await {
+                Seen::Up { cert, .. } => Cert::from_der(cert, &server).map_err(|e| e.to_string()),
+                Seen::Down => Err(format!("{server} does not answer on {}:6443", n.address)),
+            };
+            for (client, trusted) in
+                [("pods (kube-root-ca.crt)", &root_ca), ("joiners (cluster-info)", &cluster_info)]
+            {
+                let result = match (&presented, trusted) {
+                    (Err(e), _) => Err(e.clone()),
+                    (_, Err(e)) => Err(e.to_string()),
+                    (_, Ok(None)) => Err("no CA published".into()),
+                    (Ok(cert), Ok(Some(pem))) => {
+                        split_pem(pem, client).map_err(|e| e.to_string()).and_then(|cas| {
+                            pki::verify_chain(cert, &cas, now).map_err(|e| e.to_string())
+                        })
+                    }
+                };
+                out.push((format!("{client} -> {server}"), result));
+            }
+        }
+        anyhow::Ok(out)
+    })?;
+    let broken = results.iter().filter(|(_, r)| r.is_err()).count();
+    match output {
+        Output::Json => {
+            let edges: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(edge, r)| serde_json::json!({"edge": edge, "ok": r.is_ok(), "error": r.as_ref().err()}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"edges": edges, "broken": broken})
+                )?
+            );
+        }
+        Output::Text => {
+            for (edge, r) in &results {
+                match r {
+                    Ok(()) => println!("ok      {edge}"),
+                    Err(e) => println!("BROKEN  {edge}: {e}"),
+                }
+            }
+            println!("{} edges checked, {broken} broken", results.len());
+        }
+    }
+    Ok(if broken == 0 { 0 } else { 1 })
+}

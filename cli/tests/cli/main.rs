@@ -45,10 +45,10 @@ fn a_usage_error_exits_2() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_and_fail() {
-    let out = kubeca(&["verify", "--inventory", "cluster.toml"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+fn verify_with_a_missing_inventory_is_a_configuration_error() {
+    let out = kubeca(&["verify", "--inventory", "/nonexistent/cluster.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("/nonexistent/cluster.toml"), "{}", text(&out));
 }
 
 #[test]
