@@ -29,7 +29,34 @@ fn actor() -> Actor {
     Actor::current(format!("kubeca {}", env!("CARGO_PKG_VERSION")))
 }
 
+/// The state directory's layout version this kubeca writes and reads.
+const FORMAT: u32 = 1;
+/// Where that version is recorded.
+const FORMAT_FILE: &str = "kubeca-format";
+/// The last status a running kubeca wrote, for `status` while it holds the lock.
+const LIVE_STATUS_FILE: &str = "status.json";
+
 fn open(dir: &Path) -> anyhow::Result<EventLog> {
+    let format_file = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&format_file) {
+        Ok(text) => {
+            let found: u32 = text.trim().parse().unwrap_or(u32::MAX);
+            if found > FORMAT {
+                return Err(UsageError(format!(
+                    "{}: this state directory was written by a newer kubeca (format {found}; this \
+                     kubeca {} reads format {FORMAT}): use that newer kubeca",
+                    format_file.display(),
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .into());
+            }
+        }
+        Err(_) if dir.join(journal::DB_FILE).exists() => {}
+        Err(_) => {
+            journal::create_private_dir(dir)?;
+            write_private(&format_file, format!("{FORMAT}\n").as_bytes())?;
+        }
+    }
     Journal::open(dir, actor())
         .with_context(|| format!("opening the state directory {}", dir.display()))
 }
@@ -286,9 +313,11 @@ pub fn drive(
         let known = runner.known();
         let mut engine = Engine::open(journal, runner, SystemClock)?;
         let started = std::time::Instant::now();
+        let live = dir.join(LIVE_STATUS_FILE);
         engine.on_event(move |event, state| {
             learn_into(&known, state);
             progress(event, state, started.elapsed());
+            let _ = write_private(&live, live_status(state).to_string().as_bytes());
         });
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -303,6 +332,18 @@ pub fn drive(
         anyhow::Ok(outcome)
     })?;
     Ok(report(dir, &outcome))
+}
+
+fn live_status(state: &State<Action>) -> serde_json::Value {
+    let s = state.status();
+    serde_json::json!({
+        "condition": format!("{:?}", s.condition),
+        "done": s.done, "total": s.total,
+        "phase": s.phase.as_ref().map(|p| p.as_str()),
+        "current": s.current.as_ref().map(|c| c.as_str()),
+        "last": s.last.as_ref().map(|(what, at)| serde_json::json!({"event": what, "at": at.to_string()})),
+        "next": "wait for the running kubeca, or stop it with Ctrl-C / SIGTERM (it finishes running steps)",
+    })
 }
 
 fn progress(event: &Event<Action>, state: &State<Action>, elapsed: Duration) {
@@ -372,7 +413,28 @@ fn report(dir: &Path, outcome: &Outcome) -> u8 {
 
 /// `kubeca status`.
 pub fn status(dir: &Path, output: Output) -> anyhow::Result<u8> {
-    let journal = open(dir)?;
+    let journal = match open(dir) {
+        Ok(j) => j,
+        Err(e) => {
+            // A running kubeca holds the lock: show what it last wrote.
+            if let Some(journal::Error::Locked { owner, .. }) = e.downcast_ref::<journal::Error>()
+                && let Ok(text) = std::fs::read_to_string(dir.join(LIVE_STATUS_FILE))
+            {
+                match output {
+                    Output::Json => println!("{text}"),
+                    Output::Text => {
+                        println!("kubeca {owner} is running; its last status:");
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        for key in ["condition", "done", "total", "phase", "current", "next"] {
+                            println!("  {key}: {}", v[key]);
+                        }
+                    }
+                }
+                return Ok(0);
+            }
+            return Err(e);
+        }
+    };
     let state = folded(&journal)?;
     let s = state.status();
     let next = match &s.next {

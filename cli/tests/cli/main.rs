@@ -160,3 +160,32 @@ fn unlock_clears_only_a_stale_lock_with_its_id() {
     assert!(text(&out).contains("in use by pid"), "{}", text(&out));
     drop(j);
 }
+
+#[test]
+fn a_state_directory_from_a_newer_kubeca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    std::fs::write(state.join("kubeca-format"), "99\n").unwrap();
+    let out = kubeca(&["--state-dir", state.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("newer kubeca"), "{}", text(&out));
+}
+
+#[test]
+fn status_while_another_kubeca_holds_the_lock_shows_its_live_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    std::fs::write(state.join("status.json"), r#"{"condition":"Ready","done":3,"total":9,"phase":"prepare","current":"prepare/new-ca","next":"wait"}"#).unwrap();
+    let holder: journal::Journal<String> =
+        journal::Journal::open(&state, journal::Actor::current("other")).unwrap();
+    let out = kubeca(&["--state-dir", state.to_str().unwrap(), "status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("is running") && text(&out).contains("prepare/new-ca"),
+        "{}",
+        text(&out)
+    );
+    drop(holder);
+}
