@@ -76,10 +76,13 @@ impl NodeError {
 /// Reads a file: prints it, or exits 3 when it does not exist.
 const READ: &str = r#"if [ -e "$1" ]; then exec cat -- "$1"; else exit 3; fi"#;
 
-/// Atomic write of stdin to $1; a new file gets mode $2; an existing file's owner and mode are
-/// kept. `sync FILE` flushes the file and then the directory entry.
+/// Atomic write of stdin to $1 (or to what it links to); a new file gets mode $2; an existing
+/// file's owner and mode are kept. `sync FILE` flushes the file and then the directory entry.
 const WRITE: &str = r#"set -e
-p=$1; d=$(dirname -- "$p"); t="$d/.kubeca-tmp.$$"
+p=$1
+# Write through a symlink (kubelet-client-current.pem points at a dated file): the link stays.
+if [ -L "$p" ]; then p=$(readlink -f -- "$p"); fi
+d=$(dirname -- "$p"); t="$d/.kubeca-tmp.$$"
 trap 'rm -f -- "$t"' EXIT
 umask 077
 cat > "$t"
@@ -482,6 +485,18 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("kubeca-tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_through_a_symlink_keeps_the_link() {
+        let (dir, n) = node();
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::write(pki.join("client-2026.pem"), b"old").unwrap();
+        std::os::unix::fs::symlink("client-2026.pem", pki.join("client-current.pem")).unwrap();
+        n.write("/etc/kubernetes/pki/client-current.pem", b"new", 0o600).await.unwrap();
+        let link = std::fs::symlink_metadata(pki.join("client-current.pem")).unwrap();
+        assert!(link.file_type().is_symlink(), "the link is kept");
+        assert_eq!(std::fs::read(pki.join("client-2026.pem")).unwrap(), b"new");
     }
 
     #[tokio::test]
