@@ -38,6 +38,23 @@ pub enum Error {
         /// Who holds it.
         owner: Box<LockOwner>,
     },
+    /// A record could not be appended because the state directory cannot take writes. Nothing
+    /// was recorded, so the caller must not carry out the side effect the record announces.
+    #[error(
+        "{path}: cannot record event {seq}: {why} ({detail}); nothing after the last record was \
+         done. Free space on (or remount read-write) the file system holding the state \
+         directory, then run again"
+    )]
+    NotWritable {
+        /// The state directory.
+        path: PathBuf,
+        /// The sequence that was not recorded.
+        seq: u64,
+        /// Full or read-only.
+        why: &'static str,
+        /// What the storage engine reported.
+        detail: String,
+    },
     /// The lock file names a process that is no longer running.
     #[error(
         "{path}: stale lock left by {owner}, which is no longer running; if no other kubeca uses \

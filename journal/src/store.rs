@@ -112,7 +112,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         let mut value = Vec::with_capacity(32 + stored.len());
         value.extend_from_slice(&hash.0);
         value.extend_from_slice(&stored);
-        guard(&self.db_path, || {
+        let appended = guard(&self.db_path, || {
             let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
             {
@@ -120,7 +120,27 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
                 table.insert(seq, value.as_slice()).map_err(|e| e.to_string())?;
             }
             txn.commit().map_err(|e| e.to_string())
-        })?;
+        });
+        if let Err(Error::Database { detail, .. }) = &appended {
+            let lower = detail.to_lowercase();
+            let why = if lower.contains("no space left") || lower.contains("quota") {
+                Some("the disk holding it is full")
+            } else if lower.contains("read-only file system") || lower.contains("permission denied")
+            {
+                Some("it is read-only")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::NotWritable {
+                    path: self.dir.clone(),
+                    seq,
+                    why,
+                    detail: detail.clone(),
+                });
+            }
+        }
+        appended?;
         self.head = Head { len: seq + 1, hash };
         Ok(Appended { seq, hash })
     }

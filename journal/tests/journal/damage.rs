@@ -157,3 +157,44 @@ fn a_zeroed_database_is_reported_not_panicked() {
     let err = outcome.expect_err("a zeroed journal must not open and verify cleanly");
     assert!(err.to_string().contains("journal.redb"), "{err}");
 }
+
+/// A full disk: the append fails, says what to free, and the journal stays readable with every
+/// record appended before it. Needs root to mount a small tmpfs (CI and `make test` run as root).
+#[test]
+fn a_full_disk_refuses_the_append_and_says_what_to_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs (run the tests as root, as `make test` does)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let state = mnt.join("rot");
+    let mut j = open(&state);
+    let big = "x".repeat(64 * 1024);
+    let mut appended = 0u64;
+    let err = loop {
+        match j.append(&Ev::Note(big.clone())) {
+            Ok(_) => appended += 1,
+            Err(e) => break e,
+        }
+        assert!(appended < 1000, "a 3 MiB file system never filled up");
+    };
+    let text = err.to_string();
+    assert!(matches!(err, Error::NotWritable { .. }), "{text}");
+    assert!(text.contains("full") && text.contains("Free space"), "{text}");
+    assert!(text.contains(&format!("event {appended}")), "{text}");
+    drop(j);
+    // Everything acknowledged before is still there and verifies.
+    let j = open(&state);
+    assert_eq!(j.verify().unwrap().len, appended);
+}
