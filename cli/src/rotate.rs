@@ -314,9 +314,21 @@ pub fn drive(
         let mut engine = Engine::open(journal, runner, SystemClock)?;
         let started = std::time::Instant::now();
         let live = dir.join(LIVE_STATUS_FILE);
+        let bar = progress_bar();
         engine.on_event(move |event, state| {
             learn_into(&known, state);
             progress(event, state, started.elapsed());
+            if let Some(bar) = &bar {
+                let s = state.status();
+                bar.set_length(s.total as u64);
+                bar.set_position(s.done as u64);
+                let phase = s.phase.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                let step = s.current.as_ref().map(|c| c.to_string()).unwrap_or_default();
+                bar.set_message(format!("{phase}: {step}"));
+                if matches!(event, Event::Completed(_) | Event::RolledBack(_) | Event::Paused(_)) {
+                    bar.finish();
+                }
+            }
             let _ = write_private(&live, live_status(state).to_string().as_bytes());
         });
         tokio::spawn(async move {
@@ -332,6 +344,23 @@ pub fn drive(
         anyhow::Ok(outcome)
     })?;
     Ok(report(dir, &outcome))
+}
+
+/// A progress bar on a terminal (phase, step, n of m, elapsed); `None` when stderr is not a
+/// terminal, where the log lines carry the same facts.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}",
+    )
+    .ok()?
+    .progress_chars("=> ");
+    bar.set_style(style);
+    Some(bar)
 }
 
 fn live_status(state: &State<Action>) -> serde_json::Value {
