@@ -142,12 +142,25 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .map_err(io(path, "open lock file"))
 }
 
+/// Tries to take the flock, giving a transient holder up to half a second to let go.
+///
+/// A lock released by this process can still be held for a moment by a child forked by another
+/// thread just then (the child shares the open file description until it execs, when the
+/// close-on-exec descriptor goes away). A real owner holds it far longer than this.
 fn try_flock(file: &File, path: &Path) -> Result<bool> {
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(Error::Io { path: path.into(), action: "flock", source: e.into() }),
+    for attempt in 0..50 {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) if attempt < 49 => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => {
+                return Err(Error::Io { path: path.into(), action: "flock", source: e.into() });
+            }
+        }
     }
+    Ok(false)
 }
 
 fn read_owner(file: &mut File, path: &Path) -> Result<Option<LockOwner>> {
