@@ -95,8 +95,14 @@ pub struct KubeletTarget {
 /// machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    /// Reachability of every node, the old CA key matching its certificate, CA expiry, HA.
-    Preflight,
+    /// Reachability of every node, the old CAs' keys matching their certificates, CA expiry,
+    /// HA; on `node`, `cas` are the (certificate, key) files of the old CAs.
+    Preflight {
+        /// A control-plane node.
+        node: String,
+        /// (certificate, key) of the cluster CA and of the front-proxy CA.
+        cas: Vec<(String, String)>,
+    },
     /// Store the original of every file the rotation may change on `node` in the blob store.
     Backup {
         /// The node.
@@ -462,10 +468,25 @@ pub fn assemble(
         .keep_groups_whole("trust-nodes")
         .keep_groups_whole("finalize");
 
-    // preflight (caution, 1): reachability, CA checks, HA; back up every file that will change.
+    let first = cps.first().ok_or_else(|| ProcedureError::Missing {
+        node: "(inventory)".into(),
+        what: "no control-plane node".into(),
+    })?; // preflight (caution, 1): reachability, CA checks, HA; back up every file that will change.
     plan = plan.step(
-        step("preflight/check".into(), "preflight", "caution", "preflight", Action::Preflight)
-            .retry(RetryPolicy::once()),
+        step(
+            "preflight/check".into(),
+            "preflight",
+            "caution",
+            "preflight",
+            Action::Preflight {
+                node: first.name.to_owned(),
+                cas: vec![
+                    (first.ca.clone(), first.ca_key.clone()),
+                    (first.fp_ca.clone(), first.fp_key.clone()),
+                ],
+            },
+        )
+        .retry(RetryPolicy::once()),
     );
     for node in &inventory.nodes {
         let f = node_facts(&node.name)?;
@@ -521,10 +542,7 @@ pub fn assemble(
 
     // prepare (1): new CAs, copied beside the old ones on every control-plane node; bundles on
     // every node (workers need the cluster bundle for the kubelet's clientCAFile).
-    let first = cps.first().ok_or_else(|| ProcedureError::Missing {
-        node: "(inventory)".into(),
-        what: "no control-plane node".into(),
-    })?;
+
     for ca in [CaKind::Cluster, CaKind::FrontProxy] {
         let old_cert = match ca {
             CaKind::Cluster => first.ca.clone(),
@@ -1492,7 +1510,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             vec![Effect::Restart(ComponentId::on(trust::kind::KUBELET, node))]
         }
         Action::RestoreFiles { .. } => Vec::new(),
-        Action::Preflight
+        Action::Preflight { .. }
         | Action::Backup { .. }
         | Action::NewCa { .. }
         | Action::SetKubeconfigCa { node: None, .. }

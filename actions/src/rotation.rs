@@ -373,7 +373,7 @@ impl<N: Node> Rotation<N> {
     async fn apply_action(&self, step: &StepId, action: &Action) -> Result<Summary, StepError> {
         let now = jiff::Timestamp::now();
         match action {
-            Action::Preflight => self.preflight(now).await,
+            Action::Preflight { node, cas } => self.preflight(node, cas, now).await,
             Action::Backup { node, paths } => {
                 let mut s = Summary::new();
                 let on = (node != OPERATOR).then_some(node.as_str());
@@ -670,10 +670,14 @@ impl<N: Node> Rotation<N> {
             .unwrap_or_else(jiff::Timestamp::now)
     }
 
-    async fn preflight(&self, now: jiff::Timestamp) -> Result<Summary, StepError> {
+    async fn preflight(
+        &self,
+        node: &str,
+        cas: &[(String, String)],
+        now: jiff::Timestamp,
+    ) -> Result<Summary, StepError> {
         let mut s = Summary::new();
-        let cps: Vec<_> = self.inventory.control_planes().collect();
-        if cps.len() < 2 {
+        if self.inventory.control_planes().count() < 2 {
             tracing::warn!(
                 "only one API server: the cluster API is down while it restarts (upstream caution)"
             );
@@ -682,24 +686,10 @@ impl<N: Node> Rotation<N> {
         for n in &self.inventory.nodes {
             self.node(&n.name)?.run("reach", "true").await.map_err(node_err)?;
         }
-        let first = &cps.first().ok_or_else(|| terminal("no control-plane node"))?.name;
-        for (cert, key) in [
-            ("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/pki/ca.key"),
-            ("/etc/kubernetes/pki/front-proxy-ca.crt", "/etc/kubernetes/pki/front-proxy-ca.key"),
-        ] {
-            let c = Cert::from_pem(
-                &self.must_read(Some(first), cert).await?,
-                &format!("{first}:{cert}"),
-            )
-            .map_err(terminal)?;
-            let k = SecretKey::from_pem(
-                &self.must_read(Some(first), key).await?,
-                &format!("{first}:{key}"),
-            )
-            .map_err(terminal)?;
-            let ca = Ca::load(c, k).map_err(terminal)?;
-            ca.check(now).map_err(terminal)?;
-            s = s.with(cert, ca.cert().fingerprint());
+        for (cert, fingerprint) in
+            check_old_cas(self.node(node)?, cas, now).await.map_err(terminal)?
+        {
+            s = s.with(cert, fingerprint);
         }
         Ok(s)
     }
@@ -804,6 +794,35 @@ impl<N: Node> Runner<Action> for Rotation<N> {
     ) -> Vec<Compensation<Action>> {
         crate::procedure::compensations(action, self.ranks.get(step).copied().unwrap_or(0))
     }
+}
+
+/// Checks the old CAs on `node`: each (certificate, key) pair must parse, the key must be the
+/// certificate's, the certificate a CA, valid now. Returns each certificate's fingerprint, or
+/// an error naming the node and file.
+pub async fn check_old_cas<N: Node>(
+    node: &N,
+    cas: &[(String, String)],
+    now: jiff::Timestamp,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (cert, key) in cas {
+        let read = |path: String| async move {
+            match node.read(&path).await {
+                Ok(Some(b)) => Ok(text(b)),
+                Ok(None) => Err(format!("node {}: {path} does not exist", node.name())),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let origin = |p: &str| format!("{}:{p}", node.name());
+        let c =
+            Cert::from_pem(&read(cert.clone()).await?, &origin(cert)).map_err(|e| e.to_string())?;
+        let k = SecretKey::from_pem(&read(key.clone()).await?, &origin(key))
+            .map_err(|e| e.to_string())?;
+        let ca = Ca::load(c, k).map_err(|e| e.to_string())?;
+        ca.check(now).map_err(|e| e.to_string())?;
+        out.push((cert.clone(), ca.cert().fingerprint()));
+    }
+    Ok(out)
 }
 
 /// Copies every succeeded step's outcome from `state` into `known`.

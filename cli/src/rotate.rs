@@ -124,6 +124,29 @@ pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
             tracing::info!(node = %name, "discovering what each component loads");
             facts.insert(name.clone(), actions::discovery::discover(node).await?);
         }
+        // Refuse before anything is recorded: a CA key that is not its certificate's, an
+        // expired CA, a single apiserver (warned: the API is down while it restarts).
+        if let Some(cp) = inventory.control_planes().next()
+            && let (Some(node), Some(f)) = (nodes.get(&cp.name), facts.get(&cp.name))
+        {
+            let flag = |c: &str, flag: &str| f.flag(c, flag).map(str::to_owned);
+            let pairs: Vec<(String, String)> = [
+                (flag("kube-controller-manager", "--root-ca-file"), flag("kube-controller-manager", "--cluster-signing-key-file")),
+                (
+                    flag("kube-apiserver", "--requestheader-client-ca-file"),
+                    flag("kube-apiserver", "--requestheader-client-ca-file").map(|c| format!("{}.key", c.trim_end_matches(".crt"))),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(c, k)| Some((c?, k?)))
+            .collect();
+            actions::rotation::check_old_cas(node, &pairs, jiff::Timestamp::now())
+                .await
+                .map_err(UsageError)?;
+        }
+        if inventory.control_planes().count() < 2 {
+            tracing::warn!("ONE API SERVER ONLY: the cluster API will be unavailable while it restarts (upstream caution: rotation without downtime needs an HA control plane)");
+        }
         let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
         let cluster = ClusterFacts {
             nodes: facts,

@@ -339,3 +339,34 @@ async fn node_actions_do_what_they_say_and_restore_byte_for_byte() {
         assert_eq!(now, original, "{path} restored exactly");
     }
 }
+
+#[tokio::test]
+async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
+    let w = world();
+    let node = LocalNode::new("cp-1", &w.root());
+    let now = jiff::Timestamp::now();
+    let ok = actions::rotation::check_old_cas(
+        &node,
+        &[(format!("{PKI}/ca.crt"), format!("{PKI}/ca.key"))],
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.len(), 1);
+    let err = actions::rotation::check_old_cas(
+        &node,
+        &[(format!("{PKI}/ca.crt"), format!("{PKI}/front-proxy-ca.key"))],
+        now,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("cp-1:/etc/kubernetes/pki/front-proxy-ca.key"), "{err}");
+    let err = actions::rotation::check_old_cas(
+        &node,
+        &[(format!("{PKI}/nope.crt"), format!("{PKI}/ca.key"))],
+        now,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("nope.crt") && err.contains("does not exist"), "{err}");
+}

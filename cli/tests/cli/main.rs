@@ -86,8 +86,13 @@ fn recorded(dir: &std::path::Path) {
         journal::Journal::open(dir, journal::Actor::current("test")).unwrap();
     let plan = Plan::new(["preflight", "verify"])
         .step(
-            Step::new("preflight/check", "preflight", "preflight", Action::Preflight)
-                .upstream("caution"),
+            Step::new(
+                "preflight/check",
+                "preflight",
+                "preflight",
+                Action::Preflight { node: "cp-1".into(), cas: Vec::new() },
+            )
+            .upstream("caution"),
         )
         .step(Step::new("verify/logs", "verify", "verify", Action::CheckLogs).upstream("11.1"));
     let engine = Engine::open(j, actions::rotation::Idle, SystemClock).unwrap();
