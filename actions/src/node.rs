@@ -117,16 +117,43 @@ pub trait Node: Send + Sync {
         stdin: &[u8],
     ) -> impl Future<Output = Result<Output, NodeError>> + Send;
 
-    /// Reads a file; `None` when it does not exist.
-    fn read(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NodeError>> + Send {
+    /// Runs `script` and fails on any exit status but 0.
+    fn checked(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> impl Future<Output = Result<Output, NodeError>> + Send {
         async move {
-            let out = self.sh(&format!("read {path}"), READ, &[path], b"").await?;
+            let out = self.sh(what, script, args, stdin).await?;
+            if out.status != 0 {
+                return Err(self.failed(what, out.status, &out));
+            }
+            Ok(out)
+        }
+    }
+
+    /// Runs `script`, whose exit status 3 means "not there": `None`.
+    fn optional(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&str],
+    ) -> impl Future<Output = Result<Option<Output>, NodeError>> + Send {
+        async move {
+            let out = self.sh(what, script, args, b"").await?;
             match out.status {
-                0 => Ok(Some(out.stdout)),
+                0 => Ok(Some(out)),
                 3 => Ok(None),
-                status => Err(self.failed(&format!("read {path}"), status, &out)),
+                status => Err(self.failed(what, status, &out)),
             }
         }
+    }
+
+    /// Reads a file; `None` when it does not exist.
+    fn read(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NodeError>> + Send {
+        async move { Ok(self.optional(&format!("read {path}"), READ, &[path]).await?.map(|o| o.stdout)) }
     }
 
     /// Replaces (or creates, with `mode`) a file atomically, keeping an existing file's owner
@@ -138,13 +165,8 @@ pub trait Node: Send + Sync {
         mode: u32,
     ) -> impl Future<Output = Result<(), NodeError>> + Send {
         async move {
-            let what = format!("write {path}");
             let mode = format!("{mode:o}");
-            let out = self.sh(&what, WRITE, &[path, &mode], data).await?;
-            if out.status != 0 {
-                return Err(self.failed(&what, out.status, &out));
-            }
-            Ok(())
+            self.checked(&format!("write {path}"), WRITE, &[path, &mode], data).await.map(drop)
         }
     }
 
@@ -154,12 +176,8 @@ pub trait Node: Send + Sync {
         dir: &str,
     ) -> impl Future<Output = Result<Option<Vec<String>>, NodeError>> + Send {
         async move {
-            let out = self.sh(&format!("list {dir}"), LIST, &[dir], b"").await?;
-            match out.status {
-                0 => Ok(Some(out.stdout_text().lines().map(str::to_owned).collect())),
-                3 => Ok(None),
-                status => Err(self.failed(&format!("list {dir}"), status, &out)),
-            }
+            let out = self.optional(&format!("list {dir}"), LIST, &[dir]).await?;
+            Ok(out.map(|o| o.stdout_text().lines().map(str::to_owned).collect()))
         }
     }
 
@@ -167,25 +185,15 @@ pub trait Node: Send + Sync {
     /// out of the manifests directory and back).
     fn rename(&self, from: &str, to: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
         async move {
-            let what = format!("rename {from} to {to}");
-            let out = self.sh(&what, RENAME, &[from, to], b"").await?;
-            if out.status != 0 {
-                return Err(self.failed(&what, out.status, &out));
-            }
-            Ok(())
+            self.checked(&format!("rename {from} to {to}"), RENAME, &[from, to], b"")
+                .await
+                .map(drop)
         }
     }
 
     /// Removes a file if it exists.
     fn remove(&self, path: &str) -> impl Future<Output = Result<(), NodeError>> + Send {
-        async move {
-            let what = format!("remove {path}");
-            let out = self.sh(&what, REMOVE, &[path], b"").await?;
-            if out.status != 0 {
-                return Err(self.failed(&what, out.status, &out));
-            }
-            Ok(())
-        }
+        async move { self.checked(&format!("remove {path}"), REMOVE, &[path], b"").await.map(drop) }
     }
 
     /// Runs a command line (no secrets in it) and fails on a non-zero exit.
@@ -194,13 +202,7 @@ pub trait Node: Send + Sync {
         what: &str,
         script: &str,
     ) -> impl Future<Output = Result<Output, NodeError>> + Send {
-        async move {
-            let out = self.sh(what, script, &[], b"").await?;
-            if out.status != 0 {
-                return Err(self.failed(what, out.status, &out));
-            }
-            Ok(out)
-        }
+        self.checked(what, script, &[], b"")
     }
 
     /// The error for a failed command.

@@ -386,6 +386,32 @@ impl<'a> ControlPlane<'a> {
         })
     }
 
+    /// Set `flags` of `component`'s static pod (priors are filled in once the plan is whole).
+    fn set_flags(
+        &self,
+        component: &str,
+        manifest: String,
+        flags: BTreeMap<String, String>,
+    ) -> Action {
+        Action::SetFlags {
+            node: self.name.to_owned(),
+            component: component.into(),
+            manifest,
+            flags,
+            prior: BTreeMap::new(),
+            after_undo: Vec::new(),
+        }
+    }
+
+    /// Restart `component`'s static pod.
+    fn restart(&self, component: &str, manifest: String) -> Action {
+        Action::RestartStaticPod {
+            node: self.name.to_owned(),
+            component: component.into(),
+            manifest,
+        }
+    }
+
     /// The kubeconfigs kubeadm keeps on a control-plane node, as discovered.
     fn kubeconfigs(&self) -> Vec<String> {
         self.facts
@@ -614,14 +640,7 @@ pub fn assemble(
             phase,
             "2",
             "static-pod",
-            Action::SetFlags {
-                prior: BTreeMap::new(),
-                after_undo: Vec::new(),
-                node: cp.name.to_owned(),
-                component: CONTROLLER_MANAGER.into(),
-                manifest,
-                flags: flags(&[("--root-ca-file", &cp.bundle())]),
-            },
+            cp.set_flags(CONTROLLER_MANAGER, manifest, flags(&[("--root-ca-file", &cp.bundle())])),
         ));
     }
     plan = plan.step(
@@ -660,14 +679,7 @@ pub fn assemble(
             phase,
             "5",
             "apiserver-restart",
-            Action::SetFlags {
-                prior: BTreeMap::new(),
-                after_undo: Vec::new(),
-                node: cp.name.to_owned(),
-                component: APISERVER.into(),
-                manifest,
-                flags: f,
-            },
+            cp.set_flags(APISERVER, manifest, f),
         ));
     }
     for cp in &cps {
@@ -681,14 +693,7 @@ pub fn assemble(
                 phase,
                 "6",
                 "static-pod",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: SCHEDULER.into(),
-                    manifest,
-                    flags: flags(&[("--client-ca-file", &cp.bundle())]),
-                },
+                cp.set_flags(SCHEDULER, manifest, flags(&[("--client-ca-file", &cp.bundle())])),
             ));
         }
         // 7: kubeconfigs trust both and carry client certificates of the new CA.
@@ -726,11 +731,7 @@ pub fn assemble(
                     phase,
                     "7",
                     "static-pod",
-                    Action::RestartStaticPod {
-                        node: cp.name.to_owned(),
-                        component: component.into(),
-                        manifest,
-                    },
+                    cp.restart(component, manifest),
                 ));
             }
         }
@@ -741,14 +742,11 @@ pub fn assemble(
                 phase,
                 "8",
                 "static-pod",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: CLOUD_CONTROLLER_MANAGER.into(),
+                cp.set_flags(
+                    CLOUD_CONTROLLER_MANAGER,
                     manifest,
-                    flags: flags(&[("--root-ca-file", &cp.bundle())]),
-                },
+                    flags(&[("--root-ca-file", &cp.bundle())]),
+                ),
             ));
         }
     }
@@ -901,11 +899,7 @@ pub fn assemble(
                 phase,
                 "9.3",
                 "apiserver-restart",
-                Action::RestartStaticPod {
-                    node: cp.name.to_owned(),
-                    component: APISERVER.into(),
-                    manifest,
-                },
+                cp.restart(APISERVER, manifest),
             )
             .estimate(Duration::from_secs(90)),
         );
@@ -915,11 +909,7 @@ pub fn assemble(
                 phase,
                 "9.3",
                 "static-pod",
-                Action::RestartStaticPod {
-                    node: cp.name.to_owned(),
-                    component: SCHEDULER.into(),
-                    manifest,
-                },
+                cp.restart(SCHEDULER, manifest),
             ));
         }
         // The controller-manager signs new kubelet certificates with the new CA from now on
@@ -930,17 +920,14 @@ pub fn assemble(
                 phase,
                 "9.3",
                 "static-pod",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: CONTROLLER_MANAGER.into(),
+                cp.set_flags(
+                    CONTROLLER_MANAGER,
                     manifest,
-                    flags: flags(&[
+                    flags(&[
                         ("--cluster-signing-cert-file", &cp.new_ca()),
                         ("--cluster-signing-key-file", &cp.new_ca_key()),
                     ]),
-                },
+                ),
             ));
         }
     }
@@ -1020,18 +1007,15 @@ pub fn assemble(
                 phase,
                 "12.2",
                 "static-pod",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: CONTROLLER_MANAGER.into(),
+                cp.set_flags(
+                    CONTROLLER_MANAGER,
                     manifest,
-                    flags: flags(&[
+                    flags(&[
                         ("--root-ca-file", &cp.ca),
                         ("--cluster-signing-cert-file", &cp.ca),
                         ("--cluster-signing-key-file", &cp.ca_key),
                     ]),
-                },
+                ),
             ));
         }
     }
@@ -1070,14 +1054,7 @@ pub fn assemble(
                 phase,
                 "12.2",
                 "apiserver-restart",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: APISERVER.into(),
-                    manifest,
-                    flags: f,
-                },
+                cp.set_flags(APISERVER, manifest, f),
             ));
         }
         if let Some(orig) = cp.facts.flag(SCHEDULER, "--client-ca-file")
@@ -1088,14 +1065,7 @@ pub fn assemble(
                 phase,
                 "12.2",
                 "static-pod",
-                Action::SetFlags {
-                    prior: BTreeMap::new(),
-                    after_undo: Vec::new(),
-                    node: cp.name.to_owned(),
-                    component: SCHEDULER.into(),
-                    manifest,
-                    flags: flags(&[("--client-ca-file", orig)]),
-                },
+                cp.set_flags(SCHEDULER, manifest, flags(&[("--client-ca-file", orig)])),
             ));
         }
         for path in cp.kubeconfigs() {
@@ -1121,11 +1091,7 @@ pub fn assemble(
                     phase,
                     "12.2",
                     "static-pod",
-                    Action::RestartStaticPod {
-                        node: cp.name.to_owned(),
-                        component: component.into(),
-                        manifest,
-                    },
+                    cp.restart(component, manifest),
                 ));
             }
         }

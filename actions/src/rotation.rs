@@ -251,6 +251,17 @@ impl<N: Node> Rotation<N> {
         Ok(probe(host, port, path, Duration::from_secs(3)).await)
     }
 
+    /// A static pod's manifest, from its place or, when a crash left it parked, from there.
+    async fn manifest_text(&self, node: &str, manifest: &str) -> Result<String, StepError> {
+        match self.read_on(Some(node), manifest).await? {
+            Some(b) => Ok(text(b)),
+            None => {
+                let name = manifest.rsplit('/').next().unwrap_or("");
+                self.must_read(Some(node), &format!("{PARKING}/{name}")).await
+            }
+        }
+    }
+
     /// Stops a static pod (manifest parked), writes `text` as its manifest, and waits until it is
     /// back, answering, and (for the apiserver) presenting the certificate on disk.
     async fn restart_static_pod(
@@ -451,17 +462,7 @@ impl<N: Node> Rotation<N> {
             }
             Action::SetFlags { node, component, manifest, flags, .. } => {
                 let file = format!("{node}:{manifest}");
-                let current = match self.read_on(Some(node), manifest).await? {
-                    Some(b) => text(b),
-                    // A crash may have left it parked.
-                    None => {
-                        self.must_read(
-                            Some(node),
-                            &format!("{PARKING}/{}", manifest.rsplit('/').next().unwrap_or("")),
-                        )
-                        .await?
-                    }
-                };
+                let current = self.manifest_text(node, manifest).await?;
                 let mut m = Manifest::parse(&file, &current).map_err(terminal)?;
                 for (flag, value) in flags {
                     m.set_flag(flag, value).map_err(terminal)?;
@@ -469,16 +470,7 @@ impl<N: Node> Rotation<N> {
                 self.restart_static_pod(node, component, manifest, &m.text()).await
             }
             Action::RestartStaticPod { node, component, manifest } => {
-                let current = match self.read_on(Some(node), manifest).await? {
-                    Some(b) => text(b),
-                    None => {
-                        self.must_read(
-                            Some(node),
-                            &format!("{PARKING}/{}", manifest.rsplit('/').next().unwrap_or("")),
-                        )
-                        .await?
-                    }
-                };
+                let current = self.manifest_text(node, manifest).await?;
                 self.restart_static_pod(node, component, manifest, &current).await
             }
             Action::SetKubeconfigCa { node, path, content, .. } => {
