@@ -156,3 +156,48 @@ async fn an_unreachable_node_is_named() {
     assert!(err.to_string().contains("node w-2"), "{err}");
     assert!(err.is_transient());
 }
+
+/// Key material travels on stdin, never on a command line: while a key is written to a node,
+/// no process on this machine (ssh, the remote shell, sshd's children) shows it in its
+/// arguments.
+#[tokio::test]
+async fn a_written_key_never_appears_in_any_process_arguments() {
+    let s = sshd();
+    let opts = options(&s, s.dir.path().join("known_hosts"));
+    let node = SshNode::connect("cp-1", ADDR, s.port, &opts).await.unwrap();
+    let marker = "KUBECA-SECRET-MARKER-7f3a";
+    let key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{marker}\n{}\n-----END PRIVATE KEY-----\n",
+        "A".repeat(4 << 20)
+    );
+    let path = s.dir.path().join("ca.key");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let marker = marker.to_owned();
+        std::thread::spawn(move || {
+            let mut samples = 0u32;
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+                        && String::from_utf8_lossy(&cmdline).contains(&marker)
+                    {
+                        seen.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+                    }
+                }
+                samples += 1;
+            }
+            (samples, seen)
+        })
+    };
+    node.write(path.to_str().unwrap(), key.as_bytes(), 0o600).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, seen) = sampler.join().unwrap();
+    assert!(samples > 0, "the sampler ran");
+    assert!(seen.is_empty(), "key material on a command line: {seen:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), key.as_bytes());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    node.close().await;
+}
