@@ -194,3 +194,28 @@ fn status_while_another_kubeca_holds_the_lock_shows_its_live_status() {
     );
     drop(holder);
 }
+
+#[test]
+fn a_stale_lock_after_kill_9_is_reported_with_its_id_and_cleared_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    let d = state.to_str().unwrap();
+    // What a kubeca killed with SIGKILL leaves: its owner record, and no flock.
+    let record = r#"{"pid":999999,"host":"h","user":"root","since":"2026-11-28T02:00:00Z","lock_id":"0123456789abcdef"}"#;
+    std::fs::write(state.join("lock"), record).unwrap();
+    let out = kubeca(&["--state-dir", d, "status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("stale lock") && t.contains("pid 999999") && t.contains("0123456789abcdef"),
+        "{t}"
+    );
+    let out = kubeca(&["--state-dir", d, "journal", "unlock", "--lock-id", "ffffffffffffffff"]);
+    assert_eq!(out.status.code(), Some(1), "a wrong id clears nothing: {}", text(&out));
+    assert!(kubeca(&["--state-dir", d, "status"]).status.code() == Some(1));
+    let out = kubeca(&["--state-dir", d, "journal", "unlock", "--lock-id", "0123456789abcdef"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kubeca(&["--state-dir", d, "status"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
