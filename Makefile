@@ -17,6 +17,7 @@ demo: setup
 bench:
 	cargo bench -p journal --bench journal
 	cargo bench -p engine --bench engine
+	cargo bench -p actions --bench plan
 
 soak:
 	@echo "make soak: the crash matrix is not built yet." >&2
