@@ -1,0 +1,248 @@
+//! Checks through the Kubernetes API with the real kubectl: nodes Ready, every kubeconfig
+//! working, the aggregated API through the front proxy, haproxy over a dead apiserver, the trust
+//! monitor catching an untrusted serving certificate, and the controller-manager refusing a
+//! bundle in --cluster-signing-cert-file (kubeadm#1350).
+
+use std::fs;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::util::{TESTBED, Testbed, static_pod_pid, text, wait_until};
+
+/// `kubectl --kubeconfig DIR/admin.conf ARGS`.
+fn kubectl(tb: &Testbed, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", tb.dir.join("admin.conf").display()))
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn kubectl_ok(tb: &Testbed, args: &[&str]) -> String {
+    let out = kubectl(tb, args);
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl get nodes` shows every node Ready.
+pub fn kubectl_shows_every_node_ready(tb: &Testbed) {
+    let out = kubectl_ok(tb, &["get", "nodes", "--no-headers"]);
+    let ready: Vec<&str> = out
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut names: Vec<&str> = tb.nodes.iter().map(|n| n.0.as_str()).collect();
+    names.sort();
+    let mut ready_sorted = ready.clone();
+    ready_sorted.sort();
+    assert_eq!(ready_sorted, names, "{out}");
+}
+
+/// Every kubeconfig kubeadm writes works with kubectl: the control plane's from the host, and
+/// kubelet.conf (which names files inside the node) on its node.
+pub fn every_kubeconfig_works(tb: &Testbed) {
+    for (name, address, cp) in &tb.nodes {
+        if *cp {
+            for conf in
+                ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"]
+            {
+                let path = tb.node_path(name, &format!("etc-kubernetes/{conf}"));
+                let out = Command::new("kubectl")
+                    .arg(format!("--kubeconfig={}", path.display()))
+                    .args(["--request-timeout=10s", "get", "--raw", "/version"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{name}/{conf}: {}", text(&out));
+            }
+        }
+        tb.ssh_ok(
+            address,
+            "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --request-timeout=10s get --raw /version",
+        );
+    }
+}
+
+/// `kubectl get --raw /apis/metrics.k8s.io/v1beta1` is answered by the aggregated server,
+/// reached by the apiserver with its front-proxy client certificate.
+pub fn aggregated_api_through_the_front_proxy(tb: &Testbed) {
+    let out = kubectl_ok(tb, &["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["groupVersion"], "metrics.k8s.io/v1beta1", "{out}");
+}
+
+/// The monitor records handshakes, and none failed on trust so far.
+pub fn report_counts_handshakes_without_failures(tb: &Testbed) {
+    let out = Command::new(TESTBED)
+        .args(["report", "--output", "json", "--dir"])
+        .arg(&tb.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tls_failures"], 0, "{r}");
+    assert!(r["total"].as_u64().unwrap() > 0, "the monitor recorded nothing");
+    let edges = r["edges"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["client"] == "kubelet@w-1" && e["outcomes"]["ok"].as_u64() > Some(0)),
+        "no successful kubelet@w-1 handshake: {r}"
+    );
+}
+
+/// With one apiserver killed, kubectl keeps working through haproxy; the kubelet restarts it.
+pub fn killing_one_apiserver_leaves_kubectl_working(tb: &Testbed) {
+    let pid = static_pod_pid(tb, "cp-1", "kube-apiserver").expect("the apiserver runs on cp-1");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    for _ in 0..10 {
+        kubectl_ok(tb, &["get", "nodes", "--no-headers"]);
+    }
+    wait_until("the kubelet to restart cp-1's apiserver", Duration::from_secs(30), || {
+        static_pod_pid(tb, "cp-1", "kube-apiserver").is_some_and(|p| p != pid)
+    });
+    wait_until("cp-1's apiserver to answer", Duration::from_secs(30), || {
+        Command::new("kubectl")
+            .arg(format!(
+                "--kubeconfig={}",
+                tb.node_path("cp-1", "etc-kubernetes/super-admin.conf").display()
+            ))
+            .args(["--request-timeout=3s", "get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+}
+
+/// Moves a static pod's manifest away and back (the upstream way to restart it), waiting for
+/// the pod to stop and to run again.
+fn restart_static_pod(tb: &Testbed, node: &str, pod: &str) {
+    let manifest = tb.node_path(node, &format!("etc-kubernetes/manifests/{pod}.yaml"));
+    let away = tb.node_path(node, &format!("etc-kubernetes/{pod}.yaml.away"));
+    fs::rename(&manifest, &away).unwrap();
+    wait_until(&format!("{pod} on {node} to stop"), Duration::from_secs(20), || {
+        static_pod_pid(tb, node, pod).is_none()
+    });
+    fs::rename(&away, &manifest).unwrap();
+    wait_until(&format!("{pod} on {node} to run"), Duration::from_secs(20), || {
+        static_pod_pid(tb, node, pod).is_some()
+    });
+}
+
+/// An apiserver serving a certificate from a CA nobody trusts makes its clients record
+/// `tls-untrusted-server`, and `report` fails; putting the real certificate back heals it.
+pub fn untrusted_serving_certificate_fails_the_report(tb: &Testbed) {
+    let since = jiff::Timestamp::now().to_string();
+    let pki = tb.node_path("cp-2", "etc-kubernetes/pki");
+    let (crt, key) = (pki.join("apiserver.crt"), pki.join("apiserver.key"));
+    let (saved_crt, saved_key) = (fs::read(&crt).unwrap(), fs::read(&key).unwrap());
+    let rogue = tempfile::tempdir().unwrap();
+    let r = rogue.path();
+    let sh = format!(
+        "set -e; cd {r}; openssl req -x509 -newkey rsa:2048 -noenc -subj /CN=nobody-trusts-me \
+         -days 1 -keyout ca.key -out ca.crt 2>/dev/null; \
+         openssl x509 -in {crt} -noout -ext subjectAltName | tail -1 | sed 's/IP Address/IP/g; s/^ *//' > sans; \
+         openssl req -new -newkey rsa:2048 -noenc -subj /CN=kube-apiserver -keyout leaf.key -out leaf.csr 2>/dev/null; \
+         printf 'subjectAltName=%s\\n' \"$(cat sans)\" > ext; \
+         openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -days 1 -extfile ext -out leaf.crt 2>/dev/null",
+        r = r.display(),
+        crt = crt.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&sh).output().unwrap();
+    assert!(out.status.success(), "making the rogue certificate: {}", text(&out));
+    fs::copy(r.join("leaf.crt"), &crt).unwrap();
+    fs::copy(r.join("leaf.key"), &key).unwrap();
+    restart_static_pod(tb, "cp-2", "kube-apiserver");
+
+    let report = || {
+        Command::new(TESTBED)
+            .args(["report", "--output", "json", "--since", &since, "--dir"])
+            .arg(&tb.dir)
+            .output()
+            .unwrap()
+    };
+    wait_until("tls-untrusted-server lines", Duration::from_secs(30), || {
+        let out = report();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        r["outcomes"]["tls-untrusted-server"].as_u64() > Some(0)
+    });
+    let out = report();
+    assert!(!out.status.success(), "report succeeded with TLS failures: {}", text(&out));
+
+    fs::write(&crt, saved_crt).unwrap();
+    fs::write(&key, saved_key).unwrap();
+    restart_static_pod(tb, "cp-2", "kube-apiserver");
+    let healed = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+    wait_until(
+        "cp-2's apiserver to answer with its real certificate",
+        Duration::from_secs(30),
+        || {
+            Command::new("kubectl")
+                .arg(format!(
+                    "--kubeconfig={}",
+                    tb.node_path("cp-2", "etc-kubernetes/super-admin.conf").display()
+                ))
+                .args(["--request-timeout=3s", "get", "--raw", "/readyz"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    // Clients that kept retrying see the real certificate again: no failure after healing.
+    std::thread::sleep(Duration::from_secs(4)); // let a few status reports happen
+    let out = Command::new(TESTBED)
+        .args(["report", "--since", &healed.to_string(), "--dir"])
+        .arg(&tb.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "TLS failures after healing: {}", text(&out));
+}
+
+/// kube-controller-manager refuses to start with two certificates in
+/// --cluster-signing-cert-file (kubeadm#1350); with the single CA back it runs again.
+pub fn controller_manager_refuses_a_signing_bundle(tb: &Testbed) {
+    let etc = tb.node_path("cp-3", "etc-kubernetes");
+    let bundle = [
+        fs::read_to_string(etc.join("pki/ca.crt")).unwrap(),
+        fs::read_to_string(etc.join("pki/front-proxy-ca.crt")).unwrap(),
+    ]
+    .concat();
+    fs::write(etc.join("pki/ca-bundle.crt"), bundle).unwrap();
+    let manifest = etc.join("manifests/kube-controller-manager.yaml");
+    let original = fs::read_to_string(&manifest).unwrap();
+    let flag = "--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt";
+    assert!(original.contains(flag));
+    fs::write(
+        &manifest,
+        original.replace(flag, "--cluster-signing-cert-file=/etc/kubernetes/pki/ca-bundle.crt"),
+    )
+    .unwrap();
+    let state = tb.node_path("cp-3", "run/kubelet/static-pods/kube-controller-manager-cp-3.json");
+    wait_until("the controller-manager to crash-loop", Duration::from_secs(30), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state).unwrap_or_default())
+                .unwrap_or_default();
+        v["restart_count"].as_u64() > Some(0)
+            && v["manifest"].as_str().is_some()
+            && fs::read_to_string(&manifest).is_ok_and(|m| m.contains("ca-bundle.crt"))
+    });
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&state).unwrap()).unwrap();
+    let uid = v["uid"].as_str().unwrap();
+    let log = fs::read_to_string(tb.node_path(
+        "cp-3",
+        &format!("var-log-pods/kube-system_kube-controller-manager-cp-3_{uid}/kube-controller-manager/0.log"),
+    ))
+    .unwrap();
+    assert!(log.contains("cluster-signing-cert-file"), "the refusal does not name the flag: {log}");
+
+    fs::write(&manifest, original).unwrap();
+    wait_until("the controller-manager to run with the single CA", Duration::from_secs(30), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&state).unwrap_or_default())
+                .unwrap_or_default();
+        v["restart_count"] == 0 && v["phase"] == "Running" && v["uid"] != uid
+    });
+}
