@@ -119,6 +119,27 @@ impl ClusterApi {
         Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
     }
 
+    /// Whether node `name` reports Ready with a heartbeat at or after `since` (its kubelet came
+    /// back and reached the apiserver).
+    pub async fn node_ready_since(
+        &self,
+        name: &str,
+        since: jiff::Timestamp,
+    ) -> Result<bool, ApiError> {
+        use k8s_openapi::api::core::v1::Node;
+        let api: Api<Node> = Api::all(self.client.clone());
+        let Some(node) = api.get_opt(name).await.map_err(call(format!("get node {name}")))? else {
+            return Ok(false);
+        };
+        Ok(node.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "True"
+                && c.last_heartbeat_time
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= since.as_second())
+        }))
+    }
+
     /// Every namespace's name.
     pub async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         let api: Api<Namespace> = Api::all(self.client.clone());

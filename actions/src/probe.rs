@@ -63,27 +63,57 @@ impl ServerCertVerifier for Capture {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// Connects to `host:port`, completes a TLS handshake, and sends `GET path`.
 pub async fn probe(host: &str, port: u16, path: &str, timeout: Duration) -> Seen {
-    match tokio::time::timeout(timeout, attempt(host, port, path)).await {
+    probe_as(host, port, path, timeout, None).await
+}
+
+/// A client certificate (DER) and its private key (PEM) to present.
+pub type ClientIdentity = (Vec<u8>, String);
+
+/// As [`probe`], presenting `client`. A server that rejects the certificate ends the connection
+/// before answering, so it is seen with status 0: accepted means a non-zero status.
+pub async fn probe_as(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    client: Option<&ClientIdentity>,
+) -> Seen {
+    match tokio::time::timeout(timeout, attempt(host, port, path, client)).await {
         Ok(Some(seen)) => seen,
         _ => Seen::Down,
     }
 }
 
-async fn attempt(host: &str, port: u16, path: &str) -> Option<Seen> {
+async fn attempt(
+    host: &str,
+    port: u16,
+    path: &str,
+    client: Option<&ClientIdentity>,
+) -> Option<Seen> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
     let capture = Arc::new(Capture(Mutex::new(None)));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
         .dangerous()
-        .with_custom_certificate_verifier(capture.clone())
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(capture.clone());
+    let config = match client {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).ok()?;
+            builder.with_client_auth_cert(vec![CertificateDer::from(cert.clone())], key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
     let name = ServerName::try_from(host.to_owned()).ok()?;
@@ -104,6 +134,77 @@ async fn attempt(host: &str, port: u16, path: &str) -> Option<Seen> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS server on 127.0.0.1 that requires client certificates signed by `client_ca`.
+    async fn server(client_ca: &crate::pki::Ca, serving: &crate::pki::Ca) -> u16 {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(client_ca.cert().der().to_vec())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        // The server presents its own CA certificate: the probe observes, it does not judge.
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from(serving.cert().der().to_vec())],
+                PrivateKeyDer::from_pem_slice(serving.key_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 512];
+                        let _ = tls.read(&mut buf).await;
+                        let _ =
+                            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_server_accepts_only_clients_of_the_ca_it_trusts() {
+        use crate::pki::{Ca, KeyPolicy, KeySpec, reissue};
+        let now = jiff::Timestamp::now();
+        let rng = &mut rand_core::OsRng;
+        let trusted = Ca::generate("trusted", KeySpec::EcdsaP256, 1, now, rng).unwrap();
+        let other = Ca::generate("other", KeySpec::EcdsaP256, 1, now, rng).unwrap();
+        let serving = Ca::generate("serving", KeySpec::EcdsaP256, 1, now, rng).unwrap();
+        let port = server(&trusted, &serving).await;
+        // A client certificate: any leaf re-issued by the CA, with a fresh key.
+        let leaf_of = |ca: &Ca| {
+            let mut params = rcgen::CertificateParams::new(vec!["probe".to_owned()]).unwrap();
+            params.is_ca = rcgen::IsCa::NoCa;
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let leaf = crate::pki::Cert::from_der(cert.der().to_vec(), "leaf").unwrap();
+            let r = reissue(&leaf, ca, KeyPolicy::New, now, &mut rand_core::OsRng).unwrap();
+            (r.cert.der().to_vec(), r.new_key.unwrap().to_pem())
+        };
+        let good = leaf_of(&trusted);
+        let bad = leaf_of(&other);
+        let seen = probe_as("127.0.0.1", port, "/", Duration::from_secs(5), Some(&good)).await;
+        assert!(matches!(seen, Seen::Up { status: 200, .. }), "{seen:?}");
+        let seen = probe_as("127.0.0.1", port, "/", Duration::from_secs(5), Some(&bad)).await;
+        assert!(matches!(seen, Seen::Up { status: 0, .. } | Seen::Down), "{seen:?}");
+    }
 
     #[tokio::test]
     async fn nothing_listening_is_down() {

@@ -37,6 +37,8 @@ pub struct Rotation<N: Node> {
     api: Option<ClusterApi>,
     known: Known,
     ranks: BTreeMap<StepId, u32>,
+    /// A client certificate of the new cluster CA, made once, to observe that kubelets trust it.
+    probe_identity: RefCell<Option<crate::probe::ClientIdentity>>,
     /// Bound of every wait for a component to go down or come back.
     pub wait: Duration,
 }
@@ -81,6 +83,7 @@ impl<N: Node> Rotation<N> {
             api,
             known: Rc::new(RefCell::new(BTreeMap::new())),
             ranks: BTreeMap::new(),
+            probe_identity: RefCell::new(None),
             wait: Duration::from_secs(180),
         };
         let mut rotation = rotation;
@@ -326,20 +329,69 @@ impl<N: Node> Rotation<N> {
         }
     }
 
-    async fn restart_kubelet(&self, node: &str) -> Result<Summary, StepError> {
+    /// A client certificate signed by the new cluster CA (a fresh key), for probing kubelets.
+    fn new_ca_client(&self) -> Result<crate::probe::ClientIdentity, StepError> {
+        if let Some(id) = self.probe_identity.borrow().as_ref() {
+            return Ok(id.clone());
+        }
+        let ca = self.new_ca(CaKind::Cluster)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(terminal)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "kubeca-probe");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let template_key = rcgen::KeyPair::generate().map_err(terminal)?;
+        let template = params.self_signed(&template_key).map_err(terminal)?;
+        let leaf = Cert::from_der(template.der().to_vec(), "kubeca probe").map_err(terminal)?;
+        let issued =
+            pki::reissue(&leaf, &ca, KeyPolicy::New, jiff::Timestamp::now(), &mut rand_core::OsRng)
+                .map_err(terminal)?;
+        let key =
+            issued.new_key.ok_or_else(|| terminal("re-issue with a new key returned none"))?;
+        let id = (issued.cert.der().to_vec(), key.to_pem());
+        *self.probe_identity.borrow_mut() = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Restarts a node's kubelet and waits until it serves :10250 again; with `trusts_new`, until
+    /// it accepts a client certificate of the new CA (it has loaded its new client CA).
+    async fn restart_kubelet(&self, node: &str, trusts_new: bool) -> Result<Summary, StepError> {
         let n = self.node(node)?;
+        let identity = if trusts_new { Some(self.new_ca_client()?) } else { None };
+        let started = jiff::Timestamp::now();
         n.run("restart kubelet", "systemctl restart kubelet").await.map_err(node_err)?;
         let address = self.inventory.node(node).map(|x| x.address.clone()).unwrap_or_default();
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            if let Seen::Up { .. } =
-                probe(&address, 10250, "/healthz", Duration::from_secs(3)).await
-            {
-                return Ok(Summary::new().with("restarted-at", jiff::Timestamp::now().to_string()));
+            let seen = crate::probe::probe_as(
+                &address,
+                10250,
+                "/healthz",
+                Duration::from_secs(3),
+                identity.as_ref(),
+            )
+            .await;
+            let ok = match (&seen, &identity) {
+                (Seen::Up { status, .. }, Some(_)) => *status != 0,
+                (Seen::Up { .. }, None) => true,
+                (Seen::Down, _) => false,
+            };
+            let ready = match (&self.api, ok) {
+                (Some(api), true) => api.node_ready_since(node, started).await.unwrap_or(false),
+                (None, true) => true,
+                (_, false) => false,
+            };
+            if ready {
+                return Ok(Summary::new()
+                    .with("restarted-at", jiff::Timestamp::now().to_string())
+                    .with("accepts-new-ca-client", trusts_new.to_string()));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(retry(format!(
-                    "node {node}: the kubelet did not serve :10250 again within {} s",
+                    "node {node}: the kubelet did not {} and report its node Ready within {} s",
+                    if trusts_new {
+                        "accept a client certificate of the new CA on :10250"
+                    } else {
+                        "serve :10250 again"
+                    },
                     self.wait.as_secs()
                 )));
             }
@@ -575,9 +627,9 @@ impl<N: Node> Rotation<N> {
                 if changed {
                     n.write(kubeconfig, k.text().as_bytes(), 0o600).await.map_err(node_err)?;
                 }
-                self.restart_kubelet(node).await
+                self.restart_kubelet(node, true).await
             }
-            Action::RestartKubelet { node } => self.restart_kubelet(node).await,
+            Action::RestartKubelet { node } => self.restart_kubelet(node, false).await,
             Action::WaitRootCa { content } => {
                 let pem = text(self.resolve(*content)?);
                 self.api()?.wait_root_ca(&pem).await.map_err(retry)?;
@@ -757,7 +809,7 @@ impl<N: Node> Rotation<N> {
                 // Even when the files are right, the kubelet may not have been restarted: only
                 // the restart itself is repeated (it is harmless).
                 if self.kubelet_done(node, config, kubeconfig, target).await? {
-                    self.restart_kubelet(node).await.map(Some)
+                    self.restart_kubelet(node, true).await.map(Some)
                 } else {
                     Ok(None)
                 }
