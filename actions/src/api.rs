@@ -255,9 +255,11 @@ impl ClusterApi {
     }
 
     /// Restarts every Deployment, DaemonSet and StatefulSet (or only `only`, as
-    /// `namespace/Kind/name`) by setting the pod template annotation to `round`, then waits for
-    /// each rollout. Returns the workloads rolled. Already-annotated workloads are not patched
-    /// again (idempotent), but their rollout is still awaited.
+    /// `namespace/Kind/name`) by setting the pod template annotation to `round`, one workload at
+    /// a time: each rollout (which follows the workload's own update strategy) is awaited before
+    /// the next starts, so at most one workload is disrupted at once. Returns the workloads
+    /// rolled. Already-annotated workloads are not patched again (idempotent), but their rollout
+    /// is still awaited.
     pub async fn roll_workloads(
         &self,
         only: &[String],
@@ -290,6 +292,7 @@ impl ClusterApi {
                                 .await
                                 .map_err(call(format!("annotate {key}")))?;
                         }
+                        self.wait_rollouts(std::slice::from_ref(&key), round).await?;
                         rolled.push(key);
                     }
                 }};
@@ -298,7 +301,6 @@ impl ClusterApi {
             each!(DaemonSet, "DaemonSet");
             each!(StatefulSet, "StatefulSet");
         }
-        self.wait_rollouts(&rolled, round).await?;
         Ok(rolled)
     }
 
