@@ -85,6 +85,7 @@ fn facts(name: &str, control_plane: bool) -> NodeFacts {
             client_ca_file: Some("/etc/kubernetes/pki/ca.crt".into()),
             rotates_client_cert: true,
             static_pod_path: m.into(),
+            serving_cert: "/var/lib/kubelet/pki/kubelet.crt".into(),
         }),
         cert_files: BTreeMap::new(),
     }

@@ -133,6 +133,8 @@ pub struct KubeletFacts {
     pub rotates_client_cert: bool,
     /// Static pod directory.
     pub static_pod_path: String,
+    /// Its serving certificate (`tlsCertFile`, else kubeadm's self-signed default).
+    pub serving_cert: String,
 }
 
 /// Everything discovery learned about one node.
@@ -239,6 +241,8 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
             client_ca_file,
             rotates_client_cert: config.rotates_certificates() && current,
             static_pod_path: static_pod_path.clone(),
+            serving_cert: config_value(&config, "tlsCertFile")
+                .unwrap_or_else(|| defaults::KUBELET_SERVING.to_owned()),
         });
     } else if kubelet_installed {
         return Err(DiscoveryError::Missing {

@@ -89,6 +89,10 @@ pub struct KubeletTarget {
     pub kubeconfig_ca: Content,
     /// Re-issue its client certificate under the new CA (keeping its key).
     pub reissue_client_cert: bool,
+    /// Re-issue its serving certificate (this file) under the new CA, keeping its key: needed
+    /// when the apiservers verify kubelets (`--kubelet-certificate-authority`), since finalize
+    /// leaves them trusting only the new CA.
+    pub reissue_serving_cert: Option<String>,
 }
 
 /// One idempotent rotation action. Node names are the inventory's; `None` is the operator's
@@ -834,6 +838,14 @@ pub fn assemble(
             .in_group(group),
         )
     };
+    let verifies_kubelets =
+        cps.iter().any(|cp| cp.facts.flag(APISERVER, "--kubelet-certificate-authority").is_some());
+    let serving_cert = |name: &str| -> Result<Option<String>, ProcedureError> {
+        if !verifies_kubelets {
+            return Ok(None);
+        }
+        Ok(node_facts(name)?.kubelet.as_ref().map(|k| k.serving_cert.clone()))
+    };
     for cp in &cps {
         plan = plan.step(kubelet_step(
             cp.name,
@@ -847,6 +859,7 @@ pub fn assemble(
                 // finalize drops the old CA from the apiservers' client CA, and a kubelet renews its
                 // own certificate only near expiry.
                 reissue_client_cert: true,
+                reissue_serving_cert: serving_cert(cp.name)?,
             },
             "kubelets-control-plane",
         )?);
@@ -861,6 +874,7 @@ pub fn assemble(
                 client_ca_file: worker_bundle(w)?,
                 kubeconfig_ca: Content::Bundle(CaKind::Cluster),
                 reissue_client_cert: true,
+                reissue_serving_cert: serving_cert(w)?,
             },
             "kubelets-workers",
         )?);
@@ -1124,6 +1138,7 @@ pub fn assemble(
                 client_ca_file: ca,
                 kubeconfig_ca: Content::NewCert(CaKind::Cluster),
                 reissue_client_cert: false,
+                reissue_serving_cert: None,
             },
             "finalize-kubelets-control-plane",
         )?);
@@ -1143,6 +1158,7 @@ pub fn assemble(
                 client_ca_file: ca,
                 kubeconfig_ca: Content::NewCert(CaKind::Cluster),
                 reissue_client_cert: false,
+                reissue_serving_cert: None,
             },
             "finalize-kubelets-workers",
         )?);
@@ -1311,7 +1327,15 @@ pub fn topology(inventory: &Inventory, facts: &ClusterFacts) -> Topology {
                 Some((ns.to_owned(), name.to_owned(), first_node.clone()))
             })
             .collect(),
-        kubelet_certificate_authority: None,
+        // With --kubelet-certificate-authority the apiservers verify kubelets' serving
+        // certificates, which are then signed by the cluster CA.
+        kubelet_certificate_authority: inventory.control_planes().find_map(|n| {
+            facts
+                .nodes
+                .get(&n.name)?
+                .flag(APISERVER, "--kubelet-certificate-authority")
+                .map(str::to_owned)
+        }),
     }
 }
 
@@ -1418,6 +1442,12 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
                         path: trust::paths::KUBELET_CONF.into(),
                     },
                     material: m,
+                });
+            }
+            if target.reissue_serving_cert.is_some() {
+                out.push(Effect::Write {
+                    source: Source::file(node, trust::paths::KUBELET_SERVING),
+                    material: Material::cert(trust::ca::NEW),
                 });
             }
             if target.reissue_client_cert {
@@ -1577,7 +1607,11 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
                     node: node.clone(),
                     config: config.clone(),
                     kubeconfig: kubeconfig.clone(),
-                    target: KubeletTarget { reissue_client_cert: false, ..before.clone() },
+                    target: KubeletTarget {
+                        reissue_client_cert: false,
+                        reissue_serving_cert: None,
+                        ..before.clone()
+                    },
                     prior: Some(target.clone()),
                 },
                 None,
@@ -1585,6 +1619,7 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
             None => {
                 let mut paths = vec![config.clone(), kubeconfig.clone()];
                 paths.push(crate::discovery::defaults::KUBELET_CLIENT_CURRENT.into());
+                paths.extend(target.reissue_serving_cert.clone());
                 vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
             }
         },
@@ -1919,6 +1954,7 @@ mod tests {
                         client_ca_file: only_new.into(),
                         kubeconfig_ca: Content::Bundle(CaKind::Cluster),
                         reissue_client_cert: true,
+                        reissue_serving_cert: None,
                     },
                 },
             ),
@@ -1972,6 +2008,26 @@ mod tests {
             total + 1,
             failures.join("\n")
         );
+    }
+
+    #[tokio::test]
+    async fn with_kubelet_certificate_authority_kubelet_serving_certs_move_to_the_new_ca() {
+        let (_d, inv, mut facts) = cluster(2, 1).await;
+        for f in facts.nodes.values_mut() {
+            if let Some(p) = f.static_pods.get_mut(APISERVER) {
+                p.flags.insert(
+                    "--kubelet-certificate-authority".into(),
+                    "/etc/kubernetes/pki/ca.crt".into(),
+                );
+            }
+        }
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let topo = topology(&inv, &facts);
+        assert!(topo.kubelet_certificate_authority.is_some());
+        let total = plan.steps().count();
+        for done in 0..=total {
+            check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
+        }
     }
 
     #[tokio::test]

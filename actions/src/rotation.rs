@@ -627,6 +627,20 @@ impl<N: Node> Rotation<N> {
                 if changed {
                     n.write(kubeconfig, k.text().as_bytes(), 0o600).await.map_err(node_err)?;
                 }
+                if let Some(serving) = &target.reissue_serving_cert {
+                    let ca = self.new_ca(CaKind::Cluster)?;
+                    let pem = self.must_read(Some(node), serving).await?;
+                    let leaf =
+                        Cert::from_pem(&pem, &format!("{node}:{serving}")).map_err(terminal)?;
+                    if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
+                        let new =
+                            pki::reissue(&leaf, &ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)
+                                .map_err(terminal)?;
+                        n.write(serving, new.cert.to_pem().as_bytes(), 0o644)
+                            .await
+                            .map_err(node_err)?;
+                    }
+                }
                 self.restart_kubelet(node, true).await
             }
             Action::RestartKubelet { node } => self.restart_kubelet(node, false).await,
