@@ -17,6 +17,7 @@ mod testbed {
     #[allow(dead_code)]
     pub mod api;
     pub mod infra;
+    pub mod kubeca;
     pub mod util;
 }
 
@@ -33,6 +34,10 @@ fn testbed_3_control_planes_2_workers() {
         ("openssl_verifies_every_certificate", infra::openssl_verifies_every_certificate),
         ("etcd_cluster_is_healthy_with_mutual_tls", infra::etcd_cluster_is_healthy_with_mutual_tls),
         ("kubelet_requires_client_certificates", infra::kubelet_requires_client_certificates),
+        (
+            "kubeca_discovers_plans_and_writes_over_ssh",
+            testbed::kubeca::kubeca_discovers_plans_and_writes_over_ssh,
+        ),
         ("up_on_a_live_dir_names_the_pids", infra::up_on_a_live_dir_names_the_pids),
         (
             "editing_a_manifest_restarts_the_component",

@@ -1,0 +1,108 @@
+//! kubeca's own node actions on the testbed, over real SSH with strict host keys: the inventory
+//! `up` wrote, discovery of what each component loads, the old-CA checks, a trust-checked plan
+//! for the discovered cluster, and real writes at kubeadm paths restored byte for byte.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actions::inventory::Inventory;
+use actions::node::{SshNode, SshOptions};
+use actions::procedure::{self, Action, CaKind, ClusterFacts, Content};
+use actions::rotation::Rotation;
+use engine::{Runner, StepId};
+
+use super::util::Testbed;
+
+pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let inventory = Inventory::load(&tb.dir.join("inventory.toml")).expect("the inventory up wrote parses");
+        assert_eq!(inventory.nodes.len(), tb.nodes.len());
+        let state = tempfile::tempdir().unwrap();
+        let control_dir = state.path().join("ssh");
+        journal::create_private_dir(&control_dir).unwrap();
+        let opts = SshOptions {
+            user: inventory.ssh.user.clone(),
+            identity: inventory.ssh.identity.clone(),
+            known_hosts: inventory.ssh.known_hosts.clone(),
+            strict: true,
+            sudo: false,
+            timeout: Duration::from_secs(60),
+            control_dir,
+        };
+        let mut nodes = BTreeMap::new();
+        let mut facts = BTreeMap::new();
+        for n in &inventory.nodes {
+            let node = SshNode::connect(&n.name, &n.address, n.port, &opts).await.unwrap();
+            let f = actions::discovery::discover(&node).await.unwrap();
+            if n.is_control_plane() {
+                for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
+                    assert!(f.static_pods.contains_key(c), "{}: no {c} discovered", n.name);
+                }
+            }
+            assert!(f.kubelet.as_ref().is_some_and(|k| k.client_ca_file.is_some()), "{}", n.name);
+            facts.insert(n.name.clone(), f);
+            nodes.insert(n.name.clone(), node);
+        }
+        let cp = &inventory.control_planes().next().unwrap().name;
+        let pairs = vec![
+            ("/etc/kubernetes/pki/ca.crt".to_owned(), "/etc/kubernetes/pki/ca.key".to_owned()),
+            ("/etc/kubernetes/pki/front-proxy-ca.crt".to_owned(), "/etc/kubernetes/pki/front-proxy-ca.key".to_owned()),
+        ];
+        actions::rotation::check_old_cas(&nodes[cp], &pairs, jiff::Timestamp::now()).await.expect("the openssl-made CAs pass");
+
+        // The whole plan for this cluster, trust-checked forward and for rollbacks.
+        let cluster = ClusterFacts {
+            nodes: facts,
+            extension_workloads: vec!["kube-system/Deployment/metrics-server".into()],
+            namespaces: vec!["default".into(), "kube-system".into(), "kube-public".into()],
+        };
+        let plan = procedure::build(&inventory, &cluster, "testbed").expect("a trust-checked plan");
+        assert!(plan.steps().count() > 100);
+
+        // Real node actions: back up, make the new CA, distribute it and the bundle to cp-1,
+        // then restore: every file byte for byte as before.
+        let blobs = journal::BlobStore::open(state.path()).unwrap();
+        let runner = Rotation::new(inventory.clone(), nodes, blobs, None, &engine::State::default());
+        let pki = "/etc/kubernetes/pki";
+        let touched: Vec<String> = ["ca-new.crt", "ca-new.key", "ca-bundle.crt", "ca.crt"].iter().map(|f| format!("{pki}/{f}")).collect();
+        let run = |id: &'static str, action: Action| {
+            let runner = &runner;
+            async move {
+                let step = StepId::from(id);
+                let summary = runner.apply(&step, &action).await.unwrap_or_else(|e| panic!("{id}: {}", e.message));
+                runner.known().borrow_mut().insert(step, summary);
+            }
+        };
+        let before: Vec<Option<Vec<u8>>> = touched.iter().map(|p| node_file(tb, "127.0.0.11", p)).collect();
+        run("preflight/backup/cp-1", Action::Backup { node: cp.clone(), paths: touched.clone() }).await;
+        run("prepare/new-ca", Action::NewCa { ca: CaKind::Cluster, node: cp.clone(), old_cert: format!("{pki}/ca.crt") }).await;
+        run("prepare/distribute/cp-1", Action::PutFiles {
+            node: cp.clone(),
+            files: vec![
+                (format!("{pki}/ca-new.crt"), Content::NewCert(CaKind::Cluster), 0o644),
+                (format!("{pki}/ca-new.key"), Content::NewKey(CaKind::Cluster), 0o600),
+                (format!("{pki}/ca-bundle.crt"), Content::Bundle(CaKind::Cluster), 0o644),
+            ],
+            loaded_by: Vec::new(),
+        })
+        .await;
+        // Inside the node: the bundle holds two CAs, the node's apiserver cert verifies against
+        // it and not against the new CA alone, and the key is 0600.
+        let out = tb.ssh_ok("127.0.0.11", "grep -c 'BEGIN CERTIFICATE' /etc/kubernetes/pki/ca-bundle.crt");
+        assert_eq!(out.trim(), "2");
+        tb.ssh_ok("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-bundle.crt /etc/kubernetes/pki/apiserver.crt");
+        assert!(!tb.ssh("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-new.crt /etc/kubernetes/pki/apiserver.crt").status.success());
+        assert_eq!(tb.ssh_ok("127.0.0.11", "stat -c %a /etc/kubernetes/pki/ca-new.key").trim(), "600");
+        run("rollback/restore", Action::RestoreFiles { node: Some(cp.clone()), paths: touched.clone() }).await;
+        for (path, was) in touched.iter().zip(before) {
+            assert_eq!(node_file(tb, "127.0.0.11", path), was, "{path} restored exactly");
+        }
+    });
+}
+
+/// A file on a node, read with the operator's ssh (not through kubeca): `None` when absent.
+fn node_file(tb: &Testbed, address: &str, path: &str) -> Option<Vec<u8>> {
+    let out = tb.ssh(address, &format!("cat {path}"));
+    out.status.success().then_some(out.stdout)
+}
