@@ -94,6 +94,86 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
         tb.ssh_ok("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-bundle.crt /etc/kubernetes/pki/apiserver.crt");
         assert!(!tb.ssh("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-new.crt /etc/kubernetes/pki/apiserver.crt").status.success());
         assert_eq!(tb.ssh_ok("127.0.0.11", "stat -c %a /etc/kubernetes/pki/ca-new.key").trim(), "600");
+
+        // Upstream 9.2 on a real kubelet (w-1): the bundle as its client CA, its kubeconfig
+        // trusting both, client and serving certificates re-issued by the new CA, restarted with
+        // systemctl; done only when it accepts a client certificate of the new CA on :10250.
+        let worker = "w-1".to_owned();
+        let w_addr = "127.0.0.14";
+        let k = cluster.nodes[&worker].kubelet.clone().unwrap();
+        let w_bundle = format!("{pki}/ca-bundle.crt");
+        let w_touched = vec![
+            w_bundle.clone(),
+            k.config.clone(),
+            k.kubeconfig.clone(),
+            actions::discovery::defaults::KUBELET_CLIENT_CURRENT.to_owned(),
+            k.serving_cert.clone(),
+        ];
+        let w_before: Vec<Option<Vec<u8>>> = w_touched.iter().map(|p| node_file(tb, w_addr, p)).collect();
+        run("preflight/backup/w-1", Action::Backup { node: worker.clone(), paths: w_touched.clone() }).await;
+        run("prepare/distribute/w-1", Action::PutFiles {
+            node: worker.clone(),
+            files: vec![(w_bundle.clone(), Content::Bundle(CaKind::Cluster), 0o644)],
+            loaded_by: Vec::new(),
+        })
+        .await;
+        let roll = Action::RollKubelet {
+            node: worker.clone(),
+            config: k.config.clone(),
+            kubeconfig: k.kubeconfig.clone(),
+            target: actions::procedure::KubeletTarget {
+                client_ca_file: w_bundle.clone(),
+                kubeconfig_ca: Content::Bundle(CaKind::Cluster),
+                reissue_client_cert: true,
+                reissue_serving_cert: Some(k.serving_cert.clone()),
+            },
+            prior: None,
+        };
+        run("trust-nodes/kubelet/w-1", roll.clone()).await;
+        // Re-issued by the new CA: verifies with the bundle, no longer with the old CA alone.
+        tb.ssh_ok(w_addr, &format!("openssl verify -CAfile {w_bundle} {}", k.serving_cert));
+        let old_only = tb.ssh(w_addr, &format!("openssl verify -CAfile {pki}/ca.crt {}", k.serving_cert));
+        assert!(!old_only.status.success(), "the serving certificate is still the old CA's");
+        tb.ssh_ok(w_addr, &format!("openssl verify -CAfile {w_bundle} {}", actions::discovery::defaults::KUBELET_CLIENT_CURRENT));
+        assert!(
+            runner.check(&StepId::from("trust-nodes/kubelet/w-1"), &roll).await.unwrap().is_some(),
+            "after a crash the roll is recognised as done"
+        );
+
+        // Observed through TLS, independently of kubeca: a client certificate made by openssl
+        // with the new CA is accepted by w-1's kubelet now, and refused after the rollback.
+        tb.ssh_ok(
+            "127.0.0.11",
+            "cd /tmp && printf 'basicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=clientAuth\\n' > kubeca-probe.ext \
+             && openssl req -newkey rsa:2048 -nodes -keyout kubeca-probe.key -out kubeca-probe.csr \
+             -subj /CN=kubeca-probe 2>/dev/null && openssl x509 -req -in kubeca-probe.csr \
+             -CA /etc/kubernetes/pki/ca-new.crt -CAkey /etc/kubernetes/pki/ca-new.key \
+             -CAserial /tmp/kubeca-probe.srl -CAcreateserial -extfile kubeca-probe.ext \
+             -out kubeca-probe.crt -days 1 2>/dev/null",
+        );
+        let new_ca_client = || {
+            let out = tb.ssh(
+                "127.0.0.11",
+                &format!(
+                    "curl -sk --max-time 5 --cert /tmp/kubeca-probe.crt --key /tmp/kubeca-probe.key \
+                     -o /dev/null -w '%{{http_code}}' https://{w_addr}:10250/healthz"
+                ),
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let accepted = new_ca_client();
+        assert!(accepted != "000" && !accepted.is_empty(), "w-1's kubelet refuses the new CA's client: {accepted}");
+
+        // Rollback of w-1: files back, kubelet restarted onto them.
+        run("rollback/w-1", Action::RestoreFiles { node: Some(worker.clone()), paths: w_touched.clone() }).await;
+        run("rollback/w-1/kubelet", Action::RestartKubelet { node: worker.clone() }).await;
+        for (path, was) in w_touched.iter().zip(w_before) {
+            assert_eq!(node_file(tb, w_addr, path), was, "w-1:{path} restored exactly");
+        }
+        assert_eq!(new_ca_client(), "000", "after the rollback w-1's kubelet trusts only the old CA");
+        let link = tb.ssh_ok(w_addr, &format!("stat -c %F {}", actions::discovery::defaults::KUBELET_CLIENT_CURRENT));
+        assert!(link.contains("symbolic link"), "kubelet-client-current.pem is still a link: {link}");
+
         run("rollback/restore", Action::RestoreFiles { node: Some(cp.clone()), paths: touched.clone() }).await;
         for (path, was) in touched.iter().zip(before) {
             assert_eq!(node_file(tb, "127.0.0.11", path), was, "{path} restored exactly");
