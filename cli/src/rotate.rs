@@ -24,6 +24,8 @@ type EventLog = Journal<Event<Action>>;
 
 /// The inventory as resolved at `init`, kept beside the journal for `run`.
 const INVENTORY_FILE: &str = "inventory.json";
+/// The trust model's view of the cluster as discovered at `init`, for `plan`'s check.
+const TOPOLOGY_FILE: &str = "topology.json";
 
 fn actor() -> Actor {
     Actor::current(format!("kubeca {}", env!("CARGO_PKG_VERSION")))
@@ -157,8 +159,11 @@ pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
         for node in nodes.into_values() {
             node.close().await;
         }
-        anyhow::Ok(procedure::build(&inventory, &cluster, &id)?)
+        let topology = procedure::topology(&inventory, &cluster);
+        anyhow::Ok((procedure::build(&inventory, &cluster, &id)?, topology))
     })?;
+    let (plan, topology) = plan;
+    write_private(&dir.join(TOPOLOGY_FILE), &serde_json::to_vec_pretty(&topology)?)?;
     let record = serde_json::to_vec_pretty(&inventory)?;
     write_private(&dir.join(INVENTORY_FILE), &record)?;
     let steps = plan.steps().count();
@@ -200,13 +205,13 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
         .plan
         .as_ref()
         .ok_or_else(|| anyhow!("no rotation recorded in {}; run `init` first", dir.display()))?;
-    let inventory = load_inventory(dir)?;
-    let facts = ClusterFacts {
-        nodes: BTreeMap::new(),
-        extension_workloads: Vec::new(),
-        namespaces: Vec::new(),
-    };
-    let trust = procedure::check(plan, &procedure::topology(&inventory, &facts));
+    let topology_file = dir.join(TOPOLOGY_FILE);
+    let topology: actions::trust::Topology = serde_json::from_slice(
+        &std::fs::read(&topology_file)
+            .with_context(|| format!("reading {}", topology_file.display()))?,
+    )
+    .with_context(|| format!("{}: unreadable", topology_file.display()))?;
+    let trust = procedure::check(plan, &topology);
     match output {
         Output::Json => {
             let steps: Vec<serde_json::Value> = plan

@@ -219,3 +219,30 @@ fn a_stale_lock_after_kill_9_is_reported_with_its_id_and_cleared_only_with_it() 
     let out = kubeca(&["--state-dir", d, "status"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn plan_lists_every_step_with_its_upstream_number_and_the_trust_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    let topology = actions::trust::Topology {
+        control_planes: vec!["cp-1".into(), "cp-2".into()],
+        workers: vec!["w-1".into()],
+        ..Default::default()
+    };
+    std::fs::write(state.join("topology.json"), serde_json::to_vec(&topology).unwrap()).unwrap();
+    let d = state.to_str().unwrap();
+    let out = kubeca(&["--state-dir", d, "plan"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("== preflight") && t.contains("caution") && t.contains("preflight/check"),
+        "{t}"
+    );
+    assert!(t.contains("11.1") && t.contains("verify/logs"), "{t}");
+    assert!(t.contains("every connection holds"), "{t}");
+    let out = kubeca(&["--state-dir", d, "plan", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(v["steps"][1]["upstream"], "11.1");
+}
