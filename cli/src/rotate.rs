@@ -547,15 +547,26 @@ pub fn approve(dir: &Path, gate: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn to_json(e: &Event<Action>) -> serde_json::Value {
-    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
-    // The audit record maps each step to its upstream step number.
-    if let Event::RunStarted(_) = e
-        && let Some(obj) = v.as_object_mut()
-    {
-        obj.insert("kind".into(), "run-started".into());
+/// Renders events for the audit export. Every event about a step also carries the step's
+/// upstream procedure number, taken from the plan recorded at the start of the export, so an
+/// auditor reads each line against the documentation. Deterministic given the records before
+/// it, so an export verifies on its own with the same renderer.
+fn audit_renderer() -> impl Fn(&Event<Action>) -> serde_json::Value {
+    let upstream: std::cell::RefCell<BTreeMap<String, Option<String>>> = Default::default();
+    move |e| {
+        if let Event::RunStarted(r) = e {
+            *upstream.borrow_mut() =
+                r.plan.steps().map(|s| (s.id.to_string(), s.upstream.clone())).collect();
+        }
+        let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+        if let Some(step) = e.step()
+            && let Some(obj) = v.as_object_mut()
+        {
+            let label = upstream.borrow().get(step.as_str()).cloned().flatten();
+            obj.insert("upstream_step".into(), label.into());
+        }
+        v
     }
-    v
 }
 
 /// `kubeca journal export`.
@@ -569,9 +580,9 @@ pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> any
         Some(path) => {
             let mut f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            journal.export(&mut f, format, &to_json)?
+            journal.export(&mut f, format, &audit_renderer())?
         }
-        None => journal.export(&mut std::io::stdout().lock(), format, &to_json)?,
+        None => journal.export(&mut std::io::stdout().lock(), format, &audit_renderer())?,
     };
     eprintln!("exported {} records; head {}", head.len, head.hash);
     Ok(0)
@@ -595,7 +606,7 @@ pub fn verify_journal(
                 std::io::BufReader::new(f),
                 format,
                 &path.display().to_string(),
-                &to_json,
+                &audit_renderer(),
             )?
         }
         None => {

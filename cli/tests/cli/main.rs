@@ -246,3 +246,45 @@ fn plan_lists_every_step_with_its_upstream_number_and_the_trust_check() {
     assert_eq!(v["steps"].as_array().unwrap().len(), 2);
     assert_eq!(v["steps"][1]["upstream"], "11.1");
 }
+
+#[test]
+fn every_exported_step_event_carries_its_upstream_step_number() {
+    use actions::procedure::Action;
+    use engine::{Engine, Plan, RunOptions, Step, SystemClock};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    {
+        let j: journal::Journal<engine::Event<Action>> =
+            journal::Journal::open(&state, journal::Actor::current("test")).unwrap();
+        let plan = Plan::new(["verify"])
+            .step(Step::new("verify/logs", "verify", "verify", Action::CheckLogs).upstream("11.1"));
+        let engine = Engine::open(j, actions::rotation::Idle, SystemClock).unwrap();
+        engine.start(plan).unwrap();
+        // The idle runner refuses to act: a started and a failed event are recorded.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(engine.run(&RunOptions::default())).unwrap();
+    }
+    let export = dir.path().join("audit.csv");
+    let d = state.to_str().unwrap();
+    let out = kubeca(&[
+        "--state-dir",
+        d,
+        "journal",
+        "export",
+        "--format",
+        "csv",
+        "-o",
+        export.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = std::fs::read_to_string(&export).unwrap();
+    let step_lines: Vec<&str> =
+        csv.lines().filter(|l| l.contains("StepStarted") || l.contains("StepFailed")).collect();
+    assert!(step_lines.len() >= 2, "{csv}");
+    for l in step_lines {
+        assert!(l.contains(r#"""upstream_step"":""11.1"""#), "{l}");
+    }
+    let out =
+        kubeca(&["journal", "verify", "--export", export.to_str().unwrap(), "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
