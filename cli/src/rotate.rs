@@ -691,3 +691,18 @@ pub fn verify_live(inventory_file: &Path, output: Output) -> anyhow::Result<u8> 
     }
     Ok(if broken == 0 { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_read_as_the_brief_writes_it() {
+        let w = parse_window("2026-12-05T02:00Z/4h").unwrap();
+        assert_eq!(w.start.to_string(), "2026-12-05T02:00:00Z");
+        assert_eq!(w.duration, Duration::from_secs(4 * 3600));
+        let w = parse_window("2026-12-05T02:00:30Z/90m").unwrap();
+        assert_eq!(w.duration, Duration::from_secs(90 * 60));
+        assert!(parse_window("2026-12-05T02:00Z").is_err());
+    }
+}

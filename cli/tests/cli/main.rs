@@ -288,3 +288,22 @@ fn every_exported_step_event_carries_its_upstream_step_number() {
         kubeca(&["journal", "verify", "--export", export.to_str().unwrap(), "--format", "csv"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn a_bad_window_or_phase_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    let d = state.to_str().unwrap();
+    for args in [
+        vec!["run", "--window", "tomorrow"],
+        vec!["run", "--window", "2026-12-05T02:00Z/forever"],
+        vec!["run", "--until", "switcheroo"],
+    ] {
+        let mut all = vec!["--state-dir", d];
+        all.extend(args.iter().copied());
+        let out = kubeca(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(args[2]), "{args:?} names the bad value: {}", text(&out));
+    }
+}
