@@ -546,28 +546,30 @@ impl<N: Node> Rotation<N> {
                     .ok_or_else(|| terminal(format!("{path}: no embedded client key")))?;
                 let leaf = Cert::from_pem(&cert_pem, path).map_err(terminal)?;
                 let ca = self.new_ca(CaKind::Cluster)?;
-                let new = pki::reissue(&leaf, &ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)
-                    .map_err(terminal)?;
-                k.set_client_data(&new.cert.to_pem(), &key_pem).map_err(terminal)?;
-                self.write_on(node.as_deref(), path, k.text().as_bytes(), 0o600).await?;
-                Ok(Summary::new().with("client-cert", new.cert.fingerprint()))
+                let cert = match renewed(&leaf, &ca, now)? {
+                    Some(cert) => {
+                        k.set_client_data(&cert.to_pem(), &key_pem).map_err(terminal)?;
+                        self.write_on(node.as_deref(), path, k.text().as_bytes(), 0o600).await?;
+                        cert
+                    }
+                    None => leaf,
+                };
+                Ok(Summary::new().with("client-cert", cert.fingerprint()))
             }
             Action::ReissueCert { node, path, ca, .. } => {
                 let pem = self.must_read(Some(node), path).await?;
                 let leaf = Cert::from_pem(&pem, &format!("{node}:{path}")).map_err(terminal)?;
-                let new = pki::reissue(
-                    &leaf,
-                    &self.new_ca(*ca)?,
-                    KeyPolicy::Keep,
-                    now,
-                    &mut rand_core::OsRng,
-                )
-                .map_err(terminal)?;
-                self.node(node)?
-                    .write(path, new.cert.to_pem().as_bytes(), 0o644)
-                    .await
-                    .map_err(node_err)?;
-                Ok(Summary::new().with("cert", new.cert.fingerprint()))
+                let cert = match renewed(&leaf, &self.new_ca(*ca)?, now)? {
+                    Some(cert) => {
+                        self.node(node)?
+                            .write(path, cert.to_pem().as_bytes(), 0o644)
+                            .await
+                            .map_err(node_err)?;
+                        cert
+                    }
+                    None => leaf,
+                };
+                Ok(Summary::new().with("cert", cert.fingerprint()))
             }
             Action::RollKubelet { node, config, kubeconfig, target, .. } => {
                 let n = self.node(node)?;
@@ -587,39 +589,22 @@ impl<N: Node> Rotation<N> {
                     if let Some(cert_pem) = k.client_cert_data().map_err(terminal)? {
                         let key_pem = k.client_key_data().map_err(terminal)?.unwrap_or_default();
                         let leaf = Cert::from_pem(&cert_pem, kubeconfig).map_err(terminal)?;
-                        if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
-                            let new = pki::reissue(
-                                &leaf,
-                                &ca,
-                                KeyPolicy::Keep,
-                                now,
-                                &mut rand_core::OsRng,
-                            )
-                            .map_err(terminal)?;
-                            changed |= k
-                                .set_client_data(&new.cert.to_pem(), &key_pem)
-                                .map_err(terminal)?;
+                        if let Some(cert) = renewed(&leaf, &ca, now)? {
+                            changed |=
+                                k.set_client_data(&cert.to_pem(), &key_pem).map_err(terminal)?;
                         }
                     } else if let (Some(cert_file), key_file) = k.client_files() {
                         // kubelet-client-current.pem holds certificate and key; keep the key.
                         let both = self.must_read(Some(node), &cert_file).await?;
                         let leaf = Cert::from_pem(&both, &format!("{node}:{cert_file}"))
                             .map_err(terminal)?;
-                        if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
-                            let new = pki::reissue(
-                                &leaf,
-                                &ca,
-                                KeyPolicy::Keep,
-                                now,
-                                &mut rand_core::OsRng,
-                            )
-                            .map_err(terminal)?;
+                        if let Some(cert) = renewed(&leaf, &ca, now)? {
                             let key_pem = if key_file.as_deref() == Some(cert_file.as_str()) {
                                 key_blocks(&both)
                             } else {
                                 String::new()
                             };
-                            let out = format!("{}{key_pem}", new.cert.to_pem());
+                            let out = format!("{}{key_pem}", cert.to_pem());
                             n.write(&cert_file, out.as_bytes(), 0o600).await.map_err(node_err)?;
                         }
                     }
@@ -632,11 +617,8 @@ impl<N: Node> Rotation<N> {
                     let pem = self.must_read(Some(node), serving).await?;
                     let leaf =
                         Cert::from_pem(&pem, &format!("{node}:{serving}")).map_err(terminal)?;
-                    if pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_err() {
-                        let new =
-                            pki::reissue(&leaf, &ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)
-                                .map_err(terminal)?;
-                        n.write(serving, new.cert.to_pem().as_bytes(), 0o644)
+                    if let Some(cert) = renewed(&leaf, &ca, now)? {
+                        n.write(serving, cert.to_pem().as_bytes(), 0o644)
                             .await
                             .map_err(node_err)?;
                     }
@@ -891,6 +873,17 @@ pub fn learn_into(known: &Known, state: &engine::State<Action>) {
             k.insert(id.clone(), summary.clone());
         }
     }
+}
+
+/// `leaf` re-issued by `ca` (same key), or `None` when `ca` already signed it: re-issuing is
+/// idempotent, so a step repeated after a crash does not mint yet another certificate.
+fn renewed(leaf: &Cert, ca: &Ca, now: jiff::Timestamp) -> Result<Option<Cert>, StepError> {
+    if pki::verify_chain(leaf, std::slice::from_ref(ca.cert()), now).is_ok() {
+        return Ok(None);
+    }
+    let new =
+        pki::reissue(leaf, ca, KeyPolicy::Keep, now, &mut rand_core::OsRng).map_err(terminal)?;
+    Ok(Some(new.cert))
 }
 
 fn text_of(bytes: Option<Vec<u8>>) -> String {
