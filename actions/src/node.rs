@@ -219,9 +219,11 @@ pub trait Node: Send + Sync {
 /// A node reached over SSH: one multiplexed master connection, strict host keys by default.
 pub struct SshNode {
     name: String,
-    session: openssh::Session,
-    sudo: bool,
-    timeout: Duration,
+    address: String,
+    port: u16,
+    opts: SshOptions,
+    /// The master connection; `None` after it was lost, until the next command reconnects.
+    session: std::sync::Mutex<Option<std::sync::Arc<openssh::Session>>>,
 }
 
 impl std::fmt::Debug for SshNode {
@@ -257,6 +259,22 @@ impl SshNode {
         port: u16,
         opts: &SshOptions,
     ) -> Result<SshNode, NodeError> {
+        let session = Self::master(name, address, port, opts).await?;
+        Ok(SshNode {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            port,
+            opts: opts.clone(),
+            session: std::sync::Mutex::new(Some(std::sync::Arc::new(session))),
+        })
+    }
+
+    async fn master(
+        name: &str,
+        address: &str,
+        port: u16,
+        opts: &SshOptions,
+    ) -> Result<openssh::Session, NodeError> {
         let mut b = openssh::SessionBuilder::default();
         b.user(opts.user.clone())
             .port(port)
@@ -270,7 +288,7 @@ impl SshNode {
             .connect_timeout(Duration::from_secs(10))
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(&opts.control_dir);
-        let session = tokio::time::timeout(opts.timeout, b.connect(address))
+        tokio::time::timeout(opts.timeout, b.connect(address))
             .await
             .map_err(|_| NodeError::Timeout {
                 node: name.to_owned(),
@@ -280,13 +298,38 @@ impl SshNode {
             .map_err(|e| NodeError::Unreachable {
                 node: name.to_owned(),
                 detail: format!("{address}:{port}: {}", error_chain(&e)),
-            })?;
-        Ok(SshNode { name: name.to_owned(), session, sudo: opts.sudo, timeout: opts.timeout })
+            })
+    }
+
+    /// The master connection, made again when the last one was lost (sshd restarted, network
+    /// blip): a step retried by the engine then runs on a fresh connection.
+    async fn session(&self) -> Result<std::sync::Arc<openssh::Session>, NodeError> {
+        let current = self.session.lock().ok().and_then(|s| s.clone());
+        if let Some(s) = current {
+            return Ok(s);
+        }
+        tracing::info!(node = %self.name, "reconnecting over ssh");
+        let s = std::sync::Arc::new(
+            Self::master(&self.name, &self.address, self.port, &self.opts).await?,
+        );
+        if let Ok(mut slot) = self.session.lock() {
+            *slot = Some(s.clone());
+        }
+        Ok(s)
+    }
+
+    fn lost(&self) {
+        if let Ok(mut slot) = self.session.lock() {
+            *slot = None;
+        }
     }
 
     /// Closes the master connection.
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        let session = self.session.lock().ok().and_then(|mut s| s.take());
+        if let Some(s) = session.and_then(|s| std::sync::Arc::try_unwrap(s).ok()) {
+            let _ = s.close().await;
+        }
     }
 }
 
@@ -313,12 +356,13 @@ impl Node for SshNode {
         args: &[&str],
         stdin: &[u8],
     ) -> Result<Output, NodeError> {
-        let mut cmd = if self.sudo {
-            let mut c = self.session.command("sudo");
+        let session = self.session().await?;
+        let mut cmd = if self.opts.sudo {
+            let mut c = session.arc_command("sudo");
             c.arg("-n").arg("sh");
             c
         } else {
-            self.session.command("sh")
+            session.arc_command("sh")
         };
         cmd.arg("-c").arg(script).arg("kubeca").args(args.iter().copied());
         cmd.stdin(openssh::Stdio::piped())
@@ -332,17 +376,29 @@ impl Node for SshNode {
                 drop(input);
             }
             let out = child.wait_with_output().await.map_err(|e| self.unreachable(&e))?;
+            // 255 is ssh's own failure (the connection went away), not the script's.
+            if out.status.code() == Some(255) {
+                return Err(NodeError::Unreachable {
+                    node: self.name.clone(),
+                    detail: format!("ssh failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                });
+            }
             Ok(Output {
                 status: out.status.code().unwrap_or(-1),
                 stdout: out.stdout,
                 stderr: out.stderr,
             })
         };
-        tokio::time::timeout(self.timeout, run).await.map_err(|_| NodeError::Timeout {
-            node: self.name.clone(),
-            what: what.to_owned(),
-            secs: self.timeout.as_secs(),
-        })?
+        let result =
+            tokio::time::timeout(self.opts.timeout, run).await.map_err(|_| NodeError::Timeout {
+                node: self.name.clone(),
+                what: what.to_owned(),
+                secs: self.opts.timeout.as_secs(),
+            })?;
+        if matches!(result, Err(NodeError::Unreachable { .. })) {
+            self.lost();
+        }
+        result
     }
 }
 

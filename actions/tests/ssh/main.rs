@@ -201,3 +201,40 @@ async fn a_written_key_never_appears_in_any_process_arguments() {
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     node.close().await;
 }
+
+/// A lost connection (the node's sshd dropped every session) is a transient error naming the
+/// node, and the next command reconnects: a step retried by the engine runs again.
+#[tokio::test]
+async fn a_dropped_connection_is_transient_and_the_next_command_reconnects() {
+    let s = sshd();
+    let node =
+        SshNode::connect("w-2", ADDR, s.port, &options(&s, s.dir.path().join("known_hosts")))
+            .await
+            .unwrap();
+    let file = s.dir.path().join("authorized_keys");
+    let path = file.to_str().unwrap();
+    assert!(node.read(path).await.unwrap().is_some());
+    // Kill the per-connection sshd processes (children of the listener): the master dies.
+    let killed =
+        Command::new("pkill").args(["-KILL", "-P", &s.child.id().to_string()]).status().unwrap();
+    assert!(killed.success(), "there was a session process to kill");
+    let mut saw_transient = false;
+    let mut recovered = false;
+    for _ in 0..5 {
+        match node.read(path).await {
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(e.to_string().contains("node w-2"), "{e}");
+                saw_transient = true;
+            }
+            Ok(content) => {
+                assert!(content.is_some());
+                recovered = true;
+                break;
+            }
+        }
+    }
+    assert!(saw_transient, "the lost connection was noticed");
+    assert!(recovered, "a later command reconnected");
+    node.close().await;
+}
