@@ -1,0 +1,241 @@
+//! The rotation runner over the real journal, SIGKILLed at seeded random moments: running again
+//! each time completes with the same end state, and a rollback (itself killed and run again)
+//! restores every touched file byte for byte. `ROTATION_CRASH_SEED` reproduces a run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CHILD: &str = env!("CARGO_BIN_EXE_rotation-child");
+const TOUCHED: [&str; 6] = [
+    "etc/kubernetes/pki/ca.crt",
+    "etc/kubernetes/pki/ca.key",
+    "etc/kubernetes/pki/ca-new.crt",
+    "etc/kubernetes/pki/ca-new.key",
+    "etc/kubernetes/pki/ca-bundle.crt",
+    "etc/kubernetes/admin.conf",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A control-plane node as a directory with an ECDSA PKI and admin.conf made by openssl.
+fn cluster() -> tempfile::TempDir {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("cp-1/etc/kubernetes/pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=kubernetes",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ],
+    );
+    std::fs::write(
+        pki.join("client.ext"),
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "admin.key",
+            "-out",
+            "admin.csr",
+            "-subj",
+            "/O=system:masters/CN=kubernetes-admin",
+        ],
+    );
+    openssl(
+        &pki,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "admin.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "admin.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(pki.join(f)).unwrap())
+    };
+    let conf = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.10:6443\n  name: kubernetes\n\
+         contexts:\n- context:\n    cluster: kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\n\
+         current-context: kubernetes-admin@kubernetes\nkind: Config\npreferences: {{}}\nusers:\n- name: kubernetes-admin\n  user:\n\
+         \x20   client-certificate-data: {}\n    client-key-data: {}\n",
+        b64("ca.crt"),
+        b64("admin.crt"),
+        b64("admin.key")
+    );
+    std::fs::write(dir.path().join("cp-1/etc/kubernetes/admin.conf"), &conf).unwrap();
+    std::fs::write(dir.path().join("admin.conf"), &conf).unwrap();
+    for f in ["id", "known_hosts"] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    std::fs::write(
+        dir.path().join("inventory.toml"),
+        "[cluster]\nname = \"c\"\nkubeconfig = \"admin.conf\"\napi_endpoint = \"https://127.0.0.10:6443\"\n\
+         [ssh]\nidentity = \"id\"\nknown_hosts = \"known_hosts\"\n\
+         [[nodes]]\nname = \"cp-1\"\naddress = \"127.0.0.11\"\nroles = [\"control-plane\"]\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn snapshot(cluster: &Path) -> Vec<Option<Vec<u8>>> {
+    TOUCHED.iter().map(|f| std::fs::read(cluster.join("cp-1").join(f)).ok()).collect()
+}
+
+/// Runs the child in `mode` until it finishes on its own, SIGKILLing it `kills` times at random
+/// moments first. Returns the number of kills that landed before it finished.
+fn run_with_kills(mode: &str, state: &Path, cluster: &Path, rng: &mut Rng, kills: u32) -> u32 {
+    let mut landed = 0;
+    for _ in 0..kills {
+        let mut child = Command::new(CHILD)
+            .args([mode, state.to_str().unwrap(), cluster.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.next() % 60_000));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let out = Command::new(CHILD)
+        .args([mode, state.to_str().unwrap(), cluster.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{mode} after kills: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let expected = match mode {
+        "rollback" => "RolledBack",
+        "partial" => "ReachedUntil",
+        _ => "Completed",
+    };
+    assert!(said.contains(expected), "{mode}: {said}");
+    landed
+}
+
+fn verify(pki: &Path, ca: &str, cert_pem: &[u8]) -> bool {
+    let f = pki.join("probe.crt");
+    std::fs::write(&f, cert_pem).unwrap();
+    Command::new("openssl")
+        .args(["verify", "-CAfile", ca])
+        .arg(&f)
+        .current_dir(pki)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn kubeconfig_value(conf: &[u8], key: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(conf);
+    let line = text.lines().find(|l| l.trim_start().starts_with(key)).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(line.split_once(':').unwrap().1.trim())
+        .unwrap()
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("ROTATION_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
+    println!("rotation crash seed: {seed} (reproduce with ROTATION_CRASH_SEED={seed})");
+    seed
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_end_state_and_killed_rollbacks_restore_every_byte() {
+    let mut rng = Rng(seed());
+
+    // Forward: killed 12 times, then run to completion.
+    let c = cluster();
+    let state: PathBuf = c.path().join("state");
+    let landed = run_with_kills("run", &state, c.path(), &mut rng, 20);
+    println!("forward: {landed} of 20 kills landed mid-run");
+    let pki = c.path().join("cp-1/etc/kubernetes/pki");
+    let new_ca = std::fs::read(pki.join("ca-new.crt")).unwrap();
+    assert_eq!(
+        std::fs::read(pki.join("ca.crt")).unwrap(),
+        new_ca,
+        "finalize made the new CA canonical"
+    );
+    let conf = std::fs::read(c.path().join("cp-1/etc/kubernetes/admin.conf")).unwrap();
+    assert_eq!(kubeconfig_value(&conf, "certificate-authority-data"), new_ca);
+    let client = kubeconfig_value(&conf, "client-certificate-data");
+    assert!(verify(&pki, "ca-new.crt", &client), "admin's client certificate is the new CA's");
+    assert_eq!(
+        std::fs::metadata(pki.join("ca-new.key"))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap(),
+        0o600
+    );
+
+    // Rollback: a fresh cluster, killed mid-run, then a rollback killed 8 times and finished.
+    let c = cluster();
+    let before = snapshot(c.path());
+    let state: PathBuf = c.path().join("state");
+    run_with_kills("partial", &state, c.path(), &mut rng, 4);
+    assert_ne!(snapshot(c.path()), before, "the partial run changed files");
+    let landed = run_with_kills("rollback", &state, c.path(), &mut rng, 8);
+    println!("rollback: {landed} of 8 kills landed mid-rollback");
+    assert_eq!(snapshot(c.path()), before, "every touched file is back byte for byte");
+}
