@@ -345,7 +345,16 @@ pub fn drive(
         let bar = progress_bar();
         engine.on_event(move |event, state| {
             learn_into(&known, state);
-            progress(event, state, started.elapsed());
+            // With a bar on the terminal, routine step lines would scroll it away: they go to
+            // the debug level there (failures and gates stay visible).
+            match &bar {
+                Some(bar) => {
+                    if matches!(event, Event::StepFailed(_) | Event::GateReached(_) | Event::Paused(_)) {
+                        bar.suspend(|| progress(event, state, started.elapsed()));
+                    }
+                }
+                None => progress(event, state, started.elapsed()),
+            }
             if let Some(bar) = &bar {
                 let s = state.status();
                 bar.set_length(s.total as u64);
