@@ -1,1 +1,239 @@
 //! TLS for every simulated component: rustls configs from kubeadm files, and classification of handshake failures for the trust monitor.
+//!
+//! Components load their files once, at start, exactly as the real ones do: a CA file may hold
+//! several certificates (a bundle during a rotation) and every one of them is trusted.
+
+use std::fs;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+use super::monitor::Outcome;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM text; `what` names its source in errors.
+pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = rustls_pemfile::certs(&mut BufReader::new(pem))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading the certificates of {what}"))?;
+    if certs.is_empty() {
+        bail!("{what} holds no certificate");
+    }
+    Ok(certs)
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    certs_from_pem(&pem, &path.display().to_string())
+}
+
+/// The private key in a PEM file (PKCS#1, PKCS#8 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    key_from_pem(&pem, &path.display().to_string())
+}
+
+/// The private key in a PEM text.
+pub fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut BufReader::new(pem))
+        .with_context(|| format!("reading the key of {what}"))?
+        .with_context(|| format!("{what} holds no private key"))
+}
+
+/// A root store trusting every certificate of a PEM bundle.
+pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs_from_pem(pem, what)? {
+        roots.add(c).with_context(|| format!("{what}: a certificate is not a usable CA"))?;
+    }
+    Ok(roots)
+}
+
+/// How a server treats client certificates.
+pub enum ClientAuth<'a> {
+    /// No client certificate asked for.
+    None,
+    /// A client certificate is verified against this CA bundle when one is presented; clients
+    /// without one may still authenticate otherwise (bearer tokens, anonymous health checks).
+    Optional(&'a Path),
+}
+
+/// A server config with the serving pair from files and client verification per `auth`.
+pub fn server_config(cert: &Path, key: &Path, auth: ClientAuth<'_>) -> Result<Arc<rustls::ServerConfig>> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    let builder = match auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional(ca) => {
+            let pem = fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let roots = roots_from_pem(&pem, &ca.display().to_string())?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client config trusting the CA bundle `ca_pem`, presenting the given pair when any.
+pub fn client_config(
+    ca_pem: &[u8],
+    ca_what: &str,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let roots = roots_from_pem(ca_pem, ca_what)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .context("the client certificate and key do not match")?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// What a client saw when a handshake failed.
+pub fn classify_client_error(e: &std::io::Error) -> Outcome {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => return Outcome::Refused,
+        ErrorKind::TimedOut => return Outcome::Timeout,
+        _ => {}
+    }
+    match tls_error(e) {
+        Some(rustls::Error::InvalidCertificate(_)) => Outcome::TlsUntrustedServer,
+        // The server rejected the certificate we presented.
+        Some(rustls::Error::AlertReceived(_)) => Outcome::TlsBadClientCert,
+        Some(_) => Outcome::TlsUntrustedServer,
+        // A connection reset during the handshake: a TLS 1.3 server rejecting our certificate
+        // closes after its alert, which may arrive as a reset.
+        None => Outcome::Refused,
+    }
+}
+
+/// What a server saw when a handshake failed; None when the peer closed before any
+/// ClientHello (haproxy's TCP health check), which is not a TLS failure.
+pub fn classify_server_error(e: &std::io::Error) -> Option<Outcome> {
+    match tls_error(e) {
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            Some(Outcome::TlsBadClientCert)
+        }
+        // The client did not trust our serving certificate.
+        Some(rustls::Error::AlertReceived(_)) => Some(Outcome::TlsUntrustedServer),
+        Some(_) => Some(Outcome::TlsBadClientCert),
+        None => None,
+    }
+}
+
+fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// The Go-style text kube components log for a failed handshake, so logs read as upstream's.
+pub fn go_style(e: &std::io::Error) -> String {
+    match tls_error(e) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            "x509: certificate signed by unknown authority".into()
+        }
+        Some(rustls::Error::InvalidCertificate(c)) => format!("x509: {c:?}"),
+        Some(rustls::Error::AlertReceived(a)) => {
+            let a = match a {
+                rustls::AlertDescription::BadCertificate => "bad certificate".to_string(),
+                rustls::AlertDescription::UnknownCA => "unknown certificate authority".to_string(),
+                rustls::AlertDescription::CertificateRequired => "certificate required".to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("remote error: tls: {a}")
+        }
+        Some(other) => format!("tls: {other}"),
+        None => e.to_string(),
+    }
+}
+
+/// Connects and completes a TLS handshake within `timeout`; on failure, the monitor's outcome
+/// and a Go-style message.
+pub async fn connect(
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    cfg: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, (Outcome, String)> {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| (classify_client_error(&e), e.to_string()))?;
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| (classify_client_error(&e), go_style(&e)))?;
+        // In TLS 1.3 the server checks our certificate after the client's handshake ends: a
+        // rejection arrives as an alert on the first read. Probe with a zero-length wait so a
+        // rejected client certificate is seen here rather than as a broken request.
+        use tokio::io::AsyncReadExt;
+        let mut probe = [0u8; 0];
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(30), tls.read(&mut probe)).await {
+            return Err((classify_client_error(&e), go_style(&e)));
+        }
+        Ok(tls)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err((Outcome::Timeout, format!("dial tcp {addr}: i/o timeout"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_and_timeouts_are_classified() {
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_client_error(&e), Outcome::Refused);
+        let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(classify_client_error(&e), Outcome::Timeout);
+    }
+
+    #[test]
+    fn unknown_issuer_is_an_untrusted_server_and_logged_as_go_does() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(classify_client_error(&e), Outcome::TlsUntrustedServer);
+        assert_eq!(go_style(&e), "x509: certificate signed by unknown authority");
+        assert_eq!(classify_server_error(&e), Some(Outcome::TlsBadClientCert));
+    }
+
+    #[test]
+    fn a_peer_closing_before_hello_is_not_a_tls_failure() {
+        let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(classify_server_error(&e), None);
+    }
+
+    #[test]
+    fn an_empty_bundle_is_an_error_naming_it() {
+        let err = certs_from_pem(b"", "ca.crt").unwrap_err();
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+    }
+}
