@@ -19,12 +19,7 @@ const STEPS: usize = 80; // as in the child
 const KILLS: usize = 6;
 
 fn seed() -> u64 {
-    let seed = std::env::var("ENGINE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
-    println!("engine crash seed: {seed} (reproduce with ENGINE_CRASH_SEED={seed})");
-    seed
+    kubeca_tests::seeded::seed("ENGINE_CRASH_SEED", "engine crash")
 }
 
 /// Clears the lock a killed child left, with the id the error names (as the cli will offer).

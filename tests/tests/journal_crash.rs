@@ -13,30 +13,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use kubeca_tests::seeded::Rng;
+
 use journal::{Actor, BlobStore, Error, Hash, Journal, force_unlock};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_journal-appender");
 
-/// splitmix64: a tiny seeded generator, so a failing run can be replayed exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 fn seed() -> u64 {
-    let seed = std::env::var("JOURNAL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
-    println!("journal crash seed: {seed} (reproduce with JOURNAL_CRASH_SEED={seed})");
-    seed
+    kubeca_tests::seeded::seed("JOURNAL_CRASH_SEED", "journal crash")
 }
 
 fn spawn(mode: &str, dir: &Path) -> (Child, mpsc::Receiver<String>) {
@@ -87,7 +71,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         let (mut child, acks) = spawn("append", &dir);
         let pid = child.id();
         // Let it run between 0 and 25 ms: some kills land while opening, most mid-append.
-        std::thread::sleep(Duration::from_micros(rng.next() % 25_000));
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 25_000));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked: Vec<u64> = acks.iter().map(|l| l.parse().unwrap()).collect();
@@ -158,7 +142,7 @@ fn a_killed_put_leaves_no_partial_blob_under_its_digest() {
     let mut acknowledged: Vec<Hash> = Vec::new();
     for _ in 0..25 {
         let (mut child, acks) = spawn("blobs", &dir);
-        std::thread::sleep(Duration::from_micros(rng.next() % 30_000));
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 30_000));
         child.kill().unwrap();
         child.wait().unwrap();
         acknowledged.extend(acks.iter().map(|l| Hash::from_hex(&l).unwrap()));

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kubeca_tests::seeded::Rng;
+
 const CHILD: &str = env!("CARGO_BIN_EXE_rotation-child");
 const TOUCHED: [&str; 6] = [
     "etc/kubernetes/pki/ca.crt",
@@ -17,18 +19,6 @@ const TOUCHED: [&str; 6] = [
     "etc/kubernetes/pki/ca-bundle.crt",
     "etc/kubernetes/admin.conf",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
@@ -149,7 +139,7 @@ fn run_with_kills(mode: &str, state: &Path, cluster: &Path, rng: &mut Rng, kills
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.next() % 60_000));
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 60_000));
         if child.try_wait().unwrap().is_none() {
             landed += 1;
         }
@@ -194,12 +184,7 @@ fn kubeconfig_value(conf: &[u8], key: &str) -> Vec<u8> {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("ROTATION_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
-    println!("rotation crash seed: {seed} (reproduce with ROTATION_CRASH_SEED={seed})");
-    seed
+    kubeca_tests::seeded::seed("ROTATION_CRASH_SEED", "rotation crash")
 }
 
 #[test]
