@@ -1,1 +1,801 @@
-//! The simulated kube-apiserver: real flags, HTTPS with client-cert auth, objects kept in etcd, discovery for kubectl.
+//! The simulated kube-apiserver: kubeadm's flags read once at start, HTTPS with client-cert and
+//! bearer-token authentication, objects kept in the real etcd through its v3 JSON gateway.
+//!
+//! Resources are generic: any `/api/v1/...` or `/apis/<group>/<version>/...` path maps to the
+//! etcd key `/registry/<resource>/<namespace>/<name>` (or `/registry/<resource>/<name>` for
+//! cluster-scoped kinds), which is enough for kubectl and kubeca.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use super::monitor::{self, Outcome};
+use super::tls;
+
+type Body = Full<bytes::Bytes>;
+type Resp = hyper::Response<Body>;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Parses `--key=value` flags into a map (later flags win, as with Go's flag package).
+pub fn parse_flags(args: &[String]) -> HashMap<String, String> {
+    args.iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (a.to_string(), "true".to_string()),
+        })
+        .collect()
+}
+
+/// The apiserver's entry point: `kubeca-testbed kube-apiserver --flag=value ...`.
+pub fn main(args: Vec<String>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kube-apiserver: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(parse_flags(&args))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{} kube-apiserver: {e:#}", jiff::Timestamp::now());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One kind the API serves.
+struct Kind {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short: &'static [&'static str],
+}
+
+const KINDS: &[Kind] = &[
+    Kind { group: "", version: "v1", resource: "namespaces", kind: "Namespace", namespaced: false, short: &["ns"] },
+    Kind { group: "", version: "v1", resource: "nodes", kind: "Node", namespaced: false, short: &["no"] },
+    Kind { group: "", version: "v1", resource: "pods", kind: "Pod", namespaced: true, short: &["po"] },
+    Kind { group: "", version: "v1", resource: "configmaps", kind: "ConfigMap", namespaced: true, short: &["cm"] },
+    Kind { group: "", version: "v1", resource: "secrets", kind: "Secret", namespaced: true, short: &[] },
+    Kind { group: "", version: "v1", resource: "services", kind: "Service", namespaced: true, short: &["svc"] },
+    Kind { group: "", version: "v1", resource: "serviceaccounts", kind: "ServiceAccount", namespaced: true, short: &["sa"] },
+    Kind { group: "apps", version: "v1", resource: "deployments", kind: "Deployment", namespaced: true, short: &["deploy"] },
+    Kind { group: "apps", version: "v1", resource: "daemonsets", kind: "DaemonSet", namespaced: true, short: &["ds"] },
+    Kind { group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, short: &["sts"] },
+    Kind { group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, short: &[] },
+    Kind { group: "apiregistration.k8s.io", version: "v1", resource: "apiservices", kind: "APIService", namespaced: false, short: &[] },
+];
+
+fn find_kind(group: &str, resource: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.group == group && k.resource == resource)
+}
+
+/// One HTTPS peer of the apiserver (an etcd member, a kubelet, metrics-server), named for
+/// the monitor; a new connection per request so every attempt is recorded.
+#[derive(Clone)]
+struct Peer {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    client: String,
+    server: String,
+    purpose: &'static str,
+}
+
+impl Peer {
+    fn new(url: &str, tls: Arc<rustls::ClientConfig>, server: String, purpose: &'static str) -> Result<Peer> {
+        let hostport = url.strip_prefix("https://").with_context(|| format!("{url} is not https://"))?.trim_end_matches('/');
+        let addr: SocketAddr = hostport.parse().with_context(|| format!("{url}: the testbed uses IP:port"))?;
+        Ok(Peer { addr, tls, client: monitor::me("kube-apiserver"), server, purpose })
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Result<(u16, Vec<u8>)> {
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let stream = match tls::connect(self.addr, name, self.tls.clone(), std::time::Duration::from_secs(5)).await {
+            Ok(s) => s,
+            Err((outcome, msg)) => {
+                monitor::record(&self.client, &self.server, self.purpose, outcome);
+                bail!("{method} https://{}{path}: {msg}", self.addr);
+            }
+        };
+        monitor::record(&self.client, &self.server, self.purpose, Outcome::Ok);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.context("HTTP handshake")?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", self.addr.to_string()).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or_default()))).context("building the request")?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("{method} https://{}{path}: no answer in 10 s", self.addr))?
+            .with_context(|| format!("{method} https://{}{path}", self.addr))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        Ok((status, bytes.to_vec()))
+    }
+}
+
+/// The monitor's name of the node at `ip` (cp-i or w-j, from DIR/inventory.toml), else the ip.
+fn node_of(ip: &str) -> String {
+    let Some(dir) = std::env::var_os("KUBECA_TESTBED_DIR") else { return ip.to_string() };
+    let inv = std::fs::read_to_string(std::path::Path::new(&dir).join("inventory.toml")).unwrap_or_default();
+    let mut name = None;
+    for l in inv.lines() {
+        if let Some(v) = l.strip_prefix("name = ") {
+            name = Some(v.trim_matches('"').to_string());
+        } else if let Some(v) = l.strip_prefix("address = ") {
+            if v.trim_matches('"') == ip {
+                if let Some(n) = name.take() {
+                    return n;
+                }
+            }
+        }
+    }
+    ip.to_string()
+}
+
+/// The real etcd through its JSON gateway, over mutual TLS.
+#[derive(Clone)]
+pub struct Etcd {
+    servers: Vec<Peer>,
+}
+
+impl Etcd {
+    fn new(flags: &HashMap<String, String>) -> Result<Etcd> {
+        let get = |k: &str| flags.get(k).with_context(|| format!("--{k} is required"));
+        let ca_path = PathBuf::from(get("etcd-cafile")?);
+        let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        let certs = tls::load_certs(&PathBuf::from(get("etcd-certfile")?))?;
+        let key = tls::load_key(&PathBuf::from(get("etcd-keyfile")?))?;
+        let cfg = tls::client_config(&ca, &ca_path.display().to_string(), Some((certs, key)))?;
+        let servers = get("etcd-servers")?
+            .split(',')
+            .map(|s| {
+                let ip = s.trim_start_matches("https://").split(':').next().unwrap_or("");
+                Peer::new(s, cfg.clone(), format!("etcd@{}", node_of(ip)), "apiserver->etcd")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Etcd { servers })
+    }
+
+    async fn call(&self, op: &str, body: Value) -> Result<Value> {
+        let mut last = None;
+        for s in &self.servers {
+            match s.request("POST", &format!("/v3/kv/{op}"), Some(body.to_string().into_bytes()), &[]).await {
+                Ok((200, v)) => return serde_json::from_slice(&v).context("etcd's answer is not JSON"),
+                Ok((st, v)) => last = Some(anyhow::anyhow!("etcd {op}: HTTP {st}: {}", String::from_utf8_lossy(&v))),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no --etcd-servers")))
+    }
+
+    async fn put(&self, key: &str, value: &Value) -> Result<()> {
+        self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value.to_string())})).await.map(|_| ())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Value>> {
+        let v = self.call("range", json!({"key": B64.encode(key)})).await?;
+        Ok(decode_kvs(&v).into_iter().next())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Value>> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let v = self.call("range", json!({"key": B64.encode(prefix), "range_end": B64.encode(end)})).await?;
+        Ok(decode_kvs(&v))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.call("deleterange", json!({"key": B64.encode(key)})).await.map(|_| ())
+    }
+}
+
+fn decode_kvs(v: &Value) -> Vec<Value> {
+    v["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| kv["value"].as_str())
+                .filter_map(|s| B64.decode(s).ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct State {
+    etcd: Etcd,
+    flags: HashMap<String, String>,
+    kubelet_tls: Arc<rustls::ClientConfig>,
+}
+
+async fn run(flags: HashMap<String, String>) -> Result<()> {
+    let get = |k: &str| flags.get(k).cloned().with_context(|| format!("--{k} is required"));
+    let address = get("advertise-address")?;
+    let port = flags.get("secure-port").cloned().unwrap_or_else(|| "6443".into());
+    let client_ca = PathBuf::from(get("client-ca-file")?);
+    let server_tls = tls::server_config(
+        &PathBuf::from(get("tls-cert-file")?),
+        &PathBuf::from(get("tls-private-key-file")?),
+        tls::ClientAuth::Optional(&client_ca),
+    )?;
+    let kubelet_ca = match flags.get("kubelet-certificate-authority") {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
+        None => std::fs::read(&client_ca)?,
+    };
+    let kubelet_tls = tls::client_config(
+        &kubelet_ca,
+        "--kubelet-certificate-authority",
+        Some((
+            tls::load_certs(&PathBuf::from(get("kubelet-client-certificate")?))?,
+            tls::load_key(&PathBuf::from(get("kubelet-client-key")?))?,
+        )),
+    )?;
+    let etcd = Etcd::new(&flags)?;
+    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls });
+    let addr: SocketAddr = format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    eprintln!("{} kube-apiserver: serving on https://{addr}", jiff::Timestamp::now());
+    let st = state.clone();
+    tokio::spawn(async move {
+        // etcd may still be electing a leader: retry until bootstrap succeeds.
+        loop {
+            match bootstrap(&st).await {
+                Ok(()) => break,
+                Err(e) => eprintln!("{} kube-apiserver: bootstrap: {e:#}", jiff::Timestamp::now()),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(outcome) = tls::classify_server_error(&e) {
+                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), tls::go_style(&e));
+                        monitor::record(&node_of(&peer.ip().to_string()), &monitor::me("kube-apiserver"), "client->apiserver", outcome);
+                    }
+                    return;
+                }
+            };
+            let user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_cn(c));
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let user = user.clone();
+                async move { Ok::<_, Infallible>(handle(&state, user, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn subject_cn(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
+}
+
+fn respond(status: u16, body: Value) -> Resp {
+    let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Resp {
+    respond(code, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}))
+}
+
+async fn handle(state: &State, user: Option<String>, req: hyper::Request<hyper::body::Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok")));
+        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+        return r;
+    }
+    let token = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    if user.is_none() && token.as_deref().is_none_or(str::is_empty) {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => status(500, "InternalError", &format!("{e:#}")),
+    }
+}
+
+fn discovery(path: &str) -> Option<Value> {
+    let group_version = |g: &str, v: &str| if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
+    match path {
+        "/version" => Some(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"})),
+        "/api" => Some(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.10:6443"}]})),
+        "/apis" => {
+            let mut groups: Vec<&str> = KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
+            // metrics.k8s.io is not advertised: while metrics-server has no running pod every
+            // kubectl discovery would print errors. Its paths are still proxied.
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    let v = if *g == "metrics.k8s.io" { "v1beta1" } else { "v1" };
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+                })
+                .collect();
+            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        _ => {
+            let (g, v) = if path == "/api/v1" {
+                ("", "v1")
+            } else {
+                let rest = path.strip_prefix("/apis/")?;
+                let (g, v) = rest.split_once('/')?;
+                if v.contains('/') {
+                    return None;
+                }
+                (g, v)
+            };
+            let resources: Vec<Value> = KINDS
+                .iter()
+                .filter(|k| k.group == g && k.version == v)
+                .flat_map(|k| {
+                    let verbs = json!(["create", "delete", "get", "list", "patch", "update"]);
+                    let mut r = vec![json!({"name": k.resource, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind, "verbs": verbs, "shortNames": k.short})];
+                    if matches!(k.resource, "nodes" | "pods" | "deployments" | "daemonsets" | "statefulsets") {
+                        r.push(json!({"name": format!("{}/status", k.resource), "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if k.resource == "pods" {
+                        r.push(json!({"name": "pods/log", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
+                    }
+                    r
+                })
+                .collect();
+            if resources.is_empty() {
+                return None;
+            }
+            Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(g, v), "resources": resources}))
+        }
+    }
+}
+
+/// A parsed resource path.
+#[derive(Debug, PartialEq)]
+struct Target {
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, rest @ ..] => (Some(ns.to_string()), {
+            let mut v = vec![*r];
+            v.extend_from_slice(rest);
+            v
+        }),
+        other => (None, other.to_vec()),
+    };
+    let mut it = rest.into_iter();
+    let resource = it.next()?.to_string();
+    let name = it.next().map(str::to_string);
+    let sub = it.next().map(str::to_string);
+    Some(Target { group, resource, namespace, name, sub })
+}
+
+fn key(kind: &Kind, ns: Option<&str>, name: &str) -> String {
+    match (kind.namespaced, ns) {
+        (true, Some(ns)) => format!("/registry/{}/{ns}/{name}", kind.resource),
+        _ => format!("/registry/{}/{name}", kind.resource),
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn new_rv() -> String {
+    jiff::Timestamp::now().as_microsecond().to_string()
+}
+
+fn uid() -> String {
+    let n = jiff::Timestamp::now().as_nanosecond() as u128 ^ (std::process::id() as u128) << 64;
+    let h = format!("{n:032x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// RFC 7386 JSON merge patch (also used for strategic merge patches: the testbed only patches
+/// maps — metadata and template annotations).
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => {
+            let mut p = p.clone();
+            if let Value::Object(m) = &mut p {
+                m.retain(|_, v| !v.is_null());
+            }
+            *t = p;
+        }
+    }
+}
+
+async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Result<Resp> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().as_str().to_string();
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if method == "GET" {
+        if let Some(v) = discovery(&path) {
+            return Ok(respond(200, v));
+        }
+    }
+    if path.starts_with("/apis/metrics.k8s.io") {
+        return proxy_metrics(state, &path).await;
+    }
+    let Some(t) = parse_target(&path) else { return Ok(status(404, "NotFound", &format!("the server could not find {path}"))) };
+    let Some(kind) = find_kind(&t.group, &t.resource) else {
+        return Ok(status(404, "NotFound", &format!("the server doesn't have a resource type \"{}\"", t.resource)));
+    };
+    let body = req.into_body().collect().await.context("reading the request body")?.to_bytes();
+    let api_version = if kind.group.is_empty() { kind.version.to_string() } else { format!("{}/{}", kind.group, kind.version) };
+    let ns = t.namespace.as_deref();
+    match (method.as_str(), &t.name) {
+        ("GET", None) => {
+            let prefix = match ns {
+                Some(ns) if kind.namespaced => format!("/registry/{}/{ns}/", kind.resource),
+                _ => format!("/registry/{}/", kind.resource),
+            };
+            let mut items = state.etcd.list(&prefix).await?;
+            if let Some(sel) = query.split('&').find_map(|q| q.strip_prefix("fieldSelector=")) {
+                let sel = sel.replace("%3D", "=").replace("%2C", ",");
+                for cond in sel.split(',') {
+                    if let Some((f, v)) = cond.split_once('=') {
+                        let ptr = format!("/{}", f.replace('.', "/"));
+                        items.retain(|i| i.pointer(&ptr).and_then(Value::as_str).unwrap_or("") == v);
+                    }
+                }
+            }
+            if accept.contains("as=Table") {
+                return Ok(respond(200, table(kind, &items)));
+            }
+            Ok(respond(200, json!({"kind": format!("{}List", kind.kind), "apiVersion": api_version, "metadata": {"resourceVersion": new_rv()}, "items": items})))
+        }
+        ("GET", Some(name)) => {
+            if t.sub.as_deref() == Some("log") {
+                return pod_log(state, ns.unwrap_or("default"), name, &query).await;
+            }
+            match state.etcd.get(&key(kind, ns, name)).await? {
+                Some(v) if accept.contains("as=Table") => Ok(respond(200, table(kind, &[v]))),
+                Some(v) => Ok(respond(200, v)),
+                None => Ok(not_found(kind, name)),
+            }
+        }
+        ("POST", None) => {
+            let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+            let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+                return Ok(status(422, "Invalid", "metadata.name: Required value"));
+            };
+            let k = key(kind, ns, &name);
+            if state.etcd.get(&k).await?.is_some() {
+                return Ok(status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", kind.resource)));
+            }
+            stamp(&mut obj, kind, &api_version, ns, true);
+            state.etcd.put(&k, &obj).await?;
+            Ok(respond(201, obj))
+        }
+        ("PUT", Some(name)) => {
+            let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+            let k = key(kind, ns, name);
+            let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            if t.sub.as_deref() == Some("status") {
+                let mut merged = old.clone();
+                merged["status"] = obj["status"].clone();
+                obj = merged;
+            } else if !obj.get("status").is_some_and(|s| !s.is_null()) {
+                obj["status"] = old["status"].clone();
+            }
+            obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            stamp(&mut obj, kind, &api_version, ns, false);
+            state.etcd.put(&k, &obj).await?;
+            Ok(respond(200, obj))
+        }
+        ("PATCH", Some(name)) => {
+            let patch: Value = serde_json::from_slice(&body).context("the patch is not JSON")?;
+            let k = key(kind, ns, name);
+            let Some(mut obj) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            merge_patch(&mut obj, &patch);
+            stamp(&mut obj, kind, &api_version, ns, false);
+            state.etcd.put(&k, &obj).await?;
+            Ok(respond(200, obj))
+        }
+        ("DELETE", Some(name)) => {
+            let k = key(kind, ns, name);
+            let Some(obj) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            state.etcd.delete(&k).await?;
+            Ok(respond(200, obj))
+        }
+        _ => Ok(status(405, "MethodNotAllowed", &format!("{method} {path} is not supported"))),
+    }
+}
+
+fn not_found(kind: &Kind, name: &str) -> Resp {
+    let g = if kind.group.is_empty() { String::new() } else { format!(".{}", kind.group) };
+    status(404, "NotFound", &format!("{}{g} \"{name}\" not found", kind.resource))
+}
+
+fn stamp(obj: &mut Value, kind: &Kind, api_version: &str, ns: Option<&str>, create: bool) {
+    obj["kind"] = json!(kind.kind);
+    obj["apiVersion"] = json!(api_version);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    let m = &mut obj["metadata"];
+    if kind.namespaced {
+        m["namespace"] = json!(ns.unwrap_or("default"));
+    }
+    if create || m["uid"].is_null() {
+        m["uid"] = json!(uid());
+    }
+    if create || m["creationTimestamp"].is_null() {
+        m["creationTimestamp"] = json!(now());
+    }
+    m["resourceVersion"] = json!(new_rv());
+    m["generation"] = json!(m["generation"].as_i64().unwrap_or(0) + 1);
+}
+
+fn age(obj: &Value) -> String {
+    let Some(t) = obj["metadata"]["creationTimestamp"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) else {
+        return "<unknown>".into();
+    };
+    let s = jiff::Timestamp::now().as_second() - t.as_second();
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+/// A meta.k8s.io Table, as kubectl asks for.
+fn table(kind: &Kind, items: &[Value]) -> Value {
+    let col = |n: &str| json!({"name": n, "type": "string", "format": "", "description": "", "priority": 0});
+    let (cols, rows): (Vec<Value>, Vec<Value>) = match kind.resource {
+        "nodes" => (
+            vec![col("Name"), col("Status"), col("Roles"), col("Age"), col("Version")],
+            items
+                .iter()
+                .map(|i| {
+                    let ready = i["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True").unwrap_or(false);
+                    let roles: Vec<&str> = i["metadata"]["labels"].as_object().map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect()).unwrap_or_default();
+                    let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+                    let version = i["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("v1.31.0");
+                    json!([i["metadata"]["name"], if ready { "Ready" } else { "NotReady" }, roles, age(i), version])
+                })
+                .collect(),
+        ),
+        "pods" => (
+            vec![col("Name"), col("Ready"), col("Status"), col("Restarts"), col("Age"), col("Node")],
+            items
+                .iter()
+                .map(|i| {
+                    let phase = i["status"]["phase"].as_str().unwrap_or("Pending");
+                    let n = i["spec"]["containers"].as_array().map(Vec::len).unwrap_or(1);
+                    let ready = if phase == "Running" { n } else { 0 };
+                    json!([i["metadata"]["name"], format!("{ready}/{n}"), phase, 0, age(i), i["spec"]["nodeName"].as_str().unwrap_or("<none>")])
+                })
+                .collect(),
+        ),
+        _ => (vec![col("Name"), col("Age")], items.iter().map(|i| json!([i["metadata"]["name"], age(i)])).collect()),
+    };
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .zip(items)
+        .map(|(cells, obj)| {
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": new_rv()}, "columnDefinitions": cols, "rows": rows})
+}
+
+/// GET pods/<name>/log: read through the pod's kubelet on :10250, as the real apiserver does.
+async fn pod_log(state: &State, ns: &str, name: &str, query: &str) -> Result<Resp> {
+    let Some(pod) = state.etcd.get(&format!("/registry/pods/{ns}/{name}")).await? else {
+        return Ok(status(404, "NotFound", &format!("pods \"{name}\" not found")));
+    };
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let Some(n) = state.etcd.get(&format!("/registry/nodes/{node}")).await? else {
+        return Ok(status(404, "NotFound", &format!("pod {name} is not on any node")));
+    };
+    let ip = n["status"]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["type"] == "InternalIP")).and_then(|a| a["address"].as_str()).unwrap_or("");
+    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
+    let c = Peer::new(&format!("https://{ip}:10250"), state.kubelet_tls.clone(), format!("kubelet@{node}"), "apiserver->kubelet")?;
+    let _ = query;
+    let (st, body) = c.request("GET", &format!("/containerLogs/{ns}/{name}/{container}"), None, &[]).await?;
+    let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    Ok(r)
+}
+
+/// /apis/metrics.k8s.io/...: forwarded to the metrics-server pod with the front-proxy client
+/// certificate and X-Remote-User, as the aggregation layer does.
+async fn proxy_metrics(state: &State, path: &str) -> Result<Resp> {
+    let f = &state.flags;
+    let pods = state.etcd.list("/registry/pods/kube-system/").await?;
+    let Some(pod) = pods.iter().find(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("metrics-server")) && p["status"]["phase"] == "Running") else {
+        return Ok(status(503, "ServiceUnavailable", "the server is currently unable to handle the request (metrics-server has no running pod)"));
+    };
+    let ip = pod["status"]["podIP"].as_str().or(pod["status"]["hostIP"].as_str()).unwrap_or("");
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let cert = f.get("proxy-client-cert-file").context("--proxy-client-cert-file is required")?;
+    let key = f.get("proxy-client-key-file").context("--proxy-client-key-file is required")?;
+    // The aggregator trusts the APIService's caBundle; the testbed's metrics-server serves a
+    // certificate of the cluster CA, so the client CA file stands in for it.
+    let ca_path = f.get("client-ca-file").context("--client-ca-file is required")?;
+    let ca = std::fs::read(ca_path).with_context(|| format!("reading {ca_path}"))?;
+    let cfg = tls::client_config(&ca, ca_path, Some((tls::load_certs(cert.as_ref())?, tls::load_key(key.as_ref())?)))?;
+    let c = Peer::new(&format!("https://{ip}:4443"), cfg, format!("metrics-server@{node}"), "apiserver->metrics-server")?;
+    let (st, body) = c.request("GET", path, None, &[("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters")]).await?;
+    let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+async fn put_if_absent(etcd: &Etcd, key: &str, obj: Value) -> Result<()> {
+    if etcd.get(key).await?.is_none() {
+        etcd.put(key, &obj).await?;
+    }
+    Ok(())
+}
+
+fn meta(name: &str, ns: Option<&str>) -> Value {
+    let mut m = json!({"name": name, "uid": uid(), "creationTimestamp": now(), "resourceVersion": new_rv()});
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    m
+}
+
+fn workload(kind: &str, name: &str, program: &str, replicas: Option<u32>) -> Value {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"k8s-app": name}},
+        "template": {
+            "metadata": {"labels": {"k8s-app": name}, "annotations": {}},
+            "spec": {"containers": [{"name": name, "image": format!("registry.k8s.io/{name}:testbed"), "command": ["kubeca-testbed", program]}], "serviceAccountName": name}
+        }
+    });
+    if let Some(r) = replicas {
+        spec["replicas"] = json!(r);
+    }
+    json!({"apiVersion": "apps/v1", "kind": kind, "metadata": meta(name, Some("kube-system")), "spec": spec, "status": {}})
+}
+
+/// The objects kubeadm and its addons leave in a new cluster, created when absent, and
+/// extension-apiserver-authentication rewritten from this apiserver's flags.
+async fn bootstrap(state: &State) -> Result<()> {
+    let f = &state.flags;
+    let e = &state.etcd;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        put_if_absent(e, &format!("/registry/namespaces/{ns}"), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None), "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})).await?;
+    }
+    let read = |k: &str| -> Result<String> {
+        let p = f.get(k).with_context(|| format!("--{k} is required"))?;
+        std::fs::read_to_string(p).with_context(|| format!("reading {p} (--{k})"))
+    };
+    let client_ca = read("client-ca-file")?;
+    let mut data = json!({"client-ca-file": client_ca});
+    if let Ok(rh) = read("requestheader-client-ca-file") {
+        data["requestheader-client-ca-file"] = json!(rh);
+        let list = |k: &str| json!(serde_json::to_string(&f.get(k).map(|v| v.split(',').collect::<Vec<_>>()).unwrap_or_default()).unwrap_or_default());
+        data["requestheader-allowed-names"] = list("requestheader-allowed-names");
+        data["requestheader-extra-headers-prefix"] = list("requestheader-extra-headers-prefix");
+        data["requestheader-group-headers"] = list("requestheader-group-headers");
+        data["requestheader-username-headers"] = list("requestheader-username-headers");
+    }
+    let key = "/registry/configmaps/kube-system/extension-apiserver-authentication";
+    let mut cm = e.get(key).await?.unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("extension-apiserver-authentication", Some("kube-system"))}));
+    if cm["data"] != data {
+        cm["data"] = data;
+        cm["metadata"]["resourceVersion"] = json!(new_rv());
+        e.put(key, &cm).await?;
+    }
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.10:6443\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n",
+        B64.encode(client_ca.as_bytes())
+    );
+    put_if_absent(e, "/registry/configmaps/kube-public/cluster-info", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("cluster-info", Some("kube-public")), "data": {"kubeconfig": kubeconfig}})).await?;
+    put_if_absent(e, "/registry/deployments/kube-system/coredns", workload("Deployment", "coredns", "coredns", Some(2))).await?;
+    put_if_absent(e, "/registry/daemonsets/kube-system/kube-proxy", workload("DaemonSet", "kube-proxy", "kube-proxy", None)).await?;
+    put_if_absent(e, "/registry/deployments/kube-system/metrics-server", workload("Deployment", "metrics-server", "metrics-server", Some(1))).await?;
+    put_if_absent(
+        e,
+        "/registry/apiservices/v1beta1.metrics.k8s.io",
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": meta("v1beta1.metrics.k8s.io", None),
+               "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100, "versionPriority": 100, "insecureSkipTLSVerify": true,
+                        "service": {"namespace": "kube-system", "name": "metrics-server", "port": 443}},
+               "status": {"conditions": [{"type": "Available", "status": "True"}]}}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Used by other components to reject a flag value that is not set.
+pub fn require<'a>(flags: &'a HashMap<String, String>, k: &str) -> Result<&'a str> {
+    match flags.get(k) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => bail!("--{k} is required"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_into_targets() {
+        let t = parse_target("/api/v1/namespaces/kube-system/pods/x/log").unwrap();
+        assert_eq!(t.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(t.resource, "pods");
+        assert_eq!(t.name.as_deref(), Some("x"));
+        assert_eq!(t.sub.as_deref(), Some("log"));
+        let t = parse_target("/api/v1/namespaces/kube-system").unwrap();
+        assert_eq!(t.resource, "namespaces");
+        assert_eq!(t.name.as_deref(), Some("kube-system"));
+        let t = parse_target("/apis/apps/v1/deployments").unwrap();
+        assert_eq!((t.group.as_str(), t.resource.as_str(), t.namespace), ("apps", "deployments", None));
+    }
+
+    #[test]
+    fn merge_patch_sets_and_removes_annotations() {
+        let mut o = json!({"metadata": {"annotations": {"a": "1", "b": "2"}}, "spec": {"x": 1}});
+        merge_patch(&mut o, &json!({"metadata": {"annotations": {"a": null, "c": "3"}}}));
+        assert_eq!(o, json!({"metadata": {"annotations": {"b": "2", "c": "3"}}, "spec": {"x": 1}}));
+    }
+
+    #[test]
+    fn discovery_lists_core_and_apps() {
+        let core = discovery("/api/v1").unwrap();
+        assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "nodes"));
+        let apps = discovery("/apis/apps/v1").unwrap();
+        assert!(apps["resources"].as_array().unwrap().iter().any(|r| r["name"] == "daemonsets"));
+        assert!(discovery("/apis/nope/v1").is_none());
+    }
+}

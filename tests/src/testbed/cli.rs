@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::node::{self, LB_ADDRESS, NodeSpec};
-use super::{haproxy, kubelet, pki, report};
+use super::{apiserver, haproxy, kubelet, pki, report};
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
 #[derive(Parser, Debug)]
@@ -112,6 +112,7 @@ pub fn main() -> ExitCode {
         // Programs started from manifests and shims: their flags are not ours to parse.
         let component: Option<fn(Vec<String>) -> ExitCode> = match sub.as_str() {
             "kubelet" => Some(kubelet::main),
+            "kube-apiserver" => Some(apiserver::main),
             "systemctl" => Some(|a| shim(node::systemctl(&a))),
             "journalctl" => Some(|a| shim(node::journalctl(&a))),
             _ => None,
