@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::node::{self, LB_ADDRESS, NodeSpec};
-use super::{apiserver, haproxy, kubelet, pki, report};
+use super::{apiserver, controller_manager, haproxy, kubelet, pki, report};
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
 #[derive(Parser, Debug)]
@@ -113,6 +113,7 @@ pub fn main() -> ExitCode {
         let component: Option<fn(Vec<String>) -> ExitCode> = match sub.as_str() {
             "kubelet" => Some(kubelet::main),
             "kube-apiserver" => Some(apiserver::main),
+            "kube-controller-manager" => Some(controller_manager::main),
             "systemctl" => Some(|a| shim(node::systemctl(&a))),
             "journalctl" => Some(|a| shim(node::journalctl(&a))),
             _ => None,

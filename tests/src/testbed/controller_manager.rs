@@ -1,63 +1,36 @@
-//! The simulated kube-controller-manager: its CA flags read once at start (refusing bundles as the real one does, kubeadm#1350), leader election, kube-root-ca.crt publishing and token Secrets' ca.crt.
+//! The simulated kube-controller-manager: kubeadm#1350's refusal of CA bundles, leader election,
+//! kube-root-ca.crt in every namespace, token Secrets' ca.crt, and the workload controllers.
+//!
+//! Every file is read once at start, as the real one does: a rotation reaches it by a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use base64::Engine;
 use serde_json::{Value, json};
 
+use super::apiserver::parse_flags;
 use super::client::{Client, Credentials};
 use super::{monitor, tls};
 
-/// The flags the controller-manager acts on; the others are accepted and ignored.
-#[derive(Debug, Default)]
-pub struct Flags {
-    /// --root-ca-file: published as kube-root-ca.crt and into token Secrets.
-    pub root_ca_file: Option<PathBuf>,
-    /// --client-ca-file: must hold exactly one certificate.
-    pub client_ca_file: Option<PathBuf>,
-    /// --cluster-signing-cert-file: must hold exactly one certificate.
-    pub cluster_signing_cert_file: Option<PathBuf>,
-    /// --kubeconfig: the API credentials.
-    pub kubeconfig: Option<PathBuf>,
-}
-
-impl Flags {
-    /// Parses `--name=value` flags; unknown flags are ignored.
-    pub fn parse(args: &[String]) -> Flags {
-        let all: HashMap<&str, &str> = args
-            .iter()
-            .filter_map(|a| a.strip_prefix("--")?.split_once('='))
-            .collect();
-        let path = |n: &str| all.get(n).map(PathBuf::from);
-        Flags {
-            root_ca_file: path("root-ca-file"),
-            client_ca_file: path("client-ca-file"),
-            cluster_signing_cert_file: path("cluster-signing-cert-file"),
-            kubeconfig: path("kubeconfig"),
-        }
-    }
-}
-
-/// Refuses a file holding more than one certificate, as the real controller-manager does for
-/// --client-ca-file and --cluster-signing-cert-file (kubeadm#1350).
-pub fn refuse_bundle(flag: &str, path: &Path) -> Result<()> {
-    let certs = tls::load_certs(path)?;
-    if certs.len() > 1 {
-        bail!(
-            "--{flag}={}: the file holds {} certificates; the controller-manager needs exactly one (kubeadm#1350): put only the signing CA in it",
-            path.display(),
-            certs.len()
-        );
-    }
-    Ok(())
-}
-
-/// `kubeca-testbed kube-controller-manager ARGS`.
+/// The controller-manager's entry point: `kubeca-testbed kube-controller-manager --flag=value ...`.
 pub fn main(args: Vec<String>) -> ExitCode {
-    match run(&args) {
+    let flags = parse_flags(&args);
+    if let Err(e) = refuse_bundles(&flags) {
+        eprintln!("{} kube-controller-manager: {e:#}", jiff::Timestamp::now());
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kube-controller-manager: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(flags)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{} kube-controller-manager: {e:#}", jiff::Timestamp::now());
@@ -66,145 +39,275 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args);
-    if let Some(p) = &flags.client_ca_file {
-        refuse_bundle("client-ca-file", p)?;
-    }
-    if let Some(p) = &flags.cluster_signing_cert_file {
-        refuse_bundle("cluster-signing-cert-file", p)?;
-    }
-    let root_ca_path = flags.root_ca_file.clone().context("--root-ca-file is required")?;
-    let root_ca = std::fs::read_to_string(&root_ca_path)
-        .with_context(|| format!("reading --root-ca-file {}", root_ca_path.display()))?;
-    let kubeconfig = flags.kubeconfig.clone().context("--kubeconfig is required")?;
-    let creds = Credentials::from_kubeconfig(&kubeconfig)?;
-    let client = Client::new(&creds, &monitor::me("kube-controller-manager"), "controller-manager->apiserver")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the controller-manager's runtime")?;
-    runtime.block_on(async move {
-        let me = monitor::node();
-        loop {
-            match leader(&client, &me).await {
-                Ok(true) => {
-                    if let Err(e) = sync(&client, &root_ca).await {
-                        eprintln!("{} kube-controller-manager: {e:#}", jiff::Timestamp::now());
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => eprintln!("{} kube-controller-manager: leader election: {e:#}", jiff::Timestamp::now()),
+/// kubeadm#1350: the real controller-manager cannot sign with (or serve) a bundle in
+/// --client-ca-file or --cluster-signing-cert-file; the testbed refuses one at start.
+fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
+    for flag in ["client-ca-file", "cluster-signing-cert-file"] {
+        if let Some(p) = flags.get(flag) {
+            let n = tls::load_certs(Path::new(p)).with_context(|| format!("--{flag}"))?.len();
+            if n > 1 {
+                bail!("--{flag}={p} holds {n} certificates; a bundle is not accepted here (kubeadm#1350): point --{flag} at a file with the single CA");
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    })
-}
-
-const LOCK: &str = "/api/v1/namespaces/kube-system/configmaps/kube-controller-manager";
-const HOLDER: &str = "control-plane.alpha.kubernetes.io/leader";
-
-/// A ConfigMap lock: held by whoever renewed it in the last 15 s; an update carries the
-/// resourceVersion read, so two candidates cannot both take it.
-async fn leader(client: &Client, me: &str) -> Result<bool> {
-    let now = jiff::Timestamp::now();
-    let record = json!({"holderIdentity": me, "renewTime": now.to_string()}).to_string();
-    match client.get(LOCK).await? {
-        None => {
-            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "kube-controller-manager", "namespace": "kube-system",
-                             "annotations": {HOLDER: record}}});
-            Ok(client.create("/api/v1/namespaces/kube-system/configmaps", &cm).await.is_ok())
-        }
-        Some(mut cm) => {
-            let current: Value = cm["metadata"]["annotations"][HOLDER]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or(Value::Null);
-            let holder = current["holderIdentity"].as_str().unwrap_or("");
-            let renewed: Option<jiff::Timestamp> = current["renewTime"].as_str().and_then(|s| s.parse().ok());
-            let expired = renewed.is_none_or(|t| now.duration_since(t).as_secs() >= 15);
-            if holder != me && !expired {
-                return Ok(false);
-            }
-            cm["metadata"]["annotations"][HOLDER] = Value::String(record);
-            Ok(client.update(LOCK, &cm).await.is_ok())
-        }
-    }
-}
-
-/// kube-root-ca.crt in every namespace, and ca.crt of legacy token Secrets, from --root-ca-file.
-async fn sync(client: &Client, root_ca: &str) -> Result<()> {
-    for ns in client.list("/api/v1/namespaces").await? {
-        let Some(ns) = ns["metadata"]["name"].as_str() else { continue };
-        let path = format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt");
-        match client.get(&path).await? {
-            None => {
-                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
-                    "data": {"ca.crt": root_ca}});
-                client.create(&format!("/api/v1/namespaces/{ns}/configmaps"), &cm).await?;
-            }
-            Some(cm) if cm["data"]["ca.crt"].as_str() != Some(root_ca) => {
-                client.patch(&path, &json!({"data": {"ca.crt": root_ca}})).await?;
-            }
-            Some(_) => {}
-        }
-    }
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(root_ca);
-    for s in client.list("/api/v1/secrets").await? {
-        if s["type"].as_str() != Some("kubernetes.io/service-account-token") || s["data"]["ca.crt"].as_str() == Some(&encoded) {
-            continue;
-        }
-        let (Some(ns), Some(name)) = (s["metadata"]["namespace"].as_str(), s["metadata"]["name"].as_str()) else { continue };
-        client
-            .patch(&format!("/api/v1/namespaces/{ns}/secrets/{name}"), &json!({"data": {"ca.crt": encoded}}))
-            .await?;
     }
     Ok(())
+}
+
+/// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream).
+pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) {
+    let address = flags.get("bind-address").cloned().unwrap_or_else(|| std::env::var("KUBECA_TESTBED_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into()));
+    let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
+    let me = monitor::me(name);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let r = async {
+            let (crt, key) = tls::self_signed(Path::new("/run/kubernetes"), &name, &address)?;
+            let cfg = tls::server_config(&crt, &key, tls::ClientAuth::None)?;
+            let addr = format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
+            tls::serve_healthz(addr, cfg, me).await
+        };
+        if let Err(e) = r.await {
+            eprintln!("{} {name}: health endpoint: {e:#}", jiff::Timestamp::now());
+        }
+    });
+}
+
+/// Holds or takes the named lease in kube-system; true when this process is the leader.
+pub async fn leader_lock(api: &Client, lease: &str, me: &str) -> Result<bool> {
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}");
+    let now = jiff::Timestamp::now();
+    let spec = json!({"holderIdentity": me, "leaseDurationSeconds": 15, "renewTime": now.to_string()});
+    match api.get(&path).await? {
+        None => {
+            let obj = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": lease, "namespace": "kube-system"}, "spec": spec});
+            api.create("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases", &obj).await?;
+            Ok(true)
+        }
+        Some(mut l) => {
+            let holder = l["spec"]["holderIdentity"].as_str().unwrap_or("");
+            let renewed = l["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let expired = renewed.is_none_or(|t| now.as_second() - t.as_second() > 15);
+            if holder == me || expired {
+                l["spec"] = spec;
+                api.update(&path, &l).await?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        }
+    }
+}
+
+struct Ctl {
+    api: Client,
+    root_ca: String,
+}
+
+async fn run(flags: HashMap<String, String>) -> Result<()> {
+    let kubeconfig = PathBuf::from(flags.get("kubeconfig").context("--kubeconfig is required")?);
+    let root_ca_path = flags.get("root-ca-file").context("--root-ca-file is required")?;
+    let root_ca = std::fs::read_to_string(root_ca_path).with_context(|| format!("reading --root-ca-file {root_ca_path}"))?;
+    let me = monitor::me("kube-controller-manager");
+    let api = Client::new(&Credentials::from_kubeconfig(&kubeconfig)?, &me, "controller-manager->apiserver")?;
+    start_healthz(&flags, "kube-controller-manager", 10257);
+    let ctl = Ctl { api, root_ca };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match leader_lock(&ctl.api, "kube-controller-manager", &me).await {
+            Ok(true) => {
+                if let Err(e) = ctl.sync().await {
+                    eprintln!("{} kube-controller-manager: {e:#}", jiff::Timestamp::now());
+                }
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("{} kube-controller-manager: leader election: {e:#}", jiff::Timestamp::now()),
+        }
+    }
+}
+
+/// A short stable hash of a pod template (FNV-1a), as pod-template-hash.
+fn template_hash(t: &Value) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in t.to_string().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:x}", h & 0xff_ffff_ffff)
+}
+
+fn suffix() -> String {
+    let n = jiff::Timestamp::now().as_nanosecond() as u64;
+    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5).map(|i| alphabet[((n >> (i * 5)) % alphabet.len() as u64) as usize] as char).collect()
+}
+
+fn running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+}
+
+impl Ctl {
+    async fn sync(&self) -> Result<()> {
+        self.root_ca_maps().await?;
+        self.token_secrets().await?;
+        for (kind, res) in [("Deployment", "deployments"), ("DaemonSet", "daemonsets"), ("StatefulSet", "statefulsets")] {
+            for w in self.api.list(&format!("/apis/apps/v1/{res}")).await? {
+                if let Err(e) = self.workload(kind, &w).await {
+                    eprintln!("{} kube-controller-manager: {kind} {}: {e:#}", jiff::Timestamp::now(), w["metadata"]["name"]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// kube-root-ca.crt (key ca.crt) in every namespace, equal to --root-ca-file.
+    async fn root_ca_maps(&self) -> Result<()> {
+        for ns in self.api.list("/api/v1/namespaces").await? {
+            let Some(ns) = ns["metadata"]["name"].as_str() else { continue };
+            let path = format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt");
+            match self.api.get(&path).await? {
+                None => {
+                    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns}, "data": {"ca.crt": self.root_ca}});
+                    self.api.create(&format!("/api/v1/namespaces/{ns}/configmaps"), &cm).await?;
+                }
+                Some(cm) if cm["data"]["ca.crt"].as_str() != Some(self.root_ca.as_str()) => {
+                    self.api.patch(&path, &json!({"data": {"ca.crt": self.root_ca}})).await?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Legacy service-account token Secrets carry ca.crt too: kept equal to --root-ca-file.
+    async fn token_secrets(&self) -> Result<()> {
+        let want = base64::engine::general_purpose::STANDARD.encode(self.root_ca.as_bytes());
+        for s in self.api.list("/api/v1/secrets").await? {
+            if s["type"] != "kubernetes.io/service-account-token" || s["data"]["ca.crt"].as_str() == Some(want.as_str()) {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (s["metadata"]["namespace"].as_str(), s["metadata"]["name"].as_str()) else { continue };
+            self.api.patch(&format!("/api/v1/namespaces/{ns}/secrets/{name}"), &json!({"data": {"ca.crt": want}})).await?;
+        }
+        Ok(())
+    }
+
+    fn new_pod(&self, kind: &str, w: &Value, name: String, hash: &str, node: Option<&str>) -> Value {
+        let t = &w["spec"]["template"];
+        let mut labels = t["metadata"]["labels"].clone();
+        if !labels.is_object() {
+            labels = json!({});
+        }
+        labels["pod-template-hash"] = json!(hash);
+        let mut spec = t["spec"].clone();
+        if let Some(n) = node {
+            spec["nodeName"] = json!(n);
+        }
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": w["metadata"]["namespace"], "labels": labels,
+                "annotations": t["metadata"]["annotations"],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": w["metadata"]["name"], "uid": w["metadata"]["uid"], "controller": true}],
+            },
+            "spec": spec,
+            "status": {"phase": "Pending"},
+        })
+    }
+
+    /// One step of a workload's rollout per pass: create a missing pod, or, when every current
+    /// pod runs, replace one old pod — so pods roll one at a time.
+    async fn workload(&self, kind: &str, w: &Value) -> Result<()> {
+        let ns = w["metadata"]["namespace"].as_str().context("no namespace")?;
+        let name = w["metadata"]["name"].as_str().context("no name")?;
+        let uid = w["metadata"]["uid"].as_str().unwrap_or("");
+        let hash = template_hash(&w["spec"]["template"]);
+        let pods: Vec<Value> = self
+            .api
+            .list(&format!("/api/v1/namespaces/{ns}/pods"))
+            .await?
+            .into_iter()
+            .filter(|p| p["metadata"]["ownerReferences"][0]["uid"].as_str() == Some(uid))
+            .collect();
+        let (current, old): (Vec<&Value>, Vec<&Value>) =
+            pods.iter().partition(|p| p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash.as_str()));
+        let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+        let pod_path = |p: &Value| format!("{pods_path}/{}", p["metadata"]["name"].as_str().unwrap_or(""));
+        if current.iter().any(|p| !running(p)) {
+            return Ok(()); // a new pod is starting: one at a time
+        }
+        match kind {
+            "DaemonSet" => {
+                let nodes = self.api.list("/api/v1/nodes").await?;
+                for n in &nodes {
+                    let Some(node) = n["metadata"]["name"].as_str() else { continue };
+                    let on = |p: &&&Value| p["spec"]["nodeName"].as_str() == Some(node);
+                    if current.iter().any(|p| on(&p)) {
+                        continue;
+                    }
+                    if let Some(o) = old.iter().find(|p| on(p)) {
+                        self.api.delete(&pod_path(o)).await?;
+                        return Ok(());
+                    }
+                    let pod = self.new_pod(kind, w, format!("{name}-{}", suffix()), &hash, Some(node));
+                    self.api.create(&pods_path, &pod).await?;
+                    return Ok(());
+                }
+                // Pods on nodes that are gone.
+                for p in old {
+                    self.api.delete(&pod_path(p)).await?;
+                }
+            }
+            _ => {
+                let replicas = w["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+                if current.len() < replicas {
+                    let pod_name = if kind == "StatefulSet" {
+                        // Ordinal names: replace the old pod of the lowest free ordinal first.
+                        let taken: BTreeMap<String, ()> = current.iter().filter_map(|p| p["metadata"]["name"].as_str()).map(|n| (n.to_string(), ())).collect();
+                        let Some(free) = (0..replicas).map(|i| format!("{name}-{i}")).find(|n| !taken.contains_key(n)) else { return Ok(()) };
+                        if let Some(o) = old.iter().find(|p| p["metadata"]["name"].as_str() == Some(free.as_str())) {
+                            self.api.delete(&pod_path(o)).await?;
+                            return Ok(());
+                        }
+                        free
+                    } else {
+                        format!("{name}-{}-{}", &hash[..hash.len().min(10)], suffix())
+                    };
+                    let pod = self.new_pod(kind, w, pod_name, &hash, None);
+                    self.api.create(&pods_path, &pod).await?;
+                } else if let Some(o) = old.first() {
+                    self.api.delete(&pod_path(o)).await?;
+                } else if current.len() > replicas {
+                    self.api.delete(&pod_path(current[0])).await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ca(dir: &Path, name: &str) -> Vec<u8> {
-        let key = dir.join(format!("{name}.key"));
-        let crt = dir.join(format!("{name}.crt"));
-        let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"])
-            .arg(format!("/CN={name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .output()
-            .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-        std::fs::read(crt).unwrap()
+    #[test]
+    fn a_template_change_changes_the_hash() {
+        let a = json!({"metadata": {"annotations": {}}, "spec": {"containers": []}});
+        let b = json!({"metadata": {"annotations": {"kubeca.io/restartedAt": "now"}}, "spec": {"containers": []}});
+        assert_ne!(template_hash(&a), template_hash(&b));
+        assert_eq!(template_hash(&a), template_hash(&a.clone()));
     }
 
     #[test]
-    fn a_bundle_in_the_signing_cert_is_refused_and_one_cert_is_accepted() {
+    fn a_bundle_in_the_signing_cert_file_is_refused_naming_the_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bundle = ca(dir.path(), "old");
-        bundle.extend(ca(dir.path(), "new"));
-        let one = dir.path().join("old.crt");
-        let two = dir.path().join("bundle.crt");
-        std::fs::write(&two, bundle).unwrap();
-        refuse_bundle("cluster-signing-cert-file", &one).unwrap();
-        let err = refuse_bundle("cluster-signing-cert-file", &two).unwrap_err().to_string();
-        assert!(err.contains("2 certificates") && err.contains("bundle.crt"), "{err}");
-        let code = main(vec![format!("--cluster-signing-cert-file={}", two.display())]);
-        assert_eq!(code, ExitCode::FAILURE);
-    }
-
-    #[test]
-    fn flags_are_read_and_unknown_ones_ignored() {
-        let f = Flags::parse(&["--root-ca-file=/a".into(), "--bogus=1".into(), "--kubeconfig=/k".into()]);
-        assert_eq!(f.root_ca_file, Some(PathBuf::from("/a")));
-        assert_eq!(f.kubeconfig, Some(PathBuf::from("/k")));
-        assert_eq!(f.client_ca_file, None);
+        let p = dir.path().join("bundle.crt");
+        let one = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+        std::fs::write(&p, format!("{one}{one}")).unwrap();
+        let flags = parse_flags(&[format!("--cluster-signing-cert-file={}", p.display())]);
+        let err = refuse_bundles(&flags).unwrap_err().to_string();
+        assert!(err.contains("--cluster-signing-cert-file") && err.contains("2 certificates"), "{err}");
+        std::fs::write(&p, one).unwrap();
+        refuse_bundles(&flags).unwrap();
     }
 }

@@ -202,6 +202,57 @@ pub async fn connect(
     }
 }
 
+/// A self-signed serving pair for `address`, made with the openssl CLI under `dir` at start, as
+/// kube-controller-manager and kube-scheduler make one in memory when given no certificate.
+pub fn self_signed(dir: &Path, name: &str, address: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "365"])
+        .arg("-subj")
+        .arg(format!("/CN={address}@self-signed"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=IP:{address}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .context("running openssl req -x509")?;
+    if !out.status.success() {
+        bail!("openssl req -x509 for {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((crt, key))
+}
+
+/// Serves `GET /healthz` = ok over TLS on `addr` (the probes of the kubelet and of kubeca).
+pub async fn serve_healthz(addr: SocketAddr, cfg: Arc<rustls::ServerConfig>, me: String) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(outcome) = classify_server_error(&e) {
+                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), go_style(&e));
+                        super::monitor::record(&peer.ip().to_string(), &me, "client->healthz", outcome);
+                    }
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
