@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::node::{self, LB_ADDRESS, NodeSpec};
-use super::{apiserver, controller_manager, haproxy, kubelet, pki, report};
+use super::{apiserver, controller_manager, haproxy, kubelet, pki, pods, report, scheduler};
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
 #[derive(Parser, Debug)]
@@ -114,6 +114,10 @@ pub fn main() -> ExitCode {
             "kubelet" => Some(kubelet::main),
             "kube-apiserver" => Some(apiserver::main),
             "kube-controller-manager" => Some(controller_manager::main),
+            "kube-scheduler" => Some(scheduler::main),
+            "coredns" => Some(pods::coredns_main),
+            "kube-proxy" => Some(pods::kube_proxy_main),
+            "metrics-server" => Some(pods::metrics_server_main),
             "systemctl" => Some(|a| shim(node::systemctl(&a))),
             "journalctl" => Some(|a| shim(node::journalctl(&a))),
             _ => None,

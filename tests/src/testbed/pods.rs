@@ -1,1 +1,211 @@
-//! Workload pods: coredns-like, kube-proxy-like and a metrics-server-like aggregated API server.
+//! The workload pods: a coredns-like and a kube-proxy-like API client, and a metrics-server-like aggregated API server.
+//!
+//! A pod reads its credentials once at start, as client-go's in-cluster config does: the token
+//! and `ca.crt` (from the namespace's kube-root-ca.crt) in its service-account directory. The
+//! kubelet tells a pod where that directory is and who it is through the environment:
+//! `KUBECA_SA_DIR` (default /var/run/secrets/kubernetes.io/serviceaccount), `KUBECA_POD_NAME`,
+//! `KUBECA_POD_NAMESPACE`, plus the testbed's `KUBECA_TESTBED_{DIR,NODE,ADDRESS}`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use super::client::{Client, Credentials, service_account_dir};
+use super::{monitor, tls};
+
+/// The API endpoint pods use (the load balancer, as `kubernetes.default` would lead to).
+pub const API_SERVER: &str = "https://127.0.0.10:6443";
+
+/// The monitor's name of this pod: `pod/<ns>/<name>@<node>`.
+pub fn pod_identity(program: &str) -> String {
+    let ns = std::env::var("KUBECA_POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into());
+    let name = std::env::var("KUBECA_POD_NAME").unwrap_or_else(|_| program.into());
+    format!("pod/{ns}/{name}@{}", monitor::node())
+}
+
+fn in_cluster(program: &str, purpose: &str) -> Result<Client> {
+    let dir = std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir);
+    let creds = Credentials::in_cluster(&dir.join("token"), &dir.join("ca.crt"), API_SERVER)
+        .with_context(|| format!("{program}: reading the service-account files in {}", dir.display()))?;
+    Client::new(&creds, &pod_identity(program), purpose)
+}
+
+fn runtime_main(program: &str, f: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{} {program}: {e:#}", jiff::Timestamp::now());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Calls the API every `every` forever, logging failures (Go-style TLS errors included).
+async fn poll(program: &str, api: Client, every: Duration, paths: &[&str]) -> Result<()> {
+    let mut tick = tokio::time::interval(every);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        for p in paths {
+            match api.list(p).await {
+                Ok(_) if failing => {
+                    eprintln!("{} {program}: the apiserver answers again", jiff::Timestamp::now());
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{} {program}: {e:#}", jiff::Timestamp::now());
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// `kubeca-testbed coredns`: watches services and endpoints the way CoreDNS's kubernetes plugin does.
+pub fn coredns_main(_args: Vec<String>) -> ExitCode {
+    runtime_main("coredns", async {
+        let api = in_cluster("coredns", "coredns->apiserver")?;
+        eprintln!("{} coredns: started, API {API_SERVER}", jiff::Timestamp::now());
+        poll("coredns", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/namespaces"]).await
+    })
+}
+
+/// `kubeca-testbed kube-proxy`: reads services and its node as kube-proxy does.
+pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
+    runtime_main("kube-proxy", async {
+        let api = in_cluster("kube-proxy", "kube-proxy->apiserver")?;
+        eprintln!("{} kube-proxy: started, API {API_SERVER}", jiff::Timestamp::now());
+        poll("kube-proxy", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/nodes"]).await
+    })
+}
+
+/// `kubeca-testbed metrics-server`: an aggregated API server on <node address>:4443 that trusts
+/// the request-header CA published in extension-apiserver-authentication (read once at start)
+/// and checks the front proxy's client certificate on every call.
+pub fn metrics_server_main(_args: Vec<String>) -> ExitCode {
+    runtime_main("metrics-server", metrics_server())
+}
+
+async fn metrics_server() -> Result<()> {
+    let api = in_cluster("metrics-server", "metrics-server->apiserver")?;
+    let cm = loop {
+        match api.get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication").await {
+            Ok(Some(cm)) => break cm,
+            Ok(None) => eprintln!("{} metrics-server: extension-apiserver-authentication is not published yet", jiff::Timestamp::now()),
+            Err(e) => eprintln!("{} metrics-server: {e:#}", jiff::Timestamp::now()),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let ca = cm["data"]["requestheader-client-ca-file"]
+        .as_str()
+        .context("extension-apiserver-authentication has no requestheader-client-ca-file")?
+        .to_string();
+    let allowed: Vec<String> = cm["data"]["requestheader-allowed-names"]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let address = std::env::var("KUBECA_TESTBED_ADDRESS").context("KUBECA_TESTBED_ADDRESS is not set")?;
+    let dir = PathBuf::from("/run/metrics-server");
+    let (crt, key) = tls::self_signed(&dir, "serving", &address)?;
+    let ca_path = dir.join("requestheader-client-ca.crt");
+    std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
+    let cfg = tls::server_config(&crt, &key, tls::ClientAuth::Optional(&ca_path))?;
+    let addr: std::net::SocketAddr = format!("{address}:4443").parse().context("the node address")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    eprintln!("{} metrics-server: serving on https://{addr}", jiff::Timestamp::now());
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let me = monitor::me("metrics-server");
+    let api = Arc::new(api);
+    let allowed = Arc::new(allowed);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let (me, api, allowed) = (me.clone(), api.clone(), allowed.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(outcome) = tls::classify_server_error(&e) {
+                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), tls::go_style(&e));
+                        monitor::record(&format!("kube-apiserver@{}", peer.ip()), &me, "apiserver->metrics-server", outcome);
+                    }
+                    return;
+                }
+            };
+            let cn = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| {
+                let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
+            });
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (api, allowed, cn) = (api.clone(), allowed.clone(), cn.clone());
+                async move { Ok::<_, std::convert::Infallible>(metrics_answer(&api, &allowed, cn.as_deref(), &req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// The front proxy's certificate must be present and, when names are configured, one of them.
+pub fn front_proxy_allowed(allowed: &[String], cn: Option<&str>) -> bool {
+    match cn {
+        None => false,
+        Some(cn) => allowed.is_empty() || allowed.iter().any(|a| a == cn),
+    }
+}
+
+async fn metrics_answer(api: &Client, allowed: &[String], cn: Option<&str>, req: &hyper::Request<hyper::body::Incoming>) -> hyper::Response<Full<bytes::Bytes>> {
+    let reply = |code: u16, v: Value| {
+        let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(v.to_string())));
+        *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+        r
+    };
+    if req.uri().path() == "/healthz" || req.uri().path() == "/readyz" || req.uri().path() == "/livez" {
+        return reply(200, json!("ok"));
+    }
+    if !front_proxy_allowed(allowed, cn) || req.headers().get("x-remote-user").is_none() {
+        return reply(401, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401, "message": "Unauthorized: no front-proxy client certificate"}));
+    }
+    match req.uri().path().trim_end_matches('/') {
+        "/apis/metrics.k8s.io/v1beta1" => reply(200, json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "metrics.k8s.io/v1beta1", "resources": [
+            {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
+            {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]}]})),
+        "/apis/metrics.k8s.io/v1beta1/nodes" => {
+            let nodes = api.list("/api/v1/nodes").await.unwrap_or_default();
+            let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let items: Vec<Value> = nodes
+                .iter()
+                .map(|n| json!({"metadata": {"name": n["metadata"]["name"]}, "timestamp": now, "window": "10s", "usage": {"cpu": "10m", "memory": "64Mi"}}))
+                .collect();
+            reply(200, json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}))
+        }
+        p => reply(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{p} not found")})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_front_proxy_names_are_let_in() {
+        let allowed = vec!["front-proxy-client".to_string()];
+        assert!(front_proxy_allowed(&allowed, Some("front-proxy-client")));
+        assert!(!front_proxy_allowed(&allowed, Some("kubernetes-admin")));
+        assert!(!front_proxy_allowed(&allowed, None));
+        assert!(front_proxy_allowed(&[], Some("anyone-signed-by-the-ca")));
+    }
+}
