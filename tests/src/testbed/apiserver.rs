@@ -187,6 +187,28 @@ impl Etcd {
         self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value.to_string())})).await.map(|_| ())
     }
 
+    /// Puts `value` only when `key` does not exist (a txn on its create revision), so two
+    /// apiservers creating the same object cannot both succeed.
+    async fn create(&self, key: &str, value: &Value) -> Result<bool> {
+        let k = B64.encode(key);
+        let v = self
+            .call("txn", json!({"compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                                "success": [{"request_put": {"key": k, "value": B64.encode(value.to_string())}}]}))
+            .await?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Replaces `old` by `new` only when the stored value is still `old` (optimistic
+    /// concurrency, as resourceVersion gives the real apiserver).
+    async fn swap(&self, key: &str, old: &Value, new: &Value) -> Result<bool> {
+        let k = B64.encode(key);
+        let v = self
+            .call("txn", json!({"compare": [{"key": k, "result": "EQUAL", "target": "VALUE", "value": B64.encode(old.to_string())}],
+                                "success": [{"request_put": {"key": k, "value": B64.encode(new.to_string())}}]}))
+            .await?;
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Value>> {
         let v = self.call("range", json!({"key": B64.encode(key)})).await?;
         Ok(decode_kvs(&v).into_iter().next())
@@ -512,17 +534,22 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
                 return Ok(status(422, "Invalid", "metadata.name: Required value"));
             };
             let k = key(kind, ns, &name);
-            if state.etcd.get(&k).await?.is_some() {
+            stamp(&mut obj, kind, &api_version, ns, true);
+            if !state.etcd.create(&k, &obj).await? {
                 return Ok(status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", kind.resource)));
             }
-            stamp(&mut obj, kind, &api_version, ns, true);
-            state.etcd.put(&k, &obj).await?;
             Ok(respond(201, obj))
         }
         ("PUT", Some(name)) => {
             let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
             let k = key(kind, ns, name);
             let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            let conflict = || status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kind.resource));
+            if let Some(rv) = obj["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty()) {
+                if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
+                    return Ok(conflict());
+                }
+            }
             if t.sub.as_deref() == Some("status") {
                 let mut merged = old.clone();
                 merged["status"] = obj["status"].clone();
@@ -533,17 +560,25 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
             obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
             obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
             stamp(&mut obj, kind, &api_version, ns, false);
-            state.etcd.put(&k, &obj).await?;
+            if !state.etcd.swap(&k, &old, &obj).await? {
+                return Ok(conflict());
+            }
             Ok(respond(200, obj))
         }
         ("PATCH", Some(name)) => {
             let patch: Value = serde_json::from_slice(&body).context("the patch is not JSON")?;
             let k = key(kind, ns, name);
-            let Some(mut obj) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
-            merge_patch(&mut obj, &patch);
-            stamp(&mut obj, kind, &api_version, ns, false);
-            state.etcd.put(&k, &obj).await?;
-            Ok(respond(200, obj))
+            // A patch applies to whatever is stored: retried when another writer came between.
+            for _ in 0..5 {
+                let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+                let mut obj = old.clone();
+                merge_patch(&mut obj, &patch);
+                stamp(&mut obj, kind, &api_version, ns, false);
+                if state.etcd.swap(&k, &old, &obj).await? {
+                    return Ok(respond(200, obj));
+                }
+            }
+            Ok(status(409, "Conflict", &format!("{} \"{name}\" kept changing during the patch", kind.resource)))
         }
         ("DELETE", Some(name)) => {
             let k = key(kind, ns, name);
@@ -689,10 +724,7 @@ async fn proxy_metrics(state: &State, path: &str) -> Result<Resp> {
 }
 
 async fn put_if_absent(etcd: &Etcd, key: &str, obj: Value) -> Result<()> {
-    if etcd.get(key).await?.is_none() {
-        etcd.put(key, &obj).await?;
-    }
-    Ok(())
+    etcd.create(key, &obj).await.map(|_| ())
 }
 
 fn meta(name: &str, ns: Option<&str>) -> Value {

@@ -175,6 +175,22 @@ fn run(args: &[String]) -> Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", config.address, config.port))?;
         tokio::spawn(serve(listener, server_tls));
+        // The API side (node registration and status, API pods): kubelet_api.rs (COMPONENTS).
+        let ctx = super::kubelet_api::KubeletContext {
+            node_name: flags.hostname.clone(),
+            node_address: flags.node_ip.clone(),
+            kubeconfig: flags.kubeconfig.clone(),
+            exe: std::env::current_exe().context("locating the kubeca-testbed binary")?,
+            testbed_dir: std::env::var_os("KUBECA_TESTBED_DIR").map(PathBuf::from).unwrap_or_default(),
+            pod_log_dir: PathBuf::from("/var/log/pods"),
+            kubelet_port: config.port,
+            control_plane: config.static_pod_path.join("kube-apiserver.yaml").exists(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = super::kubelet_api::run(ctx).await {
+                eprintln!("kubelet: API side: {e:#}");
+            }
+        });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         term.recv().await;
         // The real kubelet leaves containers running when it stops; so does this one (the
