@@ -1207,8 +1207,48 @@ pub fn assemble(
         ));
     }
     fill_after_undo(&mut plan, facts, rotation_id);
+    fill_backups(&mut plan);
     fill_priors(&mut plan, facts);
     Ok(plan)
+}
+
+/// Every file a compensation of `action` may restore, by node (`OPERATOR` for the operator's).
+fn restorable(action: &Action) -> Vec<(String, String)> {
+    compensations(action, 0)
+        .into_iter()
+        .filter_map(|c| match c.action {
+            Action::RestoreFiles { node, paths } => {
+                let node = node.unwrap_or_else(|| OPERATOR.to_owned());
+                Some(paths.into_iter().map(move |p| (node.clone(), p)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Makes each node's backup step cover every file a rollback may restore there, including
+/// the files the rotation creates (backed up as absent, so a rollback removes them).
+fn fill_backups(plan: &mut Plan<Action>) {
+    let mut needed: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for step in plan.steps() {
+        for (node, path) in restorable(&step.action) {
+            needed.entry(node).or_default().insert(path);
+        }
+    }
+    for item in &mut plan.items {
+        if let engine::Item::Step(step) = item
+            && let Action::Backup { node, paths } = &mut step.action
+            && let Some(more) = needed.get(node.as_str())
+        {
+            for p in more {
+                if !paths.contains(p) {
+                    paths.push(p.clone());
+                }
+            }
+            paths.sort();
+        }
+    }
 }
 
 /// Records in each action what it changes from, so a rollback can go back step by step: flag
@@ -2028,6 +2068,28 @@ mod tests {
         for done in 0..=total {
             check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
         }
+    }
+
+    #[tokio::test]
+    async fn every_file_a_rollback_may_restore_is_backed_up_first() {
+        let (_d, inv, facts) = cluster(2, 1).await;
+        let plan = build(&inv, &facts, "r1").unwrap();
+        let mut backed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in plan.steps() {
+            if let Action::Backup { node, paths } = &s.action {
+                backed.insert(node.clone(), paths.clone());
+            }
+        }
+        for s in plan.steps() {
+            for (node, path) in restorable(&s.action) {
+                assert!(
+                    backed.get(&node).is_some_and(|p| p.contains(&path)),
+                    "{}: {node}:{path} is restored by a rollback but not backed up",
+                    s.id
+                );
+            }
+        }
+        assert!(backed["w-1"].contains(&"/etc/kubernetes/pki/ca-bundle.crt".to_owned()));
     }
 
     #[tokio::test]
