@@ -10,30 +10,29 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod testbed {
-    // The checks through the API (kubectl, the front proxy, the trust monitor, kubeadm#1350)
-    // need the simulated apiserver, controller-manager, scheduler, kubelet API side and
-    // metrics-server. They are compiled now so they keep up with the testbed, and join the list
-    // below (with `up` waiting for Ready instead of --wait=infra) once those programs exist.
-    #[allow(dead_code)]
     pub mod api;
     pub mod infra;
     pub mod kubeca;
     pub mod util;
 }
 
-use testbed::infra;
+use testbed::{api, infra};
 use testbed::util::Testbed;
 
 type Check = (&'static str, fn(&Testbed));
 
 #[test]
 fn testbed_3_control_planes_2_workers() {
-    let tb = Testbed::up("testbed-3-2", 3, 2, &["--wait=infra"]);
+    let tb = Testbed::up("testbed-3-2", 3, 2, &[]);
     let checks: &[Check] = &[
         ("ssh_reaches_each_node_and_its_own_files", infra::ssh_reaches_each_node_and_its_own_files),
         ("openssl_verifies_every_certificate", infra::openssl_verifies_every_certificate),
         ("etcd_cluster_is_healthy_with_mutual_tls", infra::etcd_cluster_is_healthy_with_mutual_tls),
         ("kubelet_requires_client_certificates", infra::kubelet_requires_client_certificates),
+        ("kubectl_shows_every_node_ready", api::kubectl_shows_every_node_ready),
+        ("every_kubeconfig_works", api::every_kubeconfig_works),
+        ("aggregated_api_through_the_front_proxy", api::aggregated_api_through_the_front_proxy),
+        ("report_counts_handshakes_without_failures", api::report_counts_handshakes_without_failures),
         (
             "kubeca_discovers_plans_and_writes_over_ssh",
             testbed::kubeca::kubeca_discovers_plans_and_writes_over_ssh,
@@ -45,6 +44,14 @@ fn testbed_3_control_planes_2_workers() {
         ),
         ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
         ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
+        ("api_pods_run_with_the_root_ca_and_are_replaced", api::api_pods_run_with_the_root_ca_and_are_replaced),
+        (
+            "root_ca_maps_everywhere_and_template_changes_roll_pods",
+            api::root_ca_maps_everywhere_and_template_changes_roll_pods,
+        ),
+        ("killing_one_apiserver_leaves_kubectl_working", api::killing_one_apiserver_leaves_kubectl_working),
+        ("untrusted_serving_certificate_fails_the_report", api::untrusted_serving_certificate_fails_the_report),
+        ("controller_manager_refuses_a_signing_bundle", api::controller_manager_refuses_a_signing_bundle),
         ("down_leaves_nothing", infra::down_leaves_nothing),
     ];
     let mut failed = Vec::new();

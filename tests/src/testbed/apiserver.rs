@@ -158,12 +158,11 @@ fn node_of(ip: &str) -> String {
     for l in inv.lines() {
         if let Some(v) = l.strip_prefix("name = ") {
             name = Some(v.trim_matches('"').to_string());
-        } else if let Some(v) = l.strip_prefix("address = ") {
-            if v.trim_matches('"') == ip {
-                if let Some(n) = name.take() {
-                    return n;
-                }
-            }
+        } else if let Some(v) = l.strip_prefix("address = ")
+            && v.trim_matches('"') == ip
+            && let Some(n) = name.take()
+        {
+            return n;
         }
     }
     ip.to_string()
@@ -504,10 +503,10 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().as_str().to_string();
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    if method == "GET" {
-        if let Some(v) = discovery(&path) {
-            return Ok(respond(200, v));
-        }
+    if method == "GET"
+        && let Some(v) = discovery(&path)
+    {
+        return Ok(respond(200, v));
     }
     if path.starts_with("/apis/metrics.k8s.io") {
         return proxy_metrics(state, &path).await;
@@ -567,16 +566,16 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
             let k = key(kind, ns, name);
             let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
             let conflict = || status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kind.resource));
-            if let Some(rv) = obj["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty()) {
-                if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-                    return Ok(conflict());
-                }
+            if let Some(rv) = obj["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty())
+                && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+            {
+                return Ok(conflict());
             }
             if t.sub.as_deref() == Some("status") {
                 let mut merged = old.clone();
                 merged["status"] = obj["status"].clone();
                 obj = merged;
-            } else if !obj.get("status").is_some_and(|s| !s.is_null()) {
+            } else if obj.get("status").is_none_or(Value::is_null) {
                 obj["status"] = old["status"].clone();
             }
             obj["metadata"]["uid"] = old["metadata"]["uid"].clone();

@@ -387,7 +387,18 @@ fn cluster_ready(dir: &Path, node_count: usize) -> Result<bool> {
     }
     let pods = kubectl(&["get", "pods", "--all-namespaces"])?;
     let items = pods["items"].as_array().cloned().unwrap_or_default();
-    Ok(!items.is_empty() && items.iter().all(|p| p["status"]["phase"] == "Running"))
+    // kube-proxy is a DaemonSet: one pod per node, so its count says every node runs pods.
+    let proxies = items
+        .iter()
+        .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("kube-proxy-")))
+        .count();
+    let ready = |p: &serde_json::Value| {
+        p["status"]["phase"] == "Running"
+            && p["status"]["conditions"]
+                .as_array()
+                .is_none_or(|c| !c.iter().any(|c| c["type"] == "Ready" && c["status"] != "True"))
+    };
+    Ok(proxies >= node_count && items.iter().all(ready))
 }
 
 /// DIR/inventory.toml in the format of kubeca's inventory (BRIEF.md).

@@ -1,15 +1,26 @@
 //! The kubelet's API side: node registration and status, and running the pods the API assigns to its node.
 //!
+//! API pods run as `kubeca-testbed <program>` in their own process groups, with a projected
+//! service-account volume (token, and ca.crt kept equal to the namespace's kube-root-ca.crt) in
+//! `/var/lib/kubelet/pods/<uid>/volumes/...`, told to the pod by `KUBECA_SA_DIR`; they outlive a
+//! kubelet restart, and the next kubelet adopts them from `/run/kubelet/api-pods/<uid>.json`.
+//!
 //! The kubelet (kubelet.rs, INFRA) builds a [`KubeletContext`] from its flags and awaits [`run`]
 //! inside its runtime next to its :10250 server. `run` only returns on an error that the kubelet
 //! should log; the kubelet keeps serving its static pods either way.
 
-use std::path::PathBuf;
-
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use super::node::{alive, proc_stat, to_pid};
 
 use super::client::{Client, Credentials};
 
@@ -74,17 +85,21 @@ pub fn status(ctx: &KubeletContext) -> Value {
     })
 }
 
-/// Registers the node and reports its status every second through the kubeconfig (read once,
-/// here). Running the pods the API assigns to this node is not built yet. Returns only when the
-/// kubeconfig cannot be used.
+/// Registers the node, reports its status every second and runs the pods the API assigns to
+/// this node, all through the kubeconfig (read once, here). Returns only when the kubeconfig
+/// cannot be used.
 pub async fn run(ctx: KubeletContext) -> Result<()> {
     let creds = Credentials::from_kubeconfig(&ctx.kubeconfig)
         .with_context(|| format!("kubelet {}: reading its kubeconfig", ctx.node_name))?;
     let client = Client::new(&creds, &format!("kubelet@{}", ctx.node_name), "kubelet->apiserver")?;
     let path = format!("/api/v1/nodes/{}", ctx.node_name);
+    let mut pods = ApiPods::adopt(&ctx);
     loop {
         if let Err(e) = heartbeat(&client, &ctx, &path).await {
             eprintln!("{} kubelet {}: node status: {e:#}", jiff::Timestamp::now(), ctx.node_name);
+        }
+        if let Err(e) = pods.sync(&client, &ctx).await {
+            eprintln!("{} kubelet {}: pods: {e:#}", jiff::Timestamp::now(), ctx.node_name);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -102,6 +117,341 @@ async fn heartbeat(client: &Client, ctx: &KubeletContext, path: &str) -> Result<
         }
         s => anyhow::bail!("PATCH {status_path}: HTTP {s}"),
     }
+}
+
+/// Where the kubelet keeps the state of the API pods it runs, inside the node (`/run` is the
+/// node's own): a new kubelet adopts the pods a previous one left running, as containers
+/// outlive a kubelet restart.
+pub const API_POD_STATE_DIR: &str = "/run/kubelet/api-pods";
+
+/// How long a pod gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The state of one API pod, kept in `/run/kubelet/api-pods/<uid>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiPodState {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's uid (from the API).
+    pub uid: String,
+    /// The container's name.
+    pub container: String,
+    /// The running process, when there is one.
+    pub pid: Option<u32>,
+    /// Its start time in clock ticks since boot, so a reused pid is not mistaken for it.
+    pub pid_start: u64,
+    /// When the container last started (RFC 3339).
+    pub started_at: String,
+    /// How often the container was restarted after it exited.
+    pub restart_count: u32,
+}
+
+struct ApiPod {
+    state: ApiPodState,
+    child: Option<Child>,
+    /// When an exited container may start again (CrashLoopBackOff).
+    next_start: Option<Instant>,
+    /// The status last written to the API, so an unchanged one is not written again.
+    reported: Option<Value>,
+    /// The projected service-account directory, whose ca.crt follows kube-root-ca.crt.
+    sa_dir: PathBuf,
+}
+
+/// The API pods of this node, by uid.
+struct ApiPods {
+    pods: BTreeMap<String, ApiPod>,
+}
+
+fn state_path(uid: &str) -> PathBuf {
+    Path::new(API_POD_STATE_DIR).join(format!("{uid}.json"))
+}
+
+fn save_state(state: &ApiPodState) {
+    let path = state_path(&state.uid);
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(API_POD_STATE_DIR)?;
+        std::fs::write(&tmp, serde_json::to_vec(state)?)?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        eprintln!("kubelet: saving {}: {e}", path.display());
+    }
+}
+
+/// The projected service-account volume of a pod, as the real kubelet lays it out.
+fn sa_dir(uid: &str) -> PathBuf {
+    Path::new("/var/lib/kubelet/pods").join(uid).join("volumes/kubernetes.io~projected/kube-api-access")
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, as the kubelet's atomic
+/// writer updates projected volumes, so a pod never reads half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn is_running(p: &ApiPod) -> bool {
+    p.state.pid.is_some() && p.next_start.is_none()
+}
+
+impl ApiPods {
+    /// Takes over the API pods a previous kubelet left running; forgets the dead ones (the next
+    /// sync starts them again if the API still assigns them here).
+    fn adopt(ctx: &KubeletContext) -> ApiPods {
+        let mut pods = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(API_POD_STATE_DIR) {
+            for e in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+                let Ok(mut state) = serde_json::from_str::<ApiPodState>(&text) else { continue };
+                if !state.pid.is_some_and(|p| alive(p, state.pid_start)) {
+                    state.pid = None;
+                }
+                eprintln!("kubelet {}: adopting pod {}/{} (pid {:?})", ctx.node_name, state.namespace, state.name, state.pid);
+                let sa_dir = sa_dir(&state.uid);
+                // A dead container restarts at the next sync, counting a restart.
+                let next_start = state.pid.is_none().then(Instant::now);
+                pods.insert(state.uid.clone(), ApiPod { state, child: None, next_start, reported: None, sa_dir });
+            }
+        }
+        ApiPods { pods }
+    }
+
+    /// One pass: start the pods assigned here, restart exited ones (with a back-off), stop the
+    /// ones the API no longer assigns here, refresh their ca.crt and report their status.
+    async fn sync(&mut self, client: &Client, ctx: &KubeletContext) -> Result<()> {
+        let selector = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", ctx.node_name);
+        let assigned: Vec<Value> = client
+            .list(&selector)
+            .await?
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        let wanted: BTreeMap<String, &Value> =
+            assigned.iter().filter_map(|p| Some((p["metadata"]["uid"].as_str()?.to_string(), p))).collect();
+
+        // Gone from the API (deleted, or moved): stop, then forget.
+        let gone: Vec<String> = self.pods.keys().filter(|uid| !wanted.contains_key(*uid)).cloned().collect();
+        for uid in gone {
+            if let Some(mut pod) = self.pods.remove(&uid) {
+                eprintln!("{} kubelet {}: stopping pod {}/{} (deleted)", jiff::Timestamp::now(), ctx.node_name, pod.state.namespace, pod.state.name);
+                stop(&mut pod).await;
+                let _ = std::fs::remove_file(state_path(&uid));
+                let _ = std::fs::remove_dir_all(Path::new("/var/lib/kubelet/pods").join(&uid));
+            }
+        }
+
+        // The root CA each namespace publishes: the projected ca.crt.
+        let mut root_cas: BTreeMap<String, String> = BTreeMap::new();
+        for cm in client.list("/api/v1/configmaps?fieldSelector=metadata.name%3Dkube-root-ca.crt").await? {
+            if let (Some(ns), Some(ca)) = (cm["metadata"]["namespace"].as_str(), cm["data"]["ca.crt"].as_str()) {
+                root_cas.insert(ns.to_string(), ca.to_string());
+            }
+        }
+
+        for (uid, spec) in &wanted {
+            let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default");
+            let Some(ca) = root_cas.get(ns) else {
+                // The controller-manager has not published it yet: the real kubelet also
+                // waits for the projected volume's sources before starting the container.
+                continue;
+            };
+            if !self.pods.contains_key(uid) {
+                match start(ctx, spec, ca, 0) {
+                    Ok(pod) => {
+                        self.pods.insert(uid.clone(), pod);
+                    }
+                    Err(e) => {
+                        eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name);
+                        continue;
+                    }
+                }
+            }
+            let Some(pod) = self.pods.get_mut(uid) else { continue };
+            // The kubelet keeps projected volumes current; the pods read them once at start.
+            let ca_path = pod.sa_dir.join("ca.crt");
+            if std::fs::read_to_string(&ca_path).ok().as_deref() != Some(ca.as_str())
+                && let Err(e) = write_atomic(&ca_path, ca.as_bytes())
+            {
+                eprintln!("kubelet {}: updating {}: {e}", ctx.node_name, ca_path.display());
+            }
+            if let Some(code) = exited(pod) {
+                // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
+                let backoff = Duration::from_secs(1 << pod.state.restart_count.min(4)).min(Duration::from_secs(20));
+                eprintln!(
+                    "{} kubelet {}: pod {}/{} exited ({code}); restarting in {}s",
+                    jiff::Timestamp::now(),
+                    ctx.node_name,
+                    pod.state.namespace,
+                    pod.state.name,
+                    backoff.as_secs()
+                );
+                pod.state.pid = None;
+                pod.next_start = Some(Instant::now() + backoff);
+                save_state(&pod.state);
+            }
+            if pod.next_start.is_some_and(|t| Instant::now() >= t) {
+                let restarts = pod.state.restart_count + 1;
+                match start(ctx, spec, ca, restarts) {
+                    Ok(fresh) => *pod = fresh,
+                    Err(e) => eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name),
+                }
+            }
+            let status = pod_status(ctx, pod);
+            if pod.reported.as_ref() != Some(&status) || spec["status"]["phase"] != status["phase"] {
+                let path = format!("/api/v1/namespaces/{}/pods/{}/status", pod.state.namespace, pod.state.name);
+                match client.patch(&path, &json!({"status": status})).await {
+                    Ok(_) => pod.reported = Some(status),
+                    Err(e) => eprintln!("{} kubelet {}: {path}: {e:#}", jiff::Timestamp::now(), ctx.node_name),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The status the kubelet reports for a pod: Running on the node's address, ready while its
+/// container runs.
+fn pod_status(ctx: &KubeletContext, pod: &ApiPod) -> Value {
+    let running = is_running(pod);
+    let ready = if running { "True" } else { "False" };
+    let state = if running {
+        json!({"running": {"startedAt": pod.state.started_at}})
+    } else {
+        json!({"waiting": {"reason": "CrashLoopBackOff"}})
+    };
+    json!({
+        "phase": "Running",
+        "hostIP": ctx.node_address,
+        "podIP": ctx.node_address,
+        "podIPs": [{"ip": ctx.node_address}],
+        "startTime": pod.state.started_at,
+        "conditions": [
+            {"type": "Ready", "status": ready},
+            {"type": "ContainersReady", "status": ready},
+            {"type": "PodScheduled", "status": "True"},
+        ],
+        "containerStatuses": [{
+            "name": pod.state.container, "ready": running, "restartCount": pod.state.restart_count,
+            "started": running, "state": state,
+        }],
+    })
+}
+
+/// Starts the container of an API pod: its projected service-account volume (token, ca.crt,
+/// namespace), its log file, and `kubeca-testbed <program>` in its own process group.
+fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Result<ApiPod> {
+    let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let name = spec["metadata"]["name"].as_str().context("a pod without a name")?.to_string();
+    let uid = spec["metadata"]["uid"].as_str().context("a pod without a uid")?.to_string();
+    let c = &spec["spec"]["containers"][0];
+    let container = c["name"].as_str().unwrap_or(&name).to_string();
+    let image = c["image"].as_str().unwrap_or("");
+    let strings = |k: &str| -> Vec<String> {
+        c[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let mut command = strings("command");
+    command.extend(strings("args"));
+    let (program, args) = super::kubelet::program_for(image, &command, &ctx.exe)
+        .with_context(|| format!("pod {ns}/{name}: no program for image {image:?}"))?;
+
+    let dir = sa_dir(&uid);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let sa = spec["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+    // The apiserver accepts any non-empty bearer token: what matters to a CA rotation is the
+    // pod's trust in the apiserver's serving certificate (ca.crt).
+    write_atomic(&dir.join("token"), format!("testbed:{ns}:{sa}:{uid}").as_bytes())
+        .and_then(|()| write_atomic(&dir.join("ca.crt"), ca.as_bytes()))
+        .and_then(|()| write_atomic(&dir.join("namespace"), ns.as_bytes()))
+        .with_context(|| format!("writing the service-account volume {}", dir.display()))?;
+
+    let log_dir = ctx.pod_log_dir.join(format!("{ns}_{name}_{uid}")).join(&container);
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let log_path = log_dir.join("0.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let child = Command::new(&program)
+        .args(&args)
+        .env("KUBECA_TESTBED_DIR", &ctx.testbed_dir)
+        .env("KUBECA_TESTBED_NODE", &ctx.node_name)
+        .env("KUBECA_TESTBED_ADDRESS", &ctx.node_address)
+        .env("KUBECA_SA_DIR", &dir)
+        .env("KUBECA_POD_NAME", &name)
+        .env("KUBECA_POD_NAMESPACE", &ns)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a kubelet restart must not take the pod down with it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} for pod {ns}/{name}", program.display()))?;
+    let pid = child.id();
+    eprintln!("{} kubelet {}: started pod {ns}/{name} (pid {pid}, uid {uid})", jiff::Timestamp::now(), ctx.node_name);
+    let state = ApiPodState {
+        namespace: ns,
+        name,
+        uid,
+        container,
+        pid: Some(pid),
+        pid_start: proc_stat(pid).map_or(0, |(s, _)| s),
+        started_at: jiff::Timestamp::now().to_string(),
+        restart_count,
+    };
+    save_state(&state);
+    Ok(ApiPod { state, child: Some(child), next_start: None, reported: None, sa_dir: dir })
+}
+
+/// Whether the pod's container has exited since the last look; its exit status as text.
+fn exited(pod: &mut ApiPod) -> Option<String> {
+    if let Some(child) = pod.child.as_mut() {
+        return match child.try_wait() {
+            Ok(Some(status)) => {
+                pod.child = None;
+                Some(status.to_string())
+            }
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
+    }
+    // An adopted pod is not our child: its parent, the node supervisor, reaps it.
+    match pod.state.pid {
+        Some(pid) if !alive(pid, pod.state.pid_start) => Some("exited".into()),
+        _ => None,
+    }
+}
+
+/// SIGTERM to the pod's process group, SIGKILL after the grace period.
+async fn stop(pod: &mut ApiPod) {
+    let Some(pid) = pod.state.pid else { return };
+    let Some(p) = to_pid(pid) else { return };
+    let _ = rustix::process::kill_process_group(p, Signal::TERM);
+    let deadline = Instant::now() + GRACE;
+    loop {
+        let gone = match pod.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => !alive(pid, pod.state.pid_start),
+        };
+        if gone {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = rustix::process::kill_process_group(p, Signal::KILL);
+            if let Some(c) = pod.child.as_mut() {
+                let _ = c.wait();
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pod.child = None;
+    pod.state.pid = None;
 }
 
 #[cfg(test)]

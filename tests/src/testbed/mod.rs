@@ -1,7 +1,5 @@
 //! The testbed: a kubeadm-style HA cluster on one Linux machine (see TESTBED.md in the design docs).
 //!
-//! Engineers building the testbed: read /work/main/tests/DEV-AGREEMENT.md first (ownership, contract, rules, deadline).
-//!
 //! Infrastructure (cli, pki, node, kubelet, haproxy, report) and components (tls, monitor, client,
 //! apiserver, controller_manager, scheduler, pods, kubelet_api) are separate modules; components are
 //! subcommands of the one `kubeca-testbed` binary, started by the kubelet from static pod manifests.
