@@ -1,9 +1,10 @@
 //! Kubernetes API effects (the `kube` crate): root CA publication, workload rollouts,
 //! `cluster-info`, extension servers, TLS errors in logs, pods older than the switch.
 //!
-//! The client is built from the operator's admin kubeconfig; during the rotation that kubeconfig
-//! trusts the old and the new CA (kube reads every certificate of `certificate-authority-data`),
-//! so API steps keep working through the switch.
+//! The client is built from the operator's admin kubeconfig; during the rotation the runner
+//! derives variants of it ([`ClusterApi::variant`]) that also trust the new CA and, once every
+//! apiserver accepts it, authenticate with a short-lived certificate of the new CA, so API steps
+//! keep working through the switch and after the old CA is dropped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -65,6 +66,7 @@ fn call(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApiError {
 #[derive(Clone)]
 pub struct ClusterApi {
     client: Client,
+    config: Config,
     /// How long waits (rollouts, publication) may take.
     pub wait: Duration,
 }
@@ -83,8 +85,48 @@ impl ClusterApi {
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
-        Ok(ClusterApi { client, wait: Duration::from_secs(600) })
+        let client = Client::try_from(config.clone()).map_err(|e| fail(e.to_string()))?;
+        Ok(ClusterApi { client, config, wait: Duration::from_secs(600) })
+    }
+
+    /// The same endpoint, also trusting the CA certificates `extra_roots` (DER) for the
+    /// apiserver's serving certificate, and, with `identity` (certificate and key PEM), using
+    /// that client certificate instead of the kubeconfig's credentials.
+    ///
+    /// During a rotation kubeca trusts the old and the new CA (the operator's kubeconfig names
+    /// only the old one), and authenticates with a short-lived certificate of the new CA once
+    /// every apiserver accepts it: the operator's certificate is refused after `finalize`.
+    pub fn variant(
+        &self,
+        extra_roots: &[Vec<u8>],
+        identity: Option<(&str, &str)>,
+    ) -> Result<ClusterApi, ApiError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut config = self.config.clone();
+        let roots = config.root_cert.get_or_insert_with(Vec::new);
+        for r in extra_roots {
+            if !roots.contains(r) {
+                roots.push(r.clone());
+            }
+        }
+        if let Some((cert, key)) = identity {
+            let a = &mut config.auth_info;
+            a.client_certificate = None;
+            a.client_key = None;
+            a.token = None;
+            a.token_file = None;
+            a.exec = None;
+            a.username = None;
+            a.password = None;
+            a.client_certificate_data = Some(b64.encode(cert));
+            a.client_key_data = Some(b64.encode(key).into());
+        }
+        let client = Client::try_from(config.clone()).map_err(|e| ApiError::Config {
+            path: "kubeca's own API client".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(ClusterApi { client, config, wait: self.wait })
     }
 
     /// A client of one apiserver (`url`, e.g. `https://10.0.0.11:6443`) with the credentials and
@@ -97,8 +139,8 @@ impl ClusterApi {
             .await
             .map_err(|e| fail(e.to_string()))?;
         config.cluster_url = url.parse().map_err(|e| fail(format!("{url}: {e}")))?;
-        let client = Client::try_from(config).map_err(|e| fail(e.to_string()))?;
-        Ok(ClusterApi { client, wait: Duration::from_secs(30) })
+        let client = Client::try_from(config.clone()).map_err(|e| fail(e.to_string()))?;
+        Ok(ClusterApi { client, config, wait: Duration::from_secs(30) })
     }
 
     /// `GET /version`: succeeds when this client and the apiserver trust each other.

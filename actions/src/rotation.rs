@@ -39,6 +39,9 @@ pub struct Rotation<N: Node> {
     ranks: BTreeMap<StepId, u32>,
     /// A client certificate of the new cluster CA, made once, to observe that kubelets trust it.
     probe_identity: RefCell<Option<crate::probe::ClientIdentity>>,
+    /// API clients derived from `api`: [trusting the new CA too, and also authenticating with a
+    /// certificate of the new CA]; made once each.
+    api_variants: RefCell<[Option<ClusterApi>; 2]>,
     /// Bound of every wait for a component to go down or come back.
     pub wait: Duration,
 }
@@ -84,6 +87,7 @@ impl<N: Node> Rotation<N> {
             known: Rc::new(RefCell::new(BTreeMap::new())),
             ranks: BTreeMap::new(),
             probe_identity: RefCell::new(None),
+            api_variants: RefCell::new([None, None]),
             wait: Duration::from_secs(180),
         };
         let mut rotation = rotation;
@@ -111,10 +115,51 @@ impl<N: Node> Rotation<N> {
         self.nodes.get(name).ok_or_else(|| terminal(format!("node {name} is not connected")))
     }
 
-    fn api(&self) -> Result<&ClusterApi, StepError> {
-        self.api
+    /// The API client for the next call. The operator's kubeconfig trusts the old CA and holds a
+    /// client certificate of the old CA; once the new CA exists, kubeca also trusts it for the
+    /// apiservers' serving certificates, and authenticates with its own short-lived certificate
+    /// of the new CA when every apiserver's client CA file (on disk, which the restarts keep
+    /// equal to what is loaded) holds the new CA. Chosen from the files, not by trying: a refused
+    /// client certificate is a trust failure in the cluster's logs.
+    async fn api(&self) -> Result<ClusterApi, StepError> {
+        let base = self
+            .api
             .as_ref()
-            .ok_or_else(|| terminal("no API client: the admin kubeconfig was not loaded"))
+            .ok_or_else(|| terminal("no API client: the admin kubeconfig was not loaded"))?;
+        if !self.known.borrow().contains_key(&StepId::from(new_ca_step(CaKind::Cluster))) {
+            return Ok(base.clone());
+        }
+        let new_ca = self.new_ca(CaKind::Cluster)?;
+        let new_der = new_ca.cert().der().to_vec();
+        let mut all_accept_new = true;
+        for cp in self.inventory.control_planes() {
+            let manifest_path = format!("{}/kube-apiserver.yaml", crate::discovery::defaults::MANIFESTS);
+            let manifest = Manifest::parse(&manifest_path, &self.manifest_text(&cp.name, &manifest_path).await?)
+                .map_err(terminal)?;
+            let Some(file) = manifest.flag("--client-ca-file") else {
+                all_accept_new = false;
+                break;
+            };
+            let bundle = self.must_read(Some(&cp.name), &file).await?;
+            if !pem_ders(&bundle).contains(&new_der) {
+                all_accept_new = false;
+                break;
+            }
+        }
+        let mut cache = self.api_variants.borrow_mut();
+        let slot = usize::from(all_accept_new);
+        if let Some(api) = &cache[slot] {
+            return Ok(api.clone());
+        }
+        let api = if all_accept_new {
+            let (cert, key) = self.new_ca_identity("kubeca", Some("system:masters"))?;
+            let cert_pem = Cert::from_der(cert, "kubeca's client certificate").map_err(terminal)?.to_pem();
+            base.variant(&[new_der], Some((&cert_pem, &key))).map_err(terminal)?
+        } else {
+            base.variant(&[new_der], None).map_err(terminal)?
+        };
+        cache[slot] = Some(api.clone());
+        Ok(api)
     }
 
     fn outcome(&self, step: &str) -> Result<Summary, StepError> {
@@ -289,7 +334,8 @@ impl<N: Node> Rotation<N> {
         while self.observe(node, &host, port, path).await? != Seen::Down {
             if tokio::time::Instant::now() >= deadline {
                 // Put the manifest back before giving up: never leave a component stopped.
-                n.write(manifest_path, text.as_bytes(), 0o600).await.map_err(node_err)?;
+                n.write(&parked, text.as_bytes(), 0o600).await.map_err(node_err)?;
+                n.rename(&parked, manifest_path).await.map_err(node_err)?;
                 return Err(retry(format!(
                     "node {node}: {component} did not stop within {} s",
                     self.wait.as_secs()
@@ -297,8 +343,10 @@ impl<N: Node> Rotation<N> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        n.write(manifest_path, text.as_bytes(), 0o600).await.map_err(node_err)?;
-        n.remove(&parked).await.map_err(node_err)?;
+        // Written over the parked file, then moved back: the manifest keeps its mode (kubeadm's
+        // 0600, or whatever the operator chose), and the kubelet never sees half a file.
+        n.write(&parked, text.as_bytes(), 0o600).await.map_err(node_err)?;
+        n.rename(&parked, manifest_path).await.map_err(node_err)?;
         let expected = match component {
             "kube-apiserver" => match manifest.flag("--tls-cert-file") {
                 Some(f) => Some(pem_der(&text_of(n.read(&f).await.map_err(node_err)?))?),
@@ -334,21 +382,37 @@ impl<N: Node> Rotation<N> {
         if let Some(id) = self.probe_identity.borrow().as_ref() {
             return Ok(id.clone());
         }
+        let id = self.new_ca_identity("kubeca-probe", None)?;
+        *self.probe_identity.borrow_mut() = Some(id.clone());
+        Ok(id)
+    }
+
+    /// A client certificate of the new cluster CA with a fresh key that lives only in this
+    /// process's memory, valid for a day.
+    fn new_ca_identity(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> Result<crate::probe::ClientIdentity, StepError> {
         let ca = self.new_ca(CaKind::Cluster)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(terminal)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "kubeca-probe");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        if let Some(o) = organization {
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        }
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        // Only the template's validity length counts: the re-issue starts it now.
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 1, 2);
         let template_key = rcgen::KeyPair::generate().map_err(terminal)?;
         let template = params.self_signed(&template_key).map_err(terminal)?;
-        let leaf = Cert::from_der(template.der().to_vec(), "kubeca probe").map_err(terminal)?;
+        let leaf = Cert::from_der(template.der().to_vec(), common_name).map_err(terminal)?;
         let issued =
             pki::reissue(&leaf, &ca, KeyPolicy::New, jiff::Timestamp::now(), &mut rand_core::OsRng)
                 .map_err(terminal)?;
         let key =
             issued.new_key.ok_or_else(|| terminal("re-issue with a new key returned none"))?;
-        let id = (issued.cert.der().to_vec(), key.to_pem());
-        *self.probe_identity.borrow_mut() = Some(id.clone());
-        Ok(id)
+        Ok((issued.cert.der().to_vec(), key.to_pem()))
     }
 
     /// Restarts a node's kubelet and waits until it serves :10250 again; with `trusts_new`, until
@@ -628,16 +692,16 @@ impl<N: Node> Rotation<N> {
             Action::RestartKubelet { node } => self.restart_kubelet(node, false).await,
             Action::WaitRootCa { content } => {
                 let pem = text(self.resolve(*content)?);
-                self.api()?.wait_root_ca(&pem).await.map_err(retry)?;
+                self.api().await?.wait_root_ca(&pem).await.map_err(retry)?;
                 Ok(Summary::new().with("root-ca", Hash::of(pem.as_bytes()).to_hex()))
             }
             Action::RollWorkloads { only, round } => {
-                let rolled = self.api()?.roll_workloads(only, round).await.map_err(retry)?;
+                let rolled = self.api().await?.roll_workloads(only, round).await.map_err(retry)?;
                 Ok(Summary::new().with("rolled", rolled.len().to_string()))
             }
             Action::SetClusterInfo { content, .. } => {
                 let pem = text(self.resolve(*content)?);
-                self.api()?.set_cluster_info(&pem).await.map_err(retry)?;
+                self.api().await?.set_cluster_info(&pem).await.map_err(retry)?;
                 Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
             }
             Action::PrintDiscoveryHash => {
@@ -647,7 +711,7 @@ impl<N: Node> Rotation<N> {
             }
             Action::CheckLogs => {
                 let since = self.switch_time();
-                let errors = self.api()?.tls_errors_since(since).await.map_err(retry)?;
+                let errors = self.api().await?.tls_errors_since(since).await.map_err(retry)?;
                 if errors.is_empty() {
                     Ok(Summary::new().with("tls-errors", "0"))
                 } else {
@@ -660,7 +724,7 @@ impl<N: Node> Rotation<N> {
             Action::CheckEdges => self.check_edges().await,
             Action::ListStalePods => {
                 let pods =
-                    self.api()?.pods_started_before(self.switch_time()).await.map_err(retry)?;
+                    self.api().await?.pods_started_before(self.switch_time()).await.map_err(retry)?;
                 if !pods.is_empty() {
                     tracing::warn!(
                         count = pods.len(),
@@ -892,6 +956,15 @@ fn text_of(bytes: Option<Vec<u8>>) -> String {
 
 fn pem_der(pem: &str) -> Result<Vec<u8>, StepError> {
     Cert::from_pem(pem, "serving certificate").map(|c| c.der().to_vec()).map_err(terminal)
+}
+
+/// The DER of every certificate in a PEM text.
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
 }
 
 fn hex_sha(der: &[u8]) -> String {

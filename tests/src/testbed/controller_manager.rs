@@ -53,16 +53,23 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream).
+/// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream;
+/// client certificates verified against `--client-ca-file` when one is presented).
 pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) {
     let address = flags.get("bind-address").cloned().unwrap_or_else(|| std::env::var("KUBECA_TESTBED_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into()));
     let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
     let me = monitor::me(name);
     let name = name.to_string();
+    let client_ca = flags.get("client-ca-file").cloned();
     tokio::spawn(async move {
         let r = async {
             let (crt, key) = tls::self_signed(Path::new("/run/kubernetes"), &name, &address)?;
-            let cfg = tls::server_config(&crt, &key, tls::ClientAuth::None)?;
+            // --client-ca-file authenticates callers of the secure port, read once at start;
+            // health checks may come without a certificate.
+            let cfg = match &client_ca {
+                Some(ca) => tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?,
+                None => tls::server_config(&crt, &key, tls::ClientAuth::None)?,
+            };
             let addr = format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
             tls::serve_healthz(addr, cfg, me).await
         };

@@ -246,14 +246,15 @@ fn node_files(
             write_secret(&etc.join(format!("{file}.conf")), conf.as_bytes())?;
         }
 
+        // kubeadm writes static pod manifests 0600.
         let manifests = etc.join("manifests");
-        write(&manifests.join("etcd.yaml"), etcd_manifest(node, control_planes).as_bytes())?;
-        write(&manifests.join("kube-apiserver.yaml"), apiserver_manifest(node).as_bytes())?;
-        write(
+        write_secret(&manifests.join("etcd.yaml"), etcd_manifest(node, control_planes).as_bytes())?;
+        write_secret(&manifests.join("kube-apiserver.yaml"), apiserver_manifest(node).as_bytes())?;
+        write_secret(
             &manifests.join("kube-controller-manager.yaml"),
             controller_manager_manifest(node).as_bytes(),
         )?;
-        write(&manifests.join("kube-scheduler.yaml"), scheduler_manifest(node).as_bytes())?;
+        write_secret(&manifests.join("kube-scheduler.yaml"), scheduler_manifest(node).as_bytes())?;
     }
 
     // The kubelet: client certificate as the kubelet's rotation leaves it (one dated PEM with

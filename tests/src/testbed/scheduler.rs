@@ -32,7 +32,13 @@ fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()
         .context("building the scheduler's runtime")?;
+    let flags: HashMap<String, String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
     runtime.block_on(async move {
+        // The secure port (10259): /healthz, what kubeadm's probe and kubeca look at.
+        super::controller_manager::start_healthz(&flags, "kube-scheduler", 10259);
         let me = monitor::node();
         loop {
             match leader_lock(&client, "kube-scheduler", &me).await {
