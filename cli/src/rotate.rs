@@ -459,15 +459,26 @@ fn report(dir: &Path, outcome: &Outcome) -> u8 {
                 PauseReason::Gate { gate } => println!(
                     "paused at gate {gate}. When clients outside the cluster trust the new CA: kubeca --state-dir {d} approve {gate}, then kubeca --state-dir {d} run"
                 ),
+                PauseReason::WindowClosed { .. } | PauseReason::WindowTooShort { .. } => println!(
+                    "paused at a safe point: {reason}. next, in the next maintenance window: kubeca --state-dir {d} run --window START/DURATION (resumes where it stopped)"
+                ),
+                PauseReason::Failed { failures } => {
+                    for f in failures {
+                        println!("failed after its retries: step {}: {}", f.step, f.error);
+                    }
+                    println!(
+                        "paused, resumable. next: fix the cause, then kubeca --state-dir {d} run (resumes where it stopped), or roll back: kubeca --state-dir {d} rollback --yes"
+                    );
+                }
                 other => println!(
-                    "paused: {other:?}. next: kubeca --state-dir {d} run (resumes where it stopped)"
+                    "paused: {other}. next: kubeca --state-dir {d} run (resumes where it stopped)"
                 ),
             }
             EXIT_PAUSED
         }
         Outcome::Failed { failures } => {
             for f in failures {
-                eprintln!("failed: {f:?}");
+                eprintln!("failed: step {}: {}", f.step, f.error);
             }
             eprintln!(
                 "the state is journaled. fix the cause and run again, or roll back: kubeca --state-dir {d} rollback --yes"

@@ -252,9 +252,10 @@ impl Ctl {
                     if current.iter().any(|p| on(&p)) {
                         continue;
                     }
+                    // maxUnavailable 1 (the DaemonSet default): the node's old pod goes and its
+                    // replacement is created in the same pass.
                     if let Some(o) = old.iter().find(|p| on(p)) {
                         self.api.delete(&pod_path(o)).await?;
-                        return Ok(());
                     }
                     let pod = self.new_pod(kind, w, format!("{name}-{}", suffix()), &hash, Some(node));
                     self.api.create(&pods_path, &pod).await?;
@@ -267,6 +268,15 @@ impl Ctl {
             }
             _ => {
                 let replicas = w["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+                // A Deployment's defaults (maxSurge 25% rounded up, maxUnavailable 25% rounded
+                // down): an old pod goes once a new one runs in its place, and the next new pod is
+                // created in the same pass.
+                if kind == "Deployment" && !old.is_empty() && current.len() + old.len() > replicas {
+                    self.api.delete(&pod_path(old[0])).await?;
+                    if current.len() >= replicas {
+                        return Ok(());
+                    }
+                }
                 if current.len() < replicas {
                     let pod_name = if kind == "StatefulSet" {
                         // Ordinal names: replace the old pod of the lowest free ordinal first.
