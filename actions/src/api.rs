@@ -89,6 +89,18 @@ impl ClusterApi {
         Ok(ClusterApi { client, config, wait: Duration::from_secs(600) })
     }
 
+    /// A client from a kubeconfig's text (`origin` names it in errors): the operator's
+    /// kubeconfig as backed up before the rotation.
+    pub async fn from_kubeconfig_text(origin: &str, text: &str) -> Result<ClusterApi, ApiError> {
+        let fail = |detail: String| ApiError::Config { path: origin.to_owned(), detail };
+        let kc = Kubeconfig::from_yaml(text).map_err(|e| fail(e.to_string()))?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let client = Client::try_from(config.clone()).map_err(|e| fail(e.to_string()))?;
+        Ok(ClusterApi { client, config, wait: Duration::from_secs(600) })
+    }
+
     /// The same endpoint, also trusting the CA certificates `extra_roots` (DER) for the
     /// apiserver's serving certificate, and, with `identity` (certificate and key PEM), using
     /// that client certificate instead of the kubeconfig's credentials.

@@ -115,12 +115,14 @@ impl<N: Node> Rotation<N> {
         self.nodes.get(name).ok_or_else(|| terminal(format!("node {name} is not connected")))
     }
 
-    /// The API client for the next call. The operator's kubeconfig trusts the old CA and holds a
-    /// client certificate of the old CA; once the new CA exists, kubeca also trusts it for the
-    /// apiservers' serving certificates, and authenticates with its own short-lived certificate
-    /// of the new CA when every apiserver's client CA file (on disk, which the restarts keep
-    /// equal to what is loaded) holds the new CA. Chosen from the files, not by trying: a refused
-    /// client certificate is a trust failure in the cluster's logs.
+    /// The API client for the next call. Before the new CA exists: the operator's kubeconfig.
+    /// Afterwards kubeca trusts the old and the new CA for the apiservers' serving certificates,
+    /// and authenticates with a certificate every apiserver accepts, judged from their client CA
+    /// files on disk (which the restarts keep equal to what is loaded): its own short-lived
+    /// certificate of the new CA when all hold the new CA, else the operator's pre-rotation
+    /// credentials (from the preflight backup; the operator's kubeconfig itself is rewritten
+    /// during the rotation). Chosen from the files, not by trying: a refused client certificate
+    /// is a trust failure in the cluster's logs.
     async fn api(&self) -> Result<ClusterApi, StepError> {
         let base = self
             .api
@@ -146,9 +148,8 @@ impl<N: Node> Rotation<N> {
                 break;
             }
         }
-        let mut cache = self.api_variants.borrow_mut();
         let slot = usize::from(all_accept_new);
-        if let Some(api) = &cache[slot] {
+        if let Some(api) = &self.api_variants.borrow()[slot] {
             return Ok(api.clone());
         }
         let api = if all_accept_new {
@@ -156,9 +157,19 @@ impl<N: Node> Rotation<N> {
             let cert_pem = Cert::from_der(cert, "kubeca's client certificate").map_err(terminal)?.to_pem();
             base.variant(&[new_der], Some((&cert_pem, &key))).map_err(terminal)?
         } else {
-            base.variant(&[new_der], None).map_err(terminal)?
+            let path = self.inventory.cluster.kubeconfig.display().to_string();
+            let backup = self.outcome(&format!("preflight/backup/{}", crate::procedure::OPERATOR))?;
+            let digest = backup.0.get(&path).filter(|d| *d != "absent").ok_or_else(|| {
+                terminal(format!("the preflight backup does not hold the operator's kubeconfig {path}"))
+            })?;
+            let text = text(self.blob(digest)?);
+            ClusterApi::from_kubeconfig_text(&format!("{path} (as backed up before the rotation)"), &text)
+                .await
+                .map_err(terminal)?
+                .variant(&[new_der], None)
+                .map_err(terminal)?
         };
-        cache[slot] = Some(api.clone());
+        self.api_variants.borrow_mut()[slot] = Some(api.clone());
         Ok(api)
     }
 

@@ -85,9 +85,39 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
+/// Where the SSH control sockets live: `DIR/ssh`, unless that path is too long for a Unix
+/// socket (108 bytes, of which ssh and its multiplexer take about 65), then a directory of this
+/// user's in /tmp named after the state directory, made 0700 and checked to be ours.
+fn ssh_control_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let preferred = dir.join("ssh");
+    if preferred.as_os_str().len() <= 40 {
+        journal::create_private_dir(&preferred)?;
+        return Ok(preferred);
+    }
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let owner = std::fs::metadata(&abs)?.uid();
+    let digest = journal::Hash::of(abs.as_os_str().as_encoded_bytes()).to_hex();
+    let short = PathBuf::from(format!("/tmp/kubeca-ssh-{owner}-{}", &digest[..12]));
+    match std::fs::DirBuilder::new().mode(0o700).create(&short) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", short.display())),
+    }
+    // Shared /tmp: refuse a directory (or a link) someone else made there.
+    let meta = std::fs::symlink_metadata(&short)?;
+    if !meta.is_dir() || meta.uid() != owner || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: not a private directory of this user (needed for SSH control sockets because {} is too long for a socket path); remove it, or use a shorter --state-dir",
+            short.display(),
+            preferred.display()
+        );
+    }
+    Ok(short)
+}
+
 async fn connect(inventory: &Inventory, dir: &Path) -> anyhow::Result<BTreeMap<String, SshNode>> {
-    let control_dir = dir.join("ssh");
-    journal::create_private_dir(&control_dir)?;
+    let control_dir = ssh_control_dir(dir)?;
     let opts = SshOptions {
         user: inventory.ssh.user.clone(),
         identity: inventory.ssh.identity.clone(),
@@ -724,5 +754,22 @@ mod tests {
         let w = parse_window("2026-12-05T02:00:30Z/90m").unwrap();
         assert_eq!(w.duration, Duration::from_secs(90 * 60));
         assert!(parse_window("2026-12-05T02:00Z").is_err());
+    }
+
+    #[test]
+    fn a_long_state_dir_gets_short_private_ssh_control_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let short = base.path().join("s");
+        std::fs::create_dir(&short).unwrap();
+        assert_eq!(ssh_control_dir(&short).unwrap(), short.join("ssh"));
+        let long = base.path().join("a-state-directory-whose-path-is-far-too-long-for-a-socket");
+        std::fs::create_dir(&long).unwrap();
+        let dir = ssh_control_dir(&long).unwrap();
+        assert!(dir.as_os_str().len() <= 40, "{}", dir.display());
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // The same state directory finds the same one again.
+        assert_eq!(ssh_control_dir(&long).unwrap(), dir);
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
