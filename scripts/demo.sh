@@ -20,8 +20,8 @@ cargo build --locked -p kubeca -p kubeca-tests --bins
 bin=target/debug
 testbed="$bin/kubeca-testbed"
 kubeca() {
-  echo
-  echo "\$ kubeca --state-dir $state $*"
+  # The command as typed, on stderr: stdout may be going to a file.
+  printf '\n$ kubeca --state-dir %s %s\n' "$state" "$*" >&2
   "$bin/kubeca" --state-dir "$state" "$@"
 }
 
@@ -38,8 +38,10 @@ since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 started=$(date +%s)
 
 kubeca init --inventory "$dir/testbed/inventory.toml"
-kubeca plan | head -n 40
-echo "   ... (the whole plan: kubeca --state-dir $state plan)"
+kubeca plan > "$dir/plan.txt"
+head -n 40 "$dir/plan.txt"
+echo "   ... ($(grep -c '^  ' "$dir/plan.txt") steps; the whole plan: $dir/plan.txt)"
+tail -n 3 "$dir/plan.txt"
 # The first run stops at the finalize gate (exit 75: paused, resumable).
 rc=0; kubeca run || rc=$?
 if [ "$rc" -ne 75 ]; then

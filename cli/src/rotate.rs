@@ -256,21 +256,28 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
                 "digest": state.digest, "steps": steps,
                 "trust_check": match &trust { Ok(()) => "every edge holds after every step and every phase's rollback".to_string(), Err(v) => v.to_string() },
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print_quietly(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
         }
         Output::Text => {
+            use std::fmt::Write as _;
             let mut phase = String::new();
+            // One write at the end: `kubeca plan | head` ends quietly instead of failing on
+            // a closed pipe halfway.
+            let mut out = String::new();
             for item in &plan.items {
                 match item {
-                    engine::Item::Gate(g) => println!("\n== gate {}: {}", g.name, g.note),
+                    engine::Item::Gate(g) => {
+                        let _ = writeln!(out, "\n== gate {}: {}", g.name, g.note);
+                    }
                     engine::Item::Step(s) => {
                         if s.phase.as_str() != phase {
                             phase = s.phase.to_string();
-                            println!("\n== {phase}");
+                            let _ = writeln!(out, "\n== {phase}");
                         }
                         let group = s.group.as_ref().map(|g| format!(" [{g}]")).unwrap_or_default();
                         let done = if state.step(&s.id).is_done() { "done" } else { "    " };
-                        println!(
+                        let _ = writeln!(
+                            out,
                             "  {done} {:<8} {}{group}",
                             s.upstream.clone().unwrap_or_default(),
                             s.id
@@ -279,17 +286,28 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
                 }
             }
             match &trust {
-                Ok(()) => println!(
+                Ok(()) => writeln!(
+                    out,
                     "\ntrust check: every connection holds after every one of {} steps, and a \
                      rollback from the end of every phase restores the old configuration without \
                      breaking one",
                     plan.steps().count()
                 ),
-                Err(v) => println!("\ntrust check FAILED: {v}"),
-            }
+                Err(v) => writeln!(out, "\ntrust check FAILED: {v}"),
+            }?;
+            print_quietly(&out)?;
         }
     }
     Ok(if trust.is_ok() { 0 } else { 1 })
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+fn print_quietly(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn parse_window(text: &str) -> anyhow::Result<Window> {
