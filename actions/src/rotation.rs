@@ -505,7 +505,36 @@ impl<N: Node> Rotation<N> {
         let k = Kubeconfig::parse(kubeconfig, &self.must_read(Some(node), kubeconfig).await?)
             .map_err(terminal)?;
         let want = text(self.resolve(target.kubeconfig_ca)?);
-        Ok(k.ca_data().map_err(terminal)?.as_deref() == Some(want.as_str()))
+        if k.ca_data().map_err(terminal)?.as_deref() != Some(want.as_str()) {
+            return Ok(false);
+        }
+        // The certificates are written after the config and the kubeconfig's CA: a crash in
+        // between leaves those right and the certificates still of the old CA.
+        let now = jiff::Timestamp::now();
+        let under_new_ca = |pem: &str, origin: &str| -> Result<bool, StepError> {
+            let ca = self.new_ca(CaKind::Cluster)?;
+            let leaf = Cert::from_pem(pem, origin).map_err(terminal)?;
+            Ok(pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_ok())
+        };
+        if target.reissue_client_cert {
+            let pem = match k.client_cert_data().map_err(terminal)? {
+                Some(pem) => pem,
+                None => match k.client_files().0 {
+                    Some(file) => self.must_read(Some(node), &file).await?,
+                    None => String::new(),
+                },
+            };
+            if !pem.is_empty() && !under_new_ca(&pem, &format!("{node}:{kubeconfig} client certificate"))? {
+                return Ok(false);
+            }
+        }
+        if let Some(serving) = &target.reissue_serving_cert {
+            let pem = self.must_read(Some(node), serving).await?;
+            if !under_new_ca(&pem, &format!("{node}:{serving}"))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn apply_action(&self, step: &StepId, action: &Action) -> Result<Summary, StepError> {

@@ -27,16 +27,27 @@ use rotation_e2e::checks::{self, Cas};
 use rotation_e2e::cluster::{Kubeca, field, report_since, snapshot};
 use testbed::util::Testbed;
 
-/// Where a kill lands, by the command's progress count `k` (steps or compensations done):
-/// inside the first one started at `k` or later, or right after the first one that brings the
-/// count past `k`. Points never go unreached: a step recovered without a new start moves the
-/// point on to the next one.
+/// Where a kill lands, by the command's progress count `k` (steps or compensations done when
+/// a step starts): inside the step started at count `k` (after a delay), or right when the
+/// count reaches `k + 1`. Lines are placed on the same scale: a `started` line at count `p` is
+/// position `2p`, a `done` line bringing the count to `p` is position `2p - 1`. A point whose
+/// position a line has gone past without matching it is "not reached": a resumed run recovered
+/// that step together with others (a parallel group) without starting it again.
 #[derive(Clone, Debug)]
 enum Point {
     /// `delay` after a step (or compensation) started.
     Inside(u64, Duration),
     /// Right when a step (or compensation) was reported done.
     After(u64),
+}
+
+impl Point {
+    fn position(&self) -> u64 {
+        match self {
+            Point::Inside(k, _) => 2 * k,
+            Point::After(k) => 2 * k + 1,
+        }
+    }
 }
 
 /// What a crash matrix run saw.
@@ -58,8 +69,8 @@ fn total(v: &serde_json::Value) -> Option<u64> {
     field(v, "progress")?.split('/').nth(1)?.parse().ok()
 }
 
-/// Runs `args` repeatedly, killing once at each point in turn, until the command finishes
-/// (exit 0). `started`/`done` are the log messages of the steps this command runs.
+/// Runs `args` repeatedly, killing at each point in turn, until the command finishes (exit 0).
+/// `started`/`done` are the log messages of the steps this command runs.
 fn crash_through(
     k: &mut Kubeca,
     args: &[&str],
@@ -70,40 +81,53 @@ fn crash_through(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut points = std::collections::VecDeque::from(points);
-    while let Some(point) = points.front().cloned() {
+    while !points.is_empty() {
         let mut last_done = 0;
         let mut count = None;
+        let mut skipped = 0;
+        let mut fired = None;
         let (status, killed) = k.run_killed_when(args, |v| {
             let msg = field(v, "message");
-            if msg == Some(started) {
+            let p = progress(v)?;
+            let position = if msg == Some(started) {
                 count = count.or(total(v));
+                2 * p
+            } else if msg == Some(done) {
+                last_done = last_done.max(p);
+                (2 * p).saturating_sub(1)
+            } else {
+                return None;
+            };
+            while points.front().is_some_and(|pt| pt.position() < position) {
+                points.pop_front();
+                skipped += 1;
             }
-            if let Some(n) = progress(v).filter(|_| msg == Some(done)) {
-                last_done = last_done.max(n);
-            }
-            match &point {
-                Point::Inside(k, delay) if msg == Some(started) && progress(v) >= Some(*k) => Some(*delay),
-                Point::After(k) if msg == Some(done) && progress(v) > Some(*k) => Some(Duration::ZERO),
+            match points.front() {
+                Some(pt) if pt.position() == position => {
+                    fired = points.pop_front();
+                    Some(match fired {
+                        Some(Point::Inside(_, d)) => d,
+                        _ => Duration::ZERO,
+                    })
+                }
                 _ => None,
             }
         });
+        tally.tried += skipped;
+        tally.not_reached += skipped;
         if let Some(m) = count {
             // Points past the last step of this command do not exist.
-            points.retain(|p| match p {
-                Point::Inside(k, _) => *k < m,
-                Point::After(k) => *k < m,
-            });
+            points.retain(|p| p.position() < 2 * m);
         }
         if killed {
             tally.tried += 1;
             tally.killed += 1;
-            points.pop_front();
             k.after_kill();
             let status: serde_json::Value =
                 serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout).unwrap();
             if status["done"].as_u64().unwrap_or(0) < last_done {
                 tally.lost += 1;
-                eprintln!("LOST: {point:?}: the killed kubeca reported {last_done} done; the journal holds {status}");
+                eprintln!("LOST: {fired:?}: the killed kubeca reported {last_done} done; the journal holds {status}");
             }
             continue;
         }
