@@ -490,10 +490,16 @@ fn parse_manifest(path: &Path) -> Result<Manifest> {
 
 /// Whether the pod's process has exited; its exit status as text.
 fn exited(pod: &mut Pod) -> Option<String> {
-    if let Some(child) = pod.child.as_mut() {
-        return match child.try_wait() {
+    process_exited(&mut pod.child, pod.state.pid, pod.state.pid_start)
+}
+
+/// Whether a pod's process (our `child`, or adopted: `pid` started at `start`) has exited; its
+/// exit status as text. Shared by the static pods and the API pods (kubelet_api.rs).
+pub(crate) fn process_exited(child: &mut Option<Child>, pid: Option<u32>, start: u64) -> Option<String> {
+    if let Some(c) = child.as_mut() {
+        return match c.try_wait() {
             Ok(Some(status)) => {
-                pod.child = None;
+                *child = None;
                 Some(status.to_string())
             }
             Ok(None) => None,
@@ -501,9 +507,17 @@ fn exited(pod: &mut Pod) -> Option<String> {
         };
     }
     // An adopted pod is not our child: its parent, the node supervisor, reaps it.
-    match pod.state.pid {
-        Some(pid) if !alive(pid, pod.state.pid_start) => Some("exited".into()),
+    match pid {
+        Some(pid) if !alive(pid, start) => Some("exited".into()),
         _ => None,
+    }
+}
+
+/// Whether a stopping pod's process is gone (our child reaped, or an adopted pid dead).
+pub(crate) fn process_gone(child: &mut Option<Child>, pid: u32, start: u64) -> bool {
+    match child.as_mut() {
+        Some(c) => !matches!(c.try_wait(), Ok(None)),
+        None => !alive(pid, start),
     }
 }
 
@@ -514,11 +528,7 @@ fn stop(pod: &mut Pod) {
     let _ = rustix::process::kill_process_group(p, Signal::TERM);
     let deadline = Instant::now() + GRACE;
     loop {
-        let gone = match pod.child.as_mut() {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => !alive(pid, pod.state.pid_start),
-        };
-        if gone {
+        if process_gone(&mut pod.child, pid, pod.state.pid_start) {
             break;
         }
         if Instant::now() >= deadline {

@@ -410,21 +410,7 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
 
 /// Whether the pod's container has exited since the last look; its exit status as text.
 fn exited(pod: &mut ApiPod) -> Option<String> {
-    if let Some(child) = pod.child.as_mut() {
-        return match child.try_wait() {
-            Ok(Some(status)) => {
-                pod.child = None;
-                Some(status.to_string())
-            }
-            Ok(None) => None,
-            Err(e) => Some(e.to_string()),
-        };
-    }
-    // An adopted pod is not our child: its parent, the node supervisor, reaps it.
-    match pod.state.pid {
-        Some(pid) if !alive(pid, pod.state.pid_start) => Some("exited".into()),
-        _ => None,
-    }
+    super::kubelet::process_exited(&mut pod.child, pod.state.pid, pod.state.pid_start)
 }
 
 /// SIGTERM to the pod's process group, SIGKILL after the grace period.
@@ -434,11 +420,7 @@ async fn stop(pod: &mut ApiPod) {
     let _ = rustix::process::kill_process_group(p, Signal::TERM);
     let deadline = Instant::now() + GRACE;
     loop {
-        let gone = match pod.child.as_mut() {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => !alive(pid, pod.state.pid_start),
-        };
-        if gone {
+        if super::kubelet::process_gone(&mut pod.child, pid, pod.state.pid_start) {
             break;
         }
         if Instant::now() >= deadline {
