@@ -55,6 +55,17 @@ pub enum Error {
         /// What the storage engine reported.
         detail: String,
     },
+    /// The state directory is on a read-only file system: kubeca records every step before
+    /// doing it, so it cannot run there.
+    #[error(
+        "{path}: the file system holding the state directory is read-only; kubeca records every \
+         step before doing it, so nothing was done. Remount it read-write (or copy the state \
+         directory to a writable disk and pass that with --state-dir), then run again"
+    )]
+    ReadOnly {
+        /// The state directory.
+        path: PathBuf,
+    },
     /// The lock file names a process that is no longer running.
     #[error(
         "{path}: stale lock left by {owner}, which is no longer running; if no other kubeca uses \

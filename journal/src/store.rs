@@ -17,6 +17,11 @@ use crate::lock::DirLock;
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "journal.redb";
 
+/// Free space an append leaves on the state directory's file system: below it, records are
+/// refused (the storage engine needs room for its copy-on-write pages, and the blob store for
+/// backups).
+pub const FREE_SPACE_RESERVE: u64 = 1024 * 1024;
+
 /// The redb table that holds the records. Key: sequence. Value: the record's 32-byte chain hash
 /// followed by the exact stored envelope bytes (postcard). Public so tests and forensic tools can
 /// read (or deliberately damage) the store without this crate.
@@ -112,6 +117,29 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         let mut value = Vec::with_capacity(32 + stored.len());
         value.extend_from_slice(&hash.0);
         value.extend_from_slice(&stored);
+        // A file system with less than the reserve left refuses the record before the storage
+        // engine tries (which may still find room inside its file for a while): the run stops
+        // at a record boundary, never on a half-full disk later.
+        if let Ok(fs) = rustix::fs::statvfs(&self.dir) {
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let read_only = fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY);
+            if read_only || free < FREE_SPACE_RESERVE {
+                return Err(Error::NotWritable {
+                    path: self.dir.clone(),
+                    seq,
+                    why: if read_only { "it is read-only" } else { "the disk holding it is full" },
+                    detail: if read_only {
+                        "mounted read-only".into()
+                    } else {
+                        format!(
+                            "{} KiB free, kubeca keeps {} KiB in reserve",
+                            free / 1024,
+                            FREE_SPACE_RESERVE / 1024
+                        )
+                    },
+                });
+            }
+        }
         let appended = guard(&self.db_path, || {
             let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
             txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
@@ -282,13 +310,23 @@ fn guard<T>(path: &Path, op: impl FnOnce() -> Result<T, String>) -> Result<T> {
 
 /// Creates `dir` (and parents) and makes `dir` itself mode 0700.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let read_only = |action: &'static str| {
+        move |e: std::io::Error| {
+            if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) {
+                Error::ReadOnly { path: dir.to_owned() }
+            } else {
+                io(dir, action)(e)
+            }
+        }
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io(dir, "create state directory"))?;
+        .map_err(read_only("create state directory"))?;
+    // chmod fails on a read-only file system even when the mode is already 0700.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io(dir, "set state directory mode 0700"))
+        .map_err(read_only("set state directory mode 0700"))
 }
 
 fn now_us() -> i64 {

@@ -198,3 +198,90 @@ fn a_full_disk_refuses_the_append_and_says_what_to_free() {
     let j = open(&state);
     assert_eq!(j.verify().unwrap().len, appended);
 }
+
+/// A disk that fills up while a journal is open (another program's file): the very next append
+/// is refused, before the storage engine finds room inside its own file, and once space is
+/// freed appending goes on with nothing lost; then the same for the file system remounted
+/// read-only. Needs root to mount a small tmpfs.
+#[test]
+fn a_disk_filled_or_remounted_read_only_under_an_open_journal_refuses_the_next_append_and_recovers()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs (run the tests as root, as `make test` does)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let state = mnt.join("rot");
+    let mut j = open(&state);
+    for i in 0..50 {
+        j.append(&Ev::Note(format!("before-{i}"))).unwrap();
+    }
+    // Fill the file system to the last byte.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8; 1]);
+    }
+    let err =
+        j.append(&Ev::Note("during".into())).expect_err("an append on a full disk must be refused");
+    assert!(matches!(err, Error::NotWritable { seq: 50, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("full") && text.contains("Free space") && text.contains("rot"), "{text}");
+    std::fs::remove_file(&filler).unwrap();
+    j.append(&Ev::Note("after".into())).unwrap();
+    assert_eq!(j.verify().unwrap().len, 51);
+    let notes: Vec<String> = j
+        .replay()
+        .unwrap()
+        .into_iter()
+        .map(|r| match r.event {
+            Ev::Note(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(notes.last().map(String::as_str), Some("after"));
+    assert!(!notes.iter().any(|n| n == "during"));
+
+    // The same file system remounted read-only (a file system with errors is remounted so by
+    // the kernel; a remount by hand needs the journal closed): opening it to append is refused,
+    // saying so and naming the directory; read-write again, appending goes on.
+    drop(j);
+    let remount = |how: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "remount {how}");
+    };
+    remount("ro");
+    let Err(err) = Journal::<Ev>::open(&state, Actor::current("t")) else {
+        panic!("a read-only state directory must be refused");
+    };
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("read-only")
+            && text.contains("Remount it read-write")
+            && text.contains("rot"),
+        "{text}"
+    );
+    remount("rw");
+    let mut j = open(&state);
+    j.append(&Ev::Note("writable".into())).unwrap();
+    assert_eq!(j.verify().unwrap().len, 52);
+}
