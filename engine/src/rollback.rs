@@ -27,7 +27,12 @@ pub struct Undo<A> {
 /// Compensations run by trust rank, highest first (the reverse order of trust); within a rank,
 /// newest first. After the restores of a rank come the restarts they need, once per key, in the
 /// order the restores named them: so every restore is followed by the restart of whatever loads
-/// it, and a component's last restart comes after its last restore.
+/// it, and a component's last restart comes after its last restore. Following ranks that only
+/// restore files loaded by those same components join them before the restarts: a component
+/// whose files several steps changed (an apiserver's re-issued certificates) restarts once,
+/// with all of them restored. That matters when the rotation failed because the component
+/// cannot start with one of those files: a restart after only some of them were restored would
+/// fail the same way and stop the rollback.
 pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
     struct Entry<A> {
         step: StepId,
@@ -53,6 +58,9 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
     entries.sort_by_key(|e| std::cmp::Reverse(e.comp.trust));
 
     let mut steps = Vec::new();
+    // Restarts owed by the ranks done so far, not yet placed.
+    let mut pending: Vec<CompStep<A>> = Vec::new();
+    let mut keys = BTreeSet::new();
     let mut start = 0;
     while start < entries.len() {
         let trust = entries[start].comp.trust;
@@ -60,8 +68,15 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
             .iter()
             .position(|e| e.comp.trust != trust)
             .map_or(entries.len(), |n| start + n);
-        let mut restarts = Vec::new();
-        let mut keys = BTreeSet::new();
+        // A rank that only restores what the owed restarts load joins them; any other rank
+        // first gets them placed.
+        let joins = entries[start..end]
+            .iter()
+            .all(|e| e.comp.restart.as_ref().is_some_and(|r| keys.contains(&r.key)));
+        if !joins {
+            steps.append(&mut pending);
+            keys.clear();
+        }
         for entry in &entries[start..end] {
             let id = if entry.ordinal == 0 {
                 format!("undo:{}", entry.step)
@@ -80,7 +95,7 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
             if let Some(restart) = &entry.comp.restart
                 && keys.insert(restart.key.clone())
             {
-                restarts.push(CompStep {
+                pending.push(CompStep {
                     id: StepId(format!("restart:{}@{trust}", restart.key)),
                     undoes: None,
                     action: restart.action.clone(),
@@ -91,8 +106,8 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
                 });
             }
         }
-        steps.extend(restarts);
         start = end;
     }
+    steps.append(&mut pending);
     steps
 }

@@ -65,6 +65,27 @@ fn compensations_are_ordered_by_descending_trust_with_restarts_after_their_resto
     );
     assert_eq!(steps[4].undoes, None);
     assert_eq!(steps[2].undoes, Some(sid("d")));
+
+    // Ranks of their own that only restore what one component loads: restored one after the
+    // other, then that component restarted once; a rank restoring something else (or needing
+    // no restart) gets the owed restart placed before it.
+    let steps = order_compensations(vec![
+        undo("x", 4, None),
+        undo("f3", 3, Some("srv")),
+        undo("f2", 2, Some("srv")),
+        undo("f1", 1, Some("srv")),
+        undo("c", 0, Some("cli")),
+    ]);
+    assert_eq!(
+        ids(&steps),
+        ["undo:x", "undo:f3", "undo:f2", "undo:f1", "restart:srv@3", "undo:c", "restart:cli@0"]
+    );
+    let steps = order_compensations(vec![
+        undo("f2", 2, Some("srv")),
+        undo("n", 1, None),
+        undo("f1", 0, Some("srv")),
+    ]);
+    assert_eq!(ids(&steps), ["undo:f2", "restart:srv@2", "undo:n", "undo:f1", "restart:srv@0"]);
 }
 
 #[test]
