@@ -194,6 +194,14 @@ impl ClusterApi {
         }))
     }
 
+    /// Every node's name, as the cluster lists them.
+    pub async fn node_names(&self) -> Result<Vec<String>, ApiError> {
+        use k8s_openapi::api::core::v1::Node;
+        let api: Api<Node> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default()).await.map_err(call("list nodes"))?;
+        Ok(list.items.into_iter().filter_map(|n| n.metadata.name).collect())
+    }
+
     /// Every namespace's name.
     pub async fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         let api: Api<Namespace> = Api::all(self.client.clone());

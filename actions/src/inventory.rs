@@ -169,6 +169,11 @@ pub struct Rotation {
     /// How many workers may be restarting at once.
     #[serde(default = "one")]
     pub max_unavailable_workers: u32,
+    /// Seconds a restarted component (a static pod, a kubelet) may take to stop and to come
+    /// back healthy before that attempt of its step fails (the step is retried, then the run
+    /// pauses naming the node).
+    #[serde(default = "default_restart_timeout")]
+    pub restart_timeout_secs: u64,
 }
 
 /// Accepted `rotation.key_algorithm` values.
@@ -203,6 +208,9 @@ fn default_validity() -> u32 {
 }
 fn one() -> u32 {
     1
+}
+fn default_restart_timeout() -> u64 {
+    180
 }
 
 /// The file as written, before paths are resolved and values checked.
@@ -241,6 +249,7 @@ impl Inventory {
                 key_algorithm: default_algorithm(),
                 validity_days: default_validity(),
                 max_unavailable_workers: one(),
+                restart_timeout_secs: default_restart_timeout(),
             }),
         };
         let invalid = |key: &str, message: String| InventoryError::Invalid {
@@ -293,6 +302,9 @@ impl Inventory {
         }
         if inv.ssh.command_timeout_secs == 0 {
             return Err(invalid("ssh.command_timeout_secs", "must be at least 1".into()));
+        }
+        if inv.rotation.restart_timeout_secs == 0 {
+            return Err(invalid("rotation.restart_timeout_secs", "must be at least 1".into()));
         }
 
         if inv.nodes.is_empty() {
@@ -375,6 +387,44 @@ impl Inventory {
     /// Control-plane nodes, in file order.
     pub fn control_planes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.is_control_plane())
+    }
+
+    /// The inventory's nodes are the cluster's (`cluster`: the names the API lists): a node of
+    /// the cluster left out of the inventory would keep trusting only the old CA and break when
+    /// it is removed, and a listed node the cluster does not know is a typo (named first: a
+    /// misspelt name is also a cluster node "missing"). The error names the nodes and the file.
+    pub fn check_nodes_against(
+        &self,
+        file: &Path,
+        cluster: &[String],
+    ) -> Result<(), InventoryError> {
+        let listed: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let known: BTreeSet<&str> = cluster.iter().map(String::as_str).collect();
+        let missing: Vec<&str> = known.difference(&listed).copied().collect();
+        let unknown: Vec<&str> = listed.difference(&known).copied().collect();
+        if let Some(i) = self.nodes.iter().position(|n| unknown.contains(&n.name.as_str())) {
+            return Err(InventoryError::Invalid {
+                file: file.to_owned(),
+                key: format!("nodes[{i}].name"),
+                message: format!(
+                    "{:?} is not a node of the cluster (it has {}); use the names `kubectl get nodes` prints",
+                    self.nodes[i].name,
+                    cluster.join(", ")
+                ),
+            });
+        }
+        if !missing.is_empty() {
+            return Err(InventoryError::Invalid {
+                file: file.to_owned(),
+                key: "nodes".into(),
+                message: format!(
+                    "the cluster has node(s) {} that the inventory does not list; every node must be \
+                     rotated (one left out would keep only the old CA), so add a [[nodes]] entry for each",
+                    missing.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Nodes that are not control planes, in file order.
@@ -479,6 +529,35 @@ max_unavailable_workers = 1
         assert_eq!(inv.workers().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["w-1"]);
         assert_eq!(inv.nodes[0].port, 22);
         assert_eq!(inv.rotation.new_ca, NewCa::Generate(GenerateWord::Generate));
+    }
+
+    #[test]
+    fn the_restart_timeout_defaults_to_three_minutes_and_zero_is_refused() {
+        let f = Fixture::new();
+        assert_eq!(f.parse(GOOD).unwrap().rotation.restart_timeout_secs, 180);
+        let text =
+            GOOD.replace("validity_days = 3650", "validity_days = 3650\nrestart_timeout_secs = 20");
+        assert_eq!(f.parse(&text).unwrap().rotation.restart_timeout_secs, 20);
+        let text =
+            GOOD.replace("validity_days = 3650", "validity_days = 3650\nrestart_timeout_secs = 0");
+        let e = err(&f, &text);
+        assert!(e.contains("rotation.restart_timeout_secs") && e.contains("cluster.toml"), "{e}");
+    }
+
+    #[test]
+    fn nodes_must_be_the_clusters_every_one_named() {
+        let f = Fixture::new();
+        let inv = f.parse(GOOD).unwrap();
+        let file = Path::new("cluster.toml");
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        inv.check_nodes_against(file, &names(&["w-1", "cp-1"])).unwrap();
+        // A node of the cluster that the inventory leaves out.
+        let e =
+            inv.check_nodes_against(file, &names(&["cp-1", "w-1", "w-2"])).unwrap_err().to_string();
+        assert!(e.contains("cluster.toml") && e.contains("`nodes`") && e.contains("w-2"), "{e}");
+        // An inventory node the cluster does not have (a typo).
+        let e = inv.check_nodes_against(file, &names(&["cp-1", "w-01"])).unwrap_err().to_string();
+        assert!(e.contains("nodes[1].name") && e.contains("\"w-1\"") && e.contains("w-01"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Seen {
         cert: Vec<u8>,
         /// The HTTP status of the request.
         status: u16,
+        /// The start of the answer's body, on one line (what a failing `/readyz` says).
+        detail: String,
     },
 }
 
@@ -121,14 +123,35 @@ async fn attempt(
     let cert = capture.0.lock().ok()?.clone()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut status = 0;
+    let mut detail = String::new();
     if tls.write_all(request.as_bytes()).await.is_ok() {
-        let mut head = vec![0u8; 64];
-        if let Ok(n) = tls.read(&mut head).await {
-            let text = String::from_utf8_lossy(&head[..n]);
-            status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        // The answer up to 2 KiB: until the server closes the connection, or (a server that
+        // keeps it open) until it stays silent for a moment after its first bytes.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while answer.len() < 2048 {
+            let read = tls.read(&mut buf);
+            let n = if answer.is_empty() {
+                read.await
+            } else {
+                match tokio::time::timeout(Duration::from_millis(200), read).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            };
+            match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            detail =
+                body.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(300).collect();
         }
     }
-    Some(Seen::Up { cert, status })
+    Some(Seen::Up { cert, status, detail })
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ impl<N: Node> Rotation<N> {
         api: Option<ClusterApi>,
         state: &engine::State<Action>,
     ) -> Rotation<N> {
+        let wait = Duration::from_secs(inventory.rotation.restart_timeout_secs);
         let rotation = Rotation {
             inventory,
             nodes,
@@ -88,7 +89,7 @@ impl<N: Node> Rotation<N> {
             ranks: BTreeMap::new(),
             probe_identity: RefCell::new(None),
             api_variants: RefCell::new([None, None]),
-            wait: Duration::from_secs(180),
+            wait,
         };
         let mut rotation = rotation;
         rotation.learn(state);
@@ -135,9 +136,13 @@ impl<N: Node> Rotation<N> {
         let new_der = new_ca.cert().der().to_vec();
         let mut all_accept_new = true;
         for cp in self.inventory.control_planes() {
-            let manifest_path = format!("{}/kube-apiserver.yaml", crate::discovery::defaults::MANIFESTS);
-            let manifest = Manifest::parse(&manifest_path, &self.manifest_text(&cp.name, &manifest_path).await?)
-                .map_err(terminal)?;
+            let manifest_path =
+                format!("{}/kube-apiserver.yaml", crate::discovery::defaults::MANIFESTS);
+            let manifest = Manifest::parse(
+                &manifest_path,
+                &self.manifest_text(&cp.name, &manifest_path).await?,
+            )
+            .map_err(terminal)?;
             let Some(file) = manifest.flag("--client-ca-file") else {
                 all_accept_new = false;
                 break;
@@ -154,20 +159,27 @@ impl<N: Node> Rotation<N> {
         }
         let api = if all_accept_new {
             let (cert, key) = self.new_ca_identity("kubeca", Some("system:masters"))?;
-            let cert_pem = Cert::from_der(cert, "kubeca's client certificate").map_err(terminal)?.to_pem();
+            let cert_pem =
+                Cert::from_der(cert, "kubeca's client certificate").map_err(terminal)?.to_pem();
             base.variant(&[new_der], Some((&cert_pem, &key))).map_err(terminal)?
         } else {
             let path = self.inventory.cluster.kubeconfig.display().to_string();
-            let backup = self.outcome(&format!("preflight/backup/{}", crate::procedure::OPERATOR))?;
+            let backup =
+                self.outcome(&format!("preflight/backup/{}", crate::procedure::OPERATOR))?;
             let digest = backup.0.get(&path).filter(|d| *d != "absent").ok_or_else(|| {
-                terminal(format!("the preflight backup does not hold the operator's kubeconfig {path}"))
+                terminal(format!(
+                    "the preflight backup does not hold the operator's kubeconfig {path}"
+                ))
             })?;
             let text = text(self.blob(digest)?);
-            ClusterApi::from_kubeconfig_text(&format!("{path} (as backed up before the rotation)"), &text)
-                .await
-                .map_err(terminal)?
-                .variant(&[new_der], None)
-                .map_err(terminal)?
+            ClusterApi::from_kubeconfig_text(
+                &format!("{path} (as backed up before the rotation)"),
+                &text,
+            )
+            .await
+            .map_err(terminal)?
+            .variant(&[new_der], None)
+            .map_err(terminal)?
         };
         self.api_variants.borrow_mut()[slot] = Some(api.clone());
         Ok(api)
@@ -304,7 +316,7 @@ impl<N: Node> Rotation<N> {
             return Ok(if code == 0 {
                 Seen::Down
             } else {
-                Seen::Up { cert: Vec::new(), status: code }
+                Seen::Up { cert: Vec::new(), status: code, detail: String::new() }
             });
         }
         Ok(probe(host, port, path, Duration::from_secs(3)).await)
@@ -334,6 +346,9 @@ impl<N: Node> Rotation<N> {
         let manifest =
             Manifest::parse(&format!("{node}:{manifest_path}"), text).map_err(terminal)?;
         let (host, port, path) = self.endpoint(node, component, &manifest).await;
+        if component == "kube-apiserver" {
+            self.apiservers_ready_for_restart_of(node, port).await?;
+        }
         let name = manifest_path.rsplit('/').next().unwrap_or(component);
         let parked = format!("{PARKING}/{name}");
         n.sh("prepare parking", r#"mkdir -p -- "$1""#, &[PARKING], b"").await.map_err(node_err)?;
@@ -366,26 +381,70 @@ impl<N: Node> Rotation<N> {
             _ => None,
         };
         let restarted_at = jiff::Timestamp::now();
+        // The apiserver is back when it is ready (its /readyz answers 200: it reaches etcd);
+        // the others when they answer at all.
+        let healthy =
+            |status: u16| if component == "kube-apiserver" { status == 200 } else { status != 0 };
+        let mut last: Seen;
         loop {
             match self.observe(node, &host, port, path).await? {
-                Seen::Up { cert, status }
-                    if status != 0 && expected.as_ref().is_none_or(|e| *e == cert) =>
+                Seen::Up { cert, status, .. }
+                    if healthy(status) && expected.as_ref().is_none_or(|e| *e == cert) =>
                 {
                     return Ok(Summary::new()
                         .with("restarted-at", restarted_at.to_string())
                         .with("serving-cert", hex_sha(&cert)));
                 }
-                _ => {}
+                seen => last = seen,
             }
             if tokio::time::Instant::now() >= deadline {
+                let seen = match &last {
+                    Seen::Down => format!("nothing answers on {host}:{port}"),
+                    Seen::Up { cert, .. } if expected.as_ref().is_some_and(|e| e != cert) => {
+                        format!("{host}:{port} presents another certificate than the one on disk")
+                    }
+                    Seen::Up { status, detail, .. } => {
+                        format!("{path} on {host}:{port} answered HTTP {status}: {detail}")
+                    }
+                };
                 return Err(retry(format!(
-                    "node {node}: {component} did not come back healthy{} within {} s; its manifest is in place, check its log",
+                    "node {node}: {component} did not come back healthy{} within {} s ({seen}); its manifest is in place, check its log (rollback restores the files it loaded)",
                     if expected.is_some() { " presenting the certificate on disk" } else { "" },
                     self.wait.as_secs()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Before `node`'s apiserver is taken down: every other control plane's apiserver must be
+    /// ready, and this one too unless it is already down (a crash left its manifest parked, or it
+    /// fails to start). kubeca never takes an apiserver away while another one is not ready: with
+    /// one etcd member or one apiserver already out, a restart of a second would leave the
+    /// cluster one failure from an outage.
+    async fn apiservers_ready_for_restart_of(
+        &self,
+        node: &str,
+        port: u16,
+    ) -> Result<(), StepError> {
+        for cp in self.inventory.nodes.iter().filter(|n| n.is_control_plane()) {
+            let seen = probe(&cp.address, port, "/readyz", Duration::from_secs(3)).await;
+            let why = match seen {
+                Seen::Up { status: 200, .. } => continue,
+                Seen::Down if cp.name == node => continue,
+                Seen::Down => format!("does not answer on {}:{port}", cp.address),
+                Seen::Up { status, detail, .. } => {
+                    format!("is not ready (/readyz answered HTTP {status}: {detail})")
+                }
+            };
+            return Err(retry(format!(
+                "node {node}: not restarting kube-apiserver, because the apiserver on {} {why}; \
+                 kubeca takes an apiserver down only while every other one is ready. Bring {} \
+                 back (its log, its etcd member), then run kubeca again",
+                cp.name, cp.name
+            )));
+        }
+        Ok(())
     }
 
     /// A client certificate signed by the new cluster CA (a fresh key), for probing kubelets.
@@ -524,7 +583,9 @@ impl<N: Node> Rotation<N> {
                     None => String::new(),
                 },
             };
-            if !pem.is_empty() && !under_new_ca(&pem, &format!("{node}:{kubeconfig} client certificate"))? {
+            if !pem.is_empty()
+                && !under_new_ca(&pem, &format!("{node}:{kubeconfig} client certificate"))?
+            {
                 return Ok(false);
             }
         }
@@ -763,8 +824,12 @@ impl<N: Node> Rotation<N> {
             }
             Action::CheckEdges => self.check_edges().await,
             Action::ListStalePods => {
-                let pods =
-                    self.api().await?.pods_started_before(self.switch_time()).await.map_err(retry)?;
+                let pods = self
+                    .api()
+                    .await?
+                    .pods_started_before(self.switch_time())
+                    .await
+                    .map_err(retry)?;
                 if !pods.is_empty() {
                     tracing::warn!(
                         count = pods.len(),

@@ -95,7 +95,8 @@ fn ssh_control_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         journal::create_private_dir(&preferred)?;
         return Ok(preferred);
     }
-    let abs = std::fs::canonicalize(dir).with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    let abs =
+        std::fs::canonicalize(dir).with_context(|| format!("{}: cannot resolve", dir.display()))?;
     let owner = std::fs::metadata(&abs)?.uid();
     let digest = journal::Hash::of(abs.as_os_str().as_encoded_bytes()).to_hex();
     let short = PathBuf::from(format!("/tmp/kubeca-ssh-{owner}-{}", &digest[..12]));
@@ -180,6 +181,9 @@ pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
             tracing::warn!("ONE API SERVER ONLY: the cluster API will be unavailable while it restarts (upstream caution: rotation without downtime needs an HA control plane)");
         }
         let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
+        inventory
+            .check_nodes_against(inventory_file, &api.node_names().await?)
+            .map_err(|e| UsageError(e.to_string()))?;
         let cluster = ClusterFacts {
             nodes: facts,
             extension_workloads: api.extension_workloads().await?,

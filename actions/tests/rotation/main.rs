@@ -369,4 +369,14 @@ async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
     .await
     .unwrap_err();
     assert!(err.contains("nope.crt") && err.contains("does not exist"), "{err}");
+    // An old CA that has expired (checked at a time past its end) is refused by name.
+    let later = now + jiff::SignedDuration::from_hours(24 * 365 * 200);
+    let err = actions::rotation::check_old_cas(
+        &node,
+        &[(format!("{PKI}/ca.crt"), format!("{PKI}/ca.key"))],
+        later,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("cp-1:/etc/kubernetes/pki/ca.crt") && err.contains("expired"), "{err}");
 }
