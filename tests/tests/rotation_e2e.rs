@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use kubeca_tests::seeded::{self, Rng};
 use rotation_e2e::checks::{self, Cas};
-use rotation_e2e::cluster::{Kubeca, field, report_since, snapshot};
-use testbed::util::Testbed;
+use rotation_e2e::cluster::{
+    CmdlineSampler, EtcdWatch, Kubeca, field, key_material_in, private_key_pieces, report_since, sh, snapshot,
+};
+use testbed::util::{TESTBED, Testbed, text};
 
 /// A copy of the operator's kubeconfig (the inventory's, which kubeca rewrites during the
 /// rotation) as it is before a rotation.
@@ -83,6 +85,9 @@ fn rotation_end_to_end_3_control_planes_2_workers() {
             rollback_from(&tb, phase, &mut rng);
         }
     }
+    if wanted("faults") {
+        faults(&tb);
+    }
 }
 
 /// Test 1: init, plan, run to the gate, approve, run to completion; zero TLS trust failures
@@ -93,12 +98,14 @@ fn full_rotation(tb: &Testbed) {
     let since = now();
     let started_at = Instant::now();
     let mut k = Kubeca::new(tb, "full");
+    let sampler = CmdlineSampler::start();
     k.expect(&["init", "--inventory", &inventory(tb)], 0);
     k.expect(&["plan"], 0);
     k.expect(&["run"], 75); // the finalize gate
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
     let wall = started_at.elapsed().as_secs_f64();
+    let (cmdlines, rounds) = sampler.stop();
     let (handshakes, failures, report) = report_since(tb, &since);
     println!(
         "FIGURES full rotation on 3+2: wall {wall:.1} s, kubeca CPU {:.2} s, handshakes seen {handshakes}, failed {failures}",
@@ -106,6 +113,26 @@ fn full_rotation(tb: &Testbed) {
     );
     assert_eq!(failures, 0, "trust failures during the rotation:\n{report}");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
+    // No private key, old or new, in a command line sampled during the rotation, in anything
+    // kubeca printed, or in the journal's exports.
+    let mut roots = vec![k.state.clone(), old_admin.clone()];
+    for (name, _, _) in &tb.nodes {
+        roots.push(tb.node_path(name, "etc-kubernetes"));
+        roots.push(tb.node_path(name, "var-lib-kubelet/pki"));
+    }
+    let pieces = private_key_pieces(&roots);
+    let mut texts: Vec<(String, String)> = cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
+    let distinct = texts.len();
+    texts.push(("kubeca's output".into(), k.said.clone()));
+    let csv = tb.dir.join("kubeca").join("export.csv");
+    k.expect(&["journal", "export", "--format", "csv", "-o", csv.to_str().unwrap()], 0);
+    for export in [tb.dir.join("kubeca").join("export.jsonl"), csv] {
+        texts.push((export.display().to_string(), std::fs::read_to_string(&export).unwrap()));
+    }
+    let found = key_material_in(&texts, &pieces);
+    println!("FIGURES secrets: {} key pieces looked for in {distinct} distinct command lines ({rounds} samples), kubeca's output and its JSONL and CSV exports", pieces.len());
+    assert!(pieces.len() > 10, "only {} keys found", pieces.len());
+    assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
 }
 
 /// Tests 5 and 2: a window that closes mid-run pauses with exit 75 at a safe point; then
@@ -250,4 +277,294 @@ fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
     );
     assert_eq!(failures, 0, "trust failures around the rollback from {phase}:\n{report}");
     checks::rolled_back(tb, &before, &old);
+}
+
+/// SIGSTOPs kubeca (pid) while `fault` is put in place, then lets it go on: the fault lands
+/// inside the step whose start kubeca just logged, before that step got far.
+fn while_stopped(pid: u32, fault: impl FnOnce()) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
+    fault();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+}
+
+/// `kubeca-testbed sshd --node NODE stop|start`.
+fn sshd(tb: &Testbed, node: &str, action: &str) {
+    let out = std::process::Command::new(TESTBED)
+        .args(["sshd", "--node", node, action, "--dir"])
+        .arg(&tb.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sshd {action} on {node}: {}", text(&out));
+}
+
+/// The HTTP status of an apiserver's /readyz (0 when it does not answer).
+fn readyz(address: &str) -> u16 {
+    let out = sh(&format!("curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{address}:6443/readyz"));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// The condition `status --output json` reports.
+fn condition(k: &mut Kubeca) -> String {
+    let status: serde_json::Value =
+        serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout).unwrap();
+    status.to_string()
+}
+
+/// A small file system of its own for a state directory (to fill it up), unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: std::path::PathBuf) -> SmallFs {
+        let _ = sh(&format!("umount '{}' 2>/dev/null", at.display()));
+        std::fs::create_dir_all(&at).unwrap();
+        let out = sh(&format!("mount -t tmpfs -o size=16m,mode=0700 tmpfs '{}'", at.display()));
+        assert!(out.status.success(), "mount tmpfs: {}", text(&out));
+        SmallFs(at)
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0u8; 512]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount '{}'", self.0.display()));
+    }
+}
+
+/// Node (None for the operator's machine) and absolute path of a host path of the testbed.
+fn node_file(tb: &Testbed, host: &std::path::Path) -> (Option<String>, String) {
+    if host == tb.dir.join("admin.conf") {
+        return (None, host.display().to_string());
+    }
+    let rel = host.strip_prefix(tb.dir.join("nodes")).unwrap();
+    let mut parts = rel.components();
+    let node = parts.next().unwrap().as_os_str().to_string_lossy().into_owned();
+    let rest = parts.as_path().display().to_string();
+    let path = if let Some(r) = rest.strip_prefix("etc-kubernetes") {
+        format!("/etc/kubernetes{r}")
+    } else if let Some(r) = rest.strip_prefix("var-lib-kubelet") {
+        format!("/var/lib/kubelet{r}")
+    } else {
+        rest
+    };
+    (Some(node), path)
+}
+
+/// Every file kubeca changed on the nodes is named by a step the journal recorded as started:
+/// no side effect without its record. (A kubelet roll writes its client certificate through the
+/// `kubelet-client-current.pem` link; a restart parks manifests in kubeca's parking directory.)
+fn every_change_is_recorded(tb: &Testbed, before: &rotation_e2e::cluster::Snapshot, k: &mut Kubeca) {
+    let export = tb.dir.join("kubeca").join("faults-export.jsonl");
+    k.expect(&["journal", "export", "--format", "jsonl", "-o", export.to_str().unwrap()], 0);
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&export).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut actions = std::collections::BTreeMap::new();
+    for r in &records {
+        if let Some(items) = r["event"]["RunStarted"]["plan"]["items"].as_array() {
+            for it in items {
+                if let Some(id) = it["Step"]["id"].as_str() {
+                    actions.insert(id.to_string(), it["Step"]["action"].clone());
+                }
+            }
+        }
+    }
+    let started: Vec<&serde_json::Value> = records
+        .iter()
+        .filter_map(|r| r["event"]["StepStarted"]["step"].as_str())
+        .filter_map(|id| actions.get(id))
+        .collect();
+    assert!(!started.is_empty(), "no step started before the disk filled up");
+    let after = snapshot(tb);
+    let mut changed: Vec<&std::path::PathBuf> =
+        after.iter().filter(|(p, v)| before.get(*p) != Some(v)).map(|(p, _)| p).collect();
+    changed.extend(before.keys().filter(|p| !after.contains_key(*p)));
+    assert!(!changed.is_empty(), "nothing changed before the disk filled up");
+    let mut unrecorded = Vec::new();
+    for host in changed {
+        let (node, path) = node_file(tb, host);
+        let named = started.iter().any(|a| {
+            let body = a.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
+            let on_node = body["node"].as_str() == node.as_deref();
+            let kubelet_pki = a.get("RollKubelet").is_some() && path.starts_with("/var/lib/kubelet/pki/");
+            on_node && (a.to_string().contains(&format!("\"{path}\"")) || kubelet_pki || path.starts_with("/etc/kubernetes/kubeca-parked/"))
+        });
+        if !named {
+            unrecorded.push(format!("{node:?}:{path}"));
+        }
+    }
+    assert!(unrecorded.is_empty(), "changed with no started step naming them:\n{}", unrecorded.join("\n"));
+}
+
+/// The faults of the reliability issue, one after the other in one rotation, then a rollback:
+/// an etcd member stopped during the control-plane phase (kubeca pauses rather than take a
+/// second apiserver down, and etcd keeps quorum throughout), a worker's sshd and SSH sessions
+/// killed inside its kubelet step (retries, exit 75 naming the node; `run` goes on once sshd is
+/// back), the state directory's disk filling up inside a step (the run stops saying what to
+/// free; every change on the nodes has its record; `run` goes on once space is freed), and a
+/// broken apiserver certificate that keeps cp-2's apiserver from coming back (the step fails,
+/// cp-3 is not touched, `status` names it; `rollback --yes` restores the old-CA-only cluster).
+/// No private key in any command line sampled meanwhile, nor in anything kubeca printed.
+fn faults(tb: &Testbed) {
+    let old = Cas::read(tb);
+    let before = snapshot(tb);
+    let since = now();
+    let started_at = Instant::now();
+    let small = SmallFs::mount(tb.dir.join("kubeca").join("faults-fs"));
+    let mut k = Kubeca::at(small.0.join("state"));
+    // A short restart timeout, so that a component that does not come back fails in seconds.
+    let inv = tb.dir.join("inventory-faults.toml");
+    let text_inv = std::fs::read_to_string(tb.dir.join("inventory.toml")).unwrap();
+    assert!(text_inv.contains("[rotation]\n"));
+    std::fs::write(&inv, text_inv.replace("[rotation]\n", "[rotation]\nrestart_timeout_secs = 20\n")).unwrap();
+
+    // 0. An inventory naming a node the cluster does not have (w-2 misspelt): init refuses it
+    // before anything is recorded, naming the file, the key and the cluster's names.
+    let typo = tb.dir.join("inventory-typo.toml");
+    assert!(text_inv.contains("name = \"w-2\""));
+    std::fs::write(&typo, text_inv.replace("name = \"w-2\"", "name = \"w-02\"")).unwrap();
+    let mut t = Kubeca::new(tb, "typo");
+    let said = text(&t.expect(&["init", "--inventory", typo.to_str().unwrap()], 2));
+    assert!(
+        said.contains("inventory-typo.toml") && said.contains("nodes[4].name") && said.contains("\"w-02\" is not a node of the cluster"),
+        "{said}"
+    );
+    let said = text(&t.run(&["plan"]));
+    assert!(said.contains("no rotation recorded"), "init recorded a rotation from a bad inventory: {said}");
+
+    k.expect(&["init", "--inventory", inv.to_str().unwrap()], 0);
+    let sampler = CmdlineSampler::start();
+    let etcd = EtcdWatch::start(tb);
+    let address = |name: &str| tb.nodes.iter().find(|n| n.0 == name).unwrap().1.clone();
+
+    // 1. cp-3's etcd member stops as the apiservers' restarts begin.
+    let manifest = tb.node_path("cp-3", "etc-kubernetes/manifests/etcd.yaml");
+    let parked = tb.dir.join("cp-3-etcd.yaml");
+    let mut fired = false;
+    let out = k.run_watching(&["run"], |v, pid| {
+        if !fired && started(v, |s| s == "trust-control-plane/apiserver-client-ca/cp-1") {
+            fired = true;
+            while_stopped(pid, || {
+                std::fs::rename(&manifest, &parked).unwrap();
+                rotation_e2e::cluster::eventually("cp-3's apiserver unready", Duration::from_secs(30), || {
+                    match readyz(&address("cp-3")) {
+                        200 => Err("still ready".into()),
+                        _ => Ok(()),
+                    }
+                });
+            });
+        }
+    });
+    assert!(fired, "the run never reached the apiservers' restarts: {}", text(&out));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "an etcd member down must pause the run: {said}");
+    assert!(said.contains("the apiserver on cp-3 is not ready") && said.contains("etcd"), "{said}");
+    assert!(condition(&mut k).contains("cp-3"), "status must name cp-3");
+    std::fs::rename(&parked, &manifest).unwrap();
+    rotation_e2e::cluster::eventually("cp-3's apiserver ready again", Duration::from_secs(60), || match readyz(&address("cp-3")) {
+        200 => Ok(()),
+        other => Err(format!("HTTP {other}")),
+    });
+
+    // 2. w-1's sshd and sessions killed inside w-1's kubelet step.
+    let mut fired = false;
+    let out = k.run_watching(&["run"], |v, pid| {
+        if !fired && started(v, |s| s == "trust-nodes/kubelet/w-1") {
+            fired = true;
+            while_stopped(pid, || sshd(tb, "w-1", "stop"));
+        }
+    });
+    assert!(fired, "the run never reached w-1's kubelet: {}", text(&out));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "an unreachable node must pause the run: {said}");
+    assert!(said.contains("node w-1") && said.contains("trust-nodes/kubelet/w-1"), "{said}");
+    let attempts = said
+        .lines()
+        .filter(|l| l.contains("\"message\":\"started\"") && l.contains("\"step\":\"trust-nodes/kubelet/w-1\""))
+        .count();
+    assert!(attempts >= 2, "w-1's step was not retried before the pause ({attempts} attempt): {said}");
+    assert!(condition(&mut k).contains("w-1"), "status must name w-1");
+    sshd(tb, "w-1", "start");
+
+    // 3. The state directory's disk fills up inside a certificate re-issue.
+    let mut filler = None;
+    let out = k.run_watching(&["run"], |v, pid| {
+        if filler.is_none() && started(v, |s| s == "switch/reissue/cp-1/apiserver.crt") {
+            while_stopped(pid, || filler = Some(small.fill()));
+        }
+    });
+    let filler = filler.unwrap_or_else(|| panic!("the run never reached the switch: {}", text(&out)));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "a full state disk must stop the run: {said}");
+    assert!(said.contains("full") && said.contains("Free space") && said.contains("faults-fs"), "{said}");
+    std::fs::remove_file(&filler).unwrap();
+    k.expect(&["journal", "verify"], 0);
+    // With sshd back, that run carried w-1's kubelet step through before the switch.
+    let w1 = plan_steps(&mut k).into_iter().find(|s| s.0 == "trust-nodes/kubelet/w-1").unwrap();
+    assert_eq!(w1.2, "Succeeded", "w-1's kubelet step after sshd came back");
+    every_change_is_recorded(tb, &before, &mut k);
+
+    // 4. cp-2's apiserver certificate broken inside its restart: it does not come back.
+    let mut fired = false;
+    let out = k.run_watching(&["run"], |v, pid| {
+        if !fired && started(v, |s| s == "switch/apiserver/cp-2") {
+            fired = true;
+            while_stopped(pid, || {
+                // A valid certificate of another key: the apiserver cannot serve with it.
+                let other = std::fs::read(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver-kubelet-client.crt")).unwrap();
+                std::fs::write(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver.crt"), other).unwrap();
+            });
+        }
+    });
+    assert!(fired, "the run never reached cp-2's apiserver: {}", text(&out));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "an apiserver that does not come back must stop the run: {said}");
+    assert!(said.contains("node cp-2: kube-apiserver did not come back healthy"), "{said}");
+    assert!(condition(&mut k).contains("cp-2"), "status must name cp-2");
+    for (id, _, st) in plan_steps(&mut k).iter().filter(|s| s.0.starts_with("switch/") && s.0.contains("/cp-3")) {
+        assert!(st.is_empty() || st == "Pending", "{id} ran after cp-2's apiserver failed: {st}");
+    }
+    for cp in ["cp-1", "cp-3"] {
+        assert_eq!(readyz(&address(cp)), 200, "{cp}'s apiserver must stay ready");
+    }
+    k.expect(&["rollback", "--yes"], 0);
+
+    let samples = etcd.stop();
+    let (cmdlines, rounds) = sampler.stop();
+    let (handshakes, failures, report) = report_since(tb, &since);
+    println!(
+        "FIGURES faults: {:.1} s, handshakes {handshakes}, failed {failures}, etcd samples {} (cp-3 down in {}), command lines sampled {rounds} times ({} distinct)",
+        started_at.elapsed().as_secs_f64(),
+        samples.len(),
+        samples.iter().filter(|s| !s[2]).count(),
+        cmdlines.len()
+    );
+    assert!(samples.iter().any(|s| !s[2]), "cp-3's etcd member was never seen down");
+    let lost: Vec<&Vec<bool>> = samples.iter().filter(|s| s.iter().filter(|h| **h).count() < 2).collect();
+    assert!(lost.is_empty(), "etcd lost quorum in {} of {} samples", lost.len(), samples.len());
+    assert_eq!(failures, 0, "trust failures around the faults:\n{report}");
+    checks::rolled_back(tb, &before, &old);
+
+    // No private key (old or new: the new CAs' keys are in the state directory's blobs) in a
+    // command line, a log line, an error or a report.
+    let mut roots = vec![k.state.clone()];
+    for (name, _, _) in &tb.nodes {
+        roots.push(tb.node_path(name, "etc-kubernetes"));
+        roots.push(tb.node_path(name, "var-lib-kubelet/pki"));
+    }
+    let pieces = private_key_pieces(&roots);
+    assert!(pieces.len() > 10, "only {} keys found", pieces.len());
+    let mut texts: Vec<(String, String)> = cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
+    texts.push(("kubeca's output".into(), k.said.clone()));
+    let found = key_material_in(&texts, &pieces);
+    assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
 }

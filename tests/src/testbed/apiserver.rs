@@ -353,6 +353,22 @@ fn status(code: u16, reason: &str, message: &str) -> Resp {
 
 async fn handle(state: &State, user: Option<String>, req: hyper::Request<hyper::body::Incoming>) -> Resp {
     let path = req.uri().path().to_string();
+    if path == "/readyz" {
+        // Like the real one: ready only while its etcd answers (kubeadm's stacked etcd is the
+        // node's own member, so a stopped member makes this apiserver unready).
+        let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.etcd.get("/registry/readyz-check")).await;
+        let failed = match check {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("no answer within 2 s".to_string()),
+        };
+        if let Some(why) = failed {
+            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(format!("[-]etcd failed: {why}\nreadyz check failed\n"))));
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+            return r;
+        }
+    }
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok")));
         r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));

@@ -78,6 +78,21 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Stops or starts a node's sshd (stop also ends every SSH session on it): a fault for
+    /// the end-to-end tests.
+    ///
+    /// Example: kubeca-testbed sshd --dir /tmp/tb --node w-1 stop
+    Sshd {
+        /// The testbed's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: SshdAction,
+    },
     /// Internal: the supervisor of one node, started by `up` inside its namespaces.
     #[command(hide = true)]
     Node {
@@ -96,6 +111,14 @@ enum Wait {
     Ready,
     /// sshd on every node, a healthy etcd cluster and haproxy listening.
     Infra,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SshdAction {
+    /// Stop sshd and every SSH session.
+    Stop,
+    /// Start sshd.
+    Start,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +187,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Down { dir } => {
             down(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sshd { dir, node, action } => {
+            node::sshd(&dir, &node, action == SshdAction::Start)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Report { dir, output, since } => {

@@ -227,6 +227,11 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut chld = signal(SignalKind::child())?;
+    // `kubeca-testbed sshd stop|start`: SIGUSR1 stops sshd and every SSH session on the node
+    // (the node is unreachable over SSH, as when sshd dies or its network goes); SIGUSR2 starts
+    // sshd again.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
 
     let sshd_config = root.join("ssh/sshd_config");
@@ -276,7 +281,8 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
         Ok(pid)
     };
 
-    let mut sshd = start_sshd()?;
+    // The listening sshd's pid; None while it is stopped on purpose.
+    let mut sshd = Some(start_sshd()?);
     let mut kubelet = Some(start_kubelet()?);
     let mut restart_at: Option<tokio::time::Instant> = None;
     loop {
@@ -292,6 +298,15 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
                 kubelet = Some(start_kubelet()?);
                 restart_at = None;
             }
+            _ = usr1.recv() => {
+                sshd = None;
+                kill_ssh_processes();
+            }
+            _ = usr2.recv() => {
+                if sshd.is_none() {
+                    sshd = Some(start_sshd()?);
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = chld.recv() => {
@@ -299,8 +314,8 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
                     if Some(pid) == kubelet {
                         kubelet = None;
                         restart_at = Some(tokio::time::Instant::now() + KUBELET_RESTART_DELAY);
-                    } else if pid == sshd {
-                        sshd = start_sshd()?;
+                    } else if Some(pid) == sshd {
+                        sshd = Some(start_sshd()?);
                     }
                 }
             }
@@ -313,8 +328,54 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
     if let Some(pid) = kubelet {
         stop_and_reap(pid, Duration::from_secs(10));
     }
-    stop_and_reap(sshd, Duration::from_secs(5));
+    if let Some(pid) = sshd {
+        stop_and_reap(pid, Duration::from_secs(5));
+    }
     Ok(())
+}
+
+/// SIGKILLs every sshd process in this mount namespace: the listener and each session's.
+fn kill_ssh_processes() {
+    let Ok(me) = fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()) else { return };
+    for pid in all_pids() {
+        let same_ns = fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == me);
+        if same_ns
+            && program_name(pid).starts_with("sshd")
+            && let Some(p) = Pid::from_raw(pid as i32)
+        {
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+        }
+    }
+}
+
+/// Stops (`up = false`) or starts sshd on node `name` of the testbed in `dir`, through its
+/// supervisor, and waits until nothing answers on the node's port 22 (or something does).
+pub fn sshd(dir: &Path, name: &str, up: bool) -> Result<()> {
+    let root = node_dir(dir, name);
+    let pid = read_pid(&root.join("run/kubeca-node.pid"))
+        .with_context(|| format!("node {name} of {} is not running", dir.display()))?;
+    let config = fs::read_to_string(root.join("ssh/sshd_config"))?;
+    let listen = config
+        .lines()
+        .find_map(|l| l.strip_prefix("ListenAddress "))
+        .context("sshd_config has no ListenAddress")?
+        .trim()
+        .to_string();
+    let pid = Pid::from_raw(pid as i32).context("bad supervisor pid")?;
+    rustix::process::kill_process(pid, if up { Signal::USR2 } else { Signal::USR1 })
+        .with_context(|| format!("signalling the supervisor of node {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let addr: std::net::SocketAddr = listen.parse().context("parsing ListenAddress")?;
+        let answers = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+        if answers == up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("sshd on node {name} did not {} within 20 s", if up { "start" } else { "stop" });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Appends each line of `out` to the journal file as `<RFC 3339 time> <pid> <line>`.

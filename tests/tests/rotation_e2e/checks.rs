@@ -2,6 +2,7 @@
 //! everywhere, observed with openssl, curl and kubectl) and after a rollback (every file as it
 //! was, every component serving and trusting as before, observed through TLS).
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -202,6 +203,26 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
         });
         if !listed {
             failures.push(format!("the export does not list step {id} as done with upstream step {upstream:?}"));
+        }
+    }
+    // Private keys 0600 on every node (the new CA's keys kubeca distributed included) and in
+    // the state directory (0700).
+    for (name, _, _) in &tb.nodes {
+        for rel in ["etc-kubernetes", "var-lib-kubelet/pki"] {
+            for (p, (bytes, mode)) in super::cluster::snapshot_dir(&tb.node_path(name, rel)) {
+                if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") && mode & 0o077 != 0 {
+                    failures.push(format!("{} holds a private key with mode {mode:o}", p.display()));
+                }
+            }
+        }
+    }
+    let state_mode = std::fs::metadata(&kubeca.state).unwrap().permissions().mode() & 0o7777;
+    if state_mode != 0o700 {
+        failures.push(format!("the state directory has mode {state_mode:o}"));
+    }
+    for (p, (bytes, mode)) in super::cluster::snapshot_dir(&kubeca.state) {
+        if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") && mode & 0o077 != 0 {
+            failures.push(format!("{} holds a private key with mode {mode:o}", p.display()));
         }
     }
     let key = std::fs::read_to_string(tb.node_path("cp-1", "etc-kubernetes/pki/ca.key")).unwrap();

@@ -37,6 +37,9 @@ pub struct Kubeca {
     pub state: PathBuf,
     /// CPU seconds kubeca used (every invocation through this value).
     pub cpu: f64,
+    /// Everything kubeca printed (stdout and stderr of every invocation): log lines, errors,
+    /// reports; searched for key material.
+    pub said: String,
 }
 
 impl Kubeca {
@@ -45,7 +48,12 @@ impl Kubeca {
         let state = tb.dir.join("kubeca").join(name);
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        Kubeca { state, cpu: 0.0 }
+        Kubeca { state, cpu: 0.0, said: String::new() }
+    }
+
+    /// On the state directory `state` (its parent must exist).
+    pub fn at(state: PathBuf) -> Kubeca {
+        Kubeca { state, cpu: 0.0, said: String::new() }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -59,6 +67,7 @@ impl Kubeca {
         let before = children_cpu();
         let out = self.command(args).output().unwrap();
         self.cpu += children_cpu() - before;
+        self.said.push_str(&text(&out));
         eprintln!("kubeca {} -> {:?}", args.join(" "), out.status.code());
         out
     }
@@ -83,6 +92,8 @@ impl Kubeca {
         let mut killed = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            self.said.push_str(&line);
+            self.said.push('\n');
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if let Some(delay) = trigger(&v) {
                 std::thread::sleep(delay);
@@ -95,6 +106,34 @@ impl Kubeca {
         let status = child.wait().unwrap();
         self.cpu += children_cpu() - before;
         (status, killed)
+    }
+
+    /// Runs `kubeca ARGS` to its end, handing each of its JSON log lines to `watch` as it comes,
+    /// with kubeca's pid (to stop it and inject a fault at a step); its output.
+    pub fn run_watching(&mut self, args: &[&str], mut watch: impl FnMut(&serde_json::Value, u32)) -> Output {
+        let before = children_cpu();
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut { stdout }, &mut out);
+            out
+        });
+        let mut stderr = Vec::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let Ok(line) = line else { break };
+            stderr.extend_from_slice(line.as_bytes());
+            stderr.push(b'\n');
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                watch(&v, child.id());
+            }
+        }
+        let status = child.wait().unwrap();
+        let out = Output { status, stdout: reader.join().unwrap(), stderr };
+        self.cpu += children_cpu() - before;
+        self.said.push_str(&text(&out));
+        eprintln!("kubeca {} -> {:?}", args.join(" "), out.status.code());
+        out
     }
 
     /// After a SIGKILL: the journal verifies, and the stale lock the killed kubeca left is
@@ -284,5 +323,146 @@ pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> Resul
             Err(e) if Instant::now() >= deadline => panic!("timed out after {timeout:?} waiting for {what}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
+    }
+}
+
+/// Every distinct argument list (`/proc/*/cmdline`) seen on the machine while it runs, sampled
+/// every 50 ms: to show that no private key is ever passed on a command line.
+pub struct CmdlineSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(std::collections::BTreeSet<String>, u64)>,
+}
+
+impl CmdlineSampler {
+    /// Starts sampling.
+    pub fn start() -> CmdlineSampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut rounds = 0;
+            while !flag.load(Ordering::Relaxed) {
+                rounds += 1;
+                for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                    if e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                        && let Ok(c) = std::fs::read(e.path().join("cmdline"))
+                        && !c.is_empty()
+                    {
+                        seen.insert(String::from_utf8_lossy(&c).replace('\0', " "));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (seen, rounds)
+        });
+        CmdlineSampler { stop, handle }
+    }
+
+    /// Stops sampling: the distinct argument lists seen, and how many samples were taken.
+    pub fn stop(self) -> (std::collections::BTreeSet<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// Pieces of every private key in the files under `roots` (PEM bodies, and the base64 of
+/// kubeconfigs' `client-key-data`): what must never show up in a log, an export, an error or a
+/// command line. Each piece is 40 characters from the middle of a key.
+pub fn private_key_pieces(roots: &[PathBuf]) -> Vec<String> {
+    let mut pieces = std::collections::BTreeSet::new();
+    for root in roots {
+        for (path, (bytes, _)) in snapshot_dir(root) {
+            let text = String::from_utf8_lossy(&bytes);
+            let mut body: Option<String> = None;
+            for line in text.lines() {
+                let l = line.trim();
+                if l.starts_with("-----BEGIN") && l.contains("PRIVATE KEY") {
+                    body = Some(String::new());
+                } else if l.starts_with("-----END") {
+                    if let Some(b) = body.take()
+                        && b.len() > 120
+                    {
+                        pieces.insert(b[60..100].to_string());
+                    }
+                } else if let Some(b) = body.as_mut() {
+                    b.push_str(l);
+                } else if let Some(v) = l.strip_prefix("client-key-data:") {
+                    let v = v.trim();
+                    if v.len() > 120 {
+                        pieces.insert(v[60..100].to_string());
+                    }
+                }
+            }
+            let _ = path;
+        }
+    }
+    pieces.into_iter().collect()
+}
+
+/// The places among `texts` (name, text) that hold a private key: the PEM marker or any of
+/// `pieces`.
+pub fn key_material_in(texts: &[(String, String)], pieces: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, text) in texts {
+        if text.contains("PRIVATE KEY") {
+            found.push(format!("{name}: a PEM private key"));
+        }
+        if let Some(p) = pieces.iter().find(|p| text.contains(p.as_str())) {
+            found.push(format!("{name}: a piece of a private key ({p})"));
+        }
+    }
+    found
+}
+
+/// Health of every etcd member sampled every 500 ms (`GET /health` with the member's
+/// healthcheck-client certificate, as kubeadm's probe does): to show quorum is never lost.
+pub struct EtcdWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Vec<bool>>>,
+}
+
+impl EtcdWatch {
+    /// Starts sampling the members of the control planes of `tb`.
+    pub fn start(tb: &Testbed) -> EtcdWatch {
+        use std::sync::atomic::Ordering;
+        let members: Vec<(String, PathBuf)> = tb
+            .nodes
+            .iter()
+            .filter(|n| n.2)
+            .map(|(name, address, _)| (address.clone(), tb.node_path(name, "etc-kubernetes/pki/etcd")))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let health: Vec<bool> = members
+                    .iter()
+                    .map(|(address, pki)| {
+                        let out = Command::new("curl")
+                            .args(["-s", "--max-time", "2", "--cacert"])
+                            .arg(pki.join("ca.crt"))
+                            .arg("--cert")
+                            .arg(pki.join("healthcheck-client.crt"))
+                            .arg("--key")
+                            .arg(pki.join("healthcheck-client.key"))
+                            .arg(format!("https://{address}:2379/health"))
+                            .output();
+                        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
+                    })
+                    .collect();
+                samples.push(health);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            samples
+        });
+        EtcdWatch { stop, handle }
+    }
+
+    /// Stops sampling: each sample's health per member, in control-plane order.
+    pub fn stop(self) -> Vec<Vec<bool>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
     }
 }
