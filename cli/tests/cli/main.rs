@@ -196,6 +196,36 @@ fn status_while_another_kubeca_holds_the_lock_shows_its_live_status() {
 }
 
 #[test]
+fn a_second_kubeca_that_would_write_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rot");
+    recorded(&state);
+    let d = state.to_str().unwrap();
+    let holder: journal::Journal<String> =
+        journal::Journal::open(&state, journal::Actor::current("other")).unwrap();
+    let before = std::fs::read(state.join(journal::DB_FILE)).unwrap();
+    let me = format!("pid {}", std::process::id());
+    for args in [
+        &["run"][..],
+        &["rollback", "--yes"],
+        &["approve", "finalize"],
+        &["journal", "unlock", "--lock-id", "x"],
+    ] {
+        let mut all = vec!["--state-dir", d];
+        all.extend_from_slice(args);
+        let out = kubeca(&all);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "kubeca {args:?}: {t}");
+        assert!(
+            t.contains("in use by") && t.contains(&me),
+            "kubeca {args:?} must name the holder: {t}"
+        );
+    }
+    assert_eq!(std::fs::read(state.join(journal::DB_FILE)).unwrap(), before, "nothing recorded");
+    drop(holder);
+}
+
+#[test]
 fn a_stale_lock_after_kill_9_is_reported_with_its_id_and_cleared_only_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("rot");

@@ -162,23 +162,8 @@ fn a_zeroed_database_is_reported_not_panicked() {
 /// record appended before it. Needs root to mount a small tmpfs (CI and `make test` run as root).
 #[test]
 fn a_full_disk_refuses_the_append_and_says_what_to_free() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs (run the tests as root, as `make test` does)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
-    let state = mnt.join("rot");
+    let small = Tmpfs::mount("3m");
+    let state = small.path().join("rot");
     let mut j = open(&state);
     let big = "x".repeat(64 * 1024);
     let mut appended = 0u64;
@@ -206,22 +191,8 @@ fn a_full_disk_refuses_the_append_and_says_what_to_free() {
 #[test]
 fn a_disk_filled_or_remounted_read_only_under_an_open_journal_refuses_the_next_append_and_recovers()
 {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs (run the tests as root, as `make test` does)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let small = Tmpfs::mount("8m");
+    let mnt = small.path().to_owned();
     let state = mnt.join("rot");
     let mut j = open(&state);
     for i in 0..50 {
@@ -284,4 +255,31 @@ fn a_disk_filled_or_remounted_read_only_under_an_open_journal_refuses_the_next_a
     let mut j = open(&state);
     j.append(&Ev::Note("writable".into())).unwrap();
     assert_eq!(j.verify().unwrap().len, 52);
+}
+
+/// A tmpfs of `size` mounted in a temporary directory, unmounted on drop (needs root, as CI and
+/// `make test` run).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs (run the tests as root, as `make test` does)");
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
 }
