@@ -76,6 +76,14 @@ impl NodeError {
 /// Reads a file: prints it, or exits 3 when it does not exist.
 const READ: &str = r#"if [ -e "$1" ]; then exec cat -- "$1"; else exit 3; fi"#;
 
+/// Reads every file named in "$@", in order: `F <size>`, the bytes, then `\nE` for one that
+/// exists, `A` for one that does not. The trailer makes a file that changed size between the
+/// two commands a framing error, not a silently wrong read.
+const READ_MANY: &str = r#"for p in "$@"; do
+if [ -e "$p" ]; then n=$(wc -c < "$p") || exit 1; printf 'F %s\n' $n; head -c "$n" -- "$p" || exit 1; printf '\nE\n'
+else printf 'A\n'; fi
+done"#;
+
 /// Atomic write of stdin to $1 (or to what it links to); a new file gets mode $2; an existing
 /// file's owner and mode are kept. `sync FILE` flushes the file and then the directory entry.
 const WRITE: &str = r#"set -e
@@ -98,6 +106,25 @@ const LIST: &str = r#"[ -d "$1" ] || exit 3; cd -- "$1" && for f in * .[!.]*; do
 /// Renames $1 to $2 (same file system) and syncs the directory of $2.
 const RENAME: &str =
     r#"set -e; mv -f -- "$1" "$2"; sync -- "$(dirname -- "$2")" 2>/dev/null || sync"#;
+
+/// The answer of [`READ_MANY`] for `count` files, or `None` when it is not framed as it must be.
+fn parse_read_many(mut out: &[u8], count: usize) -> Option<Vec<Option<Vec<u8>>>> {
+    let mut files = Vec::with_capacity(count);
+    for _ in 0..count {
+        let end = out.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&out[..end]).ok()?;
+        out = &out[end + 1..];
+        if header == "A" {
+            files.push(None);
+            continue;
+        }
+        let size: usize = header.strip_prefix("F ")?.trim().parse().ok()?;
+        let body = out.get(..size)?;
+        out = out.get(size..)?.strip_prefix(b"\nE\n")?;
+        files.push(Some(body.to_vec()));
+    }
+    out.is_empty().then_some(files)
+}
 
 /// Removes $1 if present.
 const REMOVE: &str = r#"rm -f -- "$1""#;
@@ -154,6 +181,26 @@ pub trait Node: Send + Sync {
     /// Reads a file; `None` when it does not exist.
     fn read(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NodeError>> + Send {
         async move { Ok(self.optional(&format!("read {path}"), READ, &[path]).await?.map(|o| o.stdout)) }
+    }
+
+    /// Reads several files in one command (one round trip for a node's backup); for each,
+    /// `None` when it does not exist.
+    fn read_many(
+        &self,
+        paths: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, NodeError>> + Send {
+        async move {
+            let what = format!("read {} files", paths.len());
+            let out = self.checked(&what, READ_MANY, paths, b"").await?;
+            parse_read_many(&out.stdout, paths.len()).ok_or_else(|| NodeError::Failed {
+                node: self.name().to_owned(),
+                what,
+                status: 0,
+                stderr:
+                    "the answer was not framed as expected (did a file change while it was read?)"
+                        .into(),
+            })
+        }
     }
 
     /// Replaces (or creates, with `mode`) a file atomically, keeping an existing file's owner
@@ -527,6 +574,46 @@ mod tests {
         assert!(dir.path().join("etc/kubernetes/ca.crt").exists());
         n.remove("/etc/kubernetes/ca.crt").await.unwrap();
         assert!(!dir.path().join("etc/kubernetes/ca.crt").exists());
+    }
+
+    #[tokio::test]
+    async fn read_many_reads_each_file_or_none_as_read_does() {
+        let (dir, n) = node();
+        let pki = dir.path().join("etc/kubernetes/pki");
+        // Contents that look like the framing, no final newline, an empty file, binary bytes.
+        std::fs::write(pki.join("a.crt"), b"x\nE\nF 3\nabc").unwrap();
+        std::fs::write(pki.join("empty"), b"").unwrap();
+        std::fs::write(pki.join("bin"), [0u8, 255, 10, 69, 10]).unwrap();
+        let paths = [
+            "/etc/kubernetes/pki/a.crt",
+            "/etc/kubernetes/pki/missing",
+            "/etc/kubernetes/pki/empty",
+            "/etc/kubernetes/pki/it's here",
+            "/etc/kubernetes/pki/bin",
+        ];
+        std::fs::write(pki.join("it's here"), b"quoted name\n").unwrap();
+        let many = n.read_many(&paths).await.unwrap();
+        let mut one_by_one = Vec::new();
+        for p in paths {
+            one_by_one.push(n.read(p).await.unwrap());
+        }
+        assert_eq!(many, one_by_one);
+        assert_eq!(many[1], None);
+        assert_eq!(many[2].as_deref(), Some(&b""[..]));
+        assert_eq!(n.read_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
+        // A directory cannot be read: an error naming the node, as read's.
+        let err = n.read_many(&["/etc/kubernetes/pki"]).await.unwrap_err();
+        assert!(err.to_string().contains("node cp-1"), "{err}");
+    }
+
+    #[test]
+    fn a_misframed_read_many_answer_is_refused() {
+        assert_eq!(parse_read_many(b"F 2\nab\nE\nA\n", 2), Some(vec![Some(b"ab".to_vec()), None]));
+        // A file that shrank between its size and its bytes, a missing trailer, a short answer,
+        // bytes left over.
+        for bad in [&b"F 3\nab\nE\n"[..], b"F 2\nab", b"F 2\nab\nE\n", b"A\nA\nA\n", b"F x\n"] {
+            assert_eq!(parse_read_many(bad, 2), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[tokio::test]

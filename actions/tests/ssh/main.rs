@@ -116,6 +116,13 @@ async fn reads_and_atomic_writes_over_ssh_with_strict_host_keys() {
     node.write(odd.to_str().unwrap(), b"x", 0o600).await.unwrap();
     assert_eq!(std::fs::read(&odd).unwrap(), b"x");
     assert_eq!(node.read(work.join("absent").to_str().unwrap()).await.unwrap(), None);
+    // Several files in one command, over the same connection: each as read gives it.
+    let absent = work.join("absent");
+    let many = node
+        .read_many(&[path_text, absent.to_str().unwrap(), odd.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(many, [Some(data.clone()), None, Some(b"x".to_vec())]);
     let mut names = node.list(work.to_str().unwrap()).await.unwrap().unwrap();
     names.sort();
     assert_eq!(names, ["ca.key", "it's a file.crt"]);
