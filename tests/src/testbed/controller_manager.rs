@@ -118,7 +118,7 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     let api = Client::new(&Credentials::from_kubeconfig(&kubeconfig)?, &me, "controller-manager->apiserver")?;
     start_healthz(&flags, "kube-controller-manager", 10257);
     let ctl = Ctl { api, root_ca };
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         match leader_lock(&ctl.api, "kube-controller-manager", &me).await {
