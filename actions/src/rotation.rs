@@ -232,6 +232,17 @@ impl<N: Node> Rotation<N> {
         }
     }
 
+    async fn read_many_on(
+        &self,
+        node: Option<&str>,
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StepError> {
+        match node {
+            Some(n) => self.node(n)?.read_many(paths).await.map_err(node_err),
+            None => self.operator.read_many(paths).await.map_err(node_err),
+        }
+    }
+
     async fn write_on(
         &self,
         node: Option<&str>,
@@ -427,7 +438,7 @@ impl<N: Node> Rotation<N> {
         node: &str,
         port: u16,
     ) -> Result<(), StepError> {
-        for cp in self.inventory.nodes.iter().filter(|n| n.is_control_plane()) {
+        for cp in self.inventory.control_planes() {
             let seen = probe(&cp.address, port, "/readyz", Duration::from_secs(3)).await;
             let why = match seen {
                 Seen::Up { status: 200, .. } => continue,
@@ -608,12 +619,7 @@ impl<N: Node> Rotation<N> {
                 // One command for the node's whole backup: a round trip per file made this the
                 // longest step of a rotation.
                 let names: Vec<&str> = paths.iter().map(String::as_str).collect();
-                let files = match on {
-                    Some(n) => self.node(n)?.read_many(&names).await,
-                    None => self.operator.read_many(&names).await,
-                }
-                .map_err(node_err)?;
-                for (path, file) in paths.iter().zip(files) {
+                for (path, file) in paths.iter().zip(self.read_many_on(on, &names).await?) {
                     let value = match file {
                         Some(bytes) => self.blobs.put(&bytes).map_err(terminal)?.to_hex(),
                         None => "absent".into(),
