@@ -124,10 +124,13 @@ fn crash_through(
             tally.killed += 1;
             k.after_kill();
             let status: serde_json::Value =
-                serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout).unwrap();
+                serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout)
+                    .unwrap();
             if status["done"].as_u64().unwrap_or(0) < last_done {
                 tally.lost += 1;
-                eprintln!("LOST: {fired:?}: the killed kubeca reported {last_done} done; the journal holds {status}");
+                eprintln!(
+                    "LOST: {fired:?}: the killed kubeca reported {last_done} done; the journal holds {status}"
+                );
             }
             continue;
         }
@@ -159,12 +162,15 @@ fn crash_through(
 /// A kill inside and one after each of `n` steps, in order; delays inside up to 1.5 s.
 fn points_for(n: u64, rng: &mut Rng) -> Vec<Point> {
     (0..n)
-        .flat_map(|k| [Point::Inside(k, Duration::from_millis(rng.next_u64() % 1500)), Point::After(k)])
+        .flat_map(|k| {
+            [Point::Inside(k, Duration::from_millis(rng.next_u64() % 1500)), Point::After(k)]
+        })
         .collect()
 }
 
 fn plan_len(k: &mut Kubeca) -> u64 {
-    let plan: serde_json::Value = serde_json::from_slice(&k.expect(&["plan", "--output", "json"], 0).stdout).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&k.expect(&["plan", "--output", "json"], 0).stdout).unwrap();
     plan["steps"].as_array().unwrap().len() as u64
 }
 
@@ -183,7 +189,8 @@ fn main() {
     let mut k = Kubeca::new(&tb, "soak-rotation");
     k.expect(&["init", "--inventory", &inventory], 0);
     let steps = plan_len(&mut k);
-    let forward = crash_through(&mut k, &["run"], points_for(steps, &mut rng), "started", "done", true);
+    let forward =
+        crash_through(&mut k, &["run"], points_for(steps, &mut rng), "started", "done", true);
     let (handshakes, failures, report) = report_since(&tb, &since);
     checks::completed_rotation(&tb, &old, &old_admin, &mut k);
     let forward_secs = started.elapsed().as_secs_f64();
@@ -200,13 +207,24 @@ fn main() {
     // At most two compensations per done step (a restore, a restart); the points past the
     // rollback's real length are dropped once its first line says it.
     let points = points_for(2 * plan_len(&mut r), &mut rng);
-    let backward = crash_through(&mut r, &["rollback", "--yes"], points, "rollback step started", "rollback step done", false);
+    let backward = crash_through(
+        &mut r,
+        &["rollback", "--yes"],
+        points,
+        "rollback step started",
+        "rollback step done",
+        false,
+    );
     let (rb_handshakes, rb_failures, rb_report) = report_since(&tb, &since_rb);
     checks::rolled_back(&tb, &before, &old);
     let backward_secs = started.elapsed().as_secs_f64();
-    eprintln!("rollback: {backward:?}, {rb_handshakes} handshakes, {rb_failures} TLS failures\n{rb_report}");
+    eprintln!(
+        "rollback: {backward:?}, {rb_handshakes} handshakes, {rb_failures} TLS failures\n{rb_report}"
+    );
 
-    println!("| run | kill points tried | killed there | not reached (recovered before) | completed correctly | TLS trust failures | data lost | wall |");
+    println!(
+        "| run | kill points tried | killed there | not reached (recovered before) | completed correctly | TLS trust failures | data lost | wall |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| rotation (every step: inside and after) | {} | {} | {} | yes | {failures} | {} | {forward_secs:.0} s |",

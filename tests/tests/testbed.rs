@@ -16,8 +16,8 @@ mod testbed {
     pub mod util;
 }
 
-use testbed::{api, infra};
 use testbed::util::Testbed;
+use testbed::{api, infra};
 
 type Check = (&'static str, fn(&Testbed));
 
@@ -32,7 +32,10 @@ fn testbed_3_control_planes_2_workers() {
         ("kubectl_shows_every_node_ready", api::kubectl_shows_every_node_ready),
         ("every_kubeconfig_works", api::every_kubeconfig_works),
         ("aggregated_api_through_the_front_proxy", api::aggregated_api_through_the_front_proxy),
-        ("report_counts_handshakes_without_failures", api::report_counts_handshakes_without_failures),
+        (
+            "report_counts_handshakes_without_failures",
+            api::report_counts_handshakes_without_failures,
+        ),
         (
             "kubeca_discovers_plans_and_writes_over_ssh",
             testbed::kubeca::kubeca_discovers_plans_and_writes_over_ssh,
@@ -44,14 +47,26 @@ fn testbed_3_control_planes_2_workers() {
         ),
         ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
         ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
-        ("api_pods_run_with_the_root_ca_and_are_replaced", api::api_pods_run_with_the_root_ca_and_are_replaced),
+        (
+            "api_pods_run_with_the_root_ca_and_are_replaced",
+            api::api_pods_run_with_the_root_ca_and_are_replaced,
+        ),
         (
             "root_ca_maps_everywhere_and_template_changes_roll_pods",
             api::root_ca_maps_everywhere_and_template_changes_roll_pods,
         ),
-        ("killing_one_apiserver_leaves_kubectl_working", api::killing_one_apiserver_leaves_kubectl_working),
-        ("untrusted_serving_certificate_fails_the_report", api::untrusted_serving_certificate_fails_the_report),
-        ("controller_manager_refuses_a_signing_bundle", api::controller_manager_refuses_a_signing_bundle),
+        (
+            "killing_one_apiserver_leaves_kubectl_working",
+            api::killing_one_apiserver_leaves_kubectl_working,
+        ),
+        (
+            "untrusted_serving_certificate_fails_the_report",
+            api::untrusted_serving_certificate_fails_the_report,
+        ),
+        (
+            "controller_manager_refuses_a_signing_bundle",
+            api::controller_manager_refuses_a_signing_bundle,
+        ),
         ("down_leaves_nothing", infra::down_leaves_nothing),
     ];
     let mut failed = Vec::new();

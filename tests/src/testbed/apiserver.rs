@@ -38,13 +38,14 @@ pub fn parse_flags(args: &[String]) -> HashMap<String, String> {
 
 /// The apiserver's entry point: `kubeca-testbed kube-apiserver --flag=value ...`.
 pub fn main(args: Vec<String>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kube-apiserver: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("kube-apiserver: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     match rt.block_on(run(parse_flags(&args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -65,18 +66,102 @@ struct Kind {
 }
 
 const KINDS: &[Kind] = &[
-    Kind { group: "", version: "v1", resource: "namespaces", kind: "Namespace", namespaced: false, short: &["ns"] },
-    Kind { group: "", version: "v1", resource: "nodes", kind: "Node", namespaced: false, short: &["no"] },
-    Kind { group: "", version: "v1", resource: "pods", kind: "Pod", namespaced: true, short: &["po"] },
-    Kind { group: "", version: "v1", resource: "configmaps", kind: "ConfigMap", namespaced: true, short: &["cm"] },
-    Kind { group: "", version: "v1", resource: "secrets", kind: "Secret", namespaced: true, short: &[] },
-    Kind { group: "", version: "v1", resource: "services", kind: "Service", namespaced: true, short: &["svc"] },
-    Kind { group: "", version: "v1", resource: "serviceaccounts", kind: "ServiceAccount", namespaced: true, short: &["sa"] },
-    Kind { group: "apps", version: "v1", resource: "deployments", kind: "Deployment", namespaced: true, short: &["deploy"] },
-    Kind { group: "apps", version: "v1", resource: "daemonsets", kind: "DaemonSet", namespaced: true, short: &["ds"] },
-    Kind { group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, short: &["sts"] },
-    Kind { group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, short: &[] },
-    Kind { group: "apiregistration.k8s.io", version: "v1", resource: "apiservices", kind: "APIService", namespaced: false, short: &[] },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        short: &["ns"],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "nodes",
+        kind: "Node",
+        namespaced: false,
+        short: &["no"],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "pods",
+        kind: "Pod",
+        namespaced: true,
+        short: &["po"],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "configmaps",
+        kind: "ConfigMap",
+        namespaced: true,
+        short: &["cm"],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        short: &[],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "services",
+        kind: "Service",
+        namespaced: true,
+        short: &["svc"],
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        resource: "serviceaccounts",
+        kind: "ServiceAccount",
+        namespaced: true,
+        short: &["sa"],
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        resource: "deployments",
+        kind: "Deployment",
+        namespaced: true,
+        short: &["deploy"],
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        resource: "daemonsets",
+        kind: "DaemonSet",
+        namespaced: true,
+        short: &["ds"],
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        resource: "statefulsets",
+        kind: "StatefulSet",
+        namespaced: true,
+        short: &["sts"],
+    },
+    Kind {
+        group: "coordination.k8s.io",
+        version: "v1",
+        resource: "leases",
+        kind: "Lease",
+        namespaced: true,
+        short: &[],
+    },
+    Kind {
+        group: "apiregistration.k8s.io",
+        version: "v1",
+        resource: "apiservices",
+        kind: "APIService",
+        namespaced: false,
+        short: &[],
+    },
 ];
 
 fn find_kind(group: &str, resource: &str) -> Option<&'static Kind> {
@@ -98,17 +183,46 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(url: &str, tls: Arc<rustls::ClientConfig>, server: String, purpose: &'static str) -> Result<Peer> {
-        let hostport = url.strip_prefix("https://").with_context(|| format!("{url} is not https://"))?.trim_end_matches('/');
-        let addr: SocketAddr = hostport.parse().with_context(|| format!("{url}: the testbed uses IP:port"))?;
-        Ok(Peer { addr, tls, client: monitor::me("kube-apiserver"), server, purpose, conn: Arc::default() })
+    fn new(
+        url: &str,
+        tls: Arc<rustls::ClientConfig>,
+        server: String,
+        purpose: &'static str,
+    ) -> Result<Peer> {
+        let hostport = url
+            .strip_prefix("https://")
+            .with_context(|| format!("{url} is not https://"))?
+            .trim_end_matches('/');
+        let addr: SocketAddr =
+            hostport.parse().with_context(|| format!("{url}: the testbed uses IP:port"))?;
+        Ok(Peer {
+            addr,
+            tls,
+            client: monitor::me("kube-apiserver"),
+            server,
+            purpose,
+            conn: Arc::default(),
+        })
     }
 
-    async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Result<(u16, Vec<u8>)> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Vec<u8>)> {
         let mut conn = self.conn.lock().await;
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
             let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
-            let stream = match tls::connect(self.addr, name, self.tls.clone(), std::time::Duration::from_secs(5)).await {
+            let stream = match tls::connect(
+                self.addr,
+                name,
+                self.tls.clone(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok(s) => s,
                 Err((outcome, msg)) => {
                     monitor::record(&self.client, &self.server, self.purpose, outcome);
@@ -116,23 +230,38 @@ impl Peer {
                 }
             };
             monitor::record(&self.client, &self.server, self.purpose, Outcome::Ok);
-            let (sender, c) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.context("HTTP handshake")?;
+            let (sender, c) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .context("HTTP handshake")?;
             tokio::spawn(c);
             *conn = Some(sender);
         }
         let Some(sender) = conn.as_mut() else { bail!("no connection to {}", self.addr) };
-        if !matches!(tokio::time::timeout(std::time::Duration::from_secs(2), sender.ready()).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), sender.ready()).await,
+            Ok(Ok(()))
+        ) {
             *conn = None;
             bail!("{method} https://{}{path}: the connection closed", self.addr);
         }
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", self.addr.to_string()).header("content-type", "application/json");
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or_default()))).context("building the request")?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
-            .await
-            .map_err(|_| anyhow::anyhow!("{method} https://{}{path}: no answer in 10 s", self.addr));
+        let req = req
+            .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{method} https://{}{path}: no answer in 10 s", self.addr)
+                });
         let resp = match resp {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -153,7 +282,8 @@ impl Peer {
 /// The monitor's name of the node at `ip` (cp-i or w-j, from DIR/inventory.toml), else the ip.
 fn node_of(ip: &str) -> String {
     let Some(dir) = std::env::var_os("KUBECA_TESTBED_DIR") else { return ip.to_string() };
-    let inv = std::fs::read_to_string(std::path::Path::new(&dir).join("inventory.toml")).unwrap_or_default();
+    let inv = std::fs::read_to_string(std::path::Path::new(&dir).join("inventory.toml"))
+        .unwrap_or_default();
     let mut name = None;
     for l in inv.lines() {
         if let Some(v) = l.strip_prefix("name = ") {
@@ -178,7 +308,8 @@ impl Etcd {
     fn new(flags: &HashMap<String, String>) -> Result<Etcd> {
         let get = |k: &str| flags.get(k).with_context(|| format!("--{k} is required"));
         let ca_path = PathBuf::from(get("etcd-cafile")?);
-        let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        let ca =
+            std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
         let certs = tls::load_certs(&PathBuf::from(get("etcd-certfile")?))?;
         let key = tls::load_key(&PathBuf::from(get("etcd-keyfile")?))?;
         let cfg = tls::client_config(&ca, &ca_path.display().to_string(), Some((certs, key)))?;
@@ -195,9 +326,19 @@ impl Etcd {
     async fn call(&self, op: &str, body: Value) -> Result<Value> {
         let mut last = None;
         for s in &self.servers {
-            match s.request("POST", &format!("/v3/kv/{op}"), Some(body.to_string().into_bytes()), &[]).await {
-                Ok((200, v)) => return serde_json::from_slice(&v).context("etcd's answer is not JSON"),
-                Ok((st, v)) => last = Some(anyhow::anyhow!("etcd {op}: HTTP {st}: {}", String::from_utf8_lossy(&v))),
+            match s
+                .request("POST", &format!("/v3/kv/{op}"), Some(body.to_string().into_bytes()), &[])
+                .await
+            {
+                Ok((200, v)) => {
+                    return serde_json::from_slice(&v).context("etcd's answer is not JSON");
+                }
+                Ok((st, v)) => {
+                    last = Some(anyhow::anyhow!(
+                        "etcd {op}: HTTP {st}: {}",
+                        String::from_utf8_lossy(&v)
+                    ))
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -205,7 +346,9 @@ impl Etcd {
     }
 
     async fn put(&self, key: &str, value: &Value) -> Result<()> {
-        self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value.to_string())})).await.map(|_| ())
+        self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value.to_string())}))
+            .await
+            .map(|_| ())
     }
 
     /// Puts `value` only when `key` does not exist (a txn on its create revision), so two
@@ -240,7 +383,9 @@ impl Etcd {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let v = self.call("range", json!({"key": B64.encode(prefix), "range_end": B64.encode(end)})).await?;
+        let v = self
+            .call("range", json!({"key": B64.encode(prefix), "range_end": B64.encode(end)}))
+            .await?;
         Ok(decode_kvs(&v))
     }
 
@@ -292,8 +437,11 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     )?;
     let etcd = Etcd::new(&flags)?;
     let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls });
-    let addr: SocketAddr = format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let addr: SocketAddr =
+        format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     eprintln!("{} kube-apiserver: serving on https://{addr}", jiff::Timestamp::now());
     let st = state.clone();
     tokio::spawn(async move {
@@ -316,13 +464,27 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(outcome) = tls::classify_server_error(&e) {
-                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), tls::go_style(&e));
-                        monitor::record(&node_of(&peer.ip().to_string()), &monitor::me("kube-apiserver"), "client->apiserver", outcome);
+                        eprintln!(
+                            "{} http: TLS handshake error from {peer}: {}",
+                            jiff::Timestamp::now(),
+                            tls::go_style(&e)
+                        );
+                        monitor::record(
+                            &node_of(&peer.ip().to_string()),
+                            &monitor::me("kube-apiserver"),
+                            "client->apiserver",
+                            outcome,
+                        );
                     }
                     return;
                 }
             };
-            let user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_cn(c));
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| subject_cn(c));
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let user = user.clone();
@@ -342,39 +504,61 @@ fn subject_cn(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
 
 fn respond(status: u16, body: Value) -> Resp {
     let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
-    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Resp {
-    respond(code, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}))
+    respond(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}),
+    )
 }
 
-async fn handle(state: &State, user: Option<String>, req: hyper::Request<hyper::body::Incoming>) -> Resp {
+async fn handle(
+    state: &State,
+    user: Option<String>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Resp {
     let path = req.uri().path().to_string();
     if path == "/readyz" {
         // Like the real one: ready only while its etcd answers (kubeadm's stacked etcd is the
         // node's own member, so a stopped member makes this apiserver unready).
-        let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.etcd.get("/registry/readyz-check")).await;
+        let check = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            state.etcd.get("/registry/readyz-check"),
+        )
+        .await;
         let failed = match check {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!("{e:#}")),
             Err(_) => Some("no answer within 2 s".to_string()),
         };
         if let Some(why) = failed {
-            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(format!("[-]etcd failed: {why}\nreadyz check failed\n"))));
+            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(format!(
+                "[-]etcd failed: {why}\nreadyz check failed\n"
+            ))));
             *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-            r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+            r.headers_mut()
+                .insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
             return r;
         }
     }
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok")));
-        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+        r.headers_mut()
+            .insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
         return r;
     }
-    let token = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
     if user.is_none() && token.as_deref().is_none_or(str::is_empty) {
         return status(401, "Unauthorized", "Unauthorized");
     }
@@ -385,12 +569,18 @@ async fn handle(state: &State, user: Option<String>, req: hyper::Request<hyper::
 }
 
 fn discovery(path: &str) -> Option<Value> {
-    let group_version = |g: &str, v: &str| if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
+    let group_version =
+        |g: &str, v: &str| if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
     match path {
-        "/version" => Some(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"})),
-        "/api" => Some(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.10:6443"}]})),
+        "/version" => Some(
+            json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}),
+        ),
+        "/api" => Some(
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.10:6443"}]}),
+        ),
         "/apis" => {
-            let mut groups: Vec<&str> = KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
+            let mut groups: Vec<&str> =
+                KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
             // metrics.k8s.io is not advertised: while metrics-server has no running pod every
             // kubectl discovery would print errors. Its paths are still proxied.
             groups.dedup();
@@ -433,7 +623,9 @@ fn discovery(path: &str) -> Option<Value> {
             if resources.is_empty() {
                 return None;
             }
-            Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(g, v), "resources": resources}))
+            Some(
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(g, v), "resources": resources}),
+            )
         }
     }
 }
@@ -518,7 +710,8 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().as_str().to_string();
-    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept =
+        req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if method == "GET"
         && let Some(v) = discovery(&path)
     {
@@ -527,12 +720,22 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
     if path.starts_with("/apis/metrics.k8s.io") {
         return proxy_metrics(state, &path).await;
     }
-    let Some(t) = parse_target(&path) else { return Ok(status(404, "NotFound", &format!("the server could not find {path}"))) };
+    let Some(t) = parse_target(&path) else {
+        return Ok(status(404, "NotFound", &format!("the server could not find {path}")));
+    };
     let Some(kind) = find_kind(&t.group, &t.resource) else {
-        return Ok(status(404, "NotFound", &format!("the server doesn't have a resource type \"{}\"", t.resource)));
+        return Ok(status(
+            404,
+            "NotFound",
+            &format!("the server doesn't have a resource type \"{}\"", t.resource),
+        ));
     };
     let body = req.into_body().collect().await.context("reading the request body")?.to_bytes();
-    let api_version = if kind.group.is_empty() { kind.version.to_string() } else { format!("{}/{}", kind.group, kind.version) };
+    let api_version = if kind.group.is_empty() {
+        kind.version.to_string()
+    } else {
+        format!("{}/{}", kind.group, kind.version)
+    };
     let ns = t.namespace.as_deref();
     match (method.as_str(), &t.name) {
         ("GET", None) => {
@@ -546,14 +749,18 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
                 for cond in sel.split(',') {
                     if let Some((f, v)) = cond.split_once('=') {
                         let ptr = format!("/{}", f.replace('.', "/"));
-                        items.retain(|i| i.pointer(&ptr).and_then(Value::as_str).unwrap_or("") == v);
+                        items
+                            .retain(|i| i.pointer(&ptr).and_then(Value::as_str).unwrap_or("") == v);
                     }
                 }
             }
             if accept.contains("as=Table") {
                 return Ok(respond(200, table(kind, &items)));
             }
-            Ok(respond(200, json!({"kind": format!("{}List", kind.kind), "apiVersion": api_version, "metadata": {"resourceVersion": new_rv()}, "items": items})))
+            Ok(respond(
+                200,
+                json!({"kind": format!("{}List", kind.kind), "apiVersion": api_version, "metadata": {"resourceVersion": new_rv()}, "items": items}),
+            ))
         }
         ("GET", Some(name)) => {
             if t.sub.as_deref() == Some("log") {
@@ -573,7 +780,11 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
             let k = key(kind, ns, &name);
             stamp(&mut obj, kind, &api_version, ns, true);
             if !state.etcd.create(&k, &obj).await? {
-                return Ok(status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", kind.resource)));
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", kind.resource),
+                ));
             }
             Ok(respond(201, obj))
         }
@@ -581,8 +792,18 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
             let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
             let k = key(kind, ns, name);
             let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
-            let conflict = || status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kind.resource));
-            if let Some(rv) = obj["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty())
+            let conflict = || {
+                status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        kind.resource
+                    ),
+                )
+            };
+            if let Some(rv) =
+                obj["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty())
                 && Some(rv) != old["metadata"]["resourceVersion"].as_str()
             {
                 return Ok(conflict());
@@ -615,7 +836,11 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
                     return Ok(respond(200, obj));
                 }
             }
-            Ok(status(409, "Conflict", &format!("{} \"{name}\" kept changing during the patch", kind.resource)))
+            Ok(status(
+                409,
+                "Conflict",
+                &format!("{} \"{name}\" kept changing during the patch", kind.resource),
+            ))
         }
         ("DELETE", Some(name)) => {
             let k = key(kind, ns, name);
@@ -653,7 +878,10 @@ fn stamp(obj: &mut Value, kind: &Kind, api_version: &str, ns: Option<&str>, crea
 }
 
 fn age(obj: &Value) -> String {
-    let Some(t) = obj["metadata"]["creationTimestamp"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) else {
+    let Some(t) = obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+    else {
         return "<unknown>".into();
     };
     let s = jiff::Timestamp::now().as_second() - t.as_second();
@@ -675,27 +903,63 @@ fn table(kind: &Kind, items: &[Value]) -> Value {
             items
                 .iter()
                 .map(|i| {
-                    let ready = i["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True").unwrap_or(false);
-                    let roles: Vec<&str> = i["metadata"]["labels"].as_object().map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect()).unwrap_or_default();
-                    let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
-                    let version = i["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("v1.31.0");
-                    json!([i["metadata"]["name"], if ready { "Ready" } else { "NotReady" }, roles, age(i), version])
+                    let ready = i["status"]["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                        .map(|c| c["status"] == "True")
+                        .unwrap_or(false);
+                    let roles: Vec<&str> = i["metadata"]["labels"]
+                        .as_object()
+                        .map(|l| {
+                            l.keys()
+                                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let roles =
+                        if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+                    let version =
+                        i["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("v1.31.0");
+                    json!([
+                        i["metadata"]["name"],
+                        if ready { "Ready" } else { "NotReady" },
+                        roles,
+                        age(i),
+                        version
+                    ])
                 })
                 .collect(),
         ),
         "pods" => (
-            vec![col("Name"), col("Ready"), col("Status"), col("Restarts"), col("Age"), col("Node")],
+            vec![
+                col("Name"),
+                col("Ready"),
+                col("Status"),
+                col("Restarts"),
+                col("Age"),
+                col("Node"),
+            ],
             items
                 .iter()
                 .map(|i| {
                     let phase = i["status"]["phase"].as_str().unwrap_or("Pending");
                     let n = i["spec"]["containers"].as_array().map(Vec::len).unwrap_or(1);
                     let ready = if phase == "Running" { n } else { 0 };
-                    json!([i["metadata"]["name"], format!("{ready}/{n}"), phase, 0, age(i), i["spec"]["nodeName"].as_str().unwrap_or("<none>")])
+                    json!([
+                        i["metadata"]["name"],
+                        format!("{ready}/{n}"),
+                        phase,
+                        0,
+                        age(i),
+                        i["spec"]["nodeName"].as_str().unwrap_or("<none>")
+                    ])
                 })
                 .collect(),
         ),
-        _ => (vec![col("Name"), col("Age")], items.iter().map(|i| json!([i["metadata"]["name"], age(i)])).collect()),
+        _ => (
+            vec![col("Name"), col("Age")],
+            items.iter().map(|i| json!([i["metadata"]["name"], age(i)])).collect(),
+        ),
     };
     let rows: Vec<Value> = rows
         .into_iter()
@@ -716,18 +980,32 @@ async fn pod_log(state: &State, ns: &str, name: &str, query: &str) -> Result<Res
     let Some(n) = state.etcd.get(&format!("/registry/nodes/{node}")).await? else {
         return Ok(status(404, "NotFound", &format!("pod {name} is not on any node")));
     };
-    let ip = n["status"]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["type"] == "InternalIP")).and_then(|a| a["address"].as_str()).unwrap_or("");
+    let ip = n["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or("");
     let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
-    let c = Peer::new(&format!("https://{ip}:10250"), state.kubelet_tls.clone(), format!("kubelet@{node}"), "apiserver->kubelet")?;
+    let c = Peer::new(
+        &format!("https://{ip}:10250"),
+        state.kubelet_tls.clone(),
+        format!("kubelet@{node}"),
+        "apiserver->kubelet",
+    )?;
     let _ = query;
-    let (st, body) = c.request("GET", &format!("/containerLogs/{ns}/{name}/{container}"), None, &[]).await?;
+    let (st, body) =
+        c.request("GET", &format!("/containerLogs/{ns}/{name}/{container}"), None, &[]).await?;
     let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
     *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     Ok(r)
 }
 
 async fn node_address(state: &State, node: &str) -> Result<String> {
-    let n = state.etcd.get(&format!("/registry/nodes/{node}")).await?.with_context(|| format!("node {node} is not registered"))?;
+    let n = state
+        .etcd
+        .get(&format!("/registry/nodes/{node}"))
+        .await?
+        .with_context(|| format!("node {node} is not registered"))?;
     n["status"]["addresses"]
         .as_array()
         .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
@@ -741,8 +1019,15 @@ async fn node_address(state: &State, node: &str) -> Result<String> {
 async fn proxy_metrics(state: &State, path: &str) -> Result<Resp> {
     let f = &state.flags;
     let pods = state.etcd.list("/registry/pods/kube-system/").await?;
-    let Some(pod) = pods.iter().find(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("metrics-server")) && p["status"]["phase"] == "Running") else {
-        return Ok(status(503, "ServiceUnavailable", "the server is currently unable to handle the request (metrics-server has no running pod)"));
+    let Some(pod) = pods.iter().find(|p| {
+        p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("metrics-server"))
+            && p["status"]["phase"] == "Running"
+    }) else {
+        return Ok(status(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request (metrics-server has no running pod)",
+        ));
     };
     let ip = pod["status"]["podIP"].as_str().or(pod["status"]["hostIP"].as_str()).unwrap_or("");
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
@@ -750,13 +1035,29 @@ async fn proxy_metrics(state: &State, path: &str) -> Result<Resp> {
     let key = f.get("proxy-client-key-file").context("--proxy-client-key-file is required")?;
     // The APIService says insecureSkipTLSVerify (metrics-server's self-signed certificate, as
     // upstream's default install); the front-proxy client certificate is what is checked.
-    let cfg = tls::client_config_skip_verify((tls::load_certs(cert.as_ref())?, tls::load_key(key.as_ref())?))?;
+    let cfg = tls::client_config_skip_verify((
+        tls::load_certs(cert.as_ref())?,
+        tls::load_key(key.as_ref())?,
+    ))?;
     let ip = if ip.is_empty() { node_address(state, node).await? } else { ip.to_string() };
-    let c = Peer::new(&format!("https://{ip}:4443"), cfg, format!("metrics-server@{node}"), "apiserver->metrics-server")?;
-    let (st, body) = c.request("GET", path, None, &[("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters")]).await?;
+    let c = Peer::new(
+        &format!("https://{ip}:4443"),
+        cfg,
+        format!("metrics-server@{node}"),
+        "apiserver->metrics-server",
+    )?;
+    let (st, body) = c
+        .request(
+            "GET",
+            path,
+            None,
+            &[("X-Remote-User", "system:admin"), ("X-Remote-Group", "system:masters")],
+        )
+        .await?;
     let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
     *r.status_mut() = hyper::StatusCode::from_u16(st).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
@@ -802,7 +1103,14 @@ async fn bootstrap(state: &State) -> Result<()> {
     let mut data = json!({"client-ca-file": client_ca});
     if let Ok(rh) = read("requestheader-client-ca-file") {
         data["requestheader-client-ca-file"] = json!(rh);
-        let list = |k: &str| json!(serde_json::to_string(&f.get(k).map(|v| v.split(',').collect::<Vec<_>>()).unwrap_or_default()).unwrap_or_default());
+        let list = |k: &str| {
+            json!(
+                serde_json::to_string(
+                    &f.get(k).map(|v| v.split(',').collect::<Vec<_>>()).unwrap_or_default()
+                )
+                .unwrap_or_default()
+            )
+        };
         data["requestheader-allowed-names"] = list("requestheader-allowed-names");
         data["requestheader-extra-headers-prefix"] = list("requestheader-extra-headers-prefix");
         data["requestheader-group-headers"] = list("requestheader-group-headers");
@@ -820,9 +1128,24 @@ async fn bootstrap(state: &State) -> Result<()> {
         B64.encode(client_ca.as_bytes())
     );
     put_if_absent(e, "/registry/configmaps/kube-public/cluster-info", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("cluster-info", Some("kube-public")), "data": {"kubeconfig": kubeconfig}})).await?;
-    put_if_absent(e, "/registry/deployments/kube-system/coredns", workload("Deployment", "coredns", "coredns", Some(2))).await?;
-    put_if_absent(e, "/registry/daemonsets/kube-system/kube-proxy", workload("DaemonSet", "kube-proxy", "kube-proxy", None)).await?;
-    put_if_absent(e, "/registry/deployments/kube-system/metrics-server", workload("Deployment", "metrics-server", "metrics-server", Some(1))).await?;
+    put_if_absent(
+        e,
+        "/registry/deployments/kube-system/coredns",
+        workload("Deployment", "coredns", "coredns", Some(2)),
+    )
+    .await?;
+    put_if_absent(
+        e,
+        "/registry/daemonsets/kube-system/kube-proxy",
+        workload("DaemonSet", "kube-proxy", "kube-proxy", None),
+    )
+    .await?;
+    put_if_absent(
+        e,
+        "/registry/deployments/kube-system/metrics-server",
+        workload("Deployment", "metrics-server", "metrics-server", Some(1)),
+    )
+    .await?;
     put_if_absent(
         e,
         "/registry/apiservices/v1beta1.metrics.k8s.io",
@@ -858,7 +1181,10 @@ mod tests {
         assert_eq!(t.resource, "namespaces");
         assert_eq!(t.name.as_deref(), Some("kube-system"));
         let t = parse_target("/apis/apps/v1/deployments").unwrap();
-        assert_eq!((t.group.as_str(), t.resource.as_str(), t.namespace), ("apps", "deployments", None));
+        assert_eq!(
+            (t.group.as_str(), t.resource.as_str(), t.namespace),
+            ("apps", "deployments", None)
+        );
     }
 
     #[test]

@@ -54,17 +54,25 @@ fn data_or_file(map: &Value, field: &str, base: &Path, what: &str) -> Result<Opt
 impl Credentials {
     /// Parses a kubeconfig as kubeadm writes it: the current context's cluster and user.
     pub fn from_kubeconfig(path: &Path) -> Result<Credentials> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        Self::parse_kubeconfig(&text, path.parent().unwrap_or(Path::new("/")), &path.display().to_string())
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        Self::parse_kubeconfig(
+            &text,
+            path.parent().unwrap_or(Path::new("/")),
+            &path.display().to_string(),
+        )
     }
 
     /// Parses kubeconfig text; relative file paths are taken from `base`; `what` names it in errors.
     pub fn parse_kubeconfig(text: &str, base: &Path, what: &str) -> Result<Credentials> {
-        let doc: Value = serde_yaml_ng::from_str(text).with_context(|| format!("{what} is not YAML"))?;
+        let doc: Value =
+            serde_yaml_ng::from_str(text).with_context(|| format!("{what} is not YAML"))?;
         let named = |list: &str, name: &str, inner: &str| -> Result<Value> {
             doc.get(list)
                 .and_then(Value::as_array)
-                .and_then(|l| l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)))
+                .and_then(|l| {
+                    l.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+                })
                 .and_then(|e| e.get(inner).cloned())
                 .ok_or_else(|| anyhow!("{what}: no {list} entry named {name:?}"))
         };
@@ -73,8 +81,14 @@ impl Credentials {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{what}: no current-context"))?;
         let ctx = named("contexts", current, "context")?;
-        let cluster_name = ctx.get("cluster").and_then(Value::as_str).ok_or_else(|| anyhow!("{what}: context without cluster"))?;
-        let user_name = ctx.get("user").and_then(Value::as_str).ok_or_else(|| anyhow!("{what}: context without user"))?;
+        let cluster_name = ctx
+            .get("cluster")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{what}: context without cluster"))?;
+        let user_name = ctx
+            .get("user")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{what}: context without user"))?;
         let cluster = named("clusters", cluster_name, "cluster")?;
         let user = named("users", user_name, "user")?;
         let server = cluster
@@ -82,14 +96,18 @@ impl Credentials {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{what}: cluster {cluster_name} has no server"))?
             .to_string();
-        let ca_pem = data_or_file(&cluster, "certificate-authority", base, what)?
-            .ok_or_else(|| anyhow!("{what}: cluster {cluster_name} has no certificate-authority"))?;
+        let ca_pem =
+            data_or_file(&cluster, "certificate-authority", base, what)?.ok_or_else(|| {
+                anyhow!("{what}: cluster {cluster_name} has no certificate-authority")
+            })?;
         let cert = data_or_file(&user, "client-certificate", base, what)?;
         let key = data_or_file(&user, "client-key", base, what)?;
         let client_cert = match (cert, key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => bail!("{what}: user {user_name} has a client certificate without its key or the reverse"),
+            _ => bail!(
+                "{what}: user {user_name} has a client certificate without its key or the reverse"
+            ),
         };
         let token = user.get("token").and_then(Value::as_str).map(str::to_string);
         Ok(Credentials { server, ca_pem, client_cert, token })
@@ -97,9 +115,16 @@ impl Credentials {
 
     /// A pod's credentials: its token and ca.crt files (read now, once) and the server URL.
     pub fn in_cluster(token_file: &Path, ca_file: &Path, server: &str) -> Result<Credentials> {
-        let token = std::fs::read_to_string(token_file).with_context(|| format!("reading token {}", token_file.display()))?;
-        let ca_pem = std::fs::read(ca_file).with_context(|| format!("reading ca.crt {}", ca_file.display()))?;
-        Ok(Credentials { server: server.to_string(), ca_pem, client_cert: None, token: Some(token.trim().to_string()) })
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading token {}", token_file.display()))?;
+        let ca_pem = std::fs::read(ca_file)
+            .with_context(|| format!("reading ca.crt {}", ca_file.display()))?;
+        Ok(Credentials {
+            server: server.to_string(),
+            ca_pem,
+            client_cert: None,
+            token: Some(token.trim().to_string()),
+        })
     }
 }
 
@@ -146,11 +171,14 @@ impl Client {
             .strip_prefix("https://")
             .ok_or_else(|| anyhow!("server {} is not https://", creds.server))?
             .trim_end_matches('/');
-        let addr: SocketAddr = hostport
-            .parse()
-            .with_context(|| format!("server {}: the testbed uses IP:port addresses", creds.server))?;
+        let addr: SocketAddr = hostport.parse().with_context(|| {
+            format!("server {}: the testbed uses IP:port addresses", creds.server)
+        })?;
         let identity = match &creds.client_cert {
-            Some((c, k)) => Some((tls::certs_from_pem(c, "client certificate")?, tls::key_from_pem(k, "client key")?)),
+            Some((c, k)) => Some((
+                tls::certs_from_pem(c, "client certificate")?,
+                tls::key_from_pem(k, "client key")?,
+            )),
             None => None,
         };
         let tls = tls::client_config(&creds.ca_pem, "certificate-authority", identity)?;
@@ -166,9 +194,22 @@ impl Client {
     }
 
     /// Sends one request on a new connection; TLS failures are recorded and logged Go-style.
-    pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<&Value>) -> Result<Response> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Response> {
         let server = apiserver_name(&self.addr);
-        let stream = match tls::connect(self.addr, self.server_name.clone(), self.tls.clone(), Duration::from_secs(5)).await {
+        let stream = match tls::connect(
+            self.addr,
+            self.server_name.clone(),
+            self.tls.clone(),
+            Duration::from_secs(5),
+        )
+        .await
+        {
             Ok(s) => s,
             Err((outcome, msg)) => {
                 monitor::record(&self.me, &server, &self.purpose, outcome);
@@ -176,9 +217,10 @@ impl Client {
             }
         };
         monitor::record(&self.me, &server, &self.purpose, Outcome::Ok);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP handshake with {}", self.host))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .with_context(|| format!("HTTP handshake with {}", self.host))?;
         tokio::spawn(conn);
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = hyper::Request::builder()
@@ -198,15 +240,26 @@ impl Client {
             .map_err(|_| anyhow!("{method} {path} on {}: no answer in 10 s", self.host))?
             .with_context(|| format!("{method} {path} on {}", self.host))?;
         let status = resp.status().as_u16();
-        let raw = resp.into_body().collect().await.with_context(|| format!("reading {path}"))?.to_bytes();
+        let raw =
+            resp.into_body().collect().await.with_context(|| format!("reading {path}"))?.to_bytes();
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Ok(Response { status, body })
     }
 
-    async fn ok(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&Value>) -> Result<Value> {
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        ct: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let r = self.request(method, path, ct, body).await?;
         if !(200..300).contains(&r.status) {
-            bail!("{method} {path}: HTTP {}: {}", r.status, r.body.get("message").and_then(Value::as_str).unwrap_or(""));
+            bail!(
+                "{method} {path}: HTTP {}: {}",
+                r.status,
+                r.body.get("message").and_then(Value::as_str).unwrap_or("")
+            );
         }
         Ok(r.body)
     }

@@ -46,7 +46,9 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
         if let Some(p) = flags.get(flag) {
             let n = tls::load_certs(Path::new(p)).with_context(|| format!("--{flag}"))?.len();
             if n > 1 {
-                bail!("--{flag}={p} holds {n} certificates; a bundle is not accepted here (kubeadm#1350): point --{flag} at a file with the single CA");
+                bail!(
+                    "--{flag}={p} holds {n} certificates; a bundle is not accepted here (kubeadm#1350): point --{flag} at a file with the single CA"
+                );
             }
         }
     }
@@ -56,7 +58,9 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
 /// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream;
 /// client certificates verified against `--client-ca-file` when one is presented).
 pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) {
-    let address = flags.get("bind-address").cloned().unwrap_or_else(|| std::env::var("KUBECA_TESTBED_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into()));
+    let address = flags.get("bind-address").cloned().unwrap_or_else(|| {
+        std::env::var("KUBECA_TESTBED_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into())
+    });
     let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
     let me = monitor::me(name);
     let name = name.to_string();
@@ -67,10 +71,13 @@ pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: 
             // --client-ca-file authenticates callers of the secure port, read once at start;
             // health checks may come without a certificate.
             let cfg = match &client_ca {
-                Some(ca) => tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?,
+                Some(ca) => {
+                    tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?
+                }
                 None => tls::server_config(&crt, &key, tls::ClientAuth::None)?,
             };
-            let addr = format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
+            let addr =
+                format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
             tls::serve_healthz(addr, cfg, me).await
         };
         if let Err(e) = r.await {
@@ -83,7 +90,8 @@ pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: 
 pub async fn leader_lock(api: &Client, lease: &str, me: &str) -> Result<bool> {
     let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}");
     let now = jiff::Timestamp::now();
-    let spec = json!({"holderIdentity": me, "leaseDurationSeconds": 15, "renewTime": now.to_string()});
+    let spec =
+        json!({"holderIdentity": me, "leaseDurationSeconds": 15, "renewTime": now.to_string()});
     match api.get(&path).await? {
         None => {
             let obj = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": lease, "namespace": "kube-system"}, "spec": spec});
@@ -92,7 +100,8 @@ pub async fn leader_lock(api: &Client, lease: &str, me: &str) -> Result<bool> {
         }
         Some(mut l) => {
             let holder = l["spec"]["holderIdentity"].as_str().unwrap_or("");
-            let renewed = l["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let renewed =
+                l["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
             let expired = renewed.is_none_or(|t| now.as_second() - t.as_second() > 15);
             if holder == me || expired {
                 l["spec"] = spec;
@@ -113,9 +122,14 @@ struct Ctl {
 async fn run(flags: HashMap<String, String>) -> Result<()> {
     let kubeconfig = PathBuf::from(flags.get("kubeconfig").context("--kubeconfig is required")?);
     let root_ca_path = flags.get("root-ca-file").context("--root-ca-file is required")?;
-    let root_ca = std::fs::read_to_string(root_ca_path).with_context(|| format!("reading --root-ca-file {root_ca_path}"))?;
+    let root_ca = std::fs::read_to_string(root_ca_path)
+        .with_context(|| format!("reading --root-ca-file {root_ca_path}"))?;
     let me = monitor::me("kube-controller-manager");
-    let api = Client::new(&Credentials::from_kubeconfig(&kubeconfig)?, &me, "controller-manager->apiserver")?;
+    let api = Client::new(
+        &Credentials::from_kubeconfig(&kubeconfig)?,
+        &me,
+        "controller-manager->apiserver",
+    )?;
     start_healthz(&flags, "kube-controller-manager", 10257);
     let ctl = Ctl { api, root_ca };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -128,7 +142,10 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
                 }
             }
             Ok(false) => {}
-            Err(e) => eprintln!("{} kube-controller-manager: leader election: {e:#}", jiff::Timestamp::now()),
+            Err(e) => eprintln!(
+                "{} kube-controller-manager: leader election: {e:#}",
+                jiff::Timestamp::now()
+            ),
         }
     }
 }
@@ -157,10 +174,18 @@ impl Ctl {
     async fn sync(&self) -> Result<()> {
         self.root_ca_maps().await?;
         self.token_secrets().await?;
-        for (kind, res) in [("Deployment", "deployments"), ("DaemonSet", "daemonsets"), ("StatefulSet", "statefulsets")] {
+        for (kind, res) in [
+            ("Deployment", "deployments"),
+            ("DaemonSet", "daemonsets"),
+            ("StatefulSet", "statefulsets"),
+        ] {
             for w in self.api.list(&format!("/apis/apps/v1/{res}")).await? {
                 if let Err(e) = self.workload(kind, &w).await {
-                    eprintln!("{} kube-controller-manager: {kind} {}: {e:#}", jiff::Timestamp::now(), w["metadata"]["name"]);
+                    eprintln!(
+                        "{} kube-controller-manager: {kind} {}: {e:#}",
+                        jiff::Timestamp::now(),
+                        w["metadata"]["name"]
+                    );
                 }
             }
         }
@@ -190,16 +215,34 @@ impl Ctl {
     async fn token_secrets(&self) -> Result<()> {
         let want = base64::engine::general_purpose::STANDARD.encode(self.root_ca.as_bytes());
         for s in self.api.list("/api/v1/secrets").await? {
-            if s["type"] != "kubernetes.io/service-account-token" || s["data"]["ca.crt"].as_str() == Some(want.as_str()) {
+            if s["type"] != "kubernetes.io/service-account-token"
+                || s["data"]["ca.crt"].as_str() == Some(want.as_str())
+            {
                 continue;
             }
-            let (Some(ns), Some(name)) = (s["metadata"]["namespace"].as_str(), s["metadata"]["name"].as_str()) else { continue };
-            self.api.patch(&format!("/api/v1/namespaces/{ns}/secrets/{name}"), &json!({"data": {"ca.crt": want}})).await?;
+            let (Some(ns), Some(name)) =
+                (s["metadata"]["namespace"].as_str(), s["metadata"]["name"].as_str())
+            else {
+                continue;
+            };
+            self.api
+                .patch(
+                    &format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+                    &json!({"data": {"ca.crt": want}}),
+                )
+                .await?;
         }
         Ok(())
     }
 
-    fn new_pod(&self, kind: &str, w: &Value, name: String, hash: &str, node: Option<&str>) -> Value {
+    fn new_pod(
+        &self,
+        kind: &str,
+        w: &Value,
+        name: String,
+        hash: &str,
+        node: Option<&str>,
+    ) -> Value {
         let t = &w["spec"]["template"];
         let mut labels = t["metadata"]["labels"].clone();
         if !labels.is_object() {
@@ -236,10 +279,12 @@ impl Ctl {
             .into_iter()
             .filter(|p| p["metadata"]["ownerReferences"][0]["uid"].as_str() == Some(uid))
             .collect();
-        let (current, old): (Vec<&Value>, Vec<&Value>) =
-            pods.iter().partition(|p| p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash.as_str()));
+        let (current, old): (Vec<&Value>, Vec<&Value>) = pods.iter().partition(|p| {
+            p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash.as_str())
+        });
         let pods_path = format!("/api/v1/namespaces/{ns}/pods");
-        let pod_path = |p: &Value| format!("{pods_path}/{}", p["metadata"]["name"].as_str().unwrap_or(""));
+        let pod_path =
+            |p: &Value| format!("{pods_path}/{}", p["metadata"]["name"].as_str().unwrap_or(""));
         if current.iter().any(|p| !running(p)) {
             return Ok(()); // a new pod is starting: one at a time
         }
@@ -257,7 +302,8 @@ impl Ctl {
                     if let Some(o) = old.iter().find(|p| on(p)) {
                         self.api.delete(&pod_path(o)).await?;
                     }
-                    let pod = self.new_pod(kind, w, format!("{name}-{}", suffix()), &hash, Some(node));
+                    let pod =
+                        self.new_pod(kind, w, format!("{name}-{}", suffix()), &hash, Some(node));
                     self.api.create(&pods_path, &pod).await?;
                     return Ok(());
                 }
@@ -280,9 +326,21 @@ impl Ctl {
                 if current.len() < replicas {
                     let pod_name = if kind == "StatefulSet" {
                         // Ordinal names: replace the old pod of the lowest free ordinal first.
-                        let taken: BTreeMap<String, ()> = current.iter().filter_map(|p| p["metadata"]["name"].as_str()).map(|n| (n.to_string(), ())).collect();
-                        let Some(free) = (0..replicas).map(|i| format!("{name}-{i}")).find(|n| !taken.contains_key(n)) else { return Ok(()) };
-                        if let Some(o) = old.iter().find(|p| p["metadata"]["name"].as_str() == Some(free.as_str())) {
+                        let taken: BTreeMap<String, ()> = current
+                            .iter()
+                            .filter_map(|p| p["metadata"]["name"].as_str())
+                            .map(|n| (n.to_string(), ()))
+                            .collect();
+                        let Some(free) = (0..replicas)
+                            .map(|i| format!("{name}-{i}"))
+                            .find(|n| !taken.contains_key(n))
+                        else {
+                            return Ok(());
+                        };
+                        if let Some(o) = old
+                            .iter()
+                            .find(|p| p["metadata"]["name"].as_str() == Some(free.as_str()))
+                        {
                             self.api.delete(&pod_path(o)).await?;
                             return Ok(());
                         }
@@ -323,7 +381,10 @@ mod tests {
         std::fs::write(&p, format!("{one}{one}")).unwrap();
         let flags = parse_flags(&[format!("--cluster-signing-cert-file={}", p.display())]);
         let err = refuse_bundles(&flags).unwrap_err().to_string();
-        assert!(err.contains("--cluster-signing-cert-file") && err.contains("2 certificates"), "{err}");
+        assert!(
+            err.contains("--cluster-signing-cert-file") && err.contains("2 certificates"),
+            "{err}"
+        );
         std::fs::write(&p, one).unwrap();
         refuse_bundles(&flags).unwrap();
     }

@@ -186,7 +186,9 @@ fn run(args: &[String]) -> Result<()> {
             node_address: flags.node_ip.clone(),
             kubeconfig: flags.kubeconfig.clone(),
             exe: std::env::current_exe().context("locating the kubeca-testbed binary")?,
-            testbed_dir: std::env::var_os("KUBECA_TESTBED_DIR").map(PathBuf::from).unwrap_or_default(),
+            testbed_dir: std::env::var_os("KUBECA_TESTBED_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_default(),
             pod_log_dir: PathBuf::from("/var/log/pods"),
             kubelet_port: config.port,
             control_plane: config.static_pod_path.join("kube-apiserver.yaml").exists(),
@@ -500,7 +502,11 @@ fn exited(pod: &mut Pod) -> Option<String> {
 
 /// Whether a pod's process (our `child`, or adopted: `pid` started at `start`) has exited; its
 /// exit status as text. Shared by the static pods and the API pods (kubelet_api.rs).
-pub(crate) fn process_exited(child: &mut Option<Child>, pid: Option<u32>, start: u64) -> Option<String> {
+pub(crate) fn process_exited(
+    child: &mut Option<Child>,
+    pid: Option<u32>,
+    start: u64,
+) -> Option<String> {
     if let Some(c) = child.as_mut() {
         return match c.try_wait() {
             Ok(Some(status)) => {

@@ -112,7 +112,14 @@ pub async fn run(ctx: KubeletContext) -> Result<()> {
 
 async fn heartbeat(client: &Client, ctx: &KubeletContext, path: &str) -> Result<()> {
     let status_path = format!("{path}/status");
-    let r = client.request("PATCH", &status_path, Some("application/merge-patch+json"), Some(&json!({"status": status(ctx)}))).await?;
+    let r = client
+        .request(
+            "PATCH",
+            &status_path,
+            Some("application/merge-patch+json"),
+            Some(&json!({"status": status(ctx)})),
+        )
+        .await?;
     match r.status {
         200..=299 => Ok(()),
         404 => {
@@ -188,7 +195,9 @@ fn save_state(state: &ApiPodState) {
 
 /// The projected service-account volume of a pod, as the real kubelet lays it out.
 fn sa_dir(uid: &str) -> PathBuf {
-    Path::new("/var/lib/kubelet/pods").join(uid).join("volumes/kubernetes.io~projected/kube-api-access")
+    Path::new("/var/lib/kubelet/pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~projected/kube-api-access")
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, as the kubelet's atomic
@@ -215,11 +224,17 @@ impl ApiPods {
                 if !state.pid.is_some_and(|p| alive(p, state.pid_start)) {
                     state.pid = None;
                 }
-                eprintln!("kubelet {}: adopting pod {}/{} (pid {:?})", ctx.node_name, state.namespace, state.name, state.pid);
+                eprintln!(
+                    "kubelet {}: adopting pod {}/{} (pid {:?})",
+                    ctx.node_name, state.namespace, state.name, state.pid
+                );
                 let sa_dir = sa_dir(&state.uid);
                 // A dead container restarts at the next sync, counting a restart.
                 let next_start = state.pid.is_none().then(Instant::now);
-                pods.insert(state.uid.clone(), ApiPod { state, child: None, next_start, reported: None, sa_dir });
+                pods.insert(
+                    state.uid.clone(),
+                    ApiPod { state, child: None, next_start, reported: None, sa_dir },
+                );
             }
         }
         ApiPods { pods }
@@ -235,14 +250,23 @@ impl ApiPods {
             .into_iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
-        let wanted: BTreeMap<String, &Value> =
-            assigned.iter().filter_map(|p| Some((p["metadata"]["uid"].as_str()?.to_string(), p))).collect();
+        let wanted: BTreeMap<String, &Value> = assigned
+            .iter()
+            .filter_map(|p| Some((p["metadata"]["uid"].as_str()?.to_string(), p)))
+            .collect();
 
         // Gone from the API (deleted, or moved): stop, then forget.
-        let gone: Vec<String> = self.pods.keys().filter(|uid| !wanted.contains_key(*uid)).cloned().collect();
+        let gone: Vec<String> =
+            self.pods.keys().filter(|uid| !wanted.contains_key(*uid)).cloned().collect();
         for uid in gone {
             if let Some(mut pod) = self.pods.remove(&uid) {
-                eprintln!("{} kubelet {}: stopping pod {}/{} (deleted)", jiff::Timestamp::now(), ctx.node_name, pod.state.namespace, pod.state.name);
+                eprintln!(
+                    "{} kubelet {}: stopping pod {}/{} (deleted)",
+                    jiff::Timestamp::now(),
+                    ctx.node_name,
+                    pod.state.namespace,
+                    pod.state.name
+                );
                 stop(&mut pod).await;
                 let _ = std::fs::remove_file(state_path(&uid));
                 let _ = std::fs::remove_dir_all(Path::new("/var/lib/kubelet/pods").join(&uid));
@@ -251,8 +275,12 @@ impl ApiPods {
 
         // The root CA each namespace publishes: the projected ca.crt.
         let mut root_cas: BTreeMap<String, String> = BTreeMap::new();
-        for cm in client.list("/api/v1/configmaps?fieldSelector=metadata.name%3Dkube-root-ca.crt").await? {
-            if let (Some(ns), Some(ca)) = (cm["metadata"]["namespace"].as_str(), cm["data"]["ca.crt"].as_str()) {
+        for cm in
+            client.list("/api/v1/configmaps?fieldSelector=metadata.name%3Dkube-root-ca.crt").await?
+        {
+            if let (Some(ns), Some(ca)) =
+                (cm["metadata"]["namespace"].as_str(), cm["data"]["ca.crt"].as_str())
+            {
                 root_cas.insert(ns.to_string(), ca.to_string());
             }
         }
@@ -285,7 +313,8 @@ impl ApiPods {
             }
             if let Some(code) = exited(pod) {
                 // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
-                let backoff = Duration::from_secs(1 << pod.state.restart_count.min(4)).min(Duration::from_secs(20));
+                let backoff = Duration::from_secs(1 << pod.state.restart_count.min(4))
+                    .min(Duration::from_secs(20));
                 eprintln!(
                     "{} kubelet {}: pod {}/{} exited ({code}); restarting in {}s",
                     jiff::Timestamp::now(),
@@ -302,15 +331,25 @@ impl ApiPods {
                 let restarts = pod.state.restart_count + 1;
                 match start(ctx, spec, ca, restarts) {
                     Ok(fresh) => *pod = fresh,
-                    Err(e) => eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name),
+                    Err(e) => {
+                        eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name)
+                    }
                 }
             }
             let status = pod_status(ctx, pod);
-            if pod.reported.as_ref() != Some(&status) || spec["status"]["phase"] != status["phase"] {
-                let path = format!("/api/v1/namespaces/{}/pods/{}/status", pod.state.namespace, pod.state.name);
+            if pod.reported.as_ref() != Some(&status) || spec["status"]["phase"] != status["phase"]
+            {
+                let path = format!(
+                    "/api/v1/namespaces/{}/pods/{}/status",
+                    pod.state.namespace, pod.state.name
+                );
                 match client.patch(&path, &json!({"status": status})).await {
                     Ok(_) => pod.reported = Some(status),
-                    Err(e) => eprintln!("{} kubelet {}: {path}: {e:#}", jiff::Timestamp::now(), ctx.node_name),
+                    Err(e) => eprintln!(
+                        "{} kubelet {}: {path}: {e:#}",
+                        jiff::Timestamp::now(),
+                        ctx.node_name
+                    ),
                 }
             }
         }
@@ -356,7 +395,9 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
     let container = c["name"].as_str().unwrap_or(&name).to_string();
     let image = c["image"].as_str().unwrap_or("");
     let strings = |k: &str| -> Vec<String> {
-        c[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+        c[k].as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default()
     };
     let mut command = strings("command");
     command.extend(strings("args"));
@@ -398,7 +439,11 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
         .spawn()
         .with_context(|| format!("starting {} for pod {ns}/{name}", program.display()))?;
     let pid = child.id();
-    eprintln!("{} kubelet {}: started pod {ns}/{name} (pid {pid}, uid {uid})", jiff::Timestamp::now(), ctx.node_name);
+    eprintln!(
+        "{} kubelet {}: started pod {ns}/{name} (pid {pid}, uid {uid})",
+        jiff::Timestamp::now(),
+        ctx.node_name
+    );
     let state = ApiPodState {
         namespace: ns,
         name,

@@ -4,17 +4,17 @@
 //! apiserver, controller_manager, scheduler, pods, kubelet_api) are separate modules; components are
 //! subcommands of the one `kubeca-testbed` binary, started by the kubelet from static pod manifests.
 
-pub mod cli;
-pub mod pki;
-pub mod node;
-pub mod kubelet;
-pub mod haproxy;
-pub mod report;
-pub mod tls;
-pub mod monitor;
-pub mod client;
 pub mod apiserver;
+pub mod cli;
+pub mod client;
 pub mod controller_manager;
-pub mod scheduler;
-pub mod pods;
+pub mod haproxy;
+pub mod kubelet;
 pub mod kubelet_api;
+pub mod monitor;
+pub mod node;
+pub mod pki;
+pub mod pods;
+pub mod report;
+pub mod scheduler;
+pub mod tls;

@@ -367,7 +367,8 @@ pub fn sshd(dir: &Path, name: &str, up: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let addr: std::net::SocketAddr = listen.parse().context("parsing ListenAddress")?;
-        let answers = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
+        let answers =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok();
         if answers == up {
             return Ok(());
         }

@@ -29,9 +29,12 @@ pub fn pod_identity(program: &str) -> String {
 }
 
 fn in_cluster(program: &str, purpose: &str) -> Result<Client> {
-    let dir = std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir);
+    let dir =
+        std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir);
     let creds = Credentials::in_cluster(&dir.join("token"), &dir.join("ca.crt"), API_SERVER)
-        .with_context(|| format!("{program}: reading the service-account files in {}", dir.display()))?;
+        .with_context(|| {
+            format!("{program}: reading the service-account files in {}", dir.display())
+        })?;
     Client::new(&creds, &pod_identity(program), purpose)
 }
 
@@ -79,7 +82,8 @@ pub fn coredns_main(_args: Vec<String>) -> ExitCode {
     runtime_main("coredns", async {
         let api = in_cluster("coredns", "coredns->apiserver")?;
         eprintln!("{} coredns: started, API {API_SERVER}", jiff::Timestamp::now());
-        poll("coredns", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/namespaces"]).await
+        poll("coredns", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/namespaces"])
+            .await
     })
 }
 
@@ -88,7 +92,8 @@ pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
     runtime_main("kube-proxy", async {
         let api = in_cluster("kube-proxy", "kube-proxy->apiserver")?;
         eprintln!("{} kube-proxy: started, API {API_SERVER}", jiff::Timestamp::now());
-        poll("kube-proxy", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/nodes"]).await
+        poll("kube-proxy", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/nodes"])
+            .await
     })
 }
 
@@ -102,9 +107,15 @@ pub fn metrics_server_main(_args: Vec<String>) -> ExitCode {
 async fn metrics_server() -> Result<()> {
     let api = in_cluster("metrics-server", "metrics-server->apiserver")?;
     let cm = loop {
-        match api.get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication").await {
+        match api
+            .get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication")
+            .await
+        {
             Ok(Some(cm)) => break cm,
-            Ok(None) => eprintln!("{} metrics-server: extension-apiserver-authentication is not published yet", jiff::Timestamp::now()),
+            Ok(None) => eprintln!(
+                "{} metrics-server: extension-apiserver-authentication is not published yet",
+                jiff::Timestamp::now()
+            ),
             Err(e) => eprintln!("{} metrics-server: {e:#}", jiff::Timestamp::now()),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -117,14 +128,18 @@ async fn metrics_server() -> Result<()> {
         .as_str()
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
-    let address = std::env::var("KUBECA_TESTBED_ADDRESS").context("KUBECA_TESTBED_ADDRESS is not set")?;
+    let address =
+        std::env::var("KUBECA_TESTBED_ADDRESS").context("KUBECA_TESTBED_ADDRESS is not set")?;
     let dir = PathBuf::from("/run/metrics-server");
     let (crt, key) = tls::self_signed(&dir, "serving", &address)?;
     let ca_path = dir.join("requestheader-client-ca.crt");
     std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
     let cfg = tls::server_config(&crt, &key, tls::ClientAuth::Optional(&ca_path))?;
-    let addr: std::net::SocketAddr = format!("{address}:4443").parse().context("the node address")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let addr: std::net::SocketAddr =
+        format!("{address}:4443").parse().context("the node address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     eprintln!("{} metrics-server: serving on https://{addr}", jiff::Timestamp::now());
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let me = monitor::me("metrics-server");
@@ -139,21 +154,41 @@ async fn metrics_server() -> Result<()> {
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(outcome) = tls::classify_server_error(&e) {
-                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), tls::go_style(&e));
-                        monitor::record(&format!("kube-apiserver@{}", peer.ip()), &me, "apiserver->metrics-server", outcome);
+                        eprintln!(
+                            "{} http: TLS handshake error from {peer}: {}",
+                            jiff::Timestamp::now(),
+                            tls::go_style(&e)
+                        );
+                        monitor::record(
+                            &format!("kube-apiserver@{}", peer.ip()),
+                            &me,
+                            "apiserver->metrics-server",
+                            outcome,
+                        );
                     }
                     return;
                 }
             };
             let cn = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| {
                 let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
-                cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
+                cert.subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .map(str::to_string)
             });
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (api, allowed, cn) = (api.clone(), allowed.clone(), cn.clone());
-                async move { Ok::<_, std::convert::Infallible>(metrics_answer(&api, &allowed, cn.as_deref(), &req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (api, allowed, cn) = (api.clone(), allowed.clone(), cn.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            metrics_answer(&api, &allowed, cn.as_deref(), &req).await,
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -166,23 +201,39 @@ pub fn front_proxy_allowed(allowed: &[String], cn: Option<&str>) -> bool {
     }
 }
 
-async fn metrics_answer(api: &Client, allowed: &[String], cn: Option<&str>, req: &hyper::Request<hyper::body::Incoming>) -> hyper::Response<Full<bytes::Bytes>> {
+async fn metrics_answer(
+    api: &Client,
+    allowed: &[String],
+    cn: Option<&str>,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<bytes::Bytes>> {
     let reply = |code: u16, v: Value| {
         let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(v.to_string())));
-        *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+        *r.status_mut() =
+            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        r.headers_mut()
+            .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
         r
     };
-    if req.uri().path() == "/healthz" || req.uri().path() == "/readyz" || req.uri().path() == "/livez" {
+    if req.uri().path() == "/healthz"
+        || req.uri().path() == "/readyz"
+        || req.uri().path() == "/livez"
+    {
         return reply(200, json!("ok"));
     }
     if !front_proxy_allowed(allowed, cn) || req.headers().get("x-remote-user").is_none() {
-        return reply(401, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401, "message": "Unauthorized: no front-proxy client certificate"}));
+        return reply(
+            401,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401, "message": "Unauthorized: no front-proxy client certificate"}),
+        );
     }
     match req.uri().path().trim_end_matches('/') {
-        "/apis/metrics.k8s.io/v1beta1" => reply(200, json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "metrics.k8s.io/v1beta1", "resources": [
+        "/apis/metrics.k8s.io/v1beta1" => reply(
+            200,
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "metrics.k8s.io/v1beta1", "resources": [
             {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
-            {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]}]})),
+            {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]}]}),
+        ),
         "/apis/metrics.k8s.io/v1beta1/nodes" => {
             let nodes = api.list("/api/v1/nodes").await.unwrap_or_default();
             let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -190,9 +241,15 @@ async fn metrics_answer(api: &Client, allowed: &[String], cn: Option<&str>, req:
                 .iter()
                 .map(|n| json!({"metadata": {"name": n["metadata"]["name"]}, "timestamp": now, "window": "10s", "usage": {"cpu": "10m", "memory": "64Mi"}}))
                 .collect();
-            reply(200, json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}))
+            reply(
+                200,
+                json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}),
+            )
         }
-        p => reply(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{p} not found")})),
+        p => reply(
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{p} not found")}),
+        ),
     }
 }
 

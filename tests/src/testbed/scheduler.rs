@@ -34,7 +34,9 @@ fn run(args: &[String]) -> Result<()> {
         .context("building the scheduler's runtime")?;
     let flags: HashMap<String, String> = args
         .iter()
-        .filter_map(|a| a.strip_prefix("--")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|a| {
+            a.strip_prefix("--")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     runtime.block_on(async move {
         // The secure port (10259): /healthz, what kubeadm's probe and kubeca look at.
@@ -48,7 +50,9 @@ fn run(args: &[String]) -> Result<()> {
                     }
                 }
                 Ok(false) => {}
-                Err(e) => eprintln!("{} kube-scheduler: leader election: {e:#}", jiff::Timestamp::now()),
+                Err(e) => {
+                    eprintln!("{} kube-scheduler: leader election: {e:#}", jiff::Timestamp::now())
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -75,7 +79,8 @@ async fn leader_lock(client: &Client, name: &str, me: &str) -> Result<bool> {
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or(Value::Null);
             let holder = current["holderIdentity"].as_str().unwrap_or("");
-            let renewed: Option<jiff::Timestamp> = current["renewTime"].as_str().and_then(|s| s.parse().ok());
+            let renewed: Option<jiff::Timestamp> =
+                current["renewTime"].as_str().and_then(|s| s.parse().ok());
             if holder != me && renewed.is_some_and(|t| now.duration_since(t).as_secs() < 15) {
                 return Ok(false);
             }
@@ -119,7 +124,9 @@ async fn schedule(client: &Client) -> Result<()> {
             continue;
         }
         let Some(node) = pick(&nodes, &pods) else { return Ok(()) };
-        let (Some(ns), Some(name)) = (pods[i]["metadata"]["namespace"].as_str(), pods[i]["metadata"]["name"].as_str()) else {
+        let (Some(ns), Some(name)) =
+            (pods[i]["metadata"]["namespace"].as_str(), pods[i]["metadata"]["name"].as_str())
+        else {
             continue;
         };
         let path = format!("/api/v1/namespaces/{ns}/pods/{name}");

@@ -69,7 +69,11 @@ pub enum ClientAuth<'a> {
 }
 
 /// A server config with the serving pair from files and client verification per `auth`.
-pub fn server_config(cert: &Path, key: &Path, auth: ClientAuth<'_>) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    auth: ClientAuth<'_>,
+) -> Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?;
@@ -78,11 +82,13 @@ pub fn server_config(cert: &Path, key: &Path, auth: ClientAuth<'_>) -> Result<Ar
         ClientAuth::Optional(ca) => {
             let pem = fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             let roots = roots_from_pem(&pem, &ca.display().to_string())?;
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .context("building the client certificate verifier")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .context("building the client certificate verifier")?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -181,7 +187,9 @@ pub async fn connect(
     timeout: Duration,
 ) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, (Outcome, String)> {
     let attempt = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| (classify_client_error(&e), e.to_string()))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| (classify_client_error(&e), e.to_string()))?;
         let mut tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(server_name, tcp)
             .await
@@ -191,7 +199,9 @@ pub async fn connect(
         // rejected client certificate is seen here rather than as a broken request.
         use tokio::io::AsyncReadExt;
         let mut probe = [0u8; 0];
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(30), tls.read(&mut probe)).await {
+        if let Ok(Err(e)) =
+            tokio::time::timeout(Duration::from_millis(30), tls.read(&mut probe)).await
+        {
             return Err((classify_client_error(&e), go_style(&e)));
         }
         Ok(tls)
@@ -204,12 +214,26 @@ pub async fn connect(
 
 /// A self-signed serving pair for `address`, made with the openssl CLI under `dir` at start, as
 /// kube-controller-manager and kube-scheduler make one in memory when given no certificate.
-pub fn self_signed(dir: &Path, name: &str, address: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub fn self_signed(
+    dir: &Path,
+    name: &str,
+    address: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let crt = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "365"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "365",
+        ])
         .arg("-subj")
         .arg(format!("/CN={address}@self-signed"))
         .arg("-addext")
@@ -227,8 +251,14 @@ pub fn self_signed(dir: &Path, name: &str, address: &str) -> Result<(std::path::
 }
 
 /// Serves `GET /healthz` = ok over TLS on `addr` (the probes of the kubelet and of kubeca).
-pub async fn serve_healthz(addr: SocketAddr, cfg: Arc<rustls::ServerConfig>, me: String) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+pub async fn serve_healthz(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ServerConfig>,
+    me: String,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
@@ -239,16 +269,29 @@ pub async fn serve_healthz(addr: SocketAddr, cfg: Arc<rustls::ServerConfig>, me:
                 Ok(s) => s,
                 Err(e) => {
                     if let Some(outcome) = classify_server_error(&e) {
-                        eprintln!("{} http: TLS handshake error from {peer}: {}", jiff::Timestamp::now(), go_style(&e));
-                        super::monitor::record(&peer.ip().to_string(), &me, "client->healthz", outcome);
+                        eprintln!(
+                            "{} http: TLS handshake error from {peer}: {}",
+                            jiff::Timestamp::now(),
+                            go_style(&e)
+                        );
+                        super::monitor::record(
+                            &peer.ip().to_string(),
+                            &me,
+                            "client->healthz",
+                            outcome,
+                        );
                     }
                     return;
                 }
             };
             let service = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -276,7 +319,12 @@ impl rustls::client::danger::ServerCertVerifier for SkipServerVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -285,7 +333,12 @@ impl rustls::client::danger::ServerCertVerifier for SkipServerVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cluster::{
-    Kubeca, differences, eventually, file_cert, holds_cert, kubectl, kubectl_ok, pem_bodies, served_cert, sh,
-    Snapshot,
+    Kubeca, Snapshot, differences, eventually, file_cert, holds_cert, kubectl, kubectl_ok,
+    pem_bodies, served_cert, sh,
 };
 use crate::testbed::util::{Testbed, text};
 
@@ -21,7 +21,10 @@ pub struct Cas {
 
 impl Cas {
     pub fn read(tb: &Testbed) -> Cas {
-        let read = |f: &str| std::fs::read_to_string(tb.node_path("cp-1", &format!("etc-kubernetes/pki/{f}"))).unwrap();
+        let read = |f: &str| {
+            std::fs::read_to_string(tb.node_path("cp-1", &format!("etc-kubernetes/pki/{f}")))
+                .unwrap()
+        };
         Cas { cluster: read("ca.crt"), front_proxy: read("front-proxy-ca.crt") }
     }
 }
@@ -77,14 +80,31 @@ fn published_cas(conf: &Path) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     let namespaces = kubectl_ok(conf, &["get", "namespaces", "-o", "name"]);
     for ns in namespaces.lines().map(|l| l.trim_start_matches("namespace/")) {
-        let pem = kubectl_ok(conf, &["get", "configmap", "-n", ns, "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"]);
+        let pem = kubectl_ok(
+            conf,
+            &["get", "configmap", "-n", ns, "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"],
+        );
         out.push((format!("{ns}/kube-root-ca.crt"), pem_bodies(&pem)));
     }
-    let kc = kubectl_ok(conf, &["get", "configmap", "-n", "kube-public", "cluster-info", "-o", "jsonpath={.data.kubeconfig}"]);
+    let kc = kubectl_ok(
+        conf,
+        &[
+            "get",
+            "configmap",
+            "-n",
+            "kube-public",
+            "cluster-info",
+            "-o",
+            "jsonpath={.data.kubeconfig}",
+        ],
+    );
     let data = kc
         .lines()
         .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
-        .map(|b| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap()).unwrap())
+        .map(|b| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap())
+                .unwrap()
+        })
         .unwrap_or_default();
     out.push(("kube-public/cluster-info".into(), pem_bodies(&data)));
     out
@@ -121,7 +141,11 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     let new = Cas::read(tb);
     assert_eq!(pem_bodies(&new.cluster).len(), 1, "cp-1's ca.crt must hold only the new CA");
     assert_ne!(pem_bodies(&new.cluster), pem_bodies(&old.cluster), "the cluster CA did not change");
-    assert_ne!(pem_bodies(&new.front_proxy), pem_bodies(&old.front_proxy), "the front-proxy CA did not change");
+    assert_ne!(
+        pem_bodies(&new.front_proxy),
+        pem_bodies(&old.front_proxy),
+        "the front-proxy CA did not change"
+    );
     let work = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for (name, _, cp) in &tb.nodes {
@@ -139,10 +163,21 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
                 failures.push(format!("{name}:{cert} still verifies against the old CA"));
             }
         }
-        for conf in ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"] {
-            for c in embedded_client_certs(&tb.node_path(name, &format!("etc-kubernetes/{conf}")), work.path()) {
+        for conf in [
+            "admin.conf",
+            "super-admin.conf",
+            "controller-manager.conf",
+            "scheduler.conf",
+            "kubelet.conf",
+        ] {
+            for c in embedded_client_certs(
+                &tb.node_path(name, &format!("etc-kubernetes/{conf}")),
+                work.path(),
+            ) {
                 if !verifies(&new.cluster, &c) || verifies(&old.cluster, &c) {
-                    failures.push(format!("{name}:{conf}'s client certificate is not of the new CA only"));
+                    failures.push(format!(
+                        "{name}:{conf}'s client certificate is not of the new CA only"
+                    ));
                 }
             }
         }
@@ -161,7 +196,9 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     let nodes = kubectl_ok(&admin, &["get", "nodes", "--no-headers"]);
     // The operator's kubeconfig, rewritten by kubeca, works too.
     kubectl_ok(&tb.dir.join("admin.conf"), &["get", "--raw", "/version"]);
-    if nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count() != tb.nodes.len() {
+    if nodes.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count()
+        != tb.nodes.len()
+    {
         failures.push(format!("not every node is Ready after the rotation:\n{nodes}"));
     }
     for (name, address, cp) in &tb.nodes {
@@ -174,13 +211,15 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
         }
         let code = apiserver_answers_client_of(&admin, address);
         if code != 200 {
-            failures.push(format!("{name}'s apiserver answers {code} to the new admin certificate"));
+            failures
+                .push(format!("{name}'s apiserver answers {code} to the new admin certificate"));
         }
     }
     let new_body = pem_bodies(&new.cluster);
     for (what, bodies) in published_cas(&admin) {
         if bodies != new_body {
-            failures.push(format!("{what} holds {} certificates, not only the new CA", bodies.len()));
+            failures
+                .push(format!("{what} holds {} certificates, not only the new CA", bodies.len()));
         }
     }
     kubeca.expect(&["journal", "verify"], 0);
@@ -202,7 +241,9 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
             done && v["event"]["upstream_step"].as_str() == upstream
         });
         if !listed {
-            failures.push(format!("the export does not list step {id} as done with upstream step {upstream:?}"));
+            failures.push(format!(
+                "the export does not list step {id} as done with upstream step {upstream:?}"
+            ));
         }
     }
     // Private keys 0600 on every node (the new CA's keys kubeca distributed included) and in
@@ -211,7 +252,8 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
         for rel in ["etc-kubernetes", "var-lib-kubelet/pki"] {
             for (p, (bytes, mode)) in super::cluster::snapshot_dir(&tb.node_path(name, rel)) {
                 if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") && mode & 0o077 != 0 {
-                    failures.push(format!("{} holds a private key with mode {mode:o}", p.display()));
+                    failures
+                        .push(format!("{} holds a private key with mode {mode:o}", p.display()));
                 }
             }
         }
@@ -241,16 +283,25 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
 pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
     let after = super::cluster::snapshot(tb);
     let diff = differences(before, &after);
-    assert!(diff.is_empty(), "after the rollback, files differ from before the rotation:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "after the rollback, files differ from before the rotation:\n{}",
+        diff.join("\n")
+    );
     let admin = tb.dir.join("admin.conf"); // the operator's copy, old CA only
     let mut failures = Vec::new();
     for (name, address, cp) in &tb.nodes {
         if *cp {
             let want = file_cert(&tb.node_path(name, "etc-kubernetes/pki/apiserver.crt"));
             if served_cert(address, 6443) != want {
-                failures.push(format!("{name}'s apiserver does not serve its pre-rotation certificate"));
+                failures.push(format!(
+                    "{name}'s apiserver does not serve its pre-rotation certificate"
+                ));
             }
-            let out = kubectl(&admin, &[&format!("--server=https://{address}:6443"), "get", "--raw", "/version"]);
+            let out = kubectl(
+                &admin,
+                &[&format!("--server=https://{address}:6443"), "get", "--raw", "/version"],
+            );
             if !out.status.success() {
                 failures.push(format!("{name}'s apiserver and the old admin.conf: {}", text(&out)));
             }
@@ -261,13 +312,21 @@ pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
         }
     }
     let old_body = pem_bodies(&old.cluster);
-    eventually("kube-root-ca.crt and cluster-info back to the old CA", Duration::from_secs(30), || {
-        let wrong: Vec<String> =
-            published_cas(&admin).into_iter().filter(|(_, b)| *b != old_body).map(|(w, _)| w).collect();
-        if wrong.is_empty() { Ok(()) } else { Err(wrong.join(", ")) }
-    });
+    eventually(
+        "kube-root-ca.crt and cluster-info back to the old CA",
+        Duration::from_secs(30),
+        || {
+            let wrong: Vec<String> = published_cas(&admin)
+                .into_iter()
+                .filter(|(_, b)| *b != old_body)
+                .map(|(w, _)| w)
+                .collect();
+            if wrong.is_empty() { Ok(()) } else { Err(wrong.join(", ")) }
+        },
+    );
     // apiserver -> kubelet on every node (its kubelet client certificate, the kubelet's CA).
-    let pods = kubectl_ok(&admin, &["get", "pods", "-n", "kube-system", "-o", "wide", "--no-headers"]);
+    let pods =
+        kubectl_ok(&admin, &["get", "pods", "-n", "kube-system", "-o", "wide", "--no-headers"]);
     for line in pods.lines().filter(|l| l.starts_with("kube-proxy-")) {
         let pod = line.split_whitespace().next().unwrap();
         let out = kubectl(&admin, &["logs", "-n", "kube-system", pod]);

@@ -87,7 +87,8 @@ impl Kubeca {
         mut trigger: impl FnMut(&serde_json::Value) -> Option<Duration>,
     ) -> (ExitStatus, bool) {
         let before = children_cpu();
-        let mut child = self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut killed = false;
         for line in BufReader::new(stderr).lines() {
@@ -99,7 +100,11 @@ impl Kubeca {
                 std::thread::sleep(delay);
                 let _ = child.kill(); // SIGKILL
                 killed = true;
-                eprintln!("SIGKILL kubeca {} {:?} after {delay:?} at: {line}", args.join(" "), child.id());
+                eprintln!(
+                    "SIGKILL kubeca {} {:?} after {delay:?} at: {line}",
+                    args.join(" "),
+                    child.id()
+                );
                 break;
             }
         }
@@ -110,9 +115,14 @@ impl Kubeca {
 
     /// Runs `kubeca ARGS` to its end, handing each of its JSON log lines to `watch` as it comes,
     /// with kubeca's pid (to stop it and inject a fault at a step); its output.
-    pub fn run_watching(&mut self, args: &[&str], mut watch: impl FnMut(&serde_json::Value, u32)) -> Output {
+    pub fn run_watching(
+        &mut self,
+        args: &[&str],
+        mut watch: impl FnMut(&serde_json::Value, u32),
+    ) -> Output {
         let before = children_cpu();
-        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut out = Vec::new();
@@ -140,7 +150,11 @@ impl Kubeca {
     /// reported with its id and cleared by it (`journal unlock --lock-id ID`).
     pub fn after_kill(&mut self) {
         let out = self.run(&["journal", "verify"]);
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if let Some(rest) = all.split("lock id ").nth(1) {
             let id: String = rest.chars().take_while(char::is_ascii_alphanumeric).collect();
             assert!(all.contains("stale"), "a lock after a kill must be reported as stale: {all}");
@@ -150,7 +164,6 @@ impl Kubeca {
             assert!(out.status.success(), "journal verify after a kill: {}", tail(&out));
         }
     }
-
 }
 
 /// The last lines of a command's output, for assertion messages.
@@ -175,7 +188,9 @@ pub fn report_since(tb: &Testbed, since: &str) -> (u64, u64, String) {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let failures: u64 = r["outcomes"]
         .as_object()
-        .map(|o| o.iter().filter(|(k, _)| k.starts_with("tls-")).filter_map(|(_, v)| v.as_u64()).sum())
+        .map(|o| {
+            o.iter().filter(|(k, _)| k.starts_with("tls-")).filter_map(|(_, v)| v.as_u64()).sum()
+        })
         .unwrap_or(0);
     let total: u64 =
         r["outcomes"].as_object().map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
@@ -197,7 +212,12 @@ pub fn snapshot(tb: &Testbed) -> Snapshot {
     let mut out = BTreeMap::new();
     collect(&tb.dir.join("admin.conf"), &mut out);
     for (name, _, _) in &tb.nodes {
-        for rel in ["etc-kubernetes", "var-lib-kubelet/pki", "var-lib-kubelet/config.yaml", "var-lib-kubelet/kubeadm-flags.env"] {
+        for rel in [
+            "etc-kubernetes",
+            "var-lib-kubelet/pki",
+            "var-lib-kubelet/config.yaml",
+            "var-lib-kubelet/kubeadm-flags.env",
+        ] {
             collect(&tb.node_path(name, rel), &mut out);
         }
     }
@@ -221,7 +241,10 @@ fn collect(p: &Path, out: &mut Snapshot) {
         let target = std::fs::read_link(p).unwrap();
         out.insert(p.to_path_buf(), (target.as_os_str().as_encoded_bytes().to_vec(), 0o120000));
     } else {
-        out.insert(p.to_path_buf(), (std::fs::read(p).unwrap(), meta.permissions().mode() & 0o7777));
+        out.insert(
+            p.to_path_buf(),
+            (std::fs::read(p).unwrap(), meta.permissions().mode() & 0o7777),
+        );
     }
 }
 
@@ -232,7 +255,9 @@ pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         match after.get(p) {
             None => d.push(format!("{}: removed", p.display())),
             Some((b, _)) if b != bytes => d.push(format!("{}: content differs", p.display())),
-            Some((_, m)) if m != mode => d.push(format!("{}: mode {m:o}, was {mode:o}", p.display())),
+            Some((_, m)) if m != mode => {
+                d.push(format!("{}: mode {m:o}, was {mode:o}", p.display()))
+            }
             _ => {}
         }
     }
@@ -274,7 +299,12 @@ pub fn kubectl(conf: &Path, args: &[&str]) -> Output {
 /// Like [`kubectl`], asserting success; its stdout.
 pub fn kubectl_ok(conf: &Path, args: &[&str]) -> String {
     let out = kubectl(conf, args);
-    assert!(out.status.success(), "kubectl --kubeconfig {} {args:?}: {}", conf.display(), text(&out));
+    assert!(
+        out.status.success(),
+        "kubectl --kubeconfig {} {args:?}: {}",
+        conf.display(),
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -320,7 +350,9 @@ pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> Resul
     loop {
         match cond() {
             Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => panic!("timed out after {timeout:?} waiting for {what}: {e}"),
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {e}")
+            }
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
     }
@@ -430,7 +462,9 @@ impl EtcdWatch {
             .nodes
             .iter()
             .filter(|n| n.2)
-            .map(|(name, address, _)| (address.clone(), tb.node_path(name, "etc-kubernetes/pki/etcd")))
+            .map(|(name, address, _)| {
+                (address.clone(), tb.node_path(name, "etc-kubernetes/pki/etcd"))
+            })
             .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -449,7 +483,9 @@ impl EtcdWatch {
                             .arg(pki.join("healthcheck-client.key"))
                             .arg(format!("https://{address}:2379/health"))
                             .output();
-                        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
+                        out.is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\"")
+                        })
                     })
                     .collect();
                 samples.push(health);

@@ -251,7 +251,8 @@ pub fn controller_manager_refuses_a_signing_bundle(tb: &Testbed) {
 /// deleted pod's process stops and its Deployment's replacement runs.
 pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
     let pods: serde_json::Value =
-        serde_json::from_str(&kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "-o", "json"])).unwrap();
+        serde_json::from_str(&kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "-o", "json"]))
+            .unwrap();
     let cm: serde_json::Value = serde_json::from_str(&kubectl_ok(
         tb,
         &["get", "configmap", "-n", "kube-system", "kube-root-ca.crt", "-o", "json"],
@@ -275,10 +276,15 @@ pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
     let pid = state["pid"].as_u64().unwrap();
     let ca = tb.node_path(
         node,
-        &format!("var-lib-kubelet/pods/{uid}/volumes/kubernetes.io~projected/kube-api-access/ca.crt"),
+        &format!(
+            "var-lib-kubelet/pods/{uid}/volumes/kubernetes.io~projected/kube-api-access/ca.crt"
+        ),
     );
     assert_eq!(fs::read_to_string(&ca).unwrap(), root_ca, "{}", ca.display());
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name}: pid {pid} is not running");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "{name}: pid {pid} is not running"
+    );
 
     kubectl_ok(tb, &["delete", "pod", "-n", "kube-system", &name]);
     wait_until(&format!("{name}'s process {pid} to stop"), Duration::from_secs(30), || {
@@ -300,24 +306,42 @@ pub fn root_ca_maps_everywhere_and_template_changes_roll_pods(tb: &Testbed) {
     let ca = fs::read_to_string(tb.node_path("cp-1", "etc-kubernetes/pki/ca.crt")).unwrap();
     let namespaces = kubectl_ok(tb, &["get", "namespaces", "-o", "name"]);
     for ns in namespaces.lines().map(|l| l.trim_start_matches("namespace/")) {
-        let out = kubectl_ok(tb, &["get", "configmap", "-n", ns, "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"]);
+        let out = kubectl_ok(
+            tb,
+            &["get", "configmap", "-n", ns, "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"],
+        );
         assert_eq!(out, ca, "kube-root-ca.crt in {ns}");
     }
     let names = |out: &str| -> Vec<String> {
-        out.lines().filter(|l| l.starts_with("kube-proxy-")).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+        out.lines()
+            .filter(|l| l.starts_with("kube-proxy-"))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect()
     };
     let before = names(&kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "--no-headers"]));
     assert_eq!(before.len(), tb.nodes.len(), "{before:?}");
     kubectl_ok(
         tb,
-        &["patch", "daemonset", "-n", "kube-system", "kube-proxy", "--type=merge", "-p",
-          r#"{"spec":{"template":{"metadata":{"annotations":{"testbed/restartedAt":"now"}}}}}"#],
+        &[
+            "patch",
+            "daemonset",
+            "-n",
+            "kube-system",
+            "kube-proxy",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"metadata":{"annotations":{"testbed/restartedAt":"now"}}}}}"#,
+        ],
     );
     wait_until("every kube-proxy pod replaced and running", Duration::from_secs(90), || {
         let out = kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "--no-headers"]);
         let now = names(&out);
         now.len() == tb.nodes.len()
             && now.iter().all(|n| !before.contains(n))
-            && out.lines().filter(|l| l.starts_with("kube-proxy-")).all(|l| l.split_whitespace().nth(2) == Some("Running"))
+            && out
+                .lines()
+                .filter(|l| l.starts_with("kube-proxy-"))
+                .all(|l| l.split_whitespace().nth(2) == Some("Running"))
     });
 }
