@@ -35,4 +35,4 @@ pub use envelope::{Actor, Envelope, GENESIS, Hash, Head, Record, SCHEMA_VERSION}
 pub use error::{Error, Problem, Result};
 pub use export::{ExportLine, Format, verify_export};
 pub use lock::{DirLock, LOCK_FILE, LockOwner, force_unlock, lock_status};
-pub use store::{Appended, DB_FILE, Journal, RECORDS, create_private_dir};
+pub use store::{Appended, DB_CREATING, DB_FILE, Journal, RECORDS, create_private_dir};

@@ -64,7 +64,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         let lock = DirLock::acquire(dir)?;
         let blobs = BlobStore::open(dir)?;
         let db_path = dir.join(DB_FILE);
-        let db = guard(&db_path, || Database::create(&db_path).map_err(|e| e.to_string()))?;
+        let db = open_or_create(dir, &db_path)?;
         let mut journal = Journal {
             dir: dir.to_owned(),
             db_path,
@@ -289,6 +289,46 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         };
         Ok(Head { len: seq + 1, hash: Hash(*hash) })
     }
+}
+
+/// Name of the database while it is first built: renamed to [`DB_FILE`] only once complete.
+pub const DB_CREATING: &str = "journal.redb.creating";
+
+/// Opens the database, building it first when the state directory has none.
+///
+/// A new database is built under [`DB_CREATING`], flushed, renamed into place and the directory
+/// flushed: a kill at any instant leaves either no journal (and perhaps a partial temporary,
+/// removed here: the directory lock is held, so no one else is building it) or a whole one.
+/// Creating it in place once left, about one kill in forty during the first open, a file with
+/// no redb header that never opened again ("Not a redb database: magic number mismatch"). Such
+/// a file, left by an older kubeca, certainly holds no record when it is empty, and is then taken
+/// as no journal at all; any other content is reported, never replaced.
+fn open_or_create(dir: &Path, db_path: &Path) -> Result<Database> {
+    let creating = dir.join(DB_CREATING);
+    if creating.exists() {
+        std::fs::remove_file(&creating).map_err(io(&creating, "remove unfinished new journal"))?;
+    }
+    if db_path.exists() && holds_nothing(db_path)? {
+        std::fs::remove_file(db_path).map_err(io(db_path, "remove journal file with no header"))?;
+    }
+    if !db_path.exists() {
+        let built = guard(&creating, || Database::create(&creating).map_err(|e| e.to_string()))?;
+        drop(built);
+        std::fs::File::open(&creating)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&creating, "fsync new journal"))?;
+        std::fs::rename(&creating, db_path)
+            .map_err(io(db_path, "rename new journal into place"))?;
+        crate::blob::sync_dir(dir)?;
+    }
+    guard(db_path, || Database::open(db_path).map_err(|e| e.to_string()))
+}
+
+/// Whether the file at `path` is empty: what a kill between creating the file and writing its
+/// first page leaves. A file of zeros is not taken as empty: a journal whose records were zeroed
+/// by a bad disk looks the same, and must be reported, not replaced.
+fn holds_nothing(path: &Path) -> Result<bool> {
+    Ok(std::fs::metadata(path).map_err(io(path, "stat journal"))?.len() == 0)
 }
 
 /// Runs a redb operation, turning both its errors and any panic on a damaged file into

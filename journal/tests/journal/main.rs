@@ -6,6 +6,7 @@
 mod util;
 
 mod blobs;
+mod creation;
 mod damage;
 mod export;
 mod lock;
