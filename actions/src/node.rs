@@ -86,19 +86,42 @@ done"#;
 
 /// Atomic write of stdin to $1 (or to what it links to); a new file gets mode $2; an existing
 /// file's owner and mode are kept. `sync FILE` flushes the file and then the directory entry.
+///
+/// $3 and $4 are the size and SHA-256 of the content kubeca sent. When the client dies in the
+/// middle of a write (kubeca killed, the connection lost), `cat` sees end of input and exits 0
+/// with a short file: without the check, that torn file would be renamed over a certificate
+/// the component loads at its next restart. A file that is not the one sent is removed and the
+/// target left as it was; a signal (the session's pipes closing) removes it too.
 const WRITE: &str = r#"set -e
 p=$1
 # Write through a symlink (kubelet-client-current.pem points at a dated file): the link stays.
 if [ -L "$p" ]; then p=$(readlink -f -- "$p"); fi
 d=$(dirname -- "$p"); t="$d/.kubeca-tmp.$$"
 trap 'rm -f -- "$t"' EXIT
+trap 'rm -f -- "$t"; exit 1' HUP INT PIPE TERM
 umask 077
 cat > "$t"
+n=$(wc -c < "$t")
+if [ "$n" -ne "$3" ]; then
+  echo "received $n of $3 bytes (the sender stopped); $p left unchanged" >&2 || true; exit 4
+fi
+h=$(sha256sum < "$t"); h=${h%% *}
+if [ "$h" != "$4" ]; then
+  echo "received bytes whose SHA-256 is not the one sent; $p left unchanged" >&2 || true; exit 4
+fi
 if [ -e "$p" ]; then chown --reference="$p" -- "$t"; chmod --reference="$p" -- "$t"; else chmod "$2" -- "$t"; fi
 sync -- "$t"
 mv -f -- "$t" "$p"
 trap - EXIT
 sync -- "$d" 2>/dev/null || sync"#;
+
+/// The script and positional arguments that write `data` to `path` (mode `mode` for a new
+/// file): what [`Node::write`] runs, public so a test can run it through a client it kills.
+pub fn write_command(path: &str, data: &[u8], mode: u32) -> (&'static str, [String; 4]) {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(data));
+    (WRITE, [path.to_owned(), format!("{mode:o}"), data.len().to_string(), digest])
+}
 
 /// Lists the names in directory $1 (exit 3 when it does not exist).
 const LIST: &str = r#"[ -d "$1" ] || exit 3; cd -- "$1" && for f in * .[!.]*; do [ -e "$f" ] && printf '%s\n' "$f"; done; true"#;
@@ -212,8 +235,9 @@ pub trait Node: Send + Sync {
         mode: u32,
     ) -> impl Future<Output = Result<(), NodeError>> + Send {
         async move {
-            let mode = format!("{mode:o}");
-            self.checked(&format!("write {path}"), WRITE, &[path, &mode], data).await.map(drop)
+            let (script, args) = write_command(path, data, mode);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.checked(&format!("write {path}"), script, &args, data).await.map(drop)
         }
     }
 
@@ -630,6 +654,37 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("kubeca-tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    /// Regression: a kill -9 of kubeca during a remote write once installed a 0-byte
+    /// certificate on a node (`cat` saw end of input and exited 0, the rename followed).
+    #[tokio::test]
+    async fn a_write_whose_input_stops_short_leaves_the_old_file_and_no_temporary() {
+        let (dir, n) = node();
+        let pki = dir.path().join("etc/kubernetes/pki");
+        std::fs::write(pki.join("front-proxy-client.crt"), b"old").unwrap();
+        let data = vec![b'x'; 100_000];
+        let (script, args) =
+            write_command("/etc/kubernetes/pki/front-proxy-client.crt", &data, 0o644);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Input that ends early (the sender died), then input of the right size but other bytes.
+        let mut other = data.clone();
+        other[500] = b'y';
+        for (stdin, why) in [(&data[..40_000], "40000 of 100000 bytes"), (&other[..], "SHA-256")] {
+            let out = n.sh("write", script, &args, stdin).await.unwrap();
+            assert_eq!(out.status, 4, "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{out:?}");
+            assert_eq!(std::fs::read(pki.join("front-proxy-client.crt")).unwrap(), b"old");
+            let names: Vec<_> = std::fs::read_dir(&pki)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["front-proxy-client.crt"], "no temporary left");
+        }
+        // The whole input is written.
+        let out = n.sh("write", script, &args, &data).await.unwrap();
+        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(pki.join("front-proxy-client.crt")).unwrap(), data);
     }
 
     #[tokio::test]

@@ -245,3 +245,74 @@ async fn a_dropped_connection_is_transient_and_the_next_command_reconnects() {
     assert!(recovered, "a later command reconnected");
     node.close().await;
 }
+
+/// Regression: a kill -9 of kubeca in the middle of a write to a node once installed a torn
+/// (0-byte) certificate there: the remote `cat` saw end of input, exited 0, and the rename
+/// followed. The ssh client is killed once the node has received part of the content (seen in
+/// the temporary file's size, so the moment is chosen, not guessed); the node's old file stays
+/// and the remote script leaves no temporary behind.
+#[test]
+fn a_client_killed_in_the_middle_of_a_write_leaves_the_old_file_intact() {
+    use std::io::Write as _;
+    let s = sshd();
+    let work = s.dir.path().join("pki");
+    std::fs::create_dir(&work).unwrap();
+    let target = work.join("front-proxy-client.crt");
+    std::fs::write(&target, b"old certificate").unwrap();
+    let data = vec![b'C'; 8 << 20];
+    let (script, args) = actions::node::write_command(target.to_str().unwrap(), &data, 0o644);
+    // ssh joins its arguments into one command line for the remote shell: quote each.
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let remote = std::iter::once("sh -c".to_owned())
+        .chain([quote(script), "kubeca".into()])
+        .chain(args.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let mut client = Command::new("ssh")
+        .args(["-p", &s.port.to_string(), "-i"])
+        .arg(s.dir.path().join("id_ed25519"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", s.dir.path().join("known_hosts").display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ControlPath=none"])
+        .arg(format!("{user}@{ADDR}"))
+        .arg(remote)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(&data[..data.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    let temporaries = || -> Vec<(String, u64)> {
+        std::fs::read_dir(&work)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".kubeca-tmp."))
+            .map(|e| {
+                (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len()))
+            })
+            .collect()
+    };
+    // Wait (bounded) until the node holds at least a megabyte of the content.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !temporaries().iter().any(|(_, len)| *len >= 1 << 20) {
+        assert!(std::time::Instant::now() < deadline, "the write never reached the node");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    client.kill().unwrap(); // SIGKILL: as kubeca killed mid-run
+    let _ = client.wait();
+    drop(stdin);
+    // The remote script ends on its own (end of input, a failed size check): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !temporaries().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a temporary file was left on the node: {:?}",
+            temporaries()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"old certificate", "the old file is intact");
+}
