@@ -401,7 +401,7 @@ pub fn drive(
             // the debug level there (failures and gates stay visible).
             match &bar {
                 Some(bar) => {
-                    if matches!(event, Event::StepFailed(_) | Event::GateReached(_) | Event::Paused(_)) {
+                    if stays_visible(event) {
                         bar.suspend(|| progress(event, state, started.elapsed()));
                     }
                 }
@@ -421,18 +421,39 @@ pub fn drive(
             let _ = write_private(&live, live_status(state).to_string().as_bytes());
         });
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
+            stop_requested().await;
             tracing::warn!("stopping: no new step starts; running steps finish");
             canceller.cancel();
         });
-        let outcome = if rollback { engine.rollback(&opts).await? } else { engine.run(&opts).await? };
+        let outcome =
+            if rollback { engine.rollback(&opts).await? } else { engine.run(&opts).await? };
         anyhow::Ok(outcome)
     })?;
     Ok(report(dir, &outcome))
+}
+
+/// Whether `event` is logged above the progress bar: failures, gates and pauses are what an
+/// operator must see; routine step lines would scroll the bar away.
+fn stays_visible(event: &Event<Action>) -> bool {
+    matches!(event, Event::StepFailed(_) | Event::GateReached(_) | Event::Paused(_))
+}
+
+/// Returns once the operator asks kubeca to stop: Ctrl-C, or SIGTERM (when its handler cannot be
+/// installed, Ctrl-C alone).
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 /// A progress bar on a terminal (phase, step, n of m, elapsed); `None` when stderr is not a

@@ -8,8 +8,14 @@
 //! - engine: `Engine::run` of a plan of `BENCH_STEPS` no-op steps over the real journal;
 //! - engine in memory: the same run over an in-memory log — the engine's own cost, no disk.
 //!
-//! Floor and engine alternate for `BENCH_ROUNDS` rounds (default 5) of `BENCH_STEPS` steps
-//! (default 1000), so a busy disk slows both alike; the medians are reported.
+//! Floor and engine are measured in pairs, `BENCH_ROUNDS` rounds (default 101) of `BENCH_STEPS`
+//! steps (default 200) each, after one warm-up pair that is not counted. Short rounds keep the
+//! two sides of a pair a fraction of a second apart, so a change in the disk's load mostly falls
+//! on both; the order within a pair alternates (floor first in even rounds, engine first in odd
+//! ones), so neither side always runs on the disk the other has just left busy. The figure is
+//! the median of the rounds' ratios, with their interquartile range and extremes: on a disk
+//! shared with other work one round's ratio can be far off (an engine faster than its own floor
+//! is noise), and the spread says how far.
 
 use std::time::{Duration, Instant};
 
@@ -91,36 +97,68 @@ fn engine_durable(
     Ok(rate(steps, took))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The `q` quantile of `v` (0.5 the median), interpolated between the two nearest values.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let at = q * (v.len() - 1) as f64;
+    let (low, high) = (at.floor() as usize, at.ceil() as usize);
+    v[low] + (v[high] - v[low]) * (at - low as f64)
+}
+
+/// The median of `v` with its interquartile range and extremes.
+fn spread(v: &[f64], digits: usize) -> String {
+    let q = |q| quantile(v, q);
+    format!(
+        "{:.digits$} (interquartile {:.digits$}–{:.digits$}, min–max {:.digits$}–{:.digits$})",
+        q(0.5),
+        q(0.25),
+        q(0.75),
+        q(0.0),
+        q(1.0)
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize =
-        std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let rounds: usize =
-        std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+        std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(101).max(1);
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp");
     std::fs::create_dir_all(&base)?;
     let tmp = tempfile::tempdir_in(&base)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
 
-    // Floor and engine alternate, round after round, so that a busy disk slows both alike; the
-    // ratio of each round is reported, and the medians.
+    // One pair, in the order asked; each side on a fresh journal.
+    let pair = |name: &str, engine_first: bool| -> Result<(f64, f64), Box<dyn std::error::Error>> {
+        let floor_dir = tmp.path().join(format!("floor-{name}"));
+        let engine_dir = tmp.path().join(format!("engine-{name}"));
+        if engine_first {
+            let e = engine_durable(&engine_dir, steps, &rt)?;
+            Ok((floor(&floor_dir, steps)?, e))
+        } else {
+            let f = floor(&floor_dir, steps)?;
+            Ok((f, engine_durable(&engine_dir, steps, &rt)?))
+        }
+    };
+    // The first pair pays for what later ones find ready (the runtime, the directory's first
+    // files, cold caches): it is run and not counted.
+    pair("warm-up", false)?;
     let (mut floors, mut engines, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    println!("round  floor (2 durable appends/step)  engine over the journal  ratio");
+    println!("round  first   floor (2 durable appends/step)  engine over the journal  ratio");
     for round in 0..rounds {
-        let f = floor(&tmp.path().join(format!("floor-{round}")), steps)?;
-        let e = engine_durable(&tmp.path().join(format!("engine-{round}")), steps, &rt)?;
-        println!("{round:>5}  {f:>22.0} steps/s  {e:>15.0} steps/s  {:>5.2}x", e / f);
+        let engine_first = round % 2 == 1;
+        let (f, e) = pair(&round.to_string(), engine_first)?;
+        let first = if engine_first { "engine" } else { "floor" };
+        println!("{round:>5}  {first:<6}  {f:>22.0} steps/s  {e:>15.0} steps/s  {:>5.2}x", e / f);
         floors.push(f);
         engines.push(e);
         ratios.push(e / f);
     }
 
     // The engine's own cost: the same run over an in-memory log, no disk.
-    let memory_steps = steps * 20;
+    // Long enough that the run's own start is lost in it, whatever BENCH_STEPS is.
+    let memory_steps = 20_000;
     let engine = Engine::open(MemoryLog::new(), NoOp, SystemClock)?;
     engine.start(plan(memory_steps))?;
     let started = Instant::now();
@@ -129,11 +167,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(outcome, Outcome::Completed);
 
     println!();
-    println!("steps per run:                      {steps} ({rounds} rounds)");
-    println!("floor, median:                      {:>10.0} steps/s", median(floors));
-    println!("engine over the journal, median:    {:>10.0} steps/s", median(engines));
-    println!("ratio engine / floor, median:       {:>10.2}x", median(ratios));
-    println!("engine over an in-memory log:       {memory:>10.0} steps/s ({memory_steps} steps)");
-    println!("engine's own cost per step:         {:>10.1} µs", 1e6 / memory);
+    println!("steps per run:                   {steps} ({rounds} rounds after a warm-up pair)");
+    println!("floor, steps/s, median:          {}", spread(&floors, 0));
+    println!("engine over the journal, median: {}", spread(&engines, 0));
+    println!("ratio engine / floor, median:    {}", spread(&ratios, 2));
+    println!("engine over an in-memory log:    {memory:.0} steps/s ({memory_steps} steps)");
+    println!("engine's own cost per step:      {:.1} µs", 1e6 / memory);
     Ok(())
 }

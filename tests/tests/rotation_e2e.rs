@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod testbed {
-    #[allow(dead_code)]
+    #[allow(dead_code)] // shared with the testbed tests; this binary uses part of it
     pub mod util;
 }
 mod rotation_e2e {

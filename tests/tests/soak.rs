@@ -11,10 +11,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod testbed {
-    #[allow(dead_code)]
+    #[allow(dead_code)] // shared with the testbed tests; this binary uses part of it
     pub mod util;
 }
-#[allow(dead_code)]
+#[allow(dead_code)] // shared with rotation_e2e; the soak uses part of it
 mod rotation_e2e {
     pub mod checks;
     pub mod cluster;

@@ -2,7 +2,9 @@
 //! tools nobody here wrote (ssh, openssl, etcdctl, curl, kubectl), then taken down.
 //!
 //! The checks share one testbed, so they run in a fixed order from one `#[test]`: those that
-//! change nothing first, then those that restart components, then `down`. Each check runs even
+//! change nothing first, then those that restart components, then `down`, with a second, small
+//! testbed on another address block beside it (which this `down` must leave running; the
+//! machine runs at most these two at once). Each check runs even
 //! when an earlier one failed, and the test fails naming every failed check. The `Testbed` guard
 //! runs `down` when it is dropped, also on a panic; a run killed outright is cleaned up by the
 //! `down` the next run starts with.
@@ -67,7 +69,9 @@ fn testbed_3_control_planes_2_workers() {
             "controller_manager_refuses_a_signing_bundle",
             api::controller_manager_refuses_a_signing_bundle,
         ),
-        ("down_leaves_nothing", infra::down_leaves_nothing),
+        // Last: brings a second testbed up beside this one, takes this one down
+        // (down_leaves_nothing), then the other.
+        ("down_stops_only_its_own_testbed", infra::down_stops_only_its_own_testbed),
     ];
     let mut failed = Vec::new();
     for (name, check) in checks {
@@ -90,8 +94,8 @@ fn testbed_3_control_planes_2_workers() {
 fn ecdsa_pki_verifies_with_openssl() {
     use kubeca_tests::testbed::{node, pki};
     let dir = tempfile::tempdir().unwrap();
-    let nodes = node::topology(1, 1);
-    pki::generate(dir.path(), &nodes, pki::KeyAlgorithm::Ecdsa).unwrap();
+    let nodes = node::topology(&kubeca_tests::testbed::subnet::Subnet::default(), 1, 1).unwrap();
+    pki::generate(dir.path(), &Default::default(), &nodes, pki::KeyAlgorithm::Ecdsa).unwrap();
     for n in &nodes {
         let root = node::node_dir(dir.path(), &n.name);
         // Paths inside the node, read from the host: /etc/kubernetes and /var/lib/kubelet.

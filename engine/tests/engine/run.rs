@@ -75,8 +75,7 @@ fn given_an_invalid_plan_when_started_then_it_is_refused_and_nothing_is_recorded
 }
 
 #[test]
-fn given_a_start_without_outcome_whose_postcondition_holds_when_run_then_it_is_recovered_not_applied()
- {
+fn given_a_start_without_outcome_whose_postcondition_holds_when_run_then_recovered_not_applied() {
     let world = World::new(&["x/a", "x/b", "x/c"]);
     world.events.borrow_mut().extend([run_started(three_steps()), started("a", 1, 0)]);
     world.disk.borrow_mut().insert("x/a".into(), 1); // the effect happened before the crash
@@ -338,8 +337,7 @@ fn given_cancellation_while_a_step_runs_then_it_finishes_and_nothing_new_starts(
 }
 
 #[test]
-fn given_cancellation_when_a_step_outlives_the_drain_bound_then_it_is_abandoned_and_resolved_next_run()
- {
+fn given_cancellation_when_a_step_outlives_the_drain_bound_then_abandoned_and_resolved_next_run() {
     let world = World::new(&["x/a", "x/b", "x/c"]);
     world.block.borrow_mut().insert(sid("a"));
     let (canceller, cancel) = Cancel::new();

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use super::monitor::{self, Outcome};
+use super::subnet::Subnet;
 use super::tls;
 
 type Body = Full<bytes::Bytes>;
@@ -411,6 +412,9 @@ struct State {
     etcd: Etcd,
     flags: HashMap<String, String>,
     kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The control-plane endpoint (the testbed's load balancer), published in discovery and
+    /// in cluster-info as kubeadm's controlPlaneEndpoint.
+    endpoint: SocketAddr,
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
@@ -436,7 +440,8 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         )),
     )?;
     let etcd = Etcd::new(&flags)?;
-    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls });
+    let endpoint = Subnet::from_env()?.lb_endpoint();
+    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint });
     let addr: SocketAddr =
         format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -568,7 +573,8 @@ async fn handle(
     }
 }
 
-fn discovery(path: &str) -> Option<Value> {
+/// The discovery document at `path`; `endpoint` is the address `/api` tells clients to use.
+fn discovery(path: &str, endpoint: &SocketAddr) -> Option<Value> {
     let group_version =
         |g: &str, v: &str| if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
     match path {
@@ -576,7 +582,7 @@ fn discovery(path: &str) -> Option<Value> {
             json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}),
         ),
         "/api" => Some(
-            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.10:6443"}]}),
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": endpoint.to_string()}]}),
         ),
         "/apis" => {
             let mut groups: Vec<&str> =
@@ -713,7 +719,7 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
     let accept =
         req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if method == "GET"
-        && let Some(v) = discovery(&path)
+        && let Some(v) = discovery(&path, &state.endpoint)
     {
         return Ok(respond(200, v));
     }
@@ -1124,8 +1130,9 @@ async fn bootstrap(state: &State) -> Result<()> {
         e.put(key, &cm).await?;
     }
     let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.10:6443\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n",
-        B64.encode(client_ca.as_bytes())
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {}\n    server: https://{}\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n",
+        B64.encode(client_ca.as_bytes()),
+        state.endpoint
     );
     put_if_absent(e, "/registry/configmaps/kube-public/cluster-info", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("cluster-info", Some("kube-public")), "data": {"kubeconfig": kubeconfig}})).await?;
     put_if_absent(
@@ -1196,6 +1203,10 @@ mod tests {
 
     #[test]
     fn discovery_lists_core_and_apps() {
+        let endpoint: SocketAddr = "127.0.1.10:6443".parse().unwrap();
+        let discovery = |p: &str| discovery(p, &endpoint);
+        let api = discovery("/api").unwrap();
+        assert_eq!(api["serverAddressByClientCIDRs"][0]["serverAddress"], "127.0.1.10:6443");
         let core = discovery("/api/v1").unwrap();
         assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "nodes"));
         let apps = discovery("/apis/apps/v1").unwrap();

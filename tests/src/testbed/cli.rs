@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use super::node::{self, LB_ADDRESS, NodeSpec};
+use super::node::{self, NodeSpec};
+use super::subnet::{self, Subnet};
 use super::{apiserver, controller_manager, haproxy, kubelet, pki, pods, report, scheduler};
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
@@ -29,10 +30,17 @@ enum Cmd {
     /// Brings a cluster up in DIR and writes DIR/inventory.toml; waits until every node is Ready.
     ///
     /// Example: kubeca-testbed up --dir /tmp/tb --control-planes 3 --workers 2
+    ///
+    /// Two testbeds run side by side in two DIRs on two blocks:
+    /// kubeca-testbed up --dir /tmp/tb2 --subnet 127.0.1.0/24
     Up {
         /// The testbed's directory (created when missing).
         #[arg(long)]
         dir: PathBuf,
+        /// The address block on 127.0.0.0/8 (/8 to /24) the testbed listens on: the load
+        /// balancer at its address + 10, the nodes from + 11.
+        #[arg(long, default_value = subnet::DEFAULT)]
+        subnet: Subnet,
         /// Number of control-plane nodes (etcd members, apiservers).
         #[arg(long, default_value_t = 3)]
         control_planes: usize,
@@ -102,6 +110,8 @@ enum Cmd {
         name: String,
         #[arg(long)]
         address: String,
+        #[arg(long)]
+        subnet: Subnet,
     },
 }
 
@@ -168,18 +178,26 @@ fn shim(r: Result<ExitCode>) -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Up { dir, control_planes, workers, key, wait, timeout } => {
-            if control_planes == 0 || control_planes + workers > 240 {
+        Cmd::Up { dir, subnet, control_planes, workers, key, wait, timeout } => {
+            if control_planes == 0 || control_planes + workers > subnet::MAX_NODES {
+                // The first and last node addresses of the block, for the message.
+                let first = subnet.node(0).map(|a| a.to_string()).unwrap_or_default();
+                let last =
+                    subnet.node(subnet::MAX_NODES - 1).map(|a| a.to_string()).unwrap_or_default();
                 bail!(
-                    "--control-planes must be at least 1 and the nodes at most 240 (127.0.0.11-250)"
+                    "--control-planes must be at least 1 and the nodes at most {} ({first}-{last} \
+                     in {subnet})",
+                    subnet::MAX_NODES
                 );
             }
             let started = Instant::now();
-            let dir = up(&dir, control_planes, workers, key, wait, Duration::from_secs(timeout))?;
+            let spec = Spec { subnet, control_planes, workers, key };
+            let dir = up(&dir, &spec, wait, Duration::from_secs(timeout))?;
             println!(
-                "testbed up in {:.1}s: {control_planes} control planes + {workers} workers; \
-                 inventory {}/inventory.toml, kubeconfig {}/admin.conf",
+                "testbed up in {:.1}s: {control_planes} control planes + {workers} workers on \
+                 {subnet} (load balancer {}); inventory {}/inventory.toml, kubeconfig {}/admin.conf",
                 started.elapsed().as_secs_f64(),
+                subnet.lb_endpoint(),
                 dir.display(),
                 dir.display()
             );
@@ -211,8 +229,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Node { dir, name, address } => {
-            node::supervise(&dir, &name, &address)?;
+        Cmd::Node { dir, name, address, subnet } => {
+            node::supervise(&dir, &name, &address, &subnet)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -233,14 +251,16 @@ const MADE_BY_UP: [&str; 11] = [
     "id_ed25519.pub",
 ];
 
-fn up(
-    dir: &Path,
+/// What `up` makes: the address block, the nodes, the key algorithm.
+struct Spec {
+    subnet: Subnet,
     control_planes: usize,
     workers: usize,
     key: pki::KeyAlgorithm,
-    wait: Wait,
-    timeout: Duration,
-) -> Result<PathBuf> {
+}
+
+fn up(dir: &Path, spec: &Spec, wait: Wait, timeout: Duration) -> Result<PathBuf> {
+    let subnet = &spec.subnet;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let live = node::running(&dir);
@@ -254,14 +274,15 @@ fn up(
         );
     }
     // Another testbed (in another DIR) on the same addresses would answer in place of this one.
-    let nodes = node::topology(control_planes, workers);
-    let endpoints = std::iter::once((LB_ADDRESS.to_string(), 6443))
-        .chain(nodes.iter().map(|n| (n.address.clone(), 22)));
-    for (addr, port) in endpoints {
-        let sock = std::net::SocketAddr::new(addr.parse()?, port);
+    let nodes = node::topology(subnet, spec.control_planes, spec.workers)?;
+    let endpoints = std::iter::once(subnet.lb_endpoint()).chain(
+        nodes.iter().filter_map(|n| Some(std::net::SocketAddr::new(n.address.parse().ok()?, 22))),
+    );
+    for sock in endpoints {
         if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
             bail!(
-                "{sock} is already in use (another testbed? `kubeca-testbed down --dir` it first)"
+                "{sock} is already in use (another testbed? `kubeca-testbed down --dir` it \
+                 first, or give this one another --subnet than {subnet})"
             );
         }
     }
@@ -274,14 +295,14 @@ fn up(
         }
     }
     let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
-    pki::generate(&dir, &nodes, key)?;
+    pki::generate(&dir, subnet, &nodes, spec.key)?;
     node::prepare(&dir, &nodes, &exe)?;
     let admin = node::node_dir(&dir, "cp-1").join("etc-kubernetes/admin.conf");
     fs::copy(&admin, dir.join("admin.conf")).context("copying admin.conf to DIR")?;
-    write_inventory(&dir, &nodes)?;
-    haproxy::start(&dir, &nodes)?;
+    write_inventory(&dir, subnet, &nodes)?;
+    haproxy::start(&dir, subnet, &nodes)?;
     for n in &nodes {
-        node::start(&dir, n, &exe)?;
+        node::start(&dir, subnet, n, &exe)?;
     }
 
     let deadline = Instant::now() + timeout;
@@ -299,7 +320,7 @@ fn up(
     .with_context(hint)?;
     wait_for("a healthy etcd cluster", deadline, || etcd_healthy(&dir, &nodes))
         .with_context(hint)?;
-    wait_for("haproxy", deadline, || Ok(TcpStream::connect((LB_ADDRESS, 6443)).is_ok()))
+    wait_for("haproxy", deadline, || Ok(TcpStream::connect(subnet.lb_endpoint()).is_ok()))
         .with_context(hint)?;
     if wait == Wait::Ready {
         wait_for("every node Ready and every pod running", deadline, || {
@@ -428,13 +449,14 @@ fn cluster_ready(dir: &Path, node_count: usize) -> Result<bool> {
     Ok(proxies >= node_count && items.iter().all(ready))
 }
 
-/// DIR/inventory.toml in the format of kubeca's inventory (BRIEF.md).
-fn write_inventory(dir: &Path, nodes: &[NodeSpec]) -> Result<()> {
+/// DIR/inventory.toml in the format of kubeca's inventory (README.md, "Inventory").
+fn write_inventory(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec]) -> Result<()> {
     let d = dir.display();
+    let lb = subnet.lb_endpoint();
     let mut s = format!(
-        "# kubeca inventory of the testbed in {d} (written by kubeca-testbed up)\n\
+        "# kubeca inventory of the testbed in {d} on {subnet} (written by kubeca-testbed up)\n\
          [cluster]\nname = \"kubeca-testbed\"\nkubeconfig = \"{d}/admin.conf\"\n\
-         api_endpoint = \"https://{LB_ADDRESS}:6443\"\n\n\
+         api_endpoint = \"https://{lb}\"\n\n\
          [ssh]\nuser = \"root\"\nidentity = \"{d}/id_ed25519\"\nknown_hosts = \"{d}/known_hosts\"\n\
          sudo = false\nconcurrency = 10\n"
     );

@@ -3,7 +3,7 @@
 //! Credentials and CA are read once when the client is built, as a Go client reads them: a
 //! rotation that changes the files on disk reaches a component only when it restarts.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use rustls::pki_types::ServerName;
 use serde_json::Value;
 
 use super::monitor::{self, Outcome};
+use super::subnet::{self, Subnet};
 use super::tls;
 
 /// Credentials and endpoint read from a kubeconfig or from a pod's token and ca.crt.
@@ -128,16 +129,14 @@ impl Credentials {
     }
 }
 
-/// The monitor's name for the apiserver at `addr`: "lb" for the load balancer, else
-/// `kube-apiserver@cp-<i>` (apiservers run only on control-plane nodes, cp-i at 127.0.0.(10+i)).
-pub fn apiserver_name(addr: &SocketAddr) -> String {
-    match addr.ip() {
-        IpAddr::V4(v4) if v4.octets() == [127, 0, 0, 10] => "lb".into(),
-        IpAddr::V4(v4) if v4.octets()[..3] == [127, 0, 0] && v4.octets()[3] > 10 => {
-            format!("kube-apiserver@cp-{}", v4.octets()[3] - 10)
-        }
-        ip => format!("kube-apiserver@{ip}"),
+/// The monitor's name for the apiserver at `addr` in this process's testbed (its block in
+/// KUBECA_TESTBED_SUBNET, see [`Subnet::apiserver_name`]): "lb" or `kube-apiserver@cp-<i>`.
+/// A component run by hand outside a testbed records nothing and names the server by address.
+pub fn apiserver_name(addr: &SocketAddr) -> Result<String> {
+    if std::env::var_os(subnet::ENV).is_none() {
+        return Ok(format!("kube-apiserver@{}", addr.ip()));
     }
+    Ok(Subnet::from_env()?.apiserver_name(addr))
 }
 
 /// An API client; every request opens a new connection and records it in the monitor.
@@ -152,6 +151,8 @@ pub struct Client {
     /// The monitor's purpose, e.g. `scheduler->apiserver`.
     pub purpose: String,
     host: String,
+    /// The monitor's name of the server, e.g. `lb`.
+    server: String,
 }
 
 /// An API answer: status code and JSON body (Null when the body is empty or not JSON).
@@ -190,6 +191,7 @@ impl Client {
             me: me.to_string(),
             purpose: purpose.to_string(),
             host: hostport.to_string(),
+            server: apiserver_name(&addr)?,
         })
     }
 
@@ -201,7 +203,7 @@ impl Client {
         content_type: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Response> {
-        let server = apiserver_name(&self.addr);
+        let server = self.server.as_str();
         let stream = match tls::connect(
             self.addr,
             self.server_name.clone(),
@@ -212,11 +214,11 @@ impl Client {
         {
             Ok(s) => s,
             Err((outcome, msg)) => {
-                monitor::record(&self.me, &server, &self.purpose, outcome);
+                monitor::record(&self.me, server, &self.purpose, outcome);
                 bail!("Get \"https://{}{}\": {msg}", self.host, path);
             }
         };
-        monitor::record(&self.me, &server, &self.purpose, Outcome::Ok);
+        monitor::record(&self.me, server, &self.purpose, Outcome::Ok);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -357,7 +359,9 @@ users:
 
     #[test]
     fn apiserver_names_for_the_monitor() {
-        assert_eq!(apiserver_name(&"127.0.0.10:6443".parse().unwrap()), "lb");
-        assert_eq!(apiserver_name(&"127.0.0.12:6443".parse().unwrap()), "kube-apiserver@cp-2");
+        // The default block, as the testbed's processes are told it.
+        let name = |a: &str| Subnet::default().apiserver_name(&a.parse().unwrap());
+        assert_eq!(name("127.0.0.10:6443"), "lb");
+        assert_eq!(name("127.0.0.12:6443"), "kube-apiserver@cp-2");
     }
 }

@@ -57,10 +57,20 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
 
 /// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream;
 /// client certificates verified against `--client-ca-file` when one is presented).
-pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) {
-    let address = flags.get("bind-address").cloned().unwrap_or_else(|| {
-        std::env::var("KUBECA_TESTBED_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into())
-    });
+///
+/// Without `--bind-address` upstream listens on 0.0.0.0 (`NewSecureServingOptions` in
+/// k8s.io/apiserver/pkg/server/options/serving.go); the testbed's nodes share one network
+/// namespace, so it listens on the node's address (KUBECA_TESTBED_ADDRESS) instead, never on an
+/// address another node or testbed shares. An error when neither is given.
+pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) -> Result<()> {
+    let address = match flags.get("bind-address") {
+        Some(a) => a.clone(),
+        None => std::env::var("KUBECA_TESTBED_ADDRESS").map_err(|_| {
+            anyhow::anyhow!(
+                "{name}: --bind-address is not set and neither is KUBECA_TESTBED_ADDRESS"
+            )
+        })?,
+    };
     let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
     let me = monitor::me(name);
     let name = name.to_string();
@@ -84,6 +94,7 @@ pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: 
             eprintln!("{} {name}: health endpoint: {e:#}", jiff::Timestamp::now());
         }
     });
+    Ok(())
 }
 
 /// Holds or takes the named lease in kube-system; true when this process is the leader.
@@ -130,7 +141,7 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         &me,
         "controller-manager->apiserver",
     )?;
-    start_healthz(&flags, "kube-controller-manager", 10257);
+    start_healthz(&flags, "kube-controller-manager", 10257)?;
     let ctl = Ctl { api, root_ca };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -14,14 +14,17 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use super::node::{LB_ADDRESS, NodeSpec, record_pid};
+use super::node::{NodeSpec, record_pid};
+use super::subnet::Subnet;
 
-/// Writes `DIR/haproxy/haproxy.cfg` over the control planes of `nodes`.
-pub fn write_config(dir: &Path, nodes: &[NodeSpec]) -> Result<std::path::PathBuf> {
+/// Writes `DIR/haproxy/haproxy.cfg`: the load balancer of `subnet` over the control planes of
+/// `nodes`.
+pub fn write_config(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec]) -> Result<std::path::PathBuf> {
     let hdir = dir.join("haproxy");
     fs::create_dir_all(&hdir).with_context(|| format!("creating {}", hdir.display()))?;
+    let lb = subnet.lb_endpoint();
     let mut cfg = format!(
-        "# kubeca testbed: the control-plane endpoint {LB_ADDRESS}:6443 (kubeadm HA guide, TCP mode)
+        "# kubeca testbed: the control-plane endpoint {lb} (kubeadm HA guide, TCP mode)
 global
     nbthread 1
     maxconn 4000
@@ -40,7 +43,7 @@ defaults
     timeout check 2s
 
 frontend apiserver
-    bind {LB_ADDRESS}:6443
+    bind {lb}
     default_backend apiservers
 
 backend apiservers
@@ -60,8 +63,8 @@ backend apiservers
 
 /// Checks the configuration and starts haproxy in the foreground of its own process group,
 /// its output in `DIR/haproxy/haproxy.log`; records its pid in `DIR/pids`.
-pub fn start(dir: &Path, nodes: &[NodeSpec]) -> Result<u32> {
-    let cfg = write_config(dir, nodes)?;
+pub fn start(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec]) -> Result<u32> {
+    let cfg = write_config(dir, subnet, nodes)?;
     let check = Command::new("haproxy")
         .arg("-c")
         .arg("-q")

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
 use super::node::{alive, proc_stat, to_pid};
+use super::subnet::{self, Subnet};
 
 /// Where the kubelet keeps the state of its static pods, inside the node.
 pub const STATIC_POD_STATE_DIR: &str = "/run/kubelet/static-pods";
@@ -167,11 +168,15 @@ fn run(args: &[String]) -> Result<()> {
     std::thread::Builder::new()
         .name("static-pods".into())
         .spawn(move || {
+            pods.sync();
+            // Said once, so that a test can await the first pass of a restarted kubelet (the
+            // pass that would start a second copy of a pod it failed to adopt).
+            eprintln!("kubelet: first static pod sync done ({} pods)", pods.pods.len());
             loop {
-                pods.sync();
                 // The real kubelet sees a manifest change at once (inotify); a quarter second
                 // keeps the testbed's restarts close to that.
                 std::thread::sleep(STATIC_POD_SYNC);
+                pods.sync();
             }
         })
         .context("starting the static pod thread")?;
@@ -191,6 +196,7 @@ fn run(args: &[String]) -> Result<()> {
                 .unwrap_or_default(),
             pod_log_dir: PathBuf::from("/var/log/pods"),
             kubelet_port: config.port,
+            api_service: Subnet::from_env()?.lb_endpoint(),
             control_plane: config.static_pod_path.join("kube-apiserver.yaml").exists(),
         };
         tokio::spawn(async move {
@@ -397,6 +403,7 @@ impl StaticPods {
             .env("KUBECA_TESTBED_DIR", std::env::var_os("KUBECA_TESTBED_DIR").unwrap_or_default())
             .env("KUBECA_TESTBED_NODE", &self.flags.hostname)
             .env("KUBECA_TESTBED_ADDRESS", &self.flags.node_ip)
+            .env(subnet::ENV, std::env::var_os(subnet::ENV).unwrap_or_default())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -5,7 +5,7 @@
 //! `/var/lib/kubelet/pods/<uid>/volumes/...`, told to the pod by `KUBECA_SA_DIR`; they outlive a
 //! kubelet restart, and the next kubelet adopts them from `/run/kubelet/api-pods/<uid>.json`.
 //!
-//! The kubelet (kubelet.rs, INFRA) builds a [`KubeletContext`] from its flags and awaits [`run`]
+//! The kubelet (kubelet.rs) builds a [`KubeletContext`] from its flags and awaits [`run`]
 //! inside its runtime next to its :10250 server. `run` only returns on an error that the kubelet
 //! should log; the kubelet keeps serving its static pods either way.
 
@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use super::node::{alive, proc_stat, to_pid};
 
 use super::client::{Client, Credentials};
+use super::subnet;
 
 /// What the kubelet's API side needs from the kubelet process; all values come from its flags
 /// and environment, read once at start as the real kubelet does.
@@ -46,6 +47,10 @@ pub struct KubeletContext {
     pub kubelet_port: u16,
     /// True on control-plane nodes (label `node-role.kubernetes.io/control-plane`).
     pub control_plane: bool,
+    /// Where the pods reach the API, told to them as KUBERNETES_SERVICE_HOST and
+    /// KUBERNETES_SERVICE_PORT: the testbed's load balancer, standing in for the `kubernetes`
+    /// Service (the testbed has no Service addresses).
+    pub api_service: std::net::SocketAddr,
 }
 
 /// The Node object this kubelet registers: Ready, with its address and kubelet port.
@@ -427,6 +432,12 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
         .env("KUBECA_TESTBED_DIR", &ctx.testbed_dir)
         .env("KUBECA_TESTBED_NODE", &ctx.node_name)
         .env("KUBECA_TESTBED_ADDRESS", &ctx.node_address)
+        .env(subnet::ENV, std::env::var_os(subnet::ENV).unwrap_or_default())
+        // The real kubelet gives every container the `kubernetes` Service's address
+        // (pkg/kubelet/kubelet_pods.go, makeEnvironmentVariables; the names from
+        // pkg/kubelet/envvars/envvars.go, FromServices); in-cluster clients read them.
+        .env("KUBERNETES_SERVICE_HOST", ctx.api_service.ip().to_string())
+        .env("KUBERNETES_SERVICE_PORT", ctx.api_service.port().to_string())
         .env("KUBECA_SA_DIR", &dir)
         .env("KUBECA_POD_NAME", &name)
         .env("KUBECA_POD_NAMESPACE", &ns)
@@ -501,6 +512,7 @@ mod tests {
             pod_log_dir: "/var/log/pods".into(),
             kubelet_port: 10250,
             control_plane: true,
+            api_service: "127.0.0.10:6443".parse().unwrap(),
         };
         let n = node_object(&ctx);
         assert!(n["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_some());

@@ -1,6 +1,7 @@
-//! The testbed: a kubeadm-style HA cluster on one Linux machine (see TESTBED.md in the design docs).
+//! The testbed: a kubeadm-style HA cluster on one Linux machine (`tests/TESTBED.md` says what it
+//! mirrors, and where it still differs from the real components).
 //!
-//! Infrastructure (cli, pki, node, kubelet, haproxy, report) and components (tls, monitor, client,
+//! Infrastructure (cli, subnet, pki, node, kubelet, haproxy, report) and components (tls, monitor, client,
 //! apiserver, controller_manager, scheduler, pods, kubelet_api) are separate modules; components are
 //! subcommands of the one `kubeca-testbed` binary, started by the kubelet from static pod manifests.
 
@@ -17,4 +18,5 @@ pub mod pki;
 pub mod pods;
 pub mod report;
 pub mod scheduler;
+pub mod subnet;
 pub mod tls;

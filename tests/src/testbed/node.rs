@@ -25,22 +25,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal, WaitOptions};
 
-/// The load balancer's address; haproxy listens on `LB_ADDRESS:6443`.
-pub const LB_ADDRESS: &str = "127.0.0.10";
+use super::subnet::{self, Subnet};
 
 /// One node of the testbed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSpec {
     /// `cp-<i>` or `w-<i>`; also the node's hostname.
     pub name: String,
-    /// `127.0.0.<10+i>`; every listener of the node binds it.
+    /// The testbed's block + 11 + i (`127.0.0.11` up by default); every listener of the node
+    /// binds it.
     pub address: String,
     /// Whether the node runs etcd and the control-plane static pods.
     pub control_plane: bool,
 }
 
-/// The nodes of a testbed: control planes `cp-1..` then workers `w-1..`, at 127.0.0.11 upwards.
-pub fn topology(control_planes: usize, workers: usize) -> Vec<NodeSpec> {
+/// The nodes of a testbed: control planes `cp-1..` then workers `w-1..`, from the block's
+/// address + 11 up; an error when the block has no room for that many.
+pub fn topology(subnet: &Subnet, control_planes: usize, workers: usize) -> Result<Vec<NodeSpec>> {
     (0..control_planes + workers)
         .map(|i| {
             let control_plane = i < control_planes;
@@ -49,7 +50,10 @@ pub fn topology(control_planes: usize, workers: usize) -> Vec<NodeSpec> {
             } else {
                 format!("w-{}", i + 1 - control_planes)
             };
-            NodeSpec { name, address: format!("127.0.0.{}", 11 + i), control_plane }
+            let address = subnet
+                .node(i)
+                .with_context(|| format!("{subnet} holds at most {} nodes", subnet::MAX_NODES))?;
+            Ok(NodeSpec { name, address: address.to_string(), control_plane })
         })
         .collect()
 }
@@ -166,7 +170,7 @@ fn ssh_keygen(path: &Path, comment: &str) -> Result<()> {
 }
 
 /// Starts node `node` (its supervisor in new mount and UTS namespaces) and records its pid.
-pub fn start(dir: &Path, node: &NodeSpec, exe: &Path) -> Result<u32> {
+pub fn start(dir: &Path, subnet: &Subnet, node: &NodeSpec, exe: &Path) -> Result<u32> {
     let root = node_dir(dir, &node.name);
     let log = fs::File::create(root.join("node.log"))?;
     let child = Command::new("unshare")
@@ -176,6 +180,7 @@ pub fn start(dir: &Path, node: &NodeSpec, exe: &Path) -> Result<u32> {
         .arg(format!("--dir={}", dir.display()))
         .arg(format!("--name={}", node.name))
         .arg(format!("--address={}", node.address))
+        .arg(format!("--subnet={subnet}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -189,7 +194,7 @@ pub fn start(dir: &Path, node: &NodeSpec, exe: &Path) -> Result<u32> {
 }
 
 /// The node supervisor: everything systemd does on a real node. Runs until SIGTERM.
-pub fn supervise(dir: &Path, name: &str, address: &str) -> Result<()> {
+pub fn supervise(dir: &Path, name: &str, address: &str, subnet: &Subnet) -> Result<()> {
     let root = node_dir(dir, name);
     rustix::system::sethostname(name.as_bytes()).context("setting the node's hostname")?;
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
@@ -218,10 +223,16 @@ pub fn supervise(dir: &Path, name: &str, address: &str) -> Result<()> {
         .enable_all()
         .build()
         .context("building the node supervisor's runtime")?;
-    runtime.block_on(supervise_loop(dir, &root, name, address))
+    runtime.block_on(supervise_loop(dir, &root, name, address, subnet))
 }
 
-async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> Result<()> {
+async fn supervise_loop(
+    dir: &Path,
+    root: &Path,
+    name: &str,
+    address: &str,
+    subnet: &Subnet,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -259,6 +270,7 @@ async fn supervise_loop(dir: &Path, root: &Path, name: &str, address: &str) -> R
             .env("KUBECA_TESTBED_DIR", dir)
             .env("KUBECA_TESTBED_NODE", name)
             .env("KUBECA_TESTBED_ADDRESS", address)
+            .env(subnet::ENV, subnet.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -787,7 +799,7 @@ mod tests {
 
     #[test]
     fn topology_names_and_addresses_follow_the_contract() {
-        let t = topology(3, 2);
+        let t = topology(&Subnet::default(), 3, 2).unwrap();
         let got: Vec<(&str, &str, bool)> =
             t.iter().map(|n| (n.name.as_str(), n.address.as_str(), n.control_plane)).collect();
         assert_eq!(
@@ -800,6 +812,11 @@ mod tests {
                 ("w-2", "127.0.0.15", false),
             ]
         );
+        let other = topology(&Subnet::parse("127.0.1.0/24").unwrap(), 1, 1).unwrap();
+        assert_eq!(other[0].address, "127.0.1.11");
+        assert_eq!(other[1].address, "127.0.1.12");
+        let err = topology(&Subnet::default(), 200, 41).unwrap_err();
+        assert!(err.to_string().contains("at most 240 nodes"), "{err}");
     }
 
     #[test]

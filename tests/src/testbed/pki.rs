@@ -17,7 +17,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 
-use super::node::{LB_ADDRESS, NodeSpec, node_dir};
+use super::node::{NodeSpec, node_dir};
+use super::subnet::Subnet;
 
 /// Kubernetes version whose kubeadm layout and flags the testbed copies.
 pub const KUBERNETES_VERSION: &str = "v1.30.6";
@@ -66,8 +67,10 @@ impl CertSpec {
 ///
 /// The shared CAs (cluster, front-proxy, etcd) and the service-account key pair are made once
 /// and copied to every control-plane node, as `kubeadm join --control-plane` does with uploaded
-/// certificates; every node gets its own leaf certificates.
-pub fn generate(dir: &Path, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()> {
+/// certificates; every node gets its own leaf certificates. The control-plane endpoint (in the
+/// apiservers' SANs, admin.conf and kubelet.conf) is the load balancer of `subnet`.
+pub fn generate(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()> {
+    let lb = subnet.lb().to_string();
     let work = dir.join("openssl");
     let shared = work.join("shared");
     fs::create_dir_all(shared.join("etcd"))
@@ -117,7 +120,7 @@ pub fn generate(dir: &Path, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()
                             Err(_) => return Ok(()),
                         };
                         let Some(node) = next else { return Ok(()) };
-                        node_files(dir, &ossl, &shared, node, &control_planes)
+                        node_files(dir, &ossl, &shared, &lb, node, &control_planes)
                             .with_context(|| format!("making the files of node {}", node.name))?;
                     }
                 })
@@ -131,10 +134,12 @@ pub fn generate(dir: &Path, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()
 }
 
 /// The files of one node: PKI, kubeconfigs and manifests (control planes), kubelet files (all).
+/// `lb` is the load balancer's address.
 fn node_files(
     dir: &Path,
     ossl: &Openssl,
     shared: &Path,
+    lb: &str,
     node: &NodeSpec,
     control_planes: &[&NodeSpec],
 ) -> Result<()> {
@@ -161,7 +166,7 @@ fn node_files(
     // Workers hold no CA key: their kubelet certificates are signed with the shared one, as
     // the controller-manager's CSR signer would sign them.
     let shared_ca = (shared.join("ca.crt"), shared.join("ca.key"));
-    let lb_server = format!("https://{LB_ADDRESS}:6443");
+    let lb_server = format!("https://{lb}:6443");
     let own_server = format!("https://{addr}:6443");
 
     // Every node trusts the cluster CA; only control planes hold its key and the other CAs.
@@ -191,7 +196,7 @@ fn node_files(
         ]
         .map(String::from)
         .to_vec();
-        apiserver.ips = vec!["10.96.0.1".into(), addr.into(), LB_ADDRESS.into()];
+        apiserver.ips = vec!["10.96.0.1".into(), addr.into(), lb.into()];
         // etcd's serving and peer certificates carry kubeadm's SANs: name, localhost, address.
         let etcd_sans = |mut spec: CertSpec| {
             spec.dns = vec![node.name.clone(), "localhost".into()];

@@ -4,7 +4,9 @@
 //! and `ca.crt` (from the namespace's kube-root-ca.crt) in its service-account directory. The
 //! kubelet tells a pod where that directory is and who it is through the environment:
 //! `KUBECA_SA_DIR` (default /var/run/secrets/kubernetes.io/serviceaccount), `KUBECA_POD_NAME`,
-//! `KUBECA_POD_NAMESPACE`, plus the testbed's `KUBECA_TESTBED_{DIR,NODE,ADDRESS}`.
+//! `KUBECA_POD_NAMESPACE`, plus the testbed's `KUBECA_TESTBED_{DIR,NODE,ADDRESS,SUBNET}`. Where
+//! the API is comes from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, as for a real
+//! pod.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,8 +20,26 @@ use serde_json::{Value, json};
 use super::client::{Client, Credentials, service_account_dir};
 use super::{monitor, tls};
 
-/// The API endpoint pods use (the load balancer, as `kubernetes.default` would lead to).
-pub const API_SERVER: &str = "https://127.0.0.10:6443";
+/// The API endpoint of a pod, `https://HOST:PORT` from `KUBERNETES_SERVICE_HOST` and
+/// `KUBERNETES_SERVICE_PORT`, as client-go's `rest.InClusterConfig`
+/// (staging/src/k8s.io/client-go/rest/config.go) reads it, failing as it does when either is
+/// unset. The kubelet sets both in every container (pkg/kubelet/kubelet_pods.go,
+/// `makeEnvironmentVariables`, from the `kubernetes` Service); on the testbed they name the
+/// load balancer, which stands in for that Service.
+pub fn api_server() -> Result<String> {
+    let var = |k: &str| {
+        std::env::var(k).ok().filter(|v| !v.is_empty()).with_context(|| {
+            "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and \
+             KUBERNETES_SERVICE_PORT must be defined"
+                .to_string()
+        })
+    };
+    let (host, port) = (var("KUBERNETES_SERVICE_HOST")?, var("KUBERNETES_SERVICE_PORT")?);
+    Ok(match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => format!("https://[{host}]:{port}"),
+        _ => format!("https://{host}:{port}"),
+    })
+}
 
 /// The monitor's name of this pod: `pod/<ns>/<name>@<node>`.
 pub fn pod_identity(program: &str) -> String {
@@ -31,7 +51,8 @@ pub fn pod_identity(program: &str) -> String {
 fn in_cluster(program: &str, purpose: &str) -> Result<Client> {
     let dir =
         std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir);
-    let creds = Credentials::in_cluster(&dir.join("token"), &dir.join("ca.crt"), API_SERVER)
+    let server = api_server().with_context(|| format!("{program}: finding the API"))?;
+    let creds = Credentials::in_cluster(&dir.join("token"), &dir.join("ca.crt"), &server)
         .with_context(|| {
             format!("{program}: reading the service-account files in {}", dir.display())
         })?;
@@ -81,7 +102,7 @@ async fn poll(program: &str, api: Client, every: Duration, paths: &[&str]) -> Re
 pub fn coredns_main(_args: Vec<String>) -> ExitCode {
     runtime_main("coredns", async {
         let api = in_cluster("coredns", "coredns->apiserver")?;
-        eprintln!("{} coredns: started, API {API_SERVER}", jiff::Timestamp::now());
+        eprintln!("{} coredns: started, API {}", jiff::Timestamp::now(), api_server()?);
         poll("coredns", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/namespaces"])
             .await
     })
@@ -91,7 +112,7 @@ pub fn coredns_main(_args: Vec<String>) -> ExitCode {
 pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
     runtime_main("kube-proxy", async {
         let api = in_cluster("kube-proxy", "kube-proxy->apiserver")?;
-        eprintln!("{} kube-proxy: started, API {API_SERVER}", jiff::Timestamp::now());
+        eprintln!("{} kube-proxy: started, API {}", jiff::Timestamp::now(), api_server()?);
         poll("kube-proxy", api, Duration::from_secs(2), &["/api/v1/services", "/api/v1/nodes"])
             .await
     })

@@ -40,7 +40,7 @@ fn run(args: &[String]) -> Result<()> {
         .collect();
     runtime.block_on(async move {
         // The secure port (10259): /healthz, what kubeadm's probe and kubeca look at.
-        super::controller_manager::start_healthz(&flags, "kube-scheduler", 10259);
+        super::controller_manager::start_healthz(&flags, "kube-scheduler", 10259)?;
         let me = monitor::node();
         loop {
             match leader_lock(&client, "kube-scheduler", &me).await {

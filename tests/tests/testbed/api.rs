@@ -191,8 +191,28 @@ pub fn untrusted_serving_certificate_fails_the_report(tb: &Testbed) {
                 .is_ok_and(|o| o.status.success())
         },
     );
-    // Clients that kept retrying see the real certificate again: no failure after healing.
-    std::thread::sleep(Duration::from_secs(4)); // let a few status reports happen
+    // Clients that kept retrying see the real certificate again: no failure after healing,
+    // once they have connected again (cp-2's controller-manager and scheduler to cp-2's
+    // apiserver, the kubelets' status reports and the pods through the load balancer).
+    let since_healed = healed.to_string();
+    wait_until("clients connected again after healing", Duration::from_secs(30), || {
+        let out = Command::new(TESTBED)
+            .args(["report", "--output", "json", "--since", &since_healed, "--dir"])
+            .arg(&tb.dir)
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ok_to = |server: &str| -> u64 {
+            r["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["server"] == server)
+                .filter_map(|e| e["outcomes"]["ok"].as_u64())
+                .sum()
+        };
+        ok_to("kube-apiserver@cp-2") >= 2 && ok_to("lb") >= 10
+    });
     let out = Command::new(TESTBED)
         .args(["report", "--since", &healed.to_string(), "--dir"])
         .arg(&tb.dir)

@@ -196,8 +196,13 @@ pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
         journal.contains(&format!("cp-1 kubelet[{pid_after}]: kubelet cp-1 starting")),
         "{journal}"
     );
-    // The restarted kubelet adopted etcd instead of starting another one.
-    std::thread::sleep(Duration::from_millis(1500)); // two kubelet sync periods, nothing to await
+    // The restarted kubelet adopted etcd instead of starting another one: once its first pass
+    // over the manifests is done (the pass that would start a second etcd), etcd is the same.
+    let journal = tb.node_path("cp-1", "kubelet.journal");
+    let synced = format!(" {pid_after} kubelet: first static pod sync done");
+    wait_until("the restarted kubelet's first static pod sync", Duration::from_secs(20), || {
+        fs::read_to_string(&journal).is_ok_and(|j| j.contains(&synced))
+    });
     assert_eq!(static_pod_pid(tb, "cp-1", "etcd"), Some(etcd));
     let out = tb.ssh(addr, "systemctl status containerd");
     assert!(!out.status.success(), "the shim claims a unit it does not have");
@@ -219,7 +224,8 @@ pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
         Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&other).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("127.0.0.10:6443 is already in use"), "{err}");
+    assert!(err.contains(&format!("{}:6443 is already in use", tb.lb())), "{err}");
+    assert!(err.contains("another --subnet"), "the refusal must say how to run both: {err}");
     assert!(!other.join("nodes").exists(), "the refused up made files");
 }
 
@@ -246,7 +252,8 @@ pub fn down_leaves_nothing(tb: &Testbed) {
     // No listener on the testbed's addresses.
     let ss = Command::new("ss").args(["-Hltn"]).output().unwrap();
     let listeners = String::from_utf8_lossy(&ss.stdout);
-    for addr in std::iter::once("127.0.0.10").chain(tb.nodes.iter().map(|n| n.1.as_str())) {
+    let lb = tb.lb();
+    for addr in std::iter::once(lb.as_str()).chain(tb.nodes.iter().map(|n| n.1.as_str())) {
         assert!(
             !listeners.contains(&format!("{addr}:")),
             "a listener on {addr} survived down:\n{listeners}"
@@ -255,4 +262,112 @@ pub fn down_leaves_nothing(tb: &Testbed) {
     let again = tb.down();
     assert!(again.status.success(), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing running"));
+}
+
+/// The block of the second testbed of [`down_stops_only_its_own_testbed`].
+const SIDE_SUBNET: &str = "127.0.1.0/24";
+
+/// Processes of a testbed that run as long as it is up: node supervisors, haproxy, and each
+/// node's kubelet, etcd and apiserver (not the short-lived ones, such as ssh sessions).
+fn long_lived(dir: &std::path::Path) -> Vec<(u32, String)> {
+    let lasting = ["kubelet on node", "etcd on node", "kube-apiserver on node"];
+    kubeca_tests::testbed::node::running(dir)
+        .into_iter()
+        .filter(|(_, role)| {
+            role == "haproxy"
+                || role.starts_with("node ")
+                || lasting.iter().any(|l| role.starts_with(l))
+        })
+        .collect()
+}
+
+/// `report --output json` of a testbed.
+fn report(dir: &std::path::Path, since: Option<&str>) -> serde_json::Value {
+    let mut c = Command::new(super::util::TESTBED);
+    c.args(["report", "--output", "json", "--dir"]).arg(dir);
+    if let Some(s) = since {
+        c.args(["--since", s]);
+    }
+    let out = c.output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report: {e}: {}", text(&out)))
+}
+
+/// A second testbed on another block (1 control plane + 1 worker on 127.0.1.0/24) runs beside
+/// this one with its own addresses, host keys, inventory and monitor, its pods reaching its own
+/// load balancer, and no TLS failure on either; this testbed's `down` then stops this one only
+/// (every lasting process of the other still runs, and it still answers), and the other's
+/// `down` leaves nothing of it.
+pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
+    let since = jiff::Timestamp::now().to_string();
+    let subnet = kubeca_tests::testbed::subnet::Subnet::parse(SIDE_SUBNET).unwrap();
+    let side = Testbed::up_on("testbed-side", subnet, 1, 1, &[]);
+    assert_eq!(side.lb(), "127.0.1.10");
+    assert_ne!(side.dir, tb.dir);
+
+    // Its own inventory and host keys, naming its own addresses only.
+    let inv = fs::read_to_string(side.dir.join("inventory.toml")).unwrap();
+    assert!(inv.contains("api_endpoint = \"https://127.0.1.10:6443\""), "{inv}");
+    assert!(inv.contains("address = \"127.0.1.11\"") && inv.contains("address = \"127.0.1.12\""));
+    assert!(!inv.contains("127.0.0."), "the other block's inventory names this one's: {inv}");
+    let kh = fs::read_to_string(side.dir.join("known_hosts")).unwrap();
+    assert_eq!(kh.lines().count(), 2, "{kh}");
+    assert!(kh.lines().all(|l| l.starts_with("127.0.1.")), "{kh}");
+    assert_eq!(side.ssh_ok(side.address("w-1"), "hostname").trim(), "w-1");
+    // This testbed's known_hosts does not vouch for the other's nodes.
+    let out = ssh_with(&side.dir, &tb.dir.join("known_hosts"), side.address("cp-1"), "true");
+    assert!(!out.status.success(), "ssh accepted the other testbed's host key: {}", text(&out));
+
+    // Its API through its own load balancer; every node Ready.
+    let kubectl = |t: &Testbed, args: &[&str]| {
+        Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", t.dir.join("admin.conf").display()))
+            .arg("--request-timeout=10s")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kubectl(&side, &["get", "nodes", "--no-headers"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ready = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+        .count();
+    assert_eq!(ready, 2, "{}", text(&out));
+    let admin = fs::read_to_string(side.dir.join("admin.conf")).unwrap();
+    assert!(admin.contains("server: https://127.0.1.10:6443"), "{admin}");
+
+    // Its own monitor: its pods (told the API's address by their kubelet) reached its load
+    // balancer, which its components name "lb"; no TLS failure on either testbed, so nothing of
+    // one dialed the other's addresses.
+    let r = report(&side.dir, None);
+    assert_eq!(r["tls_failures"], 0, "{r}");
+    let edges = r["edges"].as_array().unwrap();
+    assert!(
+        edges.iter().any(|e| e["client"].as_str().is_some_and(|c| c.starts_with("pod/"))
+            && e["server"] == "lb"
+            && e["outcomes"]["ok"].as_u64() > Some(0)),
+        "no pod of the other testbed reached its load balancer: {r}"
+    );
+    assert!(
+        !edges.iter().any(|e| e["server"].as_str().is_some_and(|s| s.contains("127.0.0."))),
+        "the other testbed dialed this one's addresses: {r}"
+    );
+    let mine = report(&tb.dir, Some(&since));
+    assert_eq!(mine["tls_failures"], 0, "{mine}");
+
+    // This testbed's down stops this testbed only.
+    let side_before = long_lived(&side.dir);
+    // Two supervisors, haproxy, two kubelets, cp-1's etcd and apiserver.
+    assert!(side_before.len() >= 7, "{side_before:?}");
+    down_leaves_nothing(tb);
+    let side_after = long_lived(&side.dir);
+    let gone: Vec<&(u32, String)> =
+        side_before.iter().filter(|p| !side_after.contains(p)).collect();
+    assert!(gone.is_empty(), "the other testbed lost {gone:?} to this one's down");
+    assert_eq!(side.ssh_ok(side.address("cp-1"), "hostname").trim(), "cp-1");
+    let out = kubectl(&side, &["get", "--raw", "/readyz"]);
+    assert!(out.status.success(), "the other testbed's API after this one's down: {}", text(&out));
+
+    // And the other's down leaves nothing of it.
+    down_leaves_nothing(&side);
 }

@@ -15,6 +15,7 @@ use super::util::Testbed;
 
 pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cp1 = tb.address("cp-1");
     rt.block_on(async {
         let inventory = Inventory::load(&tb.dir.join("inventory.toml")).expect("the inventory up wrote parses");
         assert_eq!(inventory.nodes.len(), tb.nodes.len());
@@ -74,7 +75,7 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
                 runner.known().borrow_mut().insert(step, summary);
             }
         };
-        let before: Vec<Option<Vec<u8>>> = touched.iter().map(|p| node_file(tb, "127.0.0.11", p)).collect();
+        let before: Vec<Option<Vec<u8>>> = touched.iter().map(|p| node_file(tb, cp1, p)).collect();
         run("preflight/backup/cp-1", Action::Backup { node: cp.clone(), paths: touched.clone() }).await;
         run("prepare/new-ca", Action::NewCa { ca: CaKind::Cluster, node: cp.clone(), old_cert: format!("{pki}/ca.crt") }).await;
         run("prepare/distribute/cp-1", Action::PutFiles {
@@ -89,17 +90,17 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
         .await;
         // Inside the node: the bundle holds two CAs, the node's apiserver cert verifies against
         // it and not against the new CA alone, and the key is 0600.
-        let out = tb.ssh_ok("127.0.0.11", "grep -c 'BEGIN CERTIFICATE' /etc/kubernetes/pki/ca-bundle.crt");
+        let out = tb.ssh_ok(cp1, "grep -c 'BEGIN CERTIFICATE' /etc/kubernetes/pki/ca-bundle.crt");
         assert_eq!(out.trim(), "2");
-        tb.ssh_ok("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-bundle.crt /etc/kubernetes/pki/apiserver.crt");
-        assert!(!tb.ssh("127.0.0.11", "openssl verify -CAfile /etc/kubernetes/pki/ca-new.crt /etc/kubernetes/pki/apiserver.crt").status.success());
-        assert_eq!(tb.ssh_ok("127.0.0.11", "stat -c %a /etc/kubernetes/pki/ca-new.key").trim(), "600");
+        tb.ssh_ok(cp1, "openssl verify -CAfile /etc/kubernetes/pki/ca-bundle.crt /etc/kubernetes/pki/apiserver.crt");
+        assert!(!tb.ssh(cp1, "openssl verify -CAfile /etc/kubernetes/pki/ca-new.crt /etc/kubernetes/pki/apiserver.crt").status.success());
+        assert_eq!(tb.ssh_ok(cp1, "stat -c %a /etc/kubernetes/pki/ca-new.key").trim(), "600");
 
         // Upstream 9.2 on a real kubelet (w-1): the bundle as its client CA, its kubeconfig
         // trusting both, client and serving certificates re-issued by the new CA, restarted with
         // systemctl; done only when it accepts a client certificate of the new CA on :10250.
         let worker = "w-1".to_owned();
-        let w_addr = "127.0.0.14";
+        let w_addr = tb.address("w-1");
         let k = cluster.nodes[&worker].kubelet.clone().unwrap();
         let w_bundle = format!("{pki}/ca-bundle.crt");
         let w_touched = vec![
@@ -143,7 +144,7 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
         // Observed through TLS, independently of kubeca: a client certificate made by openssl
         // with the new CA is accepted by w-1's kubelet now, and refused after the rollback.
         tb.ssh_ok(
-            "127.0.0.11",
+            cp1,
             "cd /tmp && printf 'basicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=clientAuth\\n' > kubeca-probe.ext \
              && openssl req -newkey rsa:2048 -nodes -keyout kubeca-probe.key -out kubeca-probe.csr \
              -subj /CN=kubeca-probe 2>/dev/null && openssl x509 -req -in kubeca-probe.csr \
@@ -153,7 +154,7 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
         );
         let new_ca_client = || {
             let out = tb.ssh(
-                "127.0.0.11",
+                cp1,
                 &format!(
                     "curl -sk --max-time 5 --cert /tmp/kubeca-probe.crt --key /tmp/kubeca-probe.key \
                      -o /dev/null -w '%{{http_code}}' https://{w_addr}:10250/healthz"
@@ -176,7 +177,7 @@ pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
 
         run("rollback/restore", Action::RestoreFiles { node: Some(cp.clone()), paths: touched.clone() }).await;
         for (path, was) in touched.iter().zip(before) {
-            assert_eq!(node_file(tb, "127.0.0.11", path), was, "{path} restored exactly");
+            assert_eq!(node_file(tb, cp1, path), was, "{path} restored exactly");
         }
     });
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use kubeca_tests::testbed::subnet::Subnet;
+
 /// The testbed binary under test.
 pub const TESTBED: &str = env!("CARGO_BIN_EXE_kubeca-testbed");
 
@@ -14,41 +16,62 @@ pub struct Testbed {
     pub dir: PathBuf,
     /// (name, address, control plane) of every node.
     pub nodes: Vec<(String, String, bool)>,
+    /// The address block it listens on.
+    pub subnet: Subnet,
 }
 
 impl Testbed {
-    /// Brings a testbed up in `DIR` (a stale one from a killed run is taken down first).
+    /// Brings a testbed up in `DIR` on the default block (a stale one from a killed run is
+    /// taken down first).
     pub fn up(name: &str, control_planes: usize, workers: usize, extra: &[&str]) -> Testbed {
+        Testbed::up_on(name, Subnet::default(), control_planes, workers, extra)
+    }
+
+    /// Brings a testbed up in `DIR` on the address block `subnet`, so that it can run beside a
+    /// testbed on another block.
+    pub fn up_on(
+        name: &str,
+        subnet: Subnet,
+        control_planes: usize,
+        workers: usize,
+        extra: &[&str],
+    ) -> Testbed {
         assert!(
             rustix::process::geteuid().is_root(),
             "the testbed tests need root (namespaces, sshd on port 22): run them as root, as CI does"
         );
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = Command::new(TESTBED).arg("down").arg("--dir").arg(&dir).output();
-        let nodes: Vec<(String, String, bool)> = (0..control_planes + workers)
-            .map(|i| {
-                let cp = i < control_planes;
-                let name = if cp {
-                    format!("cp-{}", i + 1)
-                } else {
-                    format!("w-{}", i + 1 - control_planes)
-                };
-                (name, format!("127.0.0.{}", 11 + i), cp)
-            })
+        let nodes = kubeca_tests::testbed::node::topology(&subnet, control_planes, workers)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.name, n.address, n.control_plane))
             .collect();
-        let tb = Testbed { dir, nodes };
+        let tb = Testbed { dir, nodes, subnet };
         let started = Instant::now();
         let out = Command::new(TESTBED)
             .args(["up", "--dir"])
             .arg(&tb.dir)
+            .arg(format!("--subnet={subnet}"))
             .arg(format!("--control-planes={control_planes}"))
             .arg(format!("--workers={workers}"))
             .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "up failed: {}", text(&out));
-        eprintln!("testbed {name} up in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!("testbed {name} up on {subnet} in {:.1}s", started.elapsed().as_secs_f64());
         tb
+    }
+
+    /// The load balancer's address.
+    pub fn lb(&self) -> String {
+        self.subnet.lb().to_string()
+    }
+
+    /// The address of node `name`.
+    pub fn address(&self, name: &str) -> &str {
+        let node = self.nodes.iter().find(|n| n.0 == name);
+        &node.unwrap_or_else(|| panic!("the testbed has no node {name}")).1
     }
 
     /// Runs `command` on node `address` over ssh with strict host-key checking.
