@@ -17,6 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
+use crate::kubeadm::object;
+
 /// The annotation that restarts a workload's pods (upstream 9.4 uses `ca-rotation`).
 pub const ROTATION_ANNOTATION: &str = "kubeca.io/rotation";
 
@@ -267,7 +269,7 @@ impl ClusterApi {
         for ns in self.namespaces().await? {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
             let cm = api
-                .get_opt("kube-root-ca.crt")
+                .get_opt(object::ROOT_CA)
                 .await
                 .map_err(call(format!("get {ns}/kube-root-ca.crt")))?;
             let have =
@@ -418,8 +420,9 @@ impl ClusterApi {
     /// Sets `certificate-authority-data` in `kube-public/cluster-info`'s kubeconfig to `pem`,
     /// changing nothing else in it. Returns whether it changed.
     pub async fn set_cluster_info(&self, pem: &str) -> Result<bool, ApiError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-public");
-        let cm = api.get("cluster-info").await.map_err(call("get kube-public/cluster-info"))?;
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), object::KUBE_PUBLIC);
+        let cm =
+            api.get(object::CLUSTER_INFO).await.map_err(call("get kube-public/cluster-info"))?;
         let text = cm.data.as_ref().and_then(|d| d.get("kubeconfig")).cloned().unwrap_or_default();
         let mut kc =
             crate::edit::Kubeconfig::parse("kube-public/cluster-info", &text).map_err(|e| {
@@ -431,7 +434,7 @@ impl ClusterApi {
         })?;
         if changed {
             let patch = json!({"data": {"kubeconfig": kc.text()}});
-            api.patch("cluster-info", &PatchParams::default(), &Patch::Merge(&patch))
+            api.patch(object::CLUSTER_INFO, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(call("update kube-public/cluster-info"))?;
         }
@@ -440,9 +443,11 @@ impl ClusterApi {
 
     /// The CA data `kube-public/cluster-info` holds now.
     pub async fn cluster_info_ca(&self) -> Result<Option<String>, ApiError> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), "kube-public");
-        let Some(cm) =
-            api.get_opt("cluster-info").await.map_err(call("get kube-public/cluster-info"))?
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), object::KUBE_PUBLIC);
+        let Some(cm) = api
+            .get_opt(object::CLUSTER_INFO)
+            .await
+            .map_err(call("get kube-public/cluster-info"))?
         else {
             return Ok(None);
         };
@@ -480,7 +485,7 @@ impl ClusterApi {
 
     /// Lines mentioning TLS or certificate errors in the logs of kube-system pods since `since`.
     pub async fn tls_errors_since(&self, since: jiff::Timestamp) -> Result<Vec<String>, ApiError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), object::KUBE_SYSTEM);
         let list = api.list(&ListParams::default()).await.map_err(call("list kube-system pods"))?;
         let seconds = (jiff::Timestamp::now().as_second() - since.as_second()).max(1);
         let mut found = Vec::new();

@@ -1,49 +1,34 @@
 //! Discovery: what each component on a node really loads, read from the node's own files.
 //!
 //! Nothing is assumed where a flag says otherwise: the static pod manifests' flags name the
-//! certificate files and kubeconfigs, the kubelet's systemd drop-in and flags file name its
-//! config and kubeconfig, and the kubelet config names its client CA and static pod directory.
-//! kubeadm's defaults are used only where nothing says otherwise.
+//! certificate files, kubeconfigs and ports, the kubelet's systemd drop-in and flags file name its
+//! config, kubeconfig, certificate directory and port, and the kubelet config names its client
+//! CA, static pod directory and port. kubeadm's defaults ([`crate::kubeadm`]) are used only where
+//! nothing says otherwise. [`NodeFacts::layout`] sums this up as the node's
+//! [`crate::trust::NodeLayout`], which the trust model, the plan and the runner work from.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::edit::{EditError, Kubeconfig, KubeletConfig, Manifest};
+use crate::kubeadm::{component, path, port};
 use crate::node::{Node, NodeError};
+use crate::trust::{
+    ApiserverLayout, ControllerManagerLayout, KubeletLayout, NodeLayout, SchedulerLayout,
+};
 
-/// kubeadm's default locations, used only when nothing on the node names another.
+/// kubeadm's default of the kubelet's rotating client certificate, kept under this name for
+/// callers written before [`crate::kubeadm`] held every default: use
+/// [`crate::kubeadm::path::KUBELET_CLIENT_CURRENT`].
 pub mod defaults {
-    /// Static pod manifests.
-    pub const MANIFESTS: &str = "/etc/kubernetes/manifests";
-    /// Kubelet config.
-    pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
-    /// Kubelet kubeconfig.
-    pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
-    /// Kubelet's flags written by kubeadm.
-    pub const KUBELET_FLAGS_ENV: &str = "/var/lib/kubelet/kubeadm-flags.env";
-    /// The kubelet's rotating client certificate.
-    pub const KUBELET_CLIENT_CURRENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
-    /// Kubelet serving certificate (self-signed by default).
-    pub const KUBELET_SERVING: &str = "/var/lib/kubelet/pki/kubelet.crt";
-    /// systemd drop-ins that carry `--config` and `--kubeconfig` for the kubelet.
-    pub const KUBELET_DROPINS: [&str; 2] = [
-        "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
-        "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
-    ];
-    /// Kubeconfigs kubeadm writes on a control-plane node.
-    pub const CONTROL_PLANE_KUBECONFIGS: [&str; 4] = [
-        "/etc/kubernetes/admin.conf",
-        "/etc/kubernetes/super-admin.conf",
-        "/etc/kubernetes/controller-manager.conf",
-        "/etc/kubernetes/scheduler.conf",
-    ];
+    pub use crate::kubeadm::path::KUBELET_CLIENT_CURRENT;
 }
 
 /// Flags whose values are certificate or CA files, per component.
 pub const CERT_FLAGS: &[(&str, &[&str])] = &[
     (
-        "kube-apiserver",
+        component::APISERVER,
         &[
             "--client-ca-file",
             "--tls-cert-file",
@@ -54,7 +39,7 @@ pub const CERT_FLAGS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "kube-controller-manager",
+        component::CONTROLLER_MANAGER,
         &[
             "--root-ca-file",
             "--client-ca-file",
@@ -62,8 +47,8 @@ pub const CERT_FLAGS: &[(&str, &[&str])] = &[
             "--requestheader-client-ca-file",
         ],
     ),
-    ("kube-scheduler", &["--client-ca-file", "--requestheader-client-ca-file"]),
-    ("cloud-controller-manager", &["--client-ca-file", "--requestheader-client-ca-file"]),
+    (component::SCHEDULER, &["--client-ca-file", "--requestheader-client-ca-file"]),
+    (component::CLOUD_CONTROLLER_MANAGER, &["--client-ca-file", "--requestheader-client-ca-file"]),
 ];
 
 /// Flags whose values are kubeconfigs.
@@ -133,8 +118,17 @@ pub struct KubeletFacts {
     pub rotates_client_cert: bool,
     /// Static pod directory.
     pub static_pod_path: String,
-    /// Its serving certificate (`tlsCertFile`, else kubeadm's self-signed default).
+    /// Its serving certificate (`tlsCertFile`, else the self-signed one in its certificate
+    /// directory).
     pub serving_cert: String,
+    /// Its certificate directory (`--cert-dir`), where it keeps the certificates it rotates.
+    pub cert_dir: String,
+    /// Its client certificate file, which the undo of a kubelet roll restores: the one its
+    /// kubeconfig names, else `kubelet-client-current.pem` in its certificate directory (where it
+    /// keeps the certificate it rotates).
+    pub client_cert: String,
+    /// The port it serves on (`--port`, else the config's `port`).
+    pub port: u16,
 }
 
 /// Everything discovery learned about one node.
@@ -160,7 +154,86 @@ impl NodeFacts {
 
     /// Whether this node runs the apiserver.
     pub fn runs_apiserver(&self) -> bool {
-        self.static_pods.contains_key("kube-apiserver")
+        self.static_pods.contains_key(component::APISERVER)
+    }
+
+    /// Where this node's components load their trust inputs from and where they listen: what
+    /// its manifests, kubelet settings and kubeconfigs say, kubeadm's defaults only where they
+    /// say nothing. Everything after discovery works from this, not from the defaults.
+    pub fn layout(&self) -> NodeLayout {
+        use component::{APISERVER, CONTROLLER_MANAGER, SCHEDULER};
+        let flag = |c: &str, f: &str| self.flag(c, f).map(str::to_owned);
+        let secure_port = |c: &str, default: u16| {
+            self.flag(c, "--secure-port").and_then(|p| p.parse().ok()).unwrap_or(default)
+        };
+        let kubelet = self.kubelet.as_ref();
+        let kubelet_client_ca = kubelet.and_then(|k| k.client_ca_file.clone());
+        // The cluster CA as kubeadm keeps it: what the controller-manager publishes as the
+        // root CA; on a worker, which runs none, what its kubelet trusts for clients.
+        let ca_cert = flag(CONTROLLER_MANAGER, "--root-ca-file")
+            .or_else(|| kubelet_client_ca.clone())
+            .unwrap_or_else(|| path::CA_CERT.into());
+        let front_proxy_ca_cert = flag(APISERVER, "--requestheader-client-ca-file")
+            .or_else(|| flag(CONTROLLER_MANAGER, "--requestheader-client-ca-file"))
+            .unwrap_or_else(|| path::FRONT_PROXY_CA_CERT.into());
+        let static_pod_path =
+            kubelet.map_or_else(|| path::STATIC_POD_PATH.to_owned(), |k| k.static_pod_path.clone());
+        let manifest = |c: &str| {
+            self.static_pods
+                .get(c)
+                .map_or_else(|| path::manifest(&static_pod_path, c), |p| p.manifest.clone())
+        };
+        let kubelet_layout = match kubelet {
+            Some(k) => KubeletLayout {
+                config: k.config.clone(),
+                kubeconfig: k.kubeconfig.clone(),
+                client_ca: kubelet_client_ca.clone().unwrap_or_else(|| ca_cert.clone()),
+                client_cert: k.client_cert.clone(),
+                serving_cert: k.serving_cert.clone(),
+                port: k.port,
+            },
+            None => KubeletLayout::default(),
+        };
+        NodeLayout {
+            pki_dir: path::dir_of(&ca_cert),
+            ca_key: flag(CONTROLLER_MANAGER, "--cluster-signing-key-file")
+                .unwrap_or_else(|| path::key_beside(&ca_cert)),
+            front_proxy_ca_key: path::key_beside(&front_proxy_ca_cert),
+            apiserver: ApiserverLayout {
+                manifest: manifest(APISERVER),
+                client_ca: flag(APISERVER, "--client-ca-file").unwrap_or_else(|| ca_cert.clone()),
+                serving_cert: flag(APISERVER, "--tls-cert-file")
+                    .unwrap_or_else(|| path::APISERVER_CERT.into()),
+                kubelet_client_cert: flag(APISERVER, "--kubelet-client-certificate")
+                    .unwrap_or_else(|| path::APISERVER_KUBELET_CLIENT_CERT.into()),
+                proxy_client_cert: flag(APISERVER, "--proxy-client-cert-file")
+                    .unwrap_or_else(|| path::FRONT_PROXY_CLIENT_CERT.into()),
+                kubelet_ca: flag(APISERVER, "--kubelet-certificate-authority"),
+                port: secure_port(APISERVER, port::APISERVER),
+            },
+            controller_manager: ControllerManagerLayout {
+                manifest: manifest(CONTROLLER_MANAGER),
+                kubeconfig: flag(CONTROLLER_MANAGER, "--kubeconfig")
+                    .unwrap_or_else(|| path::CONTROLLER_MANAGER_CONF.into()),
+                client_ca: flag(CONTROLLER_MANAGER, "--client-ca-file")
+                    .unwrap_or_else(|| ca_cert.clone()),
+                signing_cert: flag(CONTROLLER_MANAGER, "--cluster-signing-cert-file")
+                    .unwrap_or_else(|| ca_cert.clone()),
+                port: secure_port(CONTROLLER_MANAGER, port::CONTROLLER_MANAGER),
+            },
+            scheduler: SchedulerLayout {
+                manifest: manifest(SCHEDULER),
+                kubeconfig: flag(SCHEDULER, "--kubeconfig")
+                    .unwrap_or_else(|| path::SCHEDULER_CONF.into()),
+                port: secure_port(SCHEDULER, port::SCHEDULER),
+            },
+            // Nothing on a node names the admin kubeconfig: kubeadm's is the one there is.
+            admin_kubeconfig: path::ADMIN_CONF.into(),
+            kubelet: kubelet_layout,
+            static_pod_path,
+            ca_cert,
+            front_proxy_ca_cert,
+        }
     }
 }
 
@@ -203,11 +276,14 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
         cert_files: BTreeMap::new(),
     };
 
-    // The kubelet: its config and kubeconfig come from its drop-in or flags file.
-    let mut kubelet_config = defaults::KUBELET_CONFIG.to_owned();
-    let mut kubelet_kubeconfig = defaults::KUBELET_KUBECONFIG.to_owned();
+    // The kubelet: its config, kubeconfig, certificate directory and port come from its drop-in
+    // or flags file (flags win over its config, as in the kubelet itself).
+    let mut kubelet_config = path::KUBELET_CONFIG.to_owned();
+    let mut kubelet_kubeconfig = path::KUBELET_CONF.to_owned();
+    let mut cert_dir = path::KUBELET_CERT_DIR.to_owned();
+    let mut port_flag: Option<u16> = None;
     let mut kubelet_installed = false;
-    for file in defaults::KUBELET_DROPINS.iter().chain([&defaults::KUBELET_FLAGS_ENV]) {
+    for file in path::KUBELET_DROPINS.iter().chain([&path::KUBELET_FLAGS_ENV]) {
         if let Some(bytes) = node.read(file).await? {
             kubelet_installed = true;
             for line in text(bytes).lines() {
@@ -217,14 +293,20 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
                 if let Some(v) = flag_in(line, "--kubeconfig") {
                     kubelet_kubeconfig = v;
                 }
+                if let Some(v) = flag_in(line, "--cert-dir") {
+                    cert_dir = v.trim_end_matches('/').to_owned();
+                }
+                if let Some(v) = flag_in(line, "--port").and_then(|p| p.parse().ok()) {
+                    port_flag = Some(v);
+                }
             }
         }
     }
-    let mut static_pod_path = defaults::MANIFESTS.to_owned();
+    let mut static_pod_path = path::STATIC_POD_PATH.to_owned();
     if let Some(bytes) = node.read(&kubelet_config).await? {
         let config = KubeletConfig::parse(&format!("{name}:{kubelet_config}"), &text(bytes))?;
-        if let Some(path) = config_value(&config, "staticPodPath") {
-            static_pod_path = path;
+        if let Some(dir) = config_value(&config, "staticPodPath") {
+            static_pod_path = dir;
         }
         let client_ca_file = config.client_ca_file();
         if let Some(ca) = &client_ca_file {
@@ -234,7 +316,8 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
                 .or_default()
                 .push(format!("kubelet {kubelet_config} clientCAFile"));
         }
-        let current = node.read(defaults::KUBELET_CLIENT_CURRENT).await?.is_some();
+        let rotating = format!("{cert_dir}/{}", path::KUBELET_CLIENT_CURRENT_FILE);
+        let current = node.read(&rotating).await?.is_some();
         facts.kubelet = Some(KubeletFacts {
             config: kubelet_config.clone(),
             kubeconfig: kubelet_kubeconfig.clone(),
@@ -242,7 +325,13 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
             rotates_client_cert: config.rotates_certificates() && current,
             static_pod_path: static_pod_path.clone(),
             serving_cert: config_value(&config, "tlsCertFile")
-                .unwrap_or_else(|| defaults::KUBELET_SERVING.to_owned()),
+                .unwrap_or_else(|| format!("{cert_dir}/{}", path::KUBELET_SERVING_FILE)),
+            // Until its kubeconfig is read below: the certificate it rotates.
+            client_cert: rotating,
+            port: port_flag
+                .or_else(|| config_value(&config, "port").and_then(|p| p.parse().ok()))
+                .unwrap_or(port::KUBELET),
+            cert_dir,
         });
     } else if kubelet_installed {
         return Err(DiscoveryError::Missing {
@@ -287,7 +376,7 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
             .insert(component, StaticPod { manifest: path, image: manifest.image(), flags });
     }
     if facts.runs_apiserver() {
-        for conf in defaults::CONTROL_PLANE_KUBECONFIGS {
+        for conf in path::CONTROL_PLANE_KUBECONFIGS {
             kubeconfig_paths.entry(conf.to_owned()).or_insert_with(|| "kubeadm".into());
         }
     }
@@ -316,6 +405,13 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
                 client_files,
             },
         );
+    }
+    // The kubelet's client certificate is the file its kubeconfig names, when it names one.
+    if let Some(k) = facts.kubelet.as_mut()
+        && let Some(file) =
+            facts.kubeconfigs.get(&k.kubeconfig).and_then(|c| c.client_files.0.clone())
+    {
+        k.client_cert = file;
     }
     Ok(facts)
 }
@@ -388,7 +484,7 @@ mod tests {
         assert!(admin.ca_embedded && admin.client_embedded);
         let kc = &f.kubeconfigs["/etc/kubernetes/kubelet.conf"];
         assert!(!kc.client_embedded);
-        assert_eq!(kc.client_files.0.as_deref(), Some(defaults::KUBELET_CLIENT_CURRENT));
+        assert_eq!(kc.client_files.0.as_deref(), Some(path::KUBELET_CLIENT_CURRENT));
         assert!(
             !f.kubeconfigs.contains_key("/etc/kubernetes/super-admin.conf"),
             "optional, absent"
@@ -438,6 +534,81 @@ mod tests {
         assert_eq!(f.static_pods.keys().collect::<Vec<_>>(), ["kube-scheduler"]);
         assert!(f.kubeconfigs.contains_key("/etc/kubelet/sched.conf"));
         assert!(f.kubeconfigs.contains_key("/etc/kubelet/kubelet.conf"));
+    }
+
+    #[tokio::test]
+    async fn kubeadm_s_layout_is_discovered_as_the_default_layout() {
+        let (_dir, node) = control_plane();
+        assert_eq!(discover(&node).await.unwrap().layout(), NodeLayout::default());
+    }
+
+    #[tokio::test]
+    async fn a_node_laid_out_otherwise_is_found_where_its_files_are() {
+        use crate::fixtures::{self, elsewhere};
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let put = |path: &str, text: &str| {
+            let (path, text) = elsewhere(path, text);
+            put(r, &path, &text);
+        };
+        put("/etc/kubernetes/manifests/kube-apiserver.yaml", APISERVER);
+        put("/etc/kubernetes/manifests/kube-controller-manager.yaml", CONTROLLER_MANAGER);
+        put("/etc/kubernetes/manifests/kube-scheduler.yaml", SCHEDULER);
+        put("/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
+        put("/var/lib/kubelet/pki/kubelet-client-current.pem", "PEM");
+        put("/etc/kubernetes/kubelet.conf", KUBELET_CONF);
+        for conf in ["admin.conf", "controller-manager.conf", "scheduler.conf"] {
+            put(&format!("/etc/kubernetes/{conf}"), ADMIN_CONF);
+        }
+        put(fixtures::DROPIN.0, fixtures::DROPIN.1);
+        let f = discover(&LocalNode::new("cp-1", r)).await.unwrap();
+        let kubelet = f.kubelet.clone().unwrap();
+        assert!(kubelet.rotates_client_cert, "its rotating certificate is in its --cert-dir");
+        let l = f.layout();
+        let pki = |file: &str| format!("{}/{file}", fixtures::PKI);
+        assert_eq!(l.pki_dir, fixtures::PKI);
+        assert_eq!((l.ca_cert.as_str(), l.ca_key.as_str()), (&*pki("ca.crt"), &*pki("ca.key")));
+        assert_eq!(l.front_proxy_ca_cert, pki("front-proxy-ca.crt"));
+        assert_eq!(l.front_proxy_ca_key, pki("front-proxy-ca.key"));
+        assert_eq!(l.static_pod_path, fixtures::STATIC_POD_PATH);
+        assert_eq!(
+            l.apiserver.manifest,
+            format!("{}/kube-apiserver.yaml", fixtures::STATIC_POD_PATH)
+        );
+        assert_eq!(l.apiserver.client_ca, fixtures::APISERVER_CLIENT_CA);
+        assert_eq!(l.apiserver.serving_cert, pki("apiserver.crt"));
+        assert_eq!(l.apiserver.kubelet_client_cert, pki("apiserver-kubelet-client.crt"));
+        assert_eq!(l.apiserver.proxy_client_cert, pki("front-proxy-client.crt"));
+        assert_eq!(l.apiserver.port, fixtures::APISERVER_PORT);
+        assert_eq!(l.controller_manager.kubeconfig, "/srv/k8s/controller-manager.conf");
+        assert_eq!(l.controller_manager.client_ca, pki("ca.crt"));
+        assert_eq!(l.controller_manager.port, port::CONTROLLER_MANAGER, "no flag: kubeadm's");
+        assert_eq!(l.scheduler.kubeconfig, "/srv/k8s/scheduler.conf");
+        assert_eq!(l.admin_kubeconfig, path::ADMIN_CONF, "nothing names another");
+        assert_eq!(
+            l.kubelet,
+            KubeletLayout {
+                config: fixtures::KUBELET_CONFIG.into(),
+                kubeconfig: fixtures::KUBELET_KUBECONFIG.into(),
+                client_ca: pki("ca.crt"),
+                client_cert: fixtures::KUBELET_CLIENT_CERT.into(),
+                serving_cert: "/srv/kubelet/pki/kubelet.crt".into(),
+                port: fixtures::KUBELET_PORT,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_embedded_kubelet_client_certificate_leaves_the_rotating_one_as_its_file() {
+        let (dir, node) = control_plane();
+        let embedded = KUBELET_CONF
+            .replace("client-certificate: ", "client-certificate-data: ")
+            .replace("client-key: ", "client-key-data: ")
+            .replace("/var/lib/kubelet/pki/kubelet-client-current.pem", "UEVN");
+        put(dir.path(), "/etc/kubernetes/kubelet.conf", &embedded);
+        let f = discover(&node).await.unwrap();
+        assert!(f.kubeconfigs["/etc/kubernetes/kubelet.conf"].client_embedded);
+        assert_eq!(f.layout().kubelet.client_cert, path::KUBELET_CLIENT_CURRENT);
     }
 
     #[tokio::test]

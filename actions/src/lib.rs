@@ -35,7 +35,10 @@
 pub mod api;
 pub mod discovery;
 pub mod edit;
+#[cfg(test)]
+mod fixtures;
 pub mod inventory;
+pub mod kubeadm;
 pub mod node;
 pub mod pki;
 pub mod probe;

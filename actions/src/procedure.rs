@@ -7,12 +7,15 @@
 //! recorded, [`check_trust`] replays it on the trust graph ([`crate::trust`]) and refuses it if
 //! any edge would break after any step.
 //!
-//! Files: the new CAs are placed beside the old ones (`ca-new.crt`, `front-proxy-ca-new.crt`,
-//! keys 0600), and old+new bundles in `ca-bundle.crt` / `front-proxy-ca-bundle.crt`. Flags that
-//! must trust both are pointed at the bundles; `--client-ca-file` and
-//! `--cluster-signing-cert-file` of the controller-manager stay single certificates (kubeadm#1350).
-//! Finalize writes the new CA into kubeadm's canonical `ca.crt`/`ca.key` and points every flag
-//! back at them, so kubeadm's later operations (join, renew) find the new CA where they expect it.
+//! Files are where discovery found them (each node's [`crate::trust::NodeLayout`]), not where
+//! kubeadm would put them: the new CAs are placed beside the old ones in the node's pki directory
+//! (`ca-new.crt`, `front-proxy-ca-new.crt`, keys 0600), and old+new bundles in `ca-bundle.crt` /
+//! `front-proxy-ca-bundle.crt`. Flags that must trust both are pointed at the bundles;
+//! `--client-ca-file` and `--cluster-signing-cert-file` of the controller-manager stay single
+//! certificates (kubeadm#1350). Finalize writes the new CA into kubeadm's canonical
+//! `ca.crt`/`ca.key`, and into every other file a flag named for the cluster CA before the
+//! rotation, and points every flag back at the file it named then, so kubeadm's later operations
+//! (join, renew) find the new CA where they expect it and the configuration is the one it was.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,14 +25,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::discovery::NodeFacts;
 use crate::inventory::Inventory;
-use crate::trust::{self, ComponentId, Effect, Material, SimStep, Source, Topology, Violation};
+use crate::kubeadm::component::{
+    APISERVER, CLOUD_CONTROLLER_MANAGER, CONTROLLER_MANAGER, KUBELET, SCHEDULER,
+};
+use crate::kubeadm::{self, file, object, path, slot};
+use crate::trust::{
+    self, ComponentId, Effect, Material, NodeLayout, SimStep, Source, Topology, Violation,
+};
 
 /// The phases, in order.
 pub const PHASES: [&str; 7] =
     ["preflight", "prepare", "trust-control-plane", "trust-nodes", "switch", "verify", "finalize"];
 
-/// The name standing for the operator's machine in backups (not a valid node name).
-pub const OPERATOR: &str = "@operator";
+pub use crate::kubeadm::step::OPERATOR;
 
 /// The one human gate.
 pub const FINALIZE_GATE: &str = "finalize";
@@ -315,23 +323,11 @@ pub enum ProcedureError {
     Plan(String),
 }
 
-fn dir_of(path: &str) -> String {
-    match path.rsplit_once('/') {
-        Some(("", _)) => "/".into(),
-        Some((dir, _)) => dir.into(),
-        None => ".".into(),
-    }
-}
-
-const APISERVER: &str = "kube-apiserver";
-const CONTROLLER_MANAGER: &str = "kube-controller-manager";
-const SCHEDULER: &str = "kube-scheduler";
-const CLOUD_CONTROLLER_MANAGER: &str = "cloud-controller-manager";
-
-/// A control-plane node's paths, from its flags.
+/// A control-plane node: its facts and the layout discovery found on it.
 struct ControlPlane<'a> {
     name: &'a str,
     facts: &'a NodeFacts,
+    layout: NodeLayout,
     ca: String,
     ca_key: String,
     fp_ca: String,
@@ -341,43 +337,87 @@ struct ControlPlane<'a> {
 
 impl<'a> ControlPlane<'a> {
     fn new(name: &'a str, facts: &'a NodeFacts) -> Result<Self, ProcedureError> {
-        let need = |component: &str, flag: &str| {
-            facts.flag(component, flag).map(str::to_owned).ok_or_else(|| ProcedureError::Missing {
-                node: name.to_owned(),
-                what: format!("{component} has no {flag}"),
-            })
-        };
-        let ca = need(CONTROLLER_MANAGER, "--root-ca-file")?;
-        let ca_key = need(CONTROLLER_MANAGER, "--cluster-signing-key-file")?;
-        let fp_ca = need(APISERVER, "--requestheader-client-ca-file")?;
-        let fp_client = need(APISERVER, "--proxy-client-cert-file")?;
-        let _ = fp_client;
-        let pki = dir_of(&ca);
-        let fp_key = format!("{}.key", fp_ca.trim_end_matches(".crt"));
-        Ok(ControlPlane { name, facts, ca, ca_key, fp_ca, fp_key, pki })
+        // The layout falls back on kubeadm's defaults; a control plane whose manifests lack
+        // these flags is not one the procedure knows how to rotate, so it is refused instead.
+        for (component, flag) in [
+            (CONTROLLER_MANAGER, "--root-ca-file"),
+            (CONTROLLER_MANAGER, "--cluster-signing-key-file"),
+            (APISERVER, "--requestheader-client-ca-file"),
+            (APISERVER, "--proxy-client-cert-file"),
+        ] {
+            if facts.flag(component, flag).is_none() {
+                return Err(ProcedureError::Missing {
+                    node: name.to_owned(),
+                    what: format!("{component} has no {flag}"),
+                });
+            }
+        }
+        let layout = facts.layout();
+        Ok(ControlPlane {
+            name,
+            facts,
+            ca: layout.ca_cert.clone(),
+            ca_key: layout.ca_key.clone(),
+            fp_ca: layout.front_proxy_ca_cert.clone(),
+            fp_key: layout.front_proxy_ca_key.clone(),
+            pki: layout.pki_dir.clone(),
+            layout,
+        })
     }
 
     fn manifest(&self, component: &str) -> Option<String> {
         self.facts.static_pods.get(component).map(|p| p.manifest.clone())
     }
 
+    fn in_pki(&self, name: &str) -> String {
+        format!("{}/{name}", self.pki)
+    }
     fn bundle(&self) -> String {
-        format!("{}/ca-bundle.crt", self.pki)
+        self.in_pki(file::CA_BUNDLE)
     }
     fn fp_bundle(&self) -> String {
-        format!("{}/front-proxy-ca-bundle.crt", self.pki)
+        self.in_pki(file::FRONT_PROXY_CA_BUNDLE)
     }
     fn new_ca(&self) -> String {
-        format!("{}/ca-new.crt", self.pki)
+        self.in_pki(file::NEW_CA_CERT)
     }
     fn new_ca_key(&self) -> String {
-        format!("{}/ca-new.key", self.pki)
+        self.in_pki(file::NEW_CA_KEY)
     }
     fn new_fp(&self) -> String {
-        format!("{}/front-proxy-ca-new.crt", self.pki)
+        self.in_pki(file::NEW_FRONT_PROXY_CA_CERT)
     }
     fn new_fp_key(&self) -> String {
-        format!("{}/front-proxy-ca-new.key", self.pki)
+        self.in_pki(file::NEW_FRONT_PROXY_CA_KEY)
+    }
+
+    /// Every file other than `ca.crt` that a component here loads the cluster CA from once
+    /// finalize is done: the apiserver's and scheduler's client CA files and the apiserver's
+    /// kubelet CA (finalize points the flags back at them), the controller-manager's client CA
+    /// and signing certificate, the kubelet's `clientCAFile`. Each must hold the new CA then, as
+    /// `ca.crt` does; on kubeadm's layout they are all `ca.crt`, and this is empty.
+    fn other_cluster_ca_files(&self) -> Vec<String> {
+        let l = &self.layout;
+        let mut out: Vec<String> = [
+            Some(&l.apiserver.client_ca),
+            Some(&l.controller_manager.client_ca),
+            Some(&l.controller_manager.signing_cert),
+            Some(&l.kubelet.client_ca),
+            l.apiserver.kubelet_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|f| **f != self.ca)
+        .cloned()
+        .collect();
+        if let Some(f) = self.facts.flag(SCHEDULER, "--client-ca-file")
+            && f != self.ca
+        {
+            out.push(f.to_owned());
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The static pod whose `--kubeconfig` is `path`, as (component, manifest).
@@ -430,8 +470,8 @@ impl<'a> ControlPlane<'a> {
 /// The id of the step that makes the new CA of `kind` (its outcome holds the digests).
 pub fn new_ca_step(kind: CaKind) -> &'static str {
     match kind {
-        CaKind::Cluster => "prepare/new-ca",
-        CaKind::FrontProxy => "prepare/new-front-proxy-ca",
+        CaKind::Cluster => kubeadm::step::NEW_CA,
+        CaKind::FrontProxy => kubeadm::step::NEW_FRONT_PROXY_CA,
     }
 }
 
@@ -545,7 +585,7 @@ pub fn assemble(
         paths.dedup();
         plan = plan.step(
             step(
-                format!("preflight/backup/{}", node.name),
+                kubeadm::step::backup(Some(&node.name)),
                 "preflight",
                 "caution",
                 "backup",
@@ -558,7 +598,7 @@ pub fn assemble(
     // The operator's admin kubeconfig is changed too (steps 7 and 12): back it up.
     plan = plan.step(
         step(
-            format!("preflight/backup/{OPERATOR}"),
+            kubeadm::step::backup(None),
             "preflight",
             "caution",
             "backup",
@@ -614,7 +654,7 @@ pub fn assemble(
                 what: "kubelet has no clientCAFile".into(),
             }
         })?;
-        Ok(format!("{}/ca-bundle.crt", dir_of(&ca)))
+        Ok(format!("{}/{}", path::dir_of(&ca), file::CA_BUNDLE))
     };
     for w in &workers {
         plan = plan.step(
@@ -909,7 +949,7 @@ pub fn assemble(
         }
         plan = plan.step(
             step(
-                format!("switch/apiserver/{}", cp.name),
+                kubeadm::step::switch_apiserver(cp.name),
                 phase,
                 "9.3",
                 "apiserver-restart",
@@ -979,6 +1019,19 @@ pub fn assemble(
     );
     let phase = "finalize";
     for cp in &cps {
+        let mut files = vec![
+            (cp.ca.clone(), Content::NewCert(CaKind::Cluster), 0o644),
+            (cp.ca_key.clone(), Content::NewKey(CaKind::Cluster), 0o600),
+            (cp.fp_ca.clone(), Content::NewCert(CaKind::FrontProxy), 0o644),
+            (cp.fp_key.clone(), Content::NewKey(CaKind::FrontProxy), 0o600),
+        ];
+        // The flags finalize points back at their original files, and the kubelet's
+        // clientCAFile, must find the new CA there too when they do not name ca.crt.
+        files.extend(
+            cp.other_cluster_ca_files()
+                .into_iter()
+                .map(|f| (f, Content::NewCert(CaKind::Cluster), 0o644)),
+        );
         plan = plan.step(step(
             format!("finalize/canonical-ca/{}", cp.name),
             phase,
@@ -986,15 +1039,10 @@ pub fn assemble(
             "distribute",
             Action::PutFiles {
                 node: cp.name.to_owned(),
-                files: vec![
-                    (cp.ca.clone(), Content::NewCert(CaKind::Cluster), 0o644),
-                    (cp.ca_key.clone(), Content::NewKey(CaKind::Cluster), 0o600),
-                    (cp.fp_ca.clone(), Content::NewCert(CaKind::FrontProxy), 0o644),
-                    (cp.fp_key.clone(), Content::NewKey(CaKind::FrontProxy), 0o600),
-                ],
-                // The controller-manager's --client-ca-file and the kubelet's clientCAFile
-                // are ca.crt in kubeadm's layout: a rollback must make them load the restore.
-                loaded_by: vec![CONTROLLER_MANAGER.into(), "kubelet".into()],
+                files,
+                // The controller-manager's --client-ca-file and the kubelet's clientCAFile are
+                // among these files: a rollback must make them load the restore.
+                loaded_by: vec![CONTROLLER_MANAGER.into(), KUBELET.into()],
             },
         ));
     }
@@ -1009,7 +1057,7 @@ pub fn assemble(
                 Action::PutFiles {
                     node: (*w).to_owned(),
                     files: vec![(ca, Content::NewCert(CaKind::Cluster), 0o644)],
-                    loaded_by: vec!["kubelet".into()],
+                    loaded_by: vec![KUBELET.into()],
                 },
             ));
         }
@@ -1026,7 +1074,7 @@ pub fn assemble(
                     manifest,
                     flags(&[
                         ("--root-ca-file", &cp.ca),
-                        ("--cluster-signing-cert-file", &cp.ca),
+                        ("--cluster-signing-cert-file", &cp.layout.controller_manager.signing_cert),
                         ("--cluster-signing-key-file", &cp.ca_key),
                     ]),
                 ),
@@ -1056,8 +1104,10 @@ pub fn assemble(
         );
     for cp in &cps {
         if let Some(manifest) = cp.manifest(APISERVER) {
+            // Back to the files the apiserver loaded before the rotation, which hold the new CA
+            // now (canonical-ca above).
             let mut f = flags(&[
-                ("--client-ca-file", &cp.ca),
+                ("--client-ca-file", &cp.layout.apiserver.client_ca),
                 ("--requestheader-client-ca-file", &cp.fp_ca),
             ]);
             if let Some(orig) = cp.facts.flag(APISERVER, "--kubelet-certificate-authority") {
@@ -1207,14 +1257,14 @@ pub fn assemble(
         ));
     }
     fill_after_undo(&mut plan, facts, rotation_id);
-    fill_backups(&mut plan);
+    fill_backups(&mut plan, &topology(inventory, facts));
     fill_priors(&mut plan, facts);
     Ok(plan)
 }
 
 /// Every file a compensation of `action` may restore, by node (`OPERATOR` for the operator's).
-fn restorable(action: &Action) -> Vec<(String, String)> {
-    compensations(action, 0)
+fn restorable(action: &Action, topology: &Topology) -> Vec<(String, String)> {
+    compensations(action, 0, topology)
         .into_iter()
         .filter_map(|c| match c.action {
             Action::RestoreFiles { node, paths } => {
@@ -1229,10 +1279,10 @@ fn restorable(action: &Action) -> Vec<(String, String)> {
 
 /// Makes each node's backup step cover every file a rollback may restore there, including
 /// the files the rotation creates (backed up as absent, so a rollback removes them).
-fn fill_backups(plan: &mut Plan<Action>) {
+fn fill_backups(plan: &mut Plan<Action>, topology: &Topology) {
     let mut needed: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for step in plan.steps() {
-        for (node, path) in restorable(&step.action) {
+        for (node, path) in restorable(&step.action, topology) {
             needed.entry(node).or_default().insert(path);
         }
     }
@@ -1376,24 +1426,29 @@ pub fn topology(inventory: &Inventory, facts: &ClusterFacts) -> Topology {
                 .flag(APISERVER, "--kubelet-certificate-authority")
                 .map(str::to_owned)
         }),
+        layouts: inventory
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), facts.nodes.get(&n.name)?.layout())))
+            .collect(),
     }
 }
 
 /// The trust effects of one action, in the model of [`crate::trust`].
 pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
     let cm_slot = |flag: &str| match flag {
-        "--root-ca-file" => Some("root-ca"),
-        "--client-ca-file" => Some("client-ca"),
-        "--cluster-signing-cert-file" => Some("signing-cert"),
+        "--root-ca-file" => Some(slot::ROOT_CA),
+        "--client-ca-file" => Some(slot::CLIENT_CA),
+        "--cluster-signing-cert-file" => Some(slot::SIGNING_CERT),
         _ => None,
     };
     let api_slot = |flag: &str| match flag {
-        "--client-ca-file" => Some("client-ca"),
-        "--requestheader-client-ca-file" => Some("requestheader-ca"),
-        "--kubelet-certificate-authority" => Some("kubelet-ca"),
-        "--tls-cert-file" => Some("serving-cert"),
-        "--kubelet-client-certificate" => Some("kubelet-client-cert"),
-        "--proxy-client-cert-file" => Some("proxy-client-cert"),
+        "--client-ca-file" => Some(slot::CLIENT_CA),
+        "--requestheader-client-ca-file" => Some(slot::REQUESTHEADER_CA),
+        "--kubelet-certificate-authority" => Some(slot::KUBELET_CA),
+        "--tls-cert-file" => Some(slot::SERVING_CERT),
+        "--kubelet-client-certificate" => Some(slot::KUBELET_CLIENT_CERT),
+        "--proxy-client-cert-file" => Some(slot::PROXY_CLIENT_CERT),
         _ => None,
     };
     let restart = |node: &str, component: &str| {
@@ -1402,11 +1457,11 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
         if component == APISERVER {
             out.push(Effect::Publish {
                 from: id,
-                slot: "requestheader-ca".into(),
-                target: Source::ConfigMap {
-                    namespace: "kube-system".into(),
-                    name: "extension-apiserver-authentication".into(),
-                },
+                slot: slot::REQUESTHEADER_CA.into(),
+                target: trust::configmap(
+                    object::KUBE_SYSTEM,
+                    object::EXTENSION_APISERVER_AUTHENTICATION,
+                ),
             });
         }
         out
@@ -1414,10 +1469,13 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
     let all_pods = || {
         let mut out: Vec<Effect> = Vec::new();
         for (ns, name, node) in &topology.pods {
-            out.push(Effect::Restart(ComponentId::on(&format!("pod/{ns}/{name}"), node)));
+            out.push(Effect::Restart(ComponentId::on(&kubeadm::component::pod(ns, name), node)));
         }
         for (ns, name, node) in &topology.aggregated {
-            out.push(Effect::Restart(ComponentId::on(&format!("aggregated/{ns}/{name}"), node)));
+            out.push(Effect::Restart(ComponentId::on(
+                &kubeadm::component::aggregated(ns, name),
+                node,
+            )));
         }
         out
     };
@@ -1468,25 +1526,27 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
                 material: Material::cert(names(*ca).1),
             }]
         }
-        Action::RollKubelet { node, target, .. } => {
-            let kubelet = ComponentId::on(trust::kind::KUBELET, node);
+        Action::RollKubelet { node, kubeconfig, target, .. } => {
+            // The kubeconfig and serving certificate are the ones this roll writes, which
+            // discovery found (and the trust model loads the kubelet's from).
+            let kubelet = ComponentId::on(KUBELET, node);
             let mut out = vec![Effect::Repoint {
                 component: kubelet.clone(),
-                slot: "client-ca".into(),
+                slot: slot::CLIENT_CA.into(),
                 source: Source::file(node, &target.client_ca_file),
             }];
             if let Some(m) = target.kubeconfig_ca.material() {
                 out.push(Effect::Write {
                     source: Source::KubeconfigCa {
                         node: Some(node.clone()),
-                        path: trust::paths::KUBELET_CONF.into(),
+                        path: kubeconfig.clone(),
                     },
                     material: m,
                 });
             }
-            if target.reissue_serving_cert.is_some() {
+            if let Some(serving) = &target.reissue_serving_cert {
                 out.push(Effect::Write {
-                    source: Source::file(node, trust::paths::KUBELET_SERVING),
+                    source: Source::file(node, serving),
                     material: Material::cert(trust::ca::NEW),
                 });
             }
@@ -1494,7 +1554,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
                 out.push(Effect::Write {
                     source: Source::KubeconfigCert {
                         node: Some(node.clone()),
-                        path: trust::paths::KUBELET_CONF.into(),
+                        path: kubeconfig.clone(),
                     },
                     material: Material::cert(trust::ca::NEW),
                 });
@@ -1506,10 +1566,7 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             // What the controller-manager publishes is what it loaded: the wait observes it.
             let Some(first) = topology.control_planes.first() else { return Vec::new() };
             let from = ComponentId::on(CONTROLLER_MANAGER, first);
-            let mut namespaces: Vec<String> =
-                ["default", "kube-system", "kube-public", "kube-node-lease"]
-                    .map(String::from)
-                    .into();
+            let mut namespaces: Vec<String> = object::NAMESPACES.map(String::from).into();
             namespaces.extend(topology.pods.iter().map(|(ns, _, _)| ns.clone()));
             namespaces.sort();
             namespaces.dedup();
@@ -1517,8 +1574,8 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
                 .into_iter()
                 .map(|ns| Effect::Publish {
                     from: from.clone(),
-                    slot: "root-ca".into(),
-                    target: Source::ConfigMap { namespace: ns, name: "kube-root-ca.crt".into() },
+                    slot: slot::ROOT_CA.into(),
+                    target: trust::configmap(&ns, object::ROOT_CA),
                 })
                 .collect()
         }
@@ -1528,22 +1585,19 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
             .aggregated
             .iter()
             .map(|(ns, name, node)| {
-                Effect::Restart(ComponentId::on(&format!("aggregated/{ns}/{name}"), node))
+                Effect::Restart(ComponentId::on(&kubeadm::component::aggregated(ns, name), node))
             })
             .collect(),
         Action::SetClusterInfo { content, .. } => content
             .material()
             .map(|m| Effect::Write {
-                source: Source::ConfigMap {
-                    namespace: "kube-public".into(),
-                    name: "cluster-info".into(),
-                },
+                source: trust::configmap(object::KUBE_PUBLIC, object::CLUSTER_INFO),
                 material: m,
             })
             .into_iter()
             .collect(),
         Action::RestartKubelet { node } => {
-            vec![Effect::Restart(ComponentId::on(trust::kind::KUBELET, node))]
+            vec![Effect::Restart(ComponentId::on(KUBELET, node))]
         }
         Action::RestoreFiles { .. } => Vec::new(),
         Action::Preflight { .. }
@@ -1561,8 +1615,13 @@ pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
 
 /// What undoes `action`, at trust rank `trust` (its position in the plan: a rollback undoes the
 /// latest first). Files are restored from the backups taken before the rotation, and whatever
-/// loads a restored file is restarted after it.
-pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Action>> {
+/// loads a restored file is restarted after it; `topology` says where the files that an action
+/// does not name are (the kubelet's client certificate).
+pub fn compensations(
+    action: &Action,
+    trust: u32,
+    topology: &Topology,
+) -> Vec<engine::Compensation<Action>> {
     use engine::{Compensation, Restart};
     let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
         node: node.map(str::to_owned),
@@ -1578,9 +1637,9 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
         kind: "static-pod".into(),
     };
     let kubelet = |node: &str| Restart {
-        key: format!("{node}/kubelet"),
+        key: format!("{node}/{KUBELET}"),
         action: Action::RestartKubelet { node: node.into() },
-        kind: "kubelet".into(),
+        kind: KUBELET.into(),
     };
     let comp = |action: Action, restart: Option<Restart<Action>>| Compensation {
         action,
@@ -1591,7 +1650,7 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
     match action {
         Action::PutFiles { node, files, loaded_by } => {
             let restart =
-                if loaded_by.iter().any(|c| c == "kubelet") { Some(kubelet(node)) } else { None };
+                if loaded_by.iter().any(|c| c == KUBELET) { Some(kubelet(node)) } else { None };
             vec![comp(restore(Some(node), files.iter().map(|f| f.0.clone()).collect()), restart)]
         }
         Action::SetFlags { node, component, manifest, flags, prior, after_undo } => {
@@ -1639,7 +1698,7 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
         }
         Action::ReissueCert { node, path, manifest, .. } => vec![comp(
             restore(Some(node), vec![path.clone()]),
-            Some(static_pod(node, "kube-apiserver", manifest)),
+            Some(static_pod(node, APISERVER, manifest)),
         )],
         Action::RollKubelet { node, config, kubeconfig, target, prior } => match prior {
             Some(before) => vec![comp(
@@ -1657,8 +1716,10 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
                 None,
             )],
             None => {
+                // The roll re-issues the client certificate its kubeconfig names (or embeds):
+                // the file discovery found, kubelet-client-current.pem on kubeadm's layout.
                 let mut paths = vec![config.clone(), kubeconfig.clone()];
-                paths.push(crate::discovery::defaults::KUBELET_CLIENT_CURRENT.into());
+                paths.push(topology.layout(node).kubelet.client_cert.clone());
                 paths.extend(target.reissue_serving_cert.clone());
                 vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
             }
@@ -1683,14 +1744,6 @@ pub fn compensations(action: &Action, trust: u32) -> Vec<engine::Compensation<Ac
         }
         _ => Vec::new(),
     }
-}
-
-/// The component a static pod manifest runs, from its file name (kubeadm names them after it).
-fn manifest_component(path: &str) -> Option<&'static str> {
-    let name = path.rsplit('/').next()?;
-    [APISERVER, CONTROLLER_MANAGER, SCHEDULER, CLOUD_CONTROLLER_MANAGER]
-        .into_iter()
-        .find(|c| name == format!("{c}.yaml"))
 }
 
 /// The trust effects of a rollback step: restores bring back what the world held before the
@@ -1721,7 +1774,8 @@ fn undo_effects(action: &Action, initial: &trust::World, topology: &Topology) ->
                 }
             }
         };
-        if let Some(component) = manifest_component(path) {
+        let layout = topology.layout(node);
+        if let Some(component) = layout.component_of_manifest(path) {
             let id = ComponentId::on(component, node);
             repoint(id);
             out.extend(effects(
@@ -1732,8 +1786,8 @@ fn undo_effects(action: &Action, initial: &trust::World, topology: &Topology) ->
                 },
                 topology,
             ));
-        } else if path.ends_with("/config.yaml") {
-            repoint(ComponentId::on(trust::kind::KUBELET, node));
+        } else if *path == layout.kubelet.config {
+            repoint(ComponentId::on(KUBELET, node));
         }
     }
     out
@@ -1761,7 +1815,7 @@ pub fn check_rollback(
             step: s.id.clone(),
             retry: s.retry.clone(),
             estimate: s.estimate,
-            compensations: compensations(&s.action, i as u32 + 1),
+            compensations: compensations(&s.action, i as u32 + 1, topology),
         })
         .collect();
     for c in engine::order_compensations(undos) {
@@ -1822,6 +1876,23 @@ mod tests {
         workers: usize,
         max_unavailable: u32,
     ) -> (tempfile::TempDir, Inventory, ClusterFacts) {
+        let as_kubeadm = |path: &str, text: &str| (path.to_owned(), text.to_owned());
+        cluster_with(workers, max_unavailable, as_kubeadm, &[]).await
+    }
+
+    /// As [`cluster`], each node's files laid out by `layout` (from kubeadm's default path and
+    /// text of a file to where it is on these nodes and what it says), and `extra` files on each
+    /// (laid out the same way).
+    async fn cluster_with(
+        workers: usize,
+        max_unavailable: u32,
+        layout: impl Fn(&str, &str) -> (String, String),
+        extra: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Inventory, ClusterFacts) {
+        let put = |root: &std::path::Path, path: &str, text: &str| {
+            let (path, text) = layout(path, text);
+            put(root, &path, &text);
+        };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for f in ["admin.conf", "id", "known_hosts"] {
@@ -1852,7 +1923,11 @@ mod tests {
             let root = d.join(name);
             put(&root, "/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
             put(&root, "/etc/kubernetes/kubelet.conf", KUBELET_CONF);
-            std::fs::create_dir_all(root.join("etc/kubernetes/manifests")).unwrap();
+            let (manifests, _) = layout("/etc/kubernetes/manifests", "");
+            std::fs::create_dir_all(root.join(manifests.trim_start_matches('/'))).unwrap();
+            for (path, text) in extra {
+                put(&root, path, text);
+            }
             if *cp {
                 put(&root, "/etc/kubernetes/manifests/kube-apiserver.yaml", APISERVER_YAML);
                 put(&root, "/etc/kubernetes/manifests/kube-controller-manager.yaml", CM_YAML);
@@ -1871,6 +1946,123 @@ mod tests {
             namespaces: vec!["kube-system".into(), "default".into()],
         };
         (dir, inventory, facts)
+    }
+
+    /// Regression: with the apiservers' client CA in a file of its own, the trust model checked
+    /// kubeadm's default `ca.crt` instead, which the plan never touches, and `init` refused the
+    /// rotation ("rollback: step undo:... would break admin@cp-1 -> kube-apiserver@cp-3 ... the
+    /// server nothing").
+    #[tokio::test]
+    async fn apiservers_with_their_client_ca_in_another_file_get_a_plan() {
+        let client_ca_elsewhere = |path: &str, text: &str| {
+            let text = if path.ends_with("/kube-apiserver.yaml") {
+                text.replace(
+                    "--client-ca-file=/etc/kubernetes/pki/ca.crt",
+                    "--client-ca-file=/etc/kubernetes/pki/client-ca.crt",
+                )
+            } else {
+                text.to_owned()
+            };
+            (path.to_owned(), text)
+        };
+        let (_d, inv, facts) = cluster_with(2, 1, client_ca_elsewhere, &[]).await;
+        let plan = build(&inv, &facts, "r1").unwrap_or_else(|e| panic!("{e}"));
+        let topo = topology(&inv, &facts);
+        let total = plan.steps().count();
+        for done in 0..=total {
+            check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
+        }
+    }
+
+    /// A cluster laid out otherwise than kubeadm's defaults everywhere discovery looks
+    /// ([`crate::fixtures`]): the plan, the trust simulation and the undo all work on the files
+    /// where they are, and none names a kubeadm default.
+    #[tokio::test]
+    async fn a_cluster_laid_out_otherwise_is_planned_simulated_and_undone_where_its_files_are() {
+        use crate::fixtures::{self, elsewhere};
+        let (_d, inv, facts) = cluster_with(2, 1, elsewhere, &[fixtures::DROPIN]).await;
+        let plan = build(&inv, &facts, "r1").unwrap_or_else(|e| panic!("{e}"));
+        let topo = topology(&inv, &facts);
+        assert_eq!(topo.layout("w-1").kubelet.client_cert, fixtures::KUBELET_CLIENT_CERT);
+        assert_eq!(topo.layout("cp-2").apiserver.port, fixtures::APISERVER_PORT);
+
+        // The plan: no kubeadm default path anywhere in it.
+        let recorded = serde_json::to_string(&plan).unwrap();
+        for default in ["/etc/kubernetes/pki", "/etc/kubernetes/manifests", "/var/lib/kubelet"] {
+            assert!(!recorded.contains(default), "the plan names {default}");
+        }
+        let action = |id: &str| &plan.steps().find(|s| s.id.as_str() == id).unwrap().action;
+        let Action::SetFlags { manifest, flags, .. } = action("finalize/apiserver/cp-1") else {
+            panic!("finalize/apiserver/cp-1 sets flags")
+        };
+        assert_eq!(manifest, &format!("{}/kube-apiserver.yaml", fixtures::STATIC_POD_PATH));
+        assert_eq!(
+            flags["--client-ca-file"],
+            fixtures::APISERVER_CLIENT_CA,
+            "back to its own file"
+        );
+        let Action::PutFiles { files, .. } = action("finalize/canonical-ca/cp-1") else {
+            panic!("finalize/canonical-ca/cp-1 writes files")
+        };
+        assert!(
+            files.contains(&(
+                fixtures::APISERVER_CLIENT_CA.into(),
+                Content::NewCert(CaKind::Cluster),
+                0o644
+            )),
+            "the file the apiserver is pointed back at holds the new CA: {files:?}"
+        );
+        let Action::RollKubelet { config, kubeconfig, target, .. } =
+            action("trust-nodes/kubelet/w-1")
+        else {
+            panic!("trust-nodes/kubelet/w-1 rolls a kubelet")
+        };
+        assert_eq!(
+            (config.as_str(), kubeconfig.as_str()),
+            (fixtures::KUBELET_CONFIG, fixtures::KUBELET_KUBECONFIG)
+        );
+        assert_eq!(target.client_ca_file, format!("{}/ca-bundle.crt", fixtures::PKI));
+
+        // The undo of a kubelet roll restores the client certificate where it is, and the
+        // backup holds it.
+        let undo = compensations(action("trust-nodes/kubelet/w-1"), 1, &topo);
+        let Action::RestoreFiles { paths, .. } = &undo[0].action else {
+            panic!("the undo restores files: {undo:?}")
+        };
+        assert!(paths.iter().any(|p| p == fixtures::KUBELET_CLIENT_CERT), "{paths:?}");
+        let Action::Backup { paths, .. } = action("preflight/backup/w-1") else {
+            panic!("a backup")
+        };
+        assert!(paths.iter().any(|p| p == fixtures::KUBELET_CLIENT_CERT), "{paths:?}");
+
+        // The trust simulation loads from the discovered files and ends on the new CA there.
+        let world = trust::kubeadm(&topo);
+        let api = ComponentId::on(APISERVER, "cp-1");
+        assert_eq!(
+            world.components[&api].slots[slot::CLIENT_CA],
+            Source::file("cp-1", fixtures::APISERVER_CLIENT_CA)
+        );
+        let steps: Vec<SimStep> = plan
+            .steps()
+            .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, &topo) })
+            .collect();
+        let end = world.simulate(&steps).unwrap();
+        assert_eq!(end.loaded(&api, slot::CLIENT_CA), &Material::bundle([trust::ca::NEW]));
+        assert_eq!(end.loaded(&api, slot::SERVING_CERT), &Material::cert(trust::ca::NEW));
+        let kubelet = ComponentId::on(KUBELET, "w-1");
+        assert_eq!(end.loaded(&kubelet, slot::CLIENT_CERT), &Material::cert(trust::ca::NEW));
+        assert_eq!(end.loaded(&kubelet, slot::CLIENT_CA), &Material::bundle([trust::ca::NEW]));
+
+        // A rollback from any point keeps every edge and ends where the cluster began.
+        let total = plan.steps().count();
+        for done in 0..=total {
+            check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
+        }
+
+        // The same plan checked on kubeadm's default paths (a topology without layouts) is
+        // refused: the check depends on the discovered layout.
+        let assumed = Topology { layouts: BTreeMap::new(), ..topo };
+        assert!(check(&plan, &assumed).is_err());
     }
 
     #[tokio::test]
@@ -2074,6 +2266,7 @@ mod tests {
     async fn every_file_a_rollback_may_restore_is_backed_up_first() {
         let (_d, inv, facts) = cluster(2, 1).await;
         let plan = build(&inv, &facts, "r1").unwrap();
+        let topo = topology(&inv, &facts);
         let mut backed: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in plan.steps() {
             if let Action::Backup { node, paths } = &s.action {
@@ -2081,7 +2274,7 @@ mod tests {
             }
         }
         for s in plan.steps() {
-            for (node, path) in restorable(&s.action) {
+            for (node, path) in restorable(&s.action, &topo) {
                 assert!(
                     backed.get(&node).is_some_and(|p| p.contains(&path)),
                     "{}: {node}:{path} is restored by a rollback but not backed up",

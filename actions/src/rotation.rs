@@ -17,13 +17,14 @@ use journal::{BlobStore, Hash};
 use crate::api::ClusterApi;
 use crate::edit::{Kubeconfig, KubeletConfig, Manifest};
 use crate::inventory::{Inventory, NewCa};
+use crate::kubeadm::component::{APISERVER, CONTROLLER_MANAGER, SCHEDULER};
+use crate::kubeadm::file::PARKING;
+use crate::kubeadm::{outcome, step};
 use crate::node::{LocalNode, Node, NodeError};
 use crate::pki::{self, Ca, Cert, KeyAlgorithm, KeyPolicy, SecretKey};
 use crate::probe::{Seen, probe};
 use crate::procedure::{Action, CaKind, Content, KubeletTarget, OPERATOR, new_ca_step};
-
-/// Where a parked static pod manifest waits while its pod is stopped.
-pub const PARKING: &str = "/etc/kubernetes/kubeca-parked";
+use crate::trust::Topology;
 
 /// Outcomes of finished steps, shared with the engine's event observer.
 pub type Known = Rc<RefCell<BTreeMap<StepId, Summary>>>;
@@ -42,6 +43,9 @@ pub struct Rotation<N: Node> {
     /// API clients derived from `api`: [trusting the new CA too, and also authenticating with a
     /// certificate of the new CA]; made once each.
     api_variants: RefCell<[Option<ClusterApi>; 2]>,
+    /// Where each node's components load their inputs from and listen, as discovered at `init`
+    /// (kubeadm's layout for a node it does not know).
+    topology: Topology,
     /// Bound of every wait for a component to go down or come back.
     pub wait: Duration,
 }
@@ -89,11 +93,21 @@ impl<N: Node> Rotation<N> {
             ranks: BTreeMap::new(),
             probe_identity: RefCell::new(None),
             api_variants: RefCell::new([None, None]),
+            topology: Topology::default(),
             wait,
         };
         let mut rotation = rotation;
         rotation.learn(state);
         rotation
+    }
+
+    /// The runner acting on the layout of `topology` (recorded at `init`): the apiservers'
+    /// manifests in each node's static pod directory, each component's discovered port, the
+    /// kubelet's client certificate a rollback restores. Without it every node is taken to be
+    /// laid out as kubeadm's defaults say.
+    pub fn with_topology(mut self, topology: Topology) -> Rotation<N> {
+        self.topology = topology;
+        self
     }
 
     /// Outcomes of finished steps; the caller's event observer keeps it current with [`learn`].
@@ -134,25 +148,7 @@ impl<N: Node> Rotation<N> {
         }
         let new_ca = self.new_ca(CaKind::Cluster)?;
         let new_der = new_ca.cert().der().to_vec();
-        let mut all_accept_new = true;
-        for cp in self.inventory.control_planes() {
-            let manifest_path =
-                format!("{}/kube-apiserver.yaml", crate::discovery::defaults::MANIFESTS);
-            let manifest = Manifest::parse(
-                &manifest_path,
-                &self.manifest_text(&cp.name, &manifest_path).await?,
-            )
-            .map_err(terminal)?;
-            let Some(file) = manifest.flag("--client-ca-file") else {
-                all_accept_new = false;
-                break;
-            };
-            let bundle = self.must_read(Some(&cp.name), &file).await?;
-            if !pem_ders(&bundle).contains(&new_der) {
-                all_accept_new = false;
-                break;
-            }
-        }
+        let all_accept_new = self.every_apiserver_accepts(&new_der).await?;
         let slot = usize::from(all_accept_new);
         if let Some(api) = &self.api_variants.borrow()[slot] {
             return Ok(api.clone());
@@ -164,13 +160,13 @@ impl<N: Node> Rotation<N> {
             base.variant(&[new_der], Some((&cert_pem, &key))).map_err(terminal)?
         } else {
             let path = self.inventory.cluster.kubeconfig.display().to_string();
-            let backup =
-                self.outcome(&format!("preflight/backup/{}", crate::procedure::OPERATOR))?;
-            let digest = backup.0.get(&path).filter(|d| *d != "absent").ok_or_else(|| {
-                terminal(format!(
-                    "the preflight backup does not hold the operator's kubeconfig {path}"
-                ))
-            })?;
+            let backup = self.outcome(&step::backup(None))?;
+            let digest =
+                backup.0.get(&path).filter(|d| *d != outcome::ABSENT).ok_or_else(|| {
+                    terminal(format!(
+                        "the preflight backup does not hold the operator's kubeconfig {path}"
+                    ))
+                })?;
             let text = text(self.blob(digest)?);
             ClusterApi::from_kubeconfig_text(
                 &format!("{path} (as backed up before the rotation)"),
@@ -183,6 +179,26 @@ impl<N: Node> Rotation<N> {
         };
         self.api_variants.borrow_mut()[slot] = Some(api.clone());
         Ok(api)
+    }
+
+    /// Whether every apiserver's client CA file, as its manifest names it now, holds the CA
+    /// certificate `der`. The manifests are where discovery found them (each node's static pod
+    /// directory), parked or not.
+    async fn every_apiserver_accepts(&self, der: &[u8]) -> Result<bool, StepError> {
+        for cp in self.inventory.control_planes() {
+            let manifest_path = &self.topology.layout(&cp.name).apiserver.manifest;
+            let manifest = Manifest::parse(
+                &format!("{}:{manifest_path}", cp.name),
+                &self.manifest_text(&cp.name, manifest_path).await?,
+            )
+            .map_err(terminal)?;
+            let Some(file) = manifest.flag("--client-ca-file") else { return Ok(false) };
+            let bundle = self.must_read(Some(&cp.name), &file).await?;
+            if !pem_ders(&bundle).iter().any(|d| d == der) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn outcome(&self, step: &str) -> Result<Summary, StepError> {
@@ -198,15 +214,16 @@ impl<N: Node> Rotation<N> {
 
     fn old_cert(&self, kind: CaKind) -> Result<String, StepError> {
         let o = self.outcome(new_ca_step(kind))?;
-        Ok(text(self.blob(o.0.get("old-cert").map(String::as_str).unwrap_or_default())?))
+        Ok(text(self.blob(o.0.get(outcome::OLD_CERT).map(String::as_str).unwrap_or_default())?))
     }
 
     fn new_ca(&self, kind: CaKind) -> Result<Ca, StepError> {
         let o = self.outcome(new_ca_step(kind))?;
         let get = |k: &str| o.0.get(k).cloned().unwrap_or_default();
-        let cert = Cert::from_pem(&text(self.blob(&get("cert"))?), "new CA").map_err(terminal)?;
-        let key =
-            SecretKey::from_pem(&text(self.blob(&get("key"))?), "new CA key").map_err(terminal)?;
+        let cert =
+            Cert::from_pem(&text(self.blob(&get(outcome::CERT))?), "new CA").map_err(terminal)?;
+        let key = SecretKey::from_pem(&text(self.blob(&get(outcome::KEY))?), "new CA key")
+            .map_err(terminal)?;
         Ca::load(cert, key).map_err(terminal)
     }
 
@@ -265,16 +282,17 @@ impl<N: Node> Rotation<N> {
     /// The original of `path` on `node`, from its backup: `Some(bytes)`, or `None` when it did
     /// not exist before the rotation.
     fn original(&self, node: Option<&str>, path: &str) -> Result<Option<Vec<u8>>, StepError> {
-        let step = format!("preflight/backup/{}", node.unwrap_or(OPERATOR));
+        let step = step::backup(node);
         let summary = self.outcome(&step)?;
         match summary.0.get(path).map(String::as_str) {
-            Some("absent") => Ok(None),
+            Some(outcome::ABSENT) => Ok(None),
             Some(hex) => Ok(Some(self.blob(hex)?)),
             None => Err(terminal(format!("{step} did not back up {path}"))),
         }
     }
 
-    /// Where a static pod listens and how to reach it: (host, port, path probed).
+    /// Where a static pod listens and how to reach it: (host, port, path probed). The manifest
+    /// being started says; where it names no port, the one discovered at `init` stands.
     async fn endpoint(
         &self,
         node: &str,
@@ -282,20 +300,24 @@ impl<N: Node> Rotation<N> {
         manifest: &Manifest,
     ) -> (String, u16, &'static str) {
         let address = self.inventory.node(node).map(|n| n.address.clone()).unwrap_or_default();
+        let layout = self.topology.layout(node);
+        let port = |discovered: u16| {
+            manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(discovered)
+        };
         match component {
-            "kube-apiserver" => (
+            APISERVER => (
                 manifest.flag("--advertise-address").unwrap_or(address),
-                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(6443),
+                port(layout.apiserver.port),
                 "/readyz",
             ),
-            "kube-controller-manager" => (
+            CONTROLLER_MANAGER => (
                 manifest.flag("--bind-address").unwrap_or(address),
-                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(10257),
+                port(layout.controller_manager.port),
                 "/healthz",
             ),
-            "kube-scheduler" => (
+            SCHEDULER => (
                 manifest.flag("--bind-address").unwrap_or(address),
-                manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(10259),
+                port(layout.scheduler.port),
                 "/healthz",
             ),
             _ => (address, 0, "/healthz"),
@@ -357,8 +379,8 @@ impl<N: Node> Rotation<N> {
         let manifest =
             Manifest::parse(&format!("{node}:{manifest_path}"), text).map_err(terminal)?;
         let (host, port, path) = self.endpoint(node, component, &manifest).await;
-        if component == "kube-apiserver" {
-            self.apiservers_ready_for_restart_of(node, port).await?;
+        if component == APISERVER {
+            self.apiservers_ready_for_restart_of(node).await?;
         }
         let name = manifest_path.rsplit('/').next().unwrap_or(component);
         let parked = format!("{PARKING}/{name}");
@@ -385,7 +407,7 @@ impl<N: Node> Rotation<N> {
         n.write(&parked, text.as_bytes(), 0o600).await.map_err(node_err)?;
         n.rename(&parked, manifest_path).await.map_err(node_err)?;
         let expected = match component {
-            "kube-apiserver" => match manifest.flag("--tls-cert-file") {
+            APISERVER => match manifest.flag("--tls-cert-file") {
                 Some(f) => Some(pem_der(&text_of(n.read(&f).await.map_err(node_err)?))?),
                 None => None,
             },
@@ -395,7 +417,7 @@ impl<N: Node> Rotation<N> {
         // The apiserver is back when it is ready (its /readyz answers 200: it reaches etcd);
         // the others when they answer at all.
         let healthy =
-            |status: u16| if component == "kube-apiserver" { status == 200 } else { status != 0 };
+            |status: u16| if component == APISERVER { status == 200 } else { status != 0 };
         let mut last: Seen;
         loop {
             match self.observe(node, &host, port, path).await? {
@@ -403,7 +425,7 @@ impl<N: Node> Rotation<N> {
                     if healthy(status) && expected.as_ref().is_none_or(|e| *e == cert) =>
                 {
                     return Ok(Summary::new()
-                        .with("restarted-at", restarted_at.to_string())
+                        .with(outcome::RESTARTED_AT, restarted_at.to_string())
                         .with("serving-cert", hex_sha(&cert)));
                 }
                 seen => last = seen,
@@ -433,12 +455,9 @@ impl<N: Node> Rotation<N> {
     /// fails to start). kubeca never takes an apiserver away while another one is not ready: with
     /// one etcd member or one apiserver already out, a restart of a second would leave the
     /// cluster one failure from an outage.
-    async fn apiservers_ready_for_restart_of(
-        &self,
-        node: &str,
-        port: u16,
-    ) -> Result<(), StepError> {
+    async fn apiservers_ready_for_restart_of(&self, node: &str) -> Result<(), StepError> {
         for cp in self.inventory.control_planes() {
+            let port = self.topology.layout(&cp.name).apiserver.port;
             let seen = probe(&cp.address, port, "/readyz", Duration::from_secs(3)).await;
             let why = match seen {
                 Seen::Up { status: 200, .. } => continue,
@@ -496,19 +515,20 @@ impl<N: Node> Rotation<N> {
         Ok((issued.cert.der().to_vec(), key.to_pem()))
     }
 
-    /// Restarts a node's kubelet and waits until it serves :10250 again; with `trusts_new`, until
-    /// it accepts a client certificate of the new CA (it has loaded its new client CA).
+    /// Restarts a node's kubelet and waits until it serves its port again; with `trusts_new`,
+    /// until it accepts a client certificate of the new CA (it has loaded its new client CA).
     async fn restart_kubelet(&self, node: &str, trusts_new: bool) -> Result<Summary, StepError> {
         let n = self.node(node)?;
         let identity = if trusts_new { Some(self.new_ca_client()?) } else { None };
         let started = jiff::Timestamp::now();
         n.run("restart kubelet", "systemctl restart kubelet").await.map_err(node_err)?;
         let address = self.inventory.node(node).map(|x| x.address.clone()).unwrap_or_default();
+        let port = self.topology.layout(node).kubelet.port;
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let seen = crate::probe::probe_as(
                 &address,
-                10250,
+                port,
                 "/healthz",
                 Duration::from_secs(3),
                 identity.as_ref(),
@@ -526,16 +546,16 @@ impl<N: Node> Rotation<N> {
             };
             if ready {
                 return Ok(Summary::new()
-                    .with("restarted-at", jiff::Timestamp::now().to_string())
+                    .with(outcome::RESTARTED_AT, jiff::Timestamp::now().to_string())
                     .with("accepts-new-ca-client", trusts_new.to_string()));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(retry(format!(
                     "node {node}: the kubelet did not {} and report its node Ready within {} s",
                     if trusts_new {
-                        "accept a client certificate of the new CA on :10250"
+                        format!("accept a client certificate of the new CA on :{port}")
                     } else {
-                        "serve :10250 again"
+                        format!("serve :{port} again")
                     },
                     self.wait.as_secs()
                 )));
@@ -622,7 +642,7 @@ impl<N: Node> Rotation<N> {
                 for (path, file) in paths.iter().zip(self.read_many_on(on, &names).await?) {
                     let value = match file {
                         Some(bytes) => self.blobs.put(&bytes).map_err(terminal)?.to_hex(),
-                        None => "absent".into(),
+                        None => outcome::ABSENT.into(),
                     };
                     s = s.with(path.clone(), value);
                 }
@@ -675,9 +695,9 @@ impl<N: Node> Rotation<N> {
                 let key = self.blobs.put(new.key_pem().as_bytes()).map_err(terminal)?;
                 let old_digest = self.blobs.put(old_pem.as_bytes()).map_err(terminal)?;
                 Ok(Summary::new()
-                    .with("cert", cert.to_hex())
-                    .with("key", key.to_hex())
-                    .with("old-cert", old_digest.to_hex())
+                    .with(outcome::CERT, cert.to_hex())
+                    .with(outcome::KEY, key.to_hex())
+                    .with(outcome::OLD_CERT, old_digest.to_hex())
                     .with("fingerprint", new.cert().fingerprint())
                     .with("discovery-hash", new.cert().discovery_hash()))
             }
@@ -872,7 +892,7 @@ impl<N: Node> Rotation<N> {
                                 Some(n) => self.node(n)?.remove(path).await.map_err(node_err)?,
                                 None => self.operator.remove(path).await.map_err(node_err)?,
                             }
-                            s = s.with(path.clone(), "absent");
+                            s = s.with(path.clone(), outcome::ABSENT);
                         }
                     }
                 }
@@ -887,8 +907,8 @@ impl<N: Node> Rotation<N> {
         let known = self.known.borrow();
         known
             .iter()
-            .filter(|(id, _)| id.as_str().starts_with("switch/apiserver/"))
-            .filter_map(|(_, s)| s.0.get("restarted-at")?.parse().ok())
+            .filter(|(id, _)| id.as_str().starts_with(step::SWITCH_APISERVER))
+            .filter_map(|(_, s)| s.0.get(outcome::RESTARTED_AT)?.parse().ok())
             .min()
             .unwrap_or_else(jiff::Timestamp::now)
     }
@@ -923,7 +943,8 @@ impl<N: Node> Rotation<N> {
         let now = jiff::Timestamp::now();
         let mut checked = 0;
         for n in self.inventory.control_planes() {
-            match probe(&n.address, 6443, "/readyz", Duration::from_secs(5)).await {
+            let port = self.topology.layout(&n.name).apiserver.port;
+            match probe(&n.address, port, "/readyz", Duration::from_secs(5)).await {
                 Seen::Up { cert, .. } => {
                     let c =
                         Cert::from_der(cert, &format!("apiserver@{}", n.name)).map_err(terminal)?;
@@ -1015,7 +1036,11 @@ impl<N: Node> Runner<Action> for Rotation<N> {
         action: &Action,
         _outcome: Option<&Summary>,
     ) -> Vec<Compensation<Action>> {
-        crate::procedure::compensations(action, self.ranks.get(step).copied().unwrap_or(0))
+        crate::procedure::compensations(
+            action,
+            self.ranks.get(step).copied().unwrap_or(0),
+            &self.topology,
+        )
     }
 }
 
@@ -1125,5 +1150,196 @@ impl Runner<Action> for Idle {
 
     fn compensate(&self, _: &StepId, _: &Action, _: Option<&Summary>) -> Vec<Compensation<Action>> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, elsewhere};
+    use crate::kubeadm::path;
+    use crate::pki::KeySpec;
+    use std::path::Path;
+
+    const APISERVER_YAML: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");
+    const CM_YAML: &str = include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
+    const KUBELET_CONFIG: &str = include_str!("../testdata/kubeadm/kubelet-config.yaml");
+    const KUBELET_CONF: &str = include_str!("../testdata/kubeadm/kubelet.conf");
+
+    /// Writes kubeadm's file `path` with `text` under `root`, where [`elsewhere`] keeps it.
+    fn put_elsewhere(root: &Path, path: &str, text: &str) {
+        let (path, text) = elsewhere(path, text);
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// A runner over control planes `cp-1` (at 127.0.0.1) and `cp-2` (at 127.0.0.2), each a
+    /// directory laid out as [`elsewhere`] says, with their layouts as discovered when
+    /// `discovered`.
+    async fn runner(dir: &Path, discovered: bool) -> Rotation<LocalNode> {
+        for f in ["admin.conf", "id", "known_hosts"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let toml = "[cluster]\nname = \"t\"\nkubeconfig = \"admin.conf\"\napi_endpoint = \"https://127.0.0.1:6443\"\n\
+                    [ssh]\nidentity = \"id\"\nknown_hosts = \"known_hosts\"\n\
+                    [[nodes]]\nname = \"cp-1\"\naddress = \"127.0.0.1\"\nroles = [\"control-plane\"]\n\
+                    [[nodes]]\nname = \"cp-2\"\naddress = \"127.0.0.2\"\nroles = [\"control-plane\"]\n";
+        let inventory = Inventory::parse(toml, Path::new("t.toml"), dir).unwrap();
+        let mut nodes = BTreeMap::new();
+        let mut topology = Topology::default();
+        for name in ["cp-1", "cp-2"] {
+            let root = dir.join(name);
+            put_elsewhere(&root, "/etc/kubernetes/manifests/kube-apiserver.yaml", APISERVER_YAML);
+            put_elsewhere(&root, "/etc/kubernetes/manifests/kube-controller-manager.yaml", CM_YAML);
+            put_elsewhere(&root, "/var/lib/kubelet/config.yaml", KUBELET_CONFIG);
+            put_elsewhere(&root, "/etc/kubernetes/kubelet.conf", KUBELET_CONF);
+            put_elsewhere(&root, "/etc/kubernetes/controller-manager.conf", KUBELET_CONF);
+            put_elsewhere(&root, fixtures::DROPIN.0, fixtures::DROPIN.1);
+            let node = LocalNode::new(name, &root);
+            let facts = crate::discovery::discover(&node).await.unwrap();
+            topology.control_planes.push(name.into());
+            topology.layouts.insert(name.into(), facts.layout());
+            nodes.insert(name.to_owned(), node);
+        }
+        let state = dir.join("state");
+        journal::create_private_dir(&state).unwrap();
+        let blobs = BlobStore::open(&state).unwrap();
+        let runner = Rotation::new(inventory, nodes, blobs, None, &engine::State::default());
+        if discovered { runner.with_topology(topology) } else { runner }
+    }
+
+    /// A new cluster CA, recorded as the `prepare/new-ca` step's outcome.
+    fn with_new_ca(runner: &Rotation<LocalNode>) -> Ca {
+        let now = jiff::Timestamp::now();
+        let ca =
+            Ca::generate("kubernetes", KeySpec::EcdsaP256, 1, now, &mut rand_core::OsRng).unwrap();
+        let cert = runner.blobs.put(ca.cert_pem().as_bytes()).unwrap();
+        let key = runner.blobs.put(ca.key_pem().as_bytes()).unwrap();
+        runner.known.borrow_mut().insert(
+            StepId::from(step::NEW_CA),
+            Summary::new().with(outcome::CERT, cert.to_hex()).with(outcome::KEY, key.to_hex()),
+        );
+        ca
+    }
+
+    /// A TLS server on `host` presenting `identity` (certificate DER, key PEM), answering 200.
+    async fn serve(host: &str, identity: crate::probe::ClientIdentity) -> u16 {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(identity.0)],
+                PrivateKeyDer::from_pem_slice(identity.1.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 512];
+                        let _ = tls.read(&mut buf).await;
+                        let _ =
+                            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_roll_is_undone_by_restoring_the_client_certificate_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let roll = Action::RollKubelet {
+            node: "cp-1".into(),
+            config: fixtures::KUBELET_CONFIG.into(),
+            kubeconfig: fixtures::KUBELET_KUBECONFIG.into(),
+            target: KubeletTarget {
+                client_ca_file: format!("{}/ca-bundle.crt", fixtures::PKI),
+                kubeconfig_ca: Content::Bundle(CaKind::Cluster),
+                reissue_client_cert: true,
+                reissue_serving_cert: None,
+            },
+            prior: None,
+        };
+        let restored = |runner: &Rotation<LocalNode>| {
+            let undo = runner.compensate(&StepId::from("trust-nodes/kubelet/cp-1"), &roll, None);
+            match &undo[0].action {
+                Action::RestoreFiles { paths, .. } => paths.clone(),
+                other => panic!("the undo restores files, not {other:?}"),
+            }
+        };
+        let paths = restored(&runner(dir.path(), true).await);
+        assert!(paths.iter().any(|p| p == fixtures::KUBELET_CLIENT_CERT), "{paths:?}");
+        assert!(!paths.iter().any(|p| p == path::KUBELET_CLIENT_CURRENT), "{paths:?}");
+        // Without a recorded layout, kubeadm's, as before layouts were recorded.
+        let dir = tempfile::tempdir().unwrap();
+        let paths = restored(&runner(dir.path(), false).await);
+        assert!(paths.iter().any(|p| p == path::KUBELET_CLIENT_CURRENT), "{paths:?}");
+    }
+
+    #[tokio::test]
+    async fn the_apiservers_client_ca_is_read_through_manifests_in_their_static_pod_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner(dir.path(), true).await;
+        let ca = with_new_ca(&runner);
+        let der = ca.cert().der().to_vec();
+        let client_ca = |node: &str| {
+            let file =
+                dir.path().join(node).join(fixtures::APISERVER_CLIENT_CA.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            file
+        };
+        std::fs::write(client_ca("cp-1"), ca.cert_pem()).unwrap();
+        std::fs::write(client_ca("cp-2"), "").unwrap();
+        assert!(!runner.every_apiserver_accepts(&der).await.unwrap(), "cp-2 does not yet");
+        std::fs::write(client_ca("cp-2"), ca.cert_pem()).unwrap();
+        assert!(runner.every_apiserver_accepts(&der).await.unwrap());
+        // Looked for at kubeadm's default path, the manifest is not there.
+        let dir = tempfile::tempdir().unwrap();
+        let runner = super::tests::runner(dir.path(), false).await;
+        let e = runner.every_apiserver_accepts(&der).await.unwrap_err();
+        assert!(e.message.contains("kube-apiserver.yaml"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn components_are_reached_on_the_ports_discovery_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner(dir.path(), true).await;
+        // A manifest that names no port: the discovered one stands; one that does: it wins.
+        let bare =
+            Manifest::parse("m", &APISERVER_YAML.replace("- --secure-port=6443\n", "")).unwrap();
+        let (_, port, _) = runner.endpoint("cp-1", APISERVER, &bare).await;
+        assert_eq!(port, fixtures::APISERVER_PORT);
+        let named = Manifest::parse("m", &APISERVER_YAML.replace("=6443", "=7443")).unwrap();
+        assert_eq!(runner.endpoint("cp-1", APISERVER, &named).await.1, 7443);
+
+        // Each apiserver is probed on its own port: the readiness gate before a restart and
+        // the final check of the served certificates.
+        let mut runner = runner;
+        with_new_ca(&runner);
+        for (name, host) in [("cp-1", "127.0.0.1"), ("cp-2", "127.0.0.2")] {
+            let identity = runner.new_ca_identity(host, None).unwrap();
+            let port = serve(host, identity).await;
+            runner.topology.layouts.get_mut(name).unwrap().apiserver.port = port;
+        }
+        runner
+            .apiservers_ready_for_restart_of("cp-1")
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.message));
+        let summary = runner.check_edges().await.unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(summary.0["apiservers"], "2");
     }
 }

@@ -477,31 +477,195 @@ impl World {
     }
 }
 
-/// Where kubeadm keeps things (its defaults; discovery replaces what flags say otherwise).
-pub mod paths {
-    /// Cluster CA certificate.
-    pub const CA: &str = "/etc/kubernetes/pki/ca.crt";
-    /// Front-proxy CA certificate.
-    pub const FRONT_PROXY_CA: &str = "/etc/kubernetes/pki/front-proxy-ca.crt";
-    /// Apiserver serving certificate.
-    pub const APISERVER: &str = "/etc/kubernetes/pki/apiserver.crt";
-    /// Apiserver's client certificate towards kubelets.
-    pub const APISERVER_KUBELET_CLIENT: &str = "/etc/kubernetes/pki/apiserver-kubelet-client.crt";
-    /// Apiserver's front-proxy client certificate towards aggregated servers.
-    pub const FRONT_PROXY_CLIENT: &str = "/etc/kubernetes/pki/front-proxy-client.crt";
-    /// Admin kubeconfig.
-    pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
-    /// Controller-manager kubeconfig.
-    pub const CONTROLLER_MANAGER_CONF: &str = "/etc/kubernetes/controller-manager.conf";
-    /// Scheduler kubeconfig.
-    pub const SCHEDULER_CONF: &str = "/etc/kubernetes/scheduler.conf";
-    /// Kubelet kubeconfig.
-    pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
-    /// Kubelet serving certificate (self-signed by the kubelet in kubeadm's default setup).
-    pub const KUBELET_SERVING: &str = "/var/lib/kubelet/pki/kubelet.crt";
+/// Where one node's components load their trust inputs from and where they listen, as
+/// discovery found them ([`crate::discovery::NodeFacts::layout`]).
+///
+/// `Default` is kubeadm's layout ([`crate::kubeadm`]): it stands for every node of a topology
+/// recorded before kubeca kept layouts, which was made assuming it. Every field defaults on its
+/// own, so a recorded layout missing a later field still decodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeLayout {
+    /// Where kubeca puts bundles and new CAs: the cluster CA's directory.
+    pub pki_dir: String,
+    /// The cluster CA certificate as kubeadm keeps it (the controller-manager's
+    /// `--root-ca-file`; on a worker, the kubelet's `clientCAFile`).
+    pub ca_cert: String,
+    /// The cluster CA key (the controller-manager's `--cluster-signing-key-file`).
+    pub ca_key: String,
+    /// The front-proxy CA certificate (the apiserver's `--requestheader-client-ca-file`).
+    pub front_proxy_ca_cert: String,
+    /// The front-proxy CA key, beside its certificate (nothing loads it, so no flag names it).
+    pub front_proxy_ca_key: String,
+    /// The kubelet's static pod directory (`staticPodPath`).
+    pub static_pod_path: String,
+    /// kube-apiserver.
+    pub apiserver: ApiserverLayout,
+    /// kube-controller-manager.
+    pub controller_manager: ControllerManagerLayout,
+    /// kube-scheduler.
+    pub scheduler: SchedulerLayout,
+    /// The admin kubeconfig kubeadm keeps on a control-plane node.
+    pub admin_kubeconfig: String,
+    /// The kubelet.
+    pub kubelet: KubeletLayout,
 }
 
-/// The shape of a kubeadm cluster, enough to build its trust graph.
+/// What the apiserver of a node loads, from its manifest's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiserverLayout {
+    /// Its static pod manifest.
+    pub manifest: String,
+    /// `--client-ca-file`.
+    pub client_ca: String,
+    /// `--tls-cert-file`.
+    pub serving_cert: String,
+    /// `--kubelet-client-certificate`.
+    pub kubelet_client_cert: String,
+    /// `--proxy-client-cert-file`.
+    pub proxy_client_cert: String,
+    /// `--kubelet-certificate-authority`, when it verifies kubelets.
+    pub kubelet_ca: Option<String>,
+    /// `--secure-port`.
+    pub port: u16,
+}
+
+/// What the controller-manager of a node loads, from its manifest's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControllerManagerLayout {
+    /// Its static pod manifest.
+    pub manifest: String,
+    /// `--kubeconfig`.
+    pub kubeconfig: String,
+    /// `--client-ca-file`.
+    pub client_ca: String,
+    /// `--cluster-signing-cert-file`.
+    pub signing_cert: String,
+    /// `--secure-port`.
+    pub port: u16,
+}
+
+/// What the scheduler of a node loads, from its manifest's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerLayout {
+    /// Its static pod manifest.
+    pub manifest: String,
+    /// `--kubeconfig`.
+    pub kubeconfig: String,
+    /// `--secure-port`.
+    pub port: u16,
+}
+
+/// What the kubelet of a node loads, from its drop-in, flags file, config and kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeletLayout {
+    /// Its config file (`--config`).
+    pub config: String,
+    /// Its kubeconfig (`--kubeconfig`).
+    pub kubeconfig: String,
+    /// `authentication.x509.clientCAFile`.
+    pub client_ca: String,
+    /// Its client certificate file: the one its kubeconfig names, else the certificate it
+    /// rotates in its certificate directory (`kubelet-client-current.pem`).
+    pub client_cert: String,
+    /// Its serving certificate (`tlsCertFile`, else its self-signed one).
+    pub serving_cert: String,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Default for NodeLayout {
+    fn default() -> NodeLayout {
+        use crate::kubeadm::path;
+        NodeLayout {
+            pki_dir: path::dir_of(path::CA_CERT),
+            ca_cert: path::CA_CERT.into(),
+            ca_key: path::CA_KEY.into(),
+            front_proxy_ca_cert: path::FRONT_PROXY_CA_CERT.into(),
+            front_proxy_ca_key: path::key_beside(path::FRONT_PROXY_CA_CERT),
+            static_pod_path: path::STATIC_POD_PATH.into(),
+            apiserver: ApiserverLayout::default(),
+            controller_manager: ControllerManagerLayout::default(),
+            scheduler: SchedulerLayout::default(),
+            admin_kubeconfig: path::ADMIN_CONF.into(),
+            kubelet: KubeletLayout::default(),
+        }
+    }
+}
+
+impl Default for ApiserverLayout {
+    fn default() -> ApiserverLayout {
+        use crate::kubeadm::{component, path, port};
+        ApiserverLayout {
+            manifest: path::manifest(path::STATIC_POD_PATH, component::APISERVER),
+            client_ca: path::CA_CERT.into(),
+            serving_cert: path::APISERVER_CERT.into(),
+            kubelet_client_cert: path::APISERVER_KUBELET_CLIENT_CERT.into(),
+            proxy_client_cert: path::FRONT_PROXY_CLIENT_CERT.into(),
+            kubelet_ca: None,
+            port: port::APISERVER,
+        }
+    }
+}
+
+impl Default for ControllerManagerLayout {
+    fn default() -> ControllerManagerLayout {
+        use crate::kubeadm::{component, path, port};
+        ControllerManagerLayout {
+            manifest: path::manifest(path::STATIC_POD_PATH, component::CONTROLLER_MANAGER),
+            kubeconfig: path::CONTROLLER_MANAGER_CONF.into(),
+            client_ca: path::CA_CERT.into(),
+            signing_cert: path::CA_CERT.into(),
+            port: port::CONTROLLER_MANAGER,
+        }
+    }
+}
+
+impl Default for SchedulerLayout {
+    fn default() -> SchedulerLayout {
+        use crate::kubeadm::{component, path, port};
+        SchedulerLayout {
+            manifest: path::manifest(path::STATIC_POD_PATH, component::SCHEDULER),
+            kubeconfig: path::SCHEDULER_CONF.into(),
+            port: port::SCHEDULER,
+        }
+    }
+}
+
+impl Default for KubeletLayout {
+    fn default() -> KubeletLayout {
+        use crate::kubeadm::{path, port};
+        KubeletLayout {
+            config: path::KUBELET_CONFIG.into(),
+            kubeconfig: path::KUBELET_CONF.into(),
+            client_ca: path::CA_CERT.into(),
+            client_cert: path::KUBELET_CLIENT_CURRENT.into(),
+            serving_cert: path::KUBELET_SERVING.into(),
+            port: port::KUBELET,
+        }
+    }
+}
+
+impl NodeLayout {
+    /// The control-plane component whose static pod manifest is `path`, if one is.
+    pub fn component_of_manifest(&self, path: &str) -> Option<&'static str> {
+        use crate::kubeadm::component;
+        [
+            (component::APISERVER, &self.apiserver.manifest),
+            (component::CONTROLLER_MANAGER, &self.controller_manager.manifest),
+            (component::SCHEDULER, &self.scheduler.manifest),
+        ]
+        .into_iter()
+        .find_map(|(c, m)| (m == path).then_some(c))
+    }
+}
+
+/// The shape of a kubeadm cluster, enough to build its trust graph; `init` records it beside
+/// the journal, so `plan` re-checks and `run` acts on the layout discovered then.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Topology {
     /// Control-plane node names.
@@ -515,22 +679,20 @@ pub struct Topology {
     /// Whether apiservers verify kubelets' serving certificates
     /// (`--kubelet-certificate-authority` is set), and with which file.
     pub kubelet_certificate_authority: Option<String>,
+    /// Each node's layout, by node name. A node without one (every node of a topology recorded
+    /// before kubeca kept layouts) has kubeadm's.
+    #[serde(default)]
+    pub layouts: BTreeMap<String, NodeLayout>,
 }
 
-/// Component kinds, as named in edges and errors.
-pub mod kind {
-    /// kube-apiserver.
-    pub const APISERVER: &str = "kube-apiserver";
-    /// kube-controller-manager.
-    pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
-    /// kube-scheduler.
-    pub const SCHEDULER: &str = "kube-scheduler";
-    /// kubelet.
-    pub const KUBELET: &str = "kubelet";
-    /// kubectl with a node's admin.conf.
-    pub const ADMIN: &str = "admin";
-    /// A node joining with `kube-public/cluster-info`.
-    pub const JOINER: &str = "joiner";
+impl Topology {
+    /// Where `node`'s components load their inputs from (kubeadm's layout when none was
+    /// recorded for it).
+    pub fn layout(&self, node: &str) -> &NodeLayout {
+        static KUBEADM: std::sync::LazyLock<NodeLayout> =
+            std::sync::LazyLock::new(NodeLayout::default);
+        self.layouts.get(node).unwrap_or(&KUBEADM)
+    }
 }
 
 /// CA names of the model.
@@ -569,16 +731,21 @@ fn edge(
     }
 }
 
+/// A ConfigMap as a source.
+pub fn configmap(namespace: &str, name: &str) -> Source {
+    Source::ConfigMap { namespace: namespace.into(), name: name.into() }
+}
+
 /// The kubeadm cluster of `t` as it stands before a rotation: everything trusts and is signed by
-/// the old CAs.
+/// the old CAs, each component loading from where its node's layout says.
 pub fn kubeadm(t: &Topology) -> World {
-    use Source::{ConfigMap, KubeconfigCa, KubeconfigCert};
-    let cm_source = |ns: &str, name: &str| ConfigMap { namespace: ns.into(), name: name.into() };
+    use crate::kubeadm::{component as kind, object, slot};
+    use Source::{KubeconfigCa, KubeconfigCert};
     let kc_ca = |n: &str, p: &str| KubeconfigCa { node: Some(n.into()), path: p.into() };
     let kc_cert = |n: &str, p: &str| KubeconfigCert { node: Some(n.into()), path: p.into() };
-    let root_ca_map = |ns: &str| cm_source(ns, "kube-root-ca.crt");
-    let ext_auth = cm_source("kube-system", "extension-apiserver-authentication");
-    let cluster_info = cm_source("kube-public", "cluster-info");
+    let root_ca_map = |ns: &str| configmap(ns, object::ROOT_CA);
+    let ext_auth = configmap(object::KUBE_SYSTEM, object::EXTENSION_APISERVER_AUTHENTICATION);
+    let cluster_info = configmap(object::KUBE_PUBLIC, object::CLUSTER_INFO);
 
     let mut components = Vec::new();
     let mut edges = Vec::new();
@@ -591,43 +758,53 @@ pub fn kubeadm(t: &Topology) -> World {
     let all_nodes: Vec<&String> = t.control_planes.iter().chain(&t.workers).collect();
 
     for node in &t.control_planes {
+        let l = t.layout(node);
         let f = |p: &str| Source::file(node, p);
         for (p, m) in [
-            (paths::CA, old()),
-            (paths::FRONT_PROXY_CA, Material::bundle([ca::FP_OLD])),
-            (paths::APISERVER, old_signed()),
-            (paths::APISERVER_KUBELET_CLIENT, old_signed()),
-            (paths::FRONT_PROXY_CLIENT, Material::cert(ca::FP_OLD)),
+            (&l.apiserver.serving_cert, old_signed()),
+            (&l.apiserver.kubelet_client_cert, old_signed()),
+            (&l.apiserver.proxy_client_cert, Material::cert(ca::FP_OLD)),
         ] {
             disk.insert(f(p), m);
         }
-        for conf in [paths::ADMIN_CONF, paths::CONTROLLER_MANAGER_CONF, paths::SCHEDULER_CONF] {
+        // Files that hold the old CA, whichever component names them (on kubeadm's layout all
+        // but the front-proxy CA are ca.crt).
+        for p in [&l.ca_cert, &l.apiserver.client_ca, &l.controller_manager.client_ca] {
+            disk.insert(f(p), old());
+        }
+        disk.insert(f(&l.controller_manager.signing_cert), old());
+        disk.insert(f(&l.front_proxy_ca_cert), Material::bundle([ca::FP_OLD]));
+        for conf in [&l.admin_kubeconfig, &l.controller_manager.kubeconfig, &l.scheduler.kubeconfig]
+        {
             disk.insert(kc_ca(node, conf), old());
             disk.insert(kc_cert(node, conf), old_signed());
         }
         let api = ComponentId::on(kind::APISERVER, node);
         let mut api_slots = vec![
-            ("serving-cert", f(paths::APISERVER)),
-            ("client-ca", f(paths::CA)),
-            ("kubelet-client-cert", f(paths::APISERVER_KUBELET_CLIENT)),
-            ("proxy-client-cert", f(paths::FRONT_PROXY_CLIENT)),
-            ("requestheader-ca", f(paths::FRONT_PROXY_CA)),
+            (slot::SERVING_CERT, f(&l.apiserver.serving_cert)),
+            (slot::CLIENT_CA, f(&l.apiserver.client_ca)),
+            (slot::KUBELET_CLIENT_CERT, f(&l.apiserver.kubelet_client_cert)),
+            (slot::PROXY_CLIENT_CERT, f(&l.apiserver.proxy_client_cert)),
+            (slot::REQUESTHEADER_CA, f(&l.front_proxy_ca_cert)),
         ];
-        if let Some(file) = &t.kubelet_certificate_authority {
-            api_slots.push(("kubelet-ca", f(file)));
+        if let Some(file) =
+            l.apiserver.kubelet_ca.as_ref().or(t.kubelet_certificate_authority.as_ref())
+        {
+            api_slots.push((slot::KUBELET_CA, f(file)));
             disk.entry(f(file)).or_insert_with(old);
         }
         components.push(Component { id: api.clone(), slots: slots(&api_slots), fresh: false });
 
         let cm = ComponentId::on(kind::CONTROLLER_MANAGER, node);
+        let cm_conf = &l.controller_manager.kubeconfig;
         components.push(Component {
             id: cm.clone(),
             slots: slots(&[
-                ("kubeconfig-ca", kc_ca(node, paths::CONTROLLER_MANAGER_CONF)),
-                ("client-cert", kc_cert(node, paths::CONTROLLER_MANAGER_CONF)),
-                ("root-ca", f(paths::CA)),
-                ("client-ca", f(paths::CA)),
-                ("signing-cert", f(paths::CA)),
+                (slot::KUBECONFIG_CA, kc_ca(node, cm_conf)),
+                (slot::CLIENT_CERT, kc_cert(node, cm_conf)),
+                (slot::ROOT_CA, f(&l.ca_cert)),
+                (slot::CLIENT_CA, f(&l.controller_manager.client_ca)),
+                (slot::SIGNING_CERT, f(&l.controller_manager.signing_cert)),
             ]),
             fresh: false,
         });
@@ -635,8 +812,8 @@ pub fn kubeadm(t: &Topology) -> World {
         components.push(Component {
             id: sched.clone(),
             slots: slots(&[
-                ("kubeconfig-ca", kc_ca(node, paths::SCHEDULER_CONF)),
-                ("client-cert", kc_cert(node, paths::SCHEDULER_CONF)),
+                (slot::KUBECONFIG_CA, kc_ca(node, &l.scheduler.kubeconfig)),
+                (slot::CLIENT_CERT, kc_cert(node, &l.scheduler.kubeconfig)),
             ]),
             fresh: false,
         });
@@ -644,8 +821,8 @@ pub fn kubeadm(t: &Topology) -> World {
         components.push(Component {
             id: admin.clone(),
             slots: slots(&[
-                ("kubeconfig-ca", kc_ca(node, paths::ADMIN_CONF)),
-                ("client-cert", kc_cert(node, paths::ADMIN_CONF)),
+                (slot::KUBECONFIG_CA, kc_ca(node, &l.admin_kubeconfig)),
+                (slot::CLIENT_CERT, kc_cert(node, &l.admin_kubeconfig)),
             ]),
             fresh: true,
         });
@@ -656,10 +833,10 @@ pub fn kubeadm(t: &Topology) -> World {
                 client,
                 &api,
                 &purpose,
-                Some("kubeconfig-ca"),
-                Some("client-cert"),
-                "serving-cert",
-                Some("client-ca"),
+                Some(slot::KUBECONFIG_CA),
+                Some(slot::CLIENT_CERT),
+                slot::SERVING_CERT,
+                Some(slot::CLIENT_CA),
             ));
         }
         // kubectl with admin.conf goes through the load balancer: any apiserver may answer.
@@ -668,35 +845,36 @@ pub fn kubeadm(t: &Topology) -> World {
                 &admin,
                 server,
                 "admin->apiserver",
-                Some("kubeconfig-ca"),
-                Some("client-cert"),
-                "serving-cert",
-                Some("client-ca"),
+                Some(slot::KUBECONFIG_CA),
+                Some(slot::CLIENT_CERT),
+                slot::SERVING_CERT,
+                Some(slot::CLIENT_CA),
             ));
         }
     }
 
     for node in &all_nodes {
+        let l = &t.layout(node).kubelet;
         let kubelet = ComponentId::on(kind::KUBELET, node);
-        disk.insert(kc_ca(node, paths::KUBELET_CONF), old());
-        disk.insert(kc_cert(node, paths::KUBELET_CONF), old_signed());
-        disk.insert(Source::file(node, paths::CA), old());
+        disk.insert(kc_ca(node, &l.kubeconfig), old());
+        disk.insert(kc_cert(node, &l.kubeconfig), old_signed());
+        disk.insert(Source::file(node, &l.client_ca), old());
         disk.insert(
-            Source::file(node, paths::KUBELET_SERVING),
+            Source::file(node, &l.serving_cert),
             Material::cert(&format!("kubelet-self/{node}")),
         );
         if let Some(file) = &t.kubelet_certificate_authority {
             // With --kubelet-certificate-authority, kubelet serving certs are signed by the CA.
-            disk.insert(Source::file(node, paths::KUBELET_SERVING), old_signed());
+            disk.insert(Source::file(node, &l.serving_cert), old_signed());
             disk.entry(Source::file(node, file)).or_insert_with(old);
         }
         components.push(Component {
             id: kubelet.clone(),
             slots: slots(&[
-                ("kubeconfig-ca", kc_ca(node, paths::KUBELET_CONF)),
-                ("client-cert", kc_cert(node, paths::KUBELET_CONF)),
-                ("serving-cert", Source::file(node, paths::KUBELET_SERVING)),
-                ("client-ca", Source::file(node, paths::CA)),
+                (slot::KUBECONFIG_CA, kc_ca(node, &l.kubeconfig)),
+                (slot::CLIENT_CERT, kc_cert(node, &l.kubeconfig)),
+                (slot::SERVING_CERT, Source::file(node, &l.serving_cert)),
+                (slot::CLIENT_CA, Source::file(node, &l.client_ca)),
             ]),
             fresh: false,
         });
@@ -705,26 +883,25 @@ pub fn kubeadm(t: &Topology) -> World {
                 &kubelet,
                 server,
                 "kubelet->apiserver",
-                Some("kubeconfig-ca"),
-                Some("client-cert"),
-                "serving-cert",
-                Some("client-ca"),
+                Some(slot::KUBECONFIG_CA),
+                Some(slot::CLIENT_CERT),
+                slot::SERVING_CERT,
+                Some(slot::CLIENT_CA),
             ));
-            let trust = t.kubelet_certificate_authority.as_ref().map(|_| "kubelet-ca");
+            let trust = t.kubelet_certificate_authority.as_ref().map(|_| slot::KUBELET_CA);
             edges.push(edge(
                 server,
                 &kubelet,
                 "apiserver->kubelet",
                 trust,
-                Some("kubelet-client-cert"),
-                "serving-cert",
-                Some("client-ca"),
+                Some(slot::KUBELET_CLIENT_CERT),
+                slot::SERVING_CERT,
+                Some(slot::CLIENT_CA),
             ));
         }
     }
 
-    let mut namespaces: BTreeSet<String> =
-        ["default", "kube-system", "kube-public", "kube-node-lease"].map(String::from).into();
+    let mut namespaces: BTreeSet<String> = object::NAMESPACES.map(String::from).into();
     namespaces.extend(t.pods.iter().map(|(ns, _, _)| ns.clone()));
     namespaces.extend(t.aggregated.iter().map(|(ns, _, _)| ns.clone()));
     for ns in &namespaces {
@@ -734,10 +911,10 @@ pub fn kubeadm(t: &Topology) -> World {
     disk.insert(cluster_info.clone(), old());
 
     for (ns, name, node) in &t.pods {
-        let pod = ComponentId::on(&format!("pod/{ns}/{name}"), node);
+        let pod = ComponentId::on(&kind::pod(ns, name), node);
         components.push(Component {
             id: pod.clone(),
-            slots: slots(&[("ca", root_ca_map(ns))]),
+            slots: slots(&[(slot::CA, root_ca_map(ns))]),
             fresh: false,
         });
         for server in &apiservers {
@@ -746,24 +923,24 @@ pub fn kubeadm(t: &Topology) -> World {
                 &pod,
                 server,
                 "pod->apiserver",
-                Some("ca"),
+                Some(slot::CA),
                 None,
-                "serving-cert",
+                slot::SERVING_CERT,
                 None,
             ));
         }
     }
     for (ns, name, node) in &t.aggregated {
-        let agg = ComponentId::on(&format!("aggregated/{ns}/{name}"), node);
+        let agg = ComponentId::on(&kind::aggregated(ns, name), node);
         let self_signed =
             Source::File { node: Some((*node).clone()), path: format!("aggregated:{name}") };
         disk.insert(self_signed.clone(), Material::cert(&format!("aggregated-self/{name}")));
         components.push(Component {
             id: agg.clone(),
             slots: slots(&[
-                ("ca", root_ca_map(ns)),
-                ("requestheader-ca", ext_auth.clone()),
-                ("serving-cert", self_signed),
+                (slot::CA, root_ca_map(ns)),
+                (slot::REQUESTHEADER_CA, ext_auth.clone()),
+                (slot::SERVING_CERT, self_signed),
             ]),
             fresh: false,
         });
@@ -772,9 +949,9 @@ pub fn kubeadm(t: &Topology) -> World {
                 &agg,
                 server,
                 "aggregated->apiserver",
-                Some("ca"),
+                Some(slot::CA),
                 None,
-                "serving-cert",
+                slot::SERVING_CERT,
                 None,
             ));
             // The apiserver proxies with its front-proxy client certificate; the aggregated server
@@ -784,16 +961,16 @@ pub fn kubeadm(t: &Topology) -> World {
                 &agg,
                 "apiserver->aggregated (front proxy)",
                 None,
-                Some("proxy-client-cert"),
-                "serving-cert",
-                Some("requestheader-ca"),
+                Some(slot::PROXY_CLIENT_CERT),
+                slot::SERVING_CERT,
+                Some(slot::REQUESTHEADER_CA),
             ));
         }
     }
     let joiner = ComponentId::outside(kind::JOINER);
     components.push(Component {
         id: joiner.clone(),
-        slots: slots(&[("ca", cluster_info)]),
+        slots: slots(&[(slot::CA, cluster_info)]),
         fresh: true,
     });
     for server in &apiservers {
@@ -801,9 +978,9 @@ pub fn kubeadm(t: &Topology) -> World {
             &joiner,
             server,
             "joiner->apiserver",
-            Some("ca"),
+            Some(slot::CA),
             None,
-            "serving-cert",
+            slot::SERVING_CERT,
             None,
         ));
     }
@@ -814,6 +991,7 @@ pub fn kubeadm(t: &Topology) -> World {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubeadm::{component as kind, path as paths};
 
     const BUNDLE: &str = "/etc/kubernetes/pki/ca-bundle.crt";
     const FP_BUNDLE: &str = "/etc/kubernetes/pki/front-proxy-ca-bundle.crt";
@@ -825,6 +1003,7 @@ mod tests {
             pods: vec![("kube-system".into(), "coredns-a".into(), "w-1".into())],
             aggregated: vec![("kube-system".into(), "metrics-server".into(), "w-1".into())],
             kubelet_certificate_authority: None,
+            layouts: BTreeMap::new(),
         }
     }
 
@@ -978,12 +1157,15 @@ mod tests {
             steps.push(step(
                 &format!("9.3/apiserver@{n}"),
                 vec![
-                    write(Source::file(n, paths::APISERVER), Material::cert(ca::NEW)),
+                    write(Source::file(n, paths::APISERVER_CERT), Material::cert(ca::NEW)),
                     write(
-                        Source::file(n, paths::APISERVER_KUBELET_CLIENT),
+                        Source::file(n, paths::APISERVER_KUBELET_CLIENT_CERT),
                         Material::cert(ca::NEW),
                     ),
-                    write(Source::file(n, paths::FRONT_PROXY_CLIENT), Material::cert(ca::FP_NEW)),
+                    write(
+                        Source::file(n, paths::FRONT_PROXY_CLIENT_CERT),
+                        Material::cert(ca::FP_NEW),
+                    ),
                     Effect::Restart(api),
                 ],
             ));
@@ -1077,12 +1259,81 @@ mod tests {
         assert_eq!(v.edge, "joiner -> kube-apiserver@cp-1 (joiner->apiserver)");
     }
 
+    /// cp-1's apiserver and w-1's kubelet laid out otherwise than kubeadm's defaults.
+    fn laid_out_otherwise() -> Topology {
+        let mut t = topology();
+        let mut cp = NodeLayout::default();
+        cp.apiserver.client_ca = "/srv/k8s/pki/client-ca.crt".into();
+        cp.apiserver.serving_cert = "/srv/k8s/pki/apiserver.crt".into();
+        t.layouts.insert("cp-1".into(), cp);
+        let mut w = NodeLayout::default();
+        w.kubelet.kubeconfig = "/srv/kubelet/kubelet.conf".into();
+        w.kubelet.client_ca = "/srv/k8s/pki/ca.crt".into();
+        t.layouts.insert("w-1".into(), w);
+        t
+    }
+
+    #[test]
+    fn components_load_from_where_their_node_s_layout_says() {
+        let t = laid_out_otherwise();
+        let mut w = kubeadm(&t);
+        assert!(w.broken().is_empty(), "{:?}", w.broken());
+        let api = id(kind::APISERVER, "cp-1");
+        assert_eq!(
+            w.components[&api].slots["client-ca"],
+            Source::file("cp-1", "/srv/k8s/pki/client-ca.crt")
+        );
+        assert_eq!(w.loaded(&api, "client-ca"), &Material::bundle([ca::OLD]));
+        let kubelet = id(kind::KUBELET, "w-1");
+        assert_eq!(w.loaded(&kubelet, "client-ca"), &Material::bundle([ca::OLD]));
+        assert_eq!(
+            w.components[&kubelet].slots["kubeconfig-ca"],
+            kc_ca("w-1", "/srv/kubelet/kubelet.conf")
+        );
+        // cp-2 has no layout: kubeadm's.
+        assert_eq!(
+            w.components[&id(kind::APISERVER, "cp-2")].slots["client-ca"],
+            Source::file("cp-2", paths::CA_CERT)
+        );
+        // A write at kubeadm's default path is not what cp-1's apiserver serves ...
+        w.write(Source::file("cp-1", paths::APISERVER_CERT), Material::cert(ca::NEW));
+        w.restart(&api);
+        assert!(w.broken().is_empty(), "{:?}", w.broken());
+        // ... the file its layout names is.
+        w.write(Source::file("cp-1", "/srv/k8s/pki/apiserver.crt"), Material::cert(ca::NEW));
+        w.restart(&api);
+        assert!(!w.broken().is_empty());
+    }
+
+    #[test]
+    fn a_topology_recorded_before_layouts_decodes_as_kubeadm_s_layout() {
+        let recorded = r#"{"control_planes":["cp-1"],"workers":["w-1"],"pods":[],
+            "aggregated":[],"kubelet_certificate_authority":null}"#;
+        let t: Topology = serde_json::from_str(recorded).unwrap();
+        assert!(t.layouts.is_empty());
+        assert_eq!(t.layout("cp-1"), &NodeLayout::default());
+        assert_eq!(
+            t.layout("cp-1").apiserver.manifest,
+            "/etc/kubernetes/manifests/kube-apiserver.yaml"
+        );
+        // A layout recorded without a later field gets that field's default.
+        let partial = r#"{"control_planes":[],"workers":["w-1"],"pods":[],"aggregated":[],
+            "kubelet_certificate_authority":null,"layouts":{"w-1":{"kubelet":{"port":11250}}}}"#;
+        let t: Topology = serde_json::from_str(partial).unwrap();
+        assert_eq!(t.layout("w-1").kubelet.port, 11250);
+        assert_eq!(t.layout("w-1").kubelet.client_cert, paths::KUBELET_CLIENT_CURRENT);
+        // And what is recorded now reads back the same.
+        let now = laid_out_otherwise();
+        let back: Topology = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(back, now);
+    }
+
     #[test]
     fn a_restart_is_what_makes_a_disk_change_count() {
         let t = topology();
         let mut w = kubeadm(&t);
         let api = id(kind::APISERVER, "cp-1");
-        w.write(Source::file("cp-1", paths::APISERVER), Material::cert(ca::NEW));
+        w.write(Source::file("cp-1", paths::APISERVER_CERT), Material::cert(ca::NEW));
         assert!(w.broken().is_empty(), "nothing loaded the new cert yet");
         w.restart(&api);
         assert!(!w.broken().is_empty());

@@ -81,6 +81,18 @@ fn load_inventory(dir: &Path) -> anyhow::Result<Inventory> {
         .with_context(|| format!("{}: unreadable inventory record", path.display()))
 }
 
+/// The topology recorded at `init`, whose layouts the runner acts on; a state directory written
+/// before kubeca recorded one has none, and its nodes are taken to be laid out as kubeadm's.
+fn load_topology(dir: &Path) -> anyhow::Result<actions::trust::Topology> {
+    let path = dir.join(TOPOLOGY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: unreadable topology record", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -384,12 +396,14 @@ pub fn drive(
         .into());
     }
     let inventory = load_inventory(dir)?;
+    let topology = load_topology(dir)?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {
         let nodes = connect(&inventory, dir).await?;
         let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
         let blobs = journal.blobs().clone();
-        let runner = Rotation::new(inventory.clone(), nodes, blobs, Some(api), &state);
+        let runner = Rotation::new(inventory.clone(), nodes, blobs, Some(api), &state)
+            .with_topology(topology);
         let known = runner.known();
         let mut engine = Engine::open(journal, runner, SystemClock)?;
         let started = std::time::Instant::now();
@@ -718,6 +732,7 @@ pub fn verify_journal(
 /// request), and the CA that pods (`kube-root-ca.crt`) and joining nodes (`cluster-info`) trust
 /// against the certificate each apiserver presents.
 pub fn verify_live(inventory_file: &Path, output: Output) -> anyhow::Result<u8> {
+    use actions::kubeadm::port;
     use actions::pki::{self, Cert, split_pem};
     use actions::probe::{Seen, probe};
     let inventory = Inventory::load(inventory_file).map_err(|e| UsageError(e.to_string()))?;
@@ -729,17 +744,25 @@ pub fn verify_live(inventory_file: &Path, output: Output) -> anyhow::Result<u8> 
         let cluster_info = lb.cluster_info_ca().await;
         let now = jiff::Timestamp::now();
         for n in inventory.control_planes() {
-            let url = format!("https://{}:6443", n.address);
+            // No state directory here, so no discovered port: kubeadm's.
+            let url = format!("https://{}:{}", n.address, port::APISERVER);
             let server = format!("kube-apiserver@{}", n.name);
             let admin = match ClusterApi::one_apiserver(&inventory.cluster.kubeconfig, &url).await {
                 Ok(api) => api.version().await.map(drop).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             out.push((format!("admin -> {server}"), admin));
-            let presented = match probe(&n.address, 6443, "/readyz", Duration::from_secs(5)).await {
-                Seen::Up { cert, .. } => Cert::from_der(cert, &server).map_err(|e| e.to_string()),
-                Seen::Down => Err(format!("{server} does not answer on {}:6443", n.address)),
-            };
+            let presented =
+                match probe(&n.address, port::APISERVER, "/readyz", Duration::from_secs(5)).await {
+                    Seen::Up { cert, .. } => {
+                        Cert::from_der(cert, &server).map_err(|e| e.to_string())
+                    }
+                    Seen::Down => Err(format!(
+                        "{server} does not answer on {}:{}",
+                        n.address,
+                        port::APISERVER
+                    )),
+                };
             for (client, trusted) in
                 [("pods (kube-root-ca.crt)", &root_ca), ("joiners (cluster-info)", &cluster_info)]
             {
