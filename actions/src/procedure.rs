@@ -1622,13 +1622,14 @@ pub fn compensations(
     trust: u32,
     topology: &Topology,
 ) -> Vec<engine::Compensation<Action>> {
-    use engine::{Compensation, Restart};
+    use engine::{Compensation, FollowUp};
     let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
         node: node.map(str::to_owned),
         paths,
     };
-    let static_pod = |node: &str, component: &str, manifest: &str| Restart {
-        key: format!("{node}/{component}"),
+    // A follow-up's key names its rollback step (`restart:cp-1/kube-apiserver@<rank>`).
+    let static_pod = |node: &str, component: &str, manifest: &str| FollowUp {
+        key: format!("restart:{node}/{component}"),
         action: Action::RestartStaticPod {
             node: node.into(),
             component: component.into(),
@@ -1636,16 +1637,16 @@ pub fn compensations(
         },
         kind: "static-pod".into(),
     };
-    let kubelet = |node: &str| Restart {
-        key: format!("{node}/{KUBELET}"),
+    let kubelet = |node: &str| FollowUp {
+        key: format!("restart:{node}/{KUBELET}"),
         action: Action::RestartKubelet { node: node.into() },
         kind: KUBELET.into(),
     };
-    let comp = |action: Action, restart: Option<Restart<Action>>| Compensation {
+    let comp = |action: Action, restart: Option<FollowUp<Action>>| Compensation {
         action,
         kind: "restore".into(),
-        trust,
-        restart,
+        rank: trust,
+        follow_up: restart,
     };
     match action {
         Action::PutFiles { node, files, loaded_by } => {

@@ -483,7 +483,7 @@ where
     }
 
     /// The rollback the journal calls for: every forward step that started (done, or possibly
-    /// partly done), newest first, asked of the runner, then ordered by trust.
+    /// partly done), newest first, asked of the runner, then ordered by rank.
     fn derive_rollback(&self) -> Vec<crate::event::CompStep<A>> {
         let state = self.state.borrow();
         let undos = state

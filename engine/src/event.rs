@@ -145,13 +145,13 @@ impl fmt::Display for PauseReason {
     }
 }
 
-/// One step of a rollback: a compensation, or the restart that makes a component load what the
-/// compensations before it restored.
+/// One step of a rollback: a compensation, or the follow-up that makes what the compensations
+/// before it restored take effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompStep<A> {
-    /// Stable identity within the rollback (`undo:<step>`, `restart:<key>@<trust>`).
+    /// Stable identity within the rollback (`undo:<step>`, `<follow-up key>@<rank>`).
     pub id: StepId,
-    /// The forward step it undoes; `None` for a restart.
+    /// The forward step it undoes; `None` for a follow-up.
     pub undoes: Option<StepId>,
     /// What to do; the runner interprets it.
     pub action: A,
@@ -161,8 +161,9 @@ pub struct CompStep<A> {
     pub estimate: Duration,
     /// Its retry policy (the undone step's).
     pub retry: RetryPolicy,
-    /// Its trust rank (rollback runs the highest first).
-    pub trust: u32,
+    /// Its rank (rollback runs the highest first). Exports before the rename call it `trust`.
+    #[serde(alias = "trust")]
+    pub rank: u32,
 }
 
 /// A run began with this plan.

@@ -14,7 +14,7 @@
 //!   record is durable; a step with no outcome after a crash is checked, then recovered or applied
 //!   again. Running again resumes; there is no separate mode.
 //! - [`Engine::rollback`] derives compensations from the journal, orders them in the reverse order
-//!   of trust with the restarts they need, records them, and runs them with the same machinery.
+//!   of rank with the follow-ups they need, records them, and runs them with the same machinery.
 //!
 //! ```
 //! use engine::{Engine, MemoryLog, Outcome, Plan, RunOptions, Runner, Step, StepError, StepId,
@@ -63,7 +63,7 @@ pub use plan::{
 };
 pub use rollback::{Undo, order as order_compensations};
 pub use runner::{
-    Cancel, Canceller, Clock, Compensation, Log, MemoryLog, Refused, Restart, Runner, SystemClock,
+    Cancel, Canceller, Clock, Compensation, FollowUp, Log, MemoryLog, Refused, Runner, SystemClock,
     VirtualClock,
 };
 pub use state::{Condition, GateState, Next, RollbackState, State, Status, StepState, StepStatus};

@@ -1,5 +1,5 @@
-//! Deriving a rollback from what the journal says was done: compensations in the reverse order of
-//! trust, each followed by the restarts that make components load what it restored.
+//! Deriving a rollback from what the journal says was done: compensations by descending rank, each
+//! followed by the follow-ups that make what it restored take effect.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -24,15 +24,15 @@ pub struct Undo<A> {
 /// Orders compensations into rollback steps. `undos` come newest first (the reverse of the order
 /// the forward steps started in).
 ///
-/// Compensations run by trust rank, highest first (the reverse order of trust); within a rank,
-/// newest first. After the restores of a rank come the restarts they need, once per key, in the
-/// order the restores named them: so every restore is followed by the restart of whatever loads
-/// it, and a component's last restart comes after its last restore. Following ranks that only
-/// restore files loaded by those same components join them before the restarts: a component
-/// whose files several steps changed (an apiserver's re-issued certificates) restarts once,
-/// with all of them restored. That matters when the rotation failed because the component
-/// cannot start with one of those files: a restart after only some of them were restored would
-/// fail the same way and stop the rollback.
+/// Compensations run by rank, highest first; within a rank, newest first. After the
+/// compensations of a rank come the follow-ups they need, once per key, in the order the
+/// compensations named them: so every compensation is followed by the follow-up that makes it
+/// take effect, and a key's last follow-up comes after its last compensation. Following ranks
+/// whose compensations all need only follow-ups already owed join them before those follow-ups
+/// run: a key that several steps' compensations need (for kubeca, a component whose re-issued
+/// files several steps changed) gets one follow-up, after all of them. That matters when the
+/// forward run failed because the follow-up cannot succeed with only some of them undone: it
+/// would fail the same way and stop the rollback.
 pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
     struct Entry<A> {
         step: StepId,
@@ -55,24 +55,24 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
         }
     }
     // A stable sort keeps "newest first" within a rank.
-    entries.sort_by_key(|e| std::cmp::Reverse(e.comp.trust));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.comp.rank));
 
     let mut steps = Vec::new();
-    // Restarts owed by the ranks done so far, not yet placed.
+    // Follow-ups owed by the ranks done so far, not yet placed.
     let mut pending: Vec<CompStep<A>> = Vec::new();
     let mut keys = BTreeSet::new();
     let mut start = 0;
     while start < entries.len() {
-        let trust = entries[start].comp.trust;
+        let rank = entries[start].comp.rank;
         let end = entries[start..]
             .iter()
-            .position(|e| e.comp.trust != trust)
+            .position(|e| e.comp.rank != rank)
             .map_or(entries.len(), |n| start + n);
-        // A rank that only restores what the owed restarts load joins them; any other rank
-        // first gets them placed.
+        // A rank whose compensations need only follow-ups already owed joins them; any other
+        // rank first gets them placed.
         let joins = entries[start..end]
             .iter()
-            .all(|e| e.comp.restart.as_ref().is_some_and(|r| keys.contains(&r.key)));
+            .all(|e| e.comp.follow_up.as_ref().is_some_and(|f| keys.contains(&f.key)));
         if !joins {
             steps.append(&mut pending);
             keys.clear();
@@ -90,19 +90,19 @@ pub fn order<A: Clone>(undos: Vec<Undo<A>>) -> Vec<CompStep<A>> {
                 kind: entry.comp.kind.clone(),
                 estimate: entry.estimate,
                 retry: entry.retry.clone(),
-                trust,
+                rank,
             });
-            if let Some(restart) = &entry.comp.restart
-                && keys.insert(restart.key.clone())
+            if let Some(follow_up) = &entry.comp.follow_up
+                && keys.insert(follow_up.key.clone())
             {
                 pending.push(CompStep {
-                    id: StepId(format!("restart:{}@{trust}", restart.key)),
+                    id: StepId(format!("{}@{rank}", follow_up.key)),
                     undoes: None,
-                    action: restart.action.clone(),
-                    kind: restart.kind.clone(),
+                    action: follow_up.action.clone(),
+                    kind: follow_up.kind.clone(),
                     estimate: entry.estimate,
                     retry: entry.retry.clone(),
-                    trust,
+                    rank,
                 });
             }
         }

@@ -44,20 +44,23 @@ pub struct Compensation<A> {
     pub action: A,
     /// The key for expected durations.
     pub kind: String,
-    /// Rank in the order of trust the forward procedure established: rollback undoes the highest
-    /// rank first (the reverse order of trust); equal ranks are undone newest first.
-    pub trust: u32,
-    /// When the restored thing is only loaded at a restart: that restart. The engine runs it after
-    /// every restore of the same rank that needs it, once per key.
-    pub restart: Option<Restart<A>>,
+    /// Rank in the order the forward run established (the runner's meaning; for kubeca, the
+    /// order of trust): rollback undoes the highest rank first; equal ranks are undone newest
+    /// first.
+    pub rank: u32,
+    /// When what the compensation restored takes effect only through another action (the
+    /// runner's meaning; for kubeca, a restart of what loads a restored file): that follow-up.
+    /// The engine runs it after every compensation of the same rank that needs it, once per key.
+    pub follow_up: Option<FollowUp<A>>,
 }
 
-/// A restart that makes a component load what was restored.
+/// The action that makes what compensations restored take effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restart<A> {
-    /// Identifies the component (such as a node and a program); one restart per key and rank.
+pub struct FollowUp<A> {
+    /// Identifies what it acts on, and names its rollback step (`<key>@<rank>`): one follow-up
+    /// per key and rank.
     pub key: String,
-    /// The restarting action.
+    /// The action.
     pub action: A,
     /// The key for expected durations.
     pub kind: String,

@@ -326,7 +326,7 @@ async fn node_actions_do_what_they_say_and_restore_byte_for_byte() {
     let compensations = w.runner.compensate(&step, &reissue, None);
     assert_eq!(compensations.len(), 1);
     assert!(
-        compensations[0].restart.is_some(),
+        compensations[0].follow_up.is_some(),
         "the apiserver must be restarted after restoring its certificate"
     );
     w.run(

@@ -135,7 +135,7 @@ fn given_a_rollback_plan_then_the_status_counts_rollback_steps() {
         kind: "restore".into(),
         estimate: Duration::from_secs(1),
         retry: RetryPolicy::once(),
-        trust: 0,
+        rank: 0,
     };
     let mut events = vec![run_started(plan())];
     events.extend(done("a"));

@@ -44,9 +44,9 @@ fn compensations_are_ordered_by_descending_trust_with_restarts_after_their_resto
         compensations: vec![Compensation {
             action: Act::Restart { component: step.into() },
             kind: "restore".into(),
-            trust,
-            restart: restart.map(|key| Restart {
-                key: key.into(),
+            rank: trust,
+            follow_up: restart.map(|key| FollowUp {
+                key: format!("restart:{key}"),
                 action: Act::Restart { component: key.into() },
                 kind: "restart".into(),
             }),

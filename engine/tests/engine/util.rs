@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use engine::{
-    Compensation, Engine, Event, Log, Refused, Restart, RetryPolicy, Runner, Step, StepError,
+    Compensation, Engine, Event, FollowUp, Log, Refused, RetryPolicy, Runner, Step, StepError,
     StepId, Summary, VirtualClock,
 };
 use serde::{Deserialize, Serialize};
@@ -204,9 +204,9 @@ impl Runner<Act> for FakeRunner {
                 vec![Compensation {
                     action: Act::Set { key: key.clone(), from: *to, to: *from },
                     kind: "restore".into(),
-                    trust: self.0.ranks.borrow().get(&component).copied().unwrap_or(0),
-                    restart: Some(Restart {
-                        key: component.clone(),
+                    rank: self.0.ranks.borrow().get(&component).copied().unwrap_or(0),
+                    follow_up: Some(FollowUp {
+                        key: format!("restart:{component}"),
                         action: Act::Restart { component },
                         kind: "restart".into(),
                     }),
