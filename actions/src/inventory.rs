@@ -1,4 +1,4 @@
-//! The TOML inventory of BRIEF.md: parsing and validation with errors that name the key.
+//! The TOML inventory (README.md, "Inventory"): parsing and validation with errors that name the key.
 //!
 //! Parsing is strict: an unknown key is an error (a typo such as `max_unavailble_workers` must not
 //! silently fall back to a default during a CA rotation). Relative paths are resolved against the
@@ -387,6 +387,15 @@ impl Inventory {
     /// Control-plane nodes, in file order.
     pub fn control_planes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.is_control_plane())
+    }
+
+    /// The upstream procedure's caution when the control plane has a single apiserver: the
+    /// cluster API is down while it restarts. `None` for an HA control plane.
+    pub fn single_apiserver_caution(&self) -> Option<&'static str> {
+        (self.control_planes().count() < 2).then_some(
+            "only one API server: the cluster API is down while it restarts (upstream caution: \
+             rotation without downtime needs an HA control plane)",
+        )
     }
 
     /// The inventory's nodes are the cluster's (`cluster`: the names the API lists): a node of

@@ -44,4 +44,5 @@ pub mod pki;
 pub mod probe;
 pub mod procedure;
 pub mod rotation;
+pub mod session;
 pub mod trust;

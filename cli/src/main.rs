@@ -29,11 +29,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("kubeca: {err:#}");
-            if err.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            }
+            let usage = err.downcast_ref::<UsageError>().is_some()
+                || err
+                    .downcast_ref::<actions::session::SessionError>()
+                    .is_some_and(actions::session::SessionError::is_usage);
+            if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::from(EXIT_FAILED) }
         }
     }
 }

@@ -1,18 +1,16 @@
-//! The rotation commands: open the state directory, build the runner, drive the engine, and
-//! print what happened and what to type next. No rotation logic lives here.
+//! The rotation commands: parse what the operator typed into calls of `actions::session`, render
+//! what they return (text or JSON, progress on a terminal), and map outcomes to exit codes. No
+//! rotation logic lives here: the state directory, `init`'s orchestration and the live checks are
+//! `actions::session`'s.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actions::api::ClusterApi;
-use actions::inventory::Inventory;
-use actions::node::{SshNode, SshOptions};
-use actions::procedure::{self, Action, ClusterFacts};
-use actions::rotation::{Idle, Rotation, learn_into};
-use anyhow::{Context, anyhow, bail};
-use engine::{Engine, Event, Outcome, PauseReason, RunOptions, State, SystemClock, Window};
-use journal::{Actor, Journal};
+use actions::procedure::{self, Action};
+use actions::rotation::learn_into;
+use actions::session::{self, StateDir};
+use anyhow::Context;
+use engine::{Event, Outcome, PauseReason, RunOptions, State, Window};
 
 use crate::UsageError;
 use crate::args::{ExportFormat, Output};
@@ -20,204 +18,17 @@ use crate::args::{ExportFormat, Output};
 /// Exit code: paused and resumable.
 pub const EXIT_PAUSED: u8 = 75;
 
-type EventLog = Journal<Event<Action>>;
-
-/// The inventory as resolved at `init`, kept beside the journal for `run`.
-const INVENTORY_FILE: &str = "inventory.json";
-/// The trust model's view of the cluster as discovered at `init`, for `plan`'s check.
-const TOPOLOGY_FILE: &str = "topology.json";
-
-fn actor() -> Actor {
-    Actor::current(format!("kubeca {}", env!("CARGO_PKG_VERSION")))
-}
-
-/// The state directory's layout version this kubeca writes and reads.
-const FORMAT: u32 = 1;
-/// Where that version is recorded.
-const FORMAT_FILE: &str = "kubeca-format";
-/// The last status a running kubeca wrote, for `status` while it holds the lock.
-const LIVE_STATUS_FILE: &str = "status.json";
-
-fn open(dir: &Path) -> anyhow::Result<EventLog> {
-    let format_file = dir.join(FORMAT_FILE);
-    match std::fs::read_to_string(&format_file) {
-        Ok(text) => {
-            let found: u32 = text.trim().parse().unwrap_or(u32::MAX);
-            if found > FORMAT {
-                return Err(UsageError(format!(
-                    "{}: this state directory was written by a newer kubeca (format {found}; this \
-                     kubeca {} reads format {FORMAT}): use that newer kubeca",
-                    format_file.display(),
-                    env!("CARGO_PKG_VERSION")
-                ))
-                .into());
-            }
-        }
-        Err(_) if dir.join(journal::DB_FILE).exists() => {}
-        Err(_) => {
-            journal::create_private_dir(dir)?;
-            write_private(&format_file, format!("{FORMAT}\n").as_bytes())?;
-        }
-    }
-    Journal::open(dir, actor())
-        .with_context(|| format!("opening the state directory {}", dir.display()))
-}
-
-fn folded(journal: &EventLog) -> anyhow::Result<State<Action>> {
-    let events: Vec<Event<Action>> = journal.replay()?.into_iter().map(|r| r.event).collect();
-    Ok(State::fold(&events))
-}
-
-fn load_inventory(dir: &Path) -> anyhow::Result<Inventory> {
-    let path = dir.join(INVENTORY_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: no inventory recorded; start with `kubeca --state-dir {} init --inventory FILE`",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: unreadable inventory record", path.display()))
-}
-
-/// The topology recorded at `init`, whose layouts the runner acts on; a state directory written
-/// before kubeca recorded one has none, and its nodes are taken to be laid out as kubeadm's.
-fn load_topology(dir: &Path) -> anyhow::Result<actions::trust::Topology> {
-    let path = dir.join(TOPOLOGY_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: unreadable topology record", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-/// Where the SSH control sockets live: `DIR/ssh`, unless that path is too long for a Unix
-/// socket (108 bytes, of which ssh and its multiplexer take about 65), then a directory of this
-/// user's in /tmp named after the state directory, made 0700 and checked to be ours.
-fn ssh_control_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let preferred = dir.join("ssh");
-    if preferred.as_os_str().len() <= 40 {
-        journal::create_private_dir(&preferred)?;
-        return Ok(preferred);
-    }
-    let abs =
-        std::fs::canonicalize(dir).with_context(|| format!("{}: cannot resolve", dir.display()))?;
-    let owner = std::fs::metadata(&abs)?.uid();
-    let digest = journal::Hash::of(abs.as_os_str().as_encoded_bytes()).to_hex();
-    let short = PathBuf::from(format!("/tmp/kubeca-ssh-{owner}-{}", &digest[..12]));
-    match std::fs::DirBuilder::new().mode(0o700).create(&short) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", short.display())),
-    }
-    // Shared /tmp: refuse a directory (or a link) someone else made there.
-    let meta = std::fs::symlink_metadata(&short)?;
-    if !meta.is_dir() || meta.uid() != owner || meta.permissions().mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "{}: not a private directory of this user (needed for SSH control sockets because {} is too long for a socket path); remove it, or use a shorter --state-dir",
-            short.display(),
-            preferred.display()
-        );
-    }
-    Ok(short)
-}
-
-async fn connect(inventory: &Inventory, dir: &Path) -> anyhow::Result<BTreeMap<String, SshNode>> {
-    let control_dir = ssh_control_dir(dir)?;
-    let opts = SshOptions {
-        user: inventory.ssh.user.clone(),
-        identity: inventory.ssh.identity.clone(),
-        known_hosts: inventory.ssh.known_hosts.clone(),
-        strict: inventory.ssh.strict_host_key_checking,
-        sudo: inventory.ssh.sudo,
-        timeout: Duration::from_secs(inventory.ssh.command_timeout_secs),
-        control_dir,
-    };
-    let mut nodes = BTreeMap::new();
-    for (i, n) in inventory.nodes.iter().enumerate() {
-        tracing::info!(node = %n.name, "connecting {} of {}", i + 1, inventory.nodes.len());
-        let node = SshNode::connect(&n.name, &n.address, n.port, &opts).await?;
-        nodes.insert(n.name.clone(), node);
-    }
-    Ok(nodes)
-}
-
 /// `kubeca init`.
 pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
-    let inventory = Inventory::load(inventory_file).map_err(|e| UsageError(e.to_string()))?;
-    let journal = open(dir)?;
-    if folded(&journal)?.plan.is_some() {
-        return Err(UsageError(format!(
-            "{} already holds a rotation; use `kubeca --state-dir {} status`, or another directory for a new one",
-            dir.display(),
-            dir.display()
-        ))
-        .into());
-    }
-    let rt = runtime()?;
-    let plan = rt.block_on(async {
-        let nodes = connect(&inventory, dir).await?;
-        let mut facts = BTreeMap::new();
-        for (name, node) in &nodes {
-            tracing::info!(node = %name, "discovering what each component loads");
-            facts.insert(name.clone(), actions::discovery::discover(node).await?);
-        }
-        // Refuse before anything is recorded: a CA key that is not its certificate's, an
-        // expired CA, a single apiserver (warned: the API is down while it restarts).
-        if let Some(cp) = inventory.control_planes().next()
-            && let (Some(node), Some(f)) = (nodes.get(&cp.name), facts.get(&cp.name))
-        {
-            let flag = |c: &str, flag: &str| f.flag(c, flag).map(str::to_owned);
-            let pairs: Vec<(String, String)> = [
-                (flag("kube-controller-manager", "--root-ca-file"), flag("kube-controller-manager", "--cluster-signing-key-file")),
-                (
-                    flag("kube-apiserver", "--requestheader-client-ca-file"),
-                    flag("kube-apiserver", "--requestheader-client-ca-file").map(|c| format!("{}.key", c.trim_end_matches(".crt"))),
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(c, k)| Some((c?, k?)))
-            .collect();
-            actions::rotation::check_old_cas(node, &pairs, jiff::Timestamp::now())
-                .await
-                .map_err(UsageError)?;
-        }
-        if inventory.control_planes().count() < 2 {
-            tracing::warn!("ONE API SERVER ONLY: the cluster API will be unavailable while it restarts (upstream caution: rotation without downtime needs an HA control plane)");
-        }
-        let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
-        inventory
-            .check_nodes_against(inventory_file, &api.node_names().await?)
-            .map_err(|e| UsageError(e.to_string()))?;
-        let cluster = ClusterFacts {
-            nodes: facts,
-            extension_workloads: api.extension_workloads().await?,
-            namespaces: api.namespaces().await?,
-        };
-        let id = format!("{}", jiff::Timestamp::now().as_second());
-        for node in nodes.into_values() {
-            node.close().await;
-        }
-        let topology = procedure::topology(&inventory, &cluster);
-        anyhow::Ok((procedure::build(&inventory, &cluster, &id)?, topology))
-    })?;
-    let (plan, topology) = plan;
-    write_private(&dir.join(TOPOLOGY_FILE), &serde_json::to_vec_pretty(&topology)?)?;
-    let record = serde_json::to_vec_pretty(&inventory)?;
-    write_private(&dir.join(INVENTORY_FILE), &record)?;
-    let steps = plan.steps().count();
-    let engine = Engine::open(journal, Idle, SystemClock)?;
-    engine.start(plan)?;
+    let done = runtime()?.block_on(session::init(dir, inventory_file))?;
     println!(
-        "rotation recorded in {}: {steps} steps; every connection holds after every step.",
-        dir.display()
+        "rotation recorded in {}: {} steps; every connection holds after every step.",
+        dir.display(),
+        done.steps
     );
     println!(
         "next: kubeca --state-dir {} plan   (review), then kubeca --state-dir {} run",
@@ -227,36 +38,14 @@ pub fn init(dir: &Path, inventory_file: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 /// `kubeca plan`.
 pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
-    let journal = open(dir)?;
-    let state = folded(&journal)?;
-    let plan = state
-        .plan
-        .as_ref()
-        .ok_or_else(|| anyhow!("no rotation recorded in {}; run `init` first", dir.display()))?;
-    let topology_file = dir.join(TOPOLOGY_FILE);
-    let topology: actions::trust::Topology = serde_json::from_slice(
-        &std::fs::read(&topology_file)
-            .with_context(|| format!("reading {}", topology_file.display()))?,
-    )
-    .with_context(|| format!("{}: unreadable", topology_file.display()))?;
+    let state_dir = StateDir::open(dir)?;
+    let state = state_dir.state()?;
+    let plan = state.plan.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("no rotation recorded in {}; run `init` first", dir.display())
+    })?;
+    let topology = state_dir.topology()?;
     let trust = procedure::check(plan, &topology);
     match output {
         Output::Json => {
@@ -384,30 +173,12 @@ pub fn drive(
     rollback: bool,
 ) -> anyhow::Result<u8> {
     let (opts, canceller) = options(until, window)?;
-    let journal = open(dir)?;
-    let state = folded(&journal)?;
-    if state.plan.is_none() {
-        bail!("no rotation recorded in {}; run `init` first", dir.display());
-    }
-    if rollback && let Some(at) = state.completed {
-        return Err(UsageError(format!(
-            "the rotation completed at {at}: the old CA is gone from the cluster, so there is nothing to roll back to"
-        ))
-        .into());
-    }
-    let inventory = load_inventory(dir)?;
-    let topology = load_topology(dir)?;
+    let state_dir = StateDir::open(dir)?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {
-        let nodes = connect(&inventory, dir).await?;
-        let api = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
-        let blobs = journal.blobs().clone();
-        let runner = Rotation::new(inventory.clone(), nodes, blobs, Some(api), &state)
-            .with_topology(topology);
-        let known = runner.known();
-        let mut engine = Engine::open(journal, runner, SystemClock)?;
+        let live = state_dir.live_status_writer();
+        let (mut engine, known) = state_dir.rotation_engine(rollback).await?;
         let started = std::time::Instant::now();
-        let live = dir.join(LIVE_STATUS_FILE);
         let bar = progress_bar();
         engine.on_event(move |event, state| {
             learn_into(&known, state);
@@ -432,7 +203,7 @@ pub fn drive(
                     bar.finish();
                 }
             }
-            let _ = write_private(&live, live_status(state).to_string().as_bytes());
+            live(&live_status(state));
         });
         tokio::spawn(async move {
             stop_requested().await;
@@ -577,13 +348,11 @@ fn report(dir: &Path, outcome: &Outcome) -> u8 {
 
 /// `kubeca status`.
 pub fn status(dir: &Path, output: Output) -> anyhow::Result<u8> {
-    let journal = match open(dir) {
+    let state_dir = match StateDir::open(dir) {
         Ok(j) => j,
         Err(e) => {
             // A running kubeca holds the lock: show what it last wrote.
-            if let Some(journal::Error::Locked { owner, .. }) = e.downcast_ref::<journal::Error>()
-                && let Ok(text) = std::fs::read_to_string(dir.join(LIVE_STATUS_FILE))
-            {
+            if let Some((owner, text)) = e.running(dir) {
                 match output {
                     Output::Json => println!("{text}"),
                     Output::Text => {
@@ -596,10 +365,10 @@ pub fn status(dir: &Path, output: Output) -> anyhow::Result<u8> {
                 }
                 return Ok(0);
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
-    let state = folded(&journal)?;
+    let state = state_dir.state()?;
     let s = state.status();
     let next = match &s.next {
         engine::Next::Start => {
@@ -642,9 +411,8 @@ pub fn status(dir: &Path, output: Output) -> anyhow::Result<u8> {
 
 /// `kubeca approve`.
 pub fn approve(dir: &Path, gate: &str) -> anyhow::Result<u8> {
-    let journal = open(dir)?;
-    let engine = Engine::open(journal, Idle, SystemClock)?;
-    let by = actor();
+    let engine = StateDir::open(dir)?.idle_engine()?;
+    let by = session::actor();
     let newly = engine.approve(&gate.into(), &format!("{}@{}", by.user, by.host))?;
     if newly {
         println!("gate {gate} approved. next: kubeca --state-dir {} run", dir.display());
@@ -654,31 +422,10 @@ pub fn approve(dir: &Path, gate: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Renders events for the audit export. Every event about a step also carries the step's
-/// upstream procedure number, taken from the plan recorded at the start of the export, so an
-/// auditor reads each line against the documentation. Deterministic given the records before
-/// it, so an export verifies on its own with the same renderer.
-fn audit_renderer() -> impl Fn(&Event<Action>) -> serde_json::Value {
-    let upstream: std::cell::RefCell<BTreeMap<String, Option<String>>> = Default::default();
-    move |e| {
-        if let Event::RunStarted(r) = e {
-            *upstream.borrow_mut() =
-                r.plan.steps().map(|s| (s.id.to_string(), s.upstream.clone())).collect();
-        }
-        let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
-        if let Some(step) = e.step()
-            && let Some(obj) = v.as_object_mut()
-        {
-            let label = upstream.borrow().get(step.as_str()).cloned().flatten();
-            obj.insert("upstream_step".into(), label.into());
-        }
-        v
-    }
-}
-
 /// `kubeca journal export`.
 pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> anyhow::Result<u8> {
-    let journal = open(dir)?;
+    let state_dir = StateDir::open(dir)?;
+    let journal = state_dir.journal();
     let format = match format {
         ExportFormat::Jsonl => journal::Format::Jsonl,
         ExportFormat::Csv => journal::Format::Csv,
@@ -687,9 +434,11 @@ pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> any
         Some(path) => {
             let mut f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            journal.export(&mut f, format, &audit_renderer())?
+            journal.export(&mut f, format, &session::audit_renderer())?
         }
-        None => journal.export(&mut std::io::stdout().lock(), format, &audit_renderer())?,
+        None => {
+            journal.export(&mut std::io::stdout().lock(), format, &session::audit_renderer())?
+        }
     };
     eprintln!("exported {} records; head {}", head.len, head.hash);
     Ok(0)
@@ -713,14 +462,14 @@ pub fn verify_journal(
                 std::io::BufReader::new(f),
                 format,
                 &path.display().to_string(),
-                &audit_renderer(),
+                &session::audit_renderer(),
             )?
         }
         None => {
             let dir = dir.ok_or_else(|| {
                 UsageError("--state-dir DIR (or --export FILE) is required".into())
             })?;
-            open(dir)?.verify()?
+            StateDir::open(dir)?.journal().verify()?
         }
     };
     println!("journal intact: {} records, head {}", head.len, head.hash);
@@ -732,55 +481,7 @@ pub fn verify_journal(
 /// request), and the CA that pods (`kube-root-ca.crt`) and joining nodes (`cluster-info`) trust
 /// against the certificate each apiserver presents.
 pub fn verify_live(inventory_file: &Path, output: Output) -> anyhow::Result<u8> {
-    use actions::kubeadm::port;
-    use actions::pki::{self, Cert, split_pem};
-    use actions::probe::{Seen, probe};
-    let inventory = Inventory::load(inventory_file).map_err(|e| UsageError(e.to_string()))?;
-    let rt = runtime()?;
-    let results: Vec<(String, Result<(), String>)> = rt.block_on(async {
-        let mut out = Vec::new();
-        let lb = ClusterApi::from_kubeconfig(&inventory.cluster.kubeconfig).await?;
-        let root_ca = lb.configmap_value("kube-system", "kube-root-ca.crt", "ca.crt").await;
-        let cluster_info = lb.cluster_info_ca().await;
-        let now = jiff::Timestamp::now();
-        for n in inventory.control_planes() {
-            // No state directory here, so no discovered port: kubeadm's.
-            let url = format!("https://{}:{}", n.address, port::APISERVER);
-            let server = format!("kube-apiserver@{}", n.name);
-            let admin = match ClusterApi::one_apiserver(&inventory.cluster.kubeconfig, &url).await {
-                Ok(api) => api.version().await.map(drop).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            out.push((format!("admin -> {server}"), admin));
-            let presented =
-                match probe(&n.address, port::APISERVER, "/readyz", Duration::from_secs(5)).await {
-                    Seen::Up { cert, .. } => {
-                        Cert::from_der(cert, &server).map_err(|e| e.to_string())
-                    }
-                    Seen::Down => Err(format!(
-                        "{server} does not answer on {}:{}",
-                        n.address,
-                        port::APISERVER
-                    )),
-                };
-            for (client, trusted) in
-                [("pods (kube-root-ca.crt)", &root_ca), ("joiners (cluster-info)", &cluster_info)]
-            {
-                let result = match (&presented, trusted) {
-                    (Err(e), _) => Err(e.clone()),
-                    (_, Err(e)) => Err(e.to_string()),
-                    (_, Ok(None)) => Err("no CA published".into()),
-                    (Ok(cert), Ok(Some(pem))) => {
-                        split_pem(pem, client).map_err(|e| e.to_string()).and_then(|cas| {
-                            pki::verify_chain(cert, &cas, now).map_err(|e| e.to_string())
-                        })
-                    }
-                };
-                out.push((format!("{client} -> {server}"), result));
-            }
-        }
-        anyhow::Ok(out)
-    })?;
+    let results = runtime()?.block_on(session::verify_live(inventory_file))?;
     let broken = results.iter().filter(|(_, r)| r.is_err()).count();
     match output {
         Output::Json => {
@@ -820,22 +521,5 @@ mod tests {
         let w = parse_window("2026-12-05T02:00:30Z/90m").unwrap();
         assert_eq!(w.duration, Duration::from_secs(90 * 60));
         assert!(parse_window("2026-12-05T02:00Z").is_err());
-    }
-
-    #[test]
-    fn a_long_state_dir_gets_short_private_ssh_control_dir() {
-        use std::os::unix::fs::PermissionsExt;
-        let base = tempfile::tempdir().unwrap();
-        let short = base.path().join("s");
-        std::fs::create_dir(&short).unwrap();
-        assert_eq!(ssh_control_dir(&short).unwrap(), short.join("ssh"));
-        let long = base.path().join("a-state-directory-whose-path-is-far-too-long-for-a-socket");
-        std::fs::create_dir(&long).unwrap();
-        let dir = ssh_control_dir(&long).unwrap();
-        assert!(dir.as_os_str().len() <= 40, "{}", dir.display());
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        // The same state directory finds the same one again.
-        assert_eq!(ssh_control_dir(&long).unwrap(), dir);
-        std::fs::remove_dir(&dir).unwrap();
     }
 }
