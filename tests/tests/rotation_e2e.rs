@@ -1,12 +1,21 @@
-//! kubeca end to end on a 3 control-plane + 2 worker testbed, through the `kubeca` command as
+//! kubeca end to end on 3 control-plane + 2 worker testbeds, through the `kubeca` command as
 //! an operator types it: a full rotation with zero trust failures (the no-outage figure), a
 //! maintenance window that closes mid-run, SIGKILLs at seeded points with `run` resuming each
 //! time, and rollbacks from every phase (one of them killed halfway and run again), each
 //! checked against the live cluster with openssl, curl and kubectl.
 //!
-//! One testbed serves every scenario, in order: each rotation starts from the CAs the previous
-//! one left (a completed rotation's new CA is the next one's old CA; a rollback leaves the old).
-//! The seed of the kill points is printed; `KUBECA_E2E_SEED=N` replays it.
+//! Two tiers (CONTRIBUTING.md): `make test` runs the scenarios of [`Tier::Test`] (the window
+//! pause with the seeded kills and resume, and rollbacks from the phases whose rollback differs);
+//! `make e2e-matrix` (`KUBECA_E2E_TIER=matrix`) runs every scenario. `KUBECA_E2E_SCENARIOS=a,b`
+//! runs only those, whatever their tier; a name that is not a scenario fails, naming the known
+//! ones.
+//!
+//! The scenarios are spread over two testbeds running side by side on two address blocks
+//! ([`BLOCKS`]), balanced by how long each takes; a testbed runs its share in the order of
+//! [`SCENARIOS`], each rotation starting from the CAs the previous one left (a completed
+//! rotation's new CA is the next one's old CA; a rollback leaves the old). The seed of the kill
+//! points is printed; `KUBECA_E2E_SEED=N` replays it: each scenario draws from its own
+//! generator, seeded from N and its name, on whichever testbed it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -22,9 +31,11 @@ mod rotation_e2e {
 use std::time::{Duration, Instant};
 
 use kubeca_tests::seeded::{self, Rng};
+use kubeca_tests::testbed::subnet::Subnet;
 use rotation_e2e::checks::{self, Cas};
 use rotation_e2e::cluster::{
-    CmdlineSampler, EtcdWatch, Kubeca, field, key_material_in, private_key_pieces, report_since, sh, snapshot,
+    CmdlineSampler, EtcdWatch, Kubeca, field, key_material_in, private_key_pieces, report_since,
+    sh, snapshot,
 };
 use testbed::util::{TESTBED, Testbed, text};
 
@@ -51,7 +62,8 @@ fn started(v: &serde_json::Value, pred: impl Fn(&str) -> bool) -> bool {
 
 /// The plan's steps (id, phase, status) as `plan --output json` prints them.
 fn plan_steps(k: &mut Kubeca) -> Vec<(String, String, String)> {
-    let plan: serde_json::Value = serde_json::from_slice(&k.expect(&["plan", "--output", "json"], 0).stdout).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&k.expect(&["plan", "--output", "json"], 0).stdout).unwrap();
     plan["steps"]
         .as_array()
         .unwrap()
@@ -66,28 +78,273 @@ fn plan_steps(k: &mut Kubeca) -> Vec<(String, String, String)> {
         .collect()
 }
 
-#[test]
-fn rotation_end_to_end_3_control_planes_2_workers() {
-    let tb = Testbed::up("e2e-3-2", 3, 2, &[]);
-    let seed = seeded::seed("KUBECA_E2E_SEED", "end-to-end rotation");
-    let mut rng = Rng(seed);
-    // KUBECA_E2E_SCENARIOS=full,resume,rollback-gate,... runs only those (while developing).
-    let only = std::env::var("KUBECA_E2E_SCENARIOS").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == name));
-    if wanted("full") {
-        full_rotation(&tb);
+/// Which command runs a scenario: `make test` runs the [`Tier::Test`] ones, `make e2e-matrix`
+/// every one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// `make test` (and the matrix).
+    Test,
+    /// `make e2e-matrix` only.
+    Matrix,
+}
+
+/// One end-to-end scenario.
+struct Scenario {
+    /// Its name in `KUBECA_E2E_SCENARIOS`.
+    name: &'static str,
+    tier: Tier,
+    /// About how long it takes on a 3+2 testbed, in seconds (measured; only used to balance
+    /// the two testbeds).
+    secs: u32,
+    run: fn(&Testbed, &mut Rng),
+}
+
+/// Every scenario, in the order a testbed runs its share.
+///
+/// `make test` rolls back from the phases whose rollback differs: from prepare (files restored,
+/// nothing restarted), from the gate (every forward step's compensation with the restarts they
+/// owe, and the rollback itself killed halfway and resumed), and from the middle of finalize (the
+/// inverse of finalize's rewrites, a step left possibly done, kubeca back on the operator's
+/// old-CA credentials). The rollbacks after trust-control-plane, trust-nodes and mid-switch undo
+/// a prefix of what the gate's rollback undoes; they, the uninterrupted rotation and the faults
+/// are in the matrix.
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "full", tier: Tier::Matrix, secs: 210, run: |tb, _| full_rotation(tb) },
+    Scenario { name: "resume", tier: Tier::Test, secs: 330, run: window_and_kills },
+    Scenario {
+        name: "rollback-prepare",
+        tier: Tier::Test,
+        secs: 20,
+        run: |tb, rng| rollback_from(tb, "prepare", rng),
+    },
+    Scenario {
+        name: "rollback-trust-control-plane",
+        tier: Tier::Matrix,
+        secs: 155,
+        run: |tb, rng| rollback_from(tb, "trust-control-plane", rng),
+    },
+    Scenario {
+        name: "rollback-trust-nodes",
+        tier: Tier::Matrix,
+        secs: 170,
+        run: |tb, rng| rollback_from(tb, "trust-nodes", rng),
+    },
+    Scenario {
+        name: "rollback-switch",
+        tier: Tier::Matrix,
+        secs: 175,
+        run: |tb, rng| rollback_from(tb, "switch", rng),
+    },
+    Scenario {
+        name: "rollback-gate",
+        tier: Tier::Test,
+        secs: 235,
+        run: |tb, rng| rollback_from(tb, "gate", rng),
+    },
+    Scenario {
+        name: "rollback-finalize",
+        tier: Tier::Test,
+        secs: 320,
+        run: |tb, rng| rollback_from(tb, "finalize", rng),
+    },
+    Scenario { name: "faults", tier: Tier::Matrix, secs: 300, run: |tb, _| faults(tb) },
+];
+
+/// The address blocks of the two testbeds the scenarios are spread over.
+const BLOCKS: [&str; 2] = ["127.0.0.0/24", "127.0.1.0/24"];
+
+/// The scenarios to run: those `only` names (`KUBECA_E2E_SCENARIOS`, comma-separated), else
+/// those of `tier` (`KUBECA_E2E_TIER`: `test`, the default, or `matrix`). An unknown scenario or
+/// tier, or a list naming none, is an error naming it and what is known.
+fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenario>, String> {
+    let known = || SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    if let Some(only) = only {
+        let names: Vec<&str> = only.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        let unknown: Vec<&str> =
+            names.iter().copied().filter(|n| !SCENARIOS.iter().any(|s| s.name == *n)).collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "KUBECA_E2E_SCENARIOS names no scenario {unknown:?}; the scenarios are: {}",
+                known()
+            ));
+        }
+        if names.is_empty() {
+            return Err(format!(
+                "KUBECA_E2E_SCENARIOS={only:?} names no scenario; the scenarios are: {}",
+                known()
+            ));
+        }
+        return Ok(SCENARIOS.iter().filter(|s| names.contains(&s.name)).collect());
     }
-    if wanted("resume") {
-        window_and_kills(&tb, &mut rng);
+    let matrix = match tier.unwrap_or("test") {
+        "test" => false,
+        "matrix" => true,
+        other => {
+            return Err(format!(
+                "KUBECA_E2E_TIER={other:?} is not a tier; the tiers are: test (make test), \
+                 matrix (make e2e-matrix)"
+            ));
+        }
+    };
+    Ok(SCENARIOS.iter().filter(|s| matrix || s.tier == Tier::Test).collect())
+}
+
+/// Spreads `scenarios` over the testbeds: longest first, each to the testbed with the least
+/// work so far; each testbed's share keeps the order of [`SCENARIOS`]. Only testbeds with work.
+fn lanes(scenarios: &[&'static Scenario]) -> Vec<Vec<&'static Scenario>> {
+    let mut by_length = scenarios.to_vec();
+    by_length.sort_by_key(|s| std::cmp::Reverse(s.secs));
+    let mut lanes: Vec<(u32, Vec<&'static Scenario>)> = vec![(0, Vec::new()); BLOCKS.len()];
+    for s in by_length {
+        let lane = lanes.iter_mut().min_by_key(|l| l.0).unwrap();
+        lane.0 += s.secs;
+        lane.1.push(s);
     }
-    for phase in ["prepare", "trust-control-plane", "trust-nodes", "switch", "gate", "finalize"] {
-        if wanted(&format!("rollback-{phase}")) {
-            rollback_from(&tb, phase, &mut rng);
+    let order = |s: &&Scenario| SCENARIOS.iter().position(|x| x.name == s.name);
+    lanes
+        .into_iter()
+        .map(|(_, mut l)| {
+            l.sort_by_key(order);
+            l
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The seed of scenario `name`'s generator: the run's seed mixed with the name (FNV-1a), so a
+/// scenario draws the same kill points wherever it runs.
+fn scenario_seed(seed: u64, name: &str) -> u64 {
+    let fnv = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    seed ^ fnv
+}
+
+/// The text of a panic's payload.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Brings a testbed up on `block` and runs `lane` on it in order; stops at the first failure
+/// (the testbed may be left in any state). The failures, with the scenarios not run after them.
+fn run_lane(index: usize, block: &str, lane: &[&'static Scenario], seed: u64) -> Vec<String> {
+    let subnet = Subnet::parse(block).unwrap();
+    let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
+    let up =
+        std::panic::catch_unwind(|| Testbed::up_on(&format!("e2e-3-2-{index}"), subnet, 3, 2, &[]));
+    let tb = match up {
+        Ok(tb) => tb,
+        Err(p) => {
+            return vec![format!(
+                "testbed {index} on {block} did not come up ({}); not run: {names:?}",
+                panic_text(&*p)
+            )];
+        }
+    };
+    for (i, scenario) in lane.iter().enumerate() {
+        let started = Instant::now();
+        let mut rng = Rng(scenario_seed(seed, scenario.name));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (scenario.run)(&tb, &mut rng)
+        }));
+        let secs = started.elapsed().as_secs_f64();
+        let verdict = if result.is_ok() { "ok  " } else { "FAIL" };
+        eprintln!("{verdict} {} on testbed {index} ({block}) in {secs:.0} s", scenario.name);
+        println!("FIGURES scenario {} on testbed {index}: {secs:.0} s", scenario.name);
+        if let Err(p) = result {
+            return vec![format!(
+                "{} on testbed {index} ({block}): {}; not run after it: {:?}",
+                scenario.name,
+                panic_text(&*p),
+                &names[i + 1..]
+            )];
         }
     }
-    if wanted("faults") {
-        faults(&tb);
+    Vec::new()
+}
+
+#[test]
+fn rotation_end_to_end_3_control_planes_2_workers() {
+    let tier = std::env::var("KUBECA_E2E_TIER").ok();
+    let only = std::env::var("KUBECA_E2E_SCENARIOS").ok();
+    let selected = select(tier.as_deref(), only.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+    let seed = seeded::seed("KUBECA_E2E_SEED", "end-to-end rotation");
+    let lanes = lanes(&selected);
+    for (i, lane) in lanes.iter().enumerate() {
+        let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
+        println!("testbed {i} ({}): {}", BLOCKS[i], names.join(", "));
     }
+    let started = Instant::now();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let running: Vec<_> = lanes
+            .iter()
+            .enumerate()
+            .map(|(i, lane)| {
+                std::thread::Builder::new()
+                    .name(format!("testbed-{i}"))
+                    .spawn_scoped(s, move || run_lane(i, BLOCKS[i], lane, seed))
+                    .unwrap()
+            })
+            .collect();
+        running.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    println!(
+        "FIGURES end to end: {} scenarios on {} testbeds in {:.0} s",
+        selected.len(),
+        lanes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "failed:\n{}", failures.join("\n"));
+}
+
+/// A misspelt scenario fails naming it and the known ones (it used to run nothing and pass).
+#[test]
+fn an_unknown_scenario_fails_naming_it_and_the_known_ones() {
+    let err = select(None, Some("full,rollbak-gate")).err().unwrap();
+    assert!(err.contains("\"rollbak-gate\""), "{err}");
+    for s in SCENARIOS {
+        assert!(err.contains(s.name), "{err} does not name {}", s.name);
+    }
+    let err = select(None, Some(",")).err().unwrap();
+    assert!(err.contains("names no scenario"), "{err}");
+    let err = select(Some("matirx"), None).err().unwrap();
+    assert!(err.contains("\"matirx\"") && err.contains("matrix"), "{err}");
+    let picked: Vec<&str> = select(Some("matrix"), Some("rollback-gate,full"))
+        .unwrap()
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        picked,
+        ["full", "rollback-gate"],
+        "the list wins over the tier, in SCENARIOS order"
+    );
+}
+
+/// `make test` runs its tier, the matrix every scenario, and each testbed gets a share.
+#[test]
+fn the_tiers_cover_every_scenario_over_two_testbeds() {
+    let names = |v: &[&Scenario]| v.iter().map(|s| s.name).collect::<Vec<_>>();
+    let test = select(None, None).unwrap();
+    assert_eq!(names(&test), ["resume", "rollback-prepare", "rollback-gate", "rollback-finalize"]);
+    let matrix = select(Some("matrix"), None).unwrap();
+    assert_eq!(matrix.len(), SCENARIOS.len());
+    for selected in [test, matrix] {
+        let lanes = lanes(&selected);
+        assert_eq!(lanes.len(), 2);
+        let mut spread: Vec<&str> = lanes.iter().flat_map(|l| names(l)).collect();
+        spread.sort_unstable();
+        let mut want = names(&selected);
+        want.sort_unstable();
+        assert_eq!(spread, want, "every selected scenario runs exactly once");
+        let load: Vec<u32> = lanes.iter().map(|l| l.iter().map(|s| s.secs).sum()).collect();
+        let longest = selected.iter().map(|s| s.secs).max().unwrap();
+        assert!(load[0].abs_diff(load[1]) <= longest, "unbalanced: {load:?}");
+    }
+    assert_eq!(lanes(&select(None, Some("full")).unwrap()).len(), 1, "one scenario, one testbed");
 }
 
 /// Test 1: init, plan, run to the gate, approve, run to completion; zero TLS trust failures
@@ -121,7 +378,8 @@ fn full_rotation(tb: &Testbed) {
         roots.push(tb.node_path(name, "var-lib-kubelet/pki"));
     }
     let pieces = private_key_pieces(&roots);
-    let mut texts: Vec<(String, String)> = cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
+    let mut texts: Vec<(String, String)> =
+        cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
     let distinct = texts.len();
     texts.push(("kubeca's output".into(), k.said.clone()));
     let csv = tb.dir.join("kubeca").join("export.csv");
@@ -130,7 +388,10 @@ fn full_rotation(tb: &Testbed) {
         texts.push((export.display().to_string(), std::fs::read_to_string(&export).unwrap()));
     }
     let found = key_material_in(&texts, &pieces);
-    println!("FIGURES secrets: {} key pieces looked for in {distinct} distinct command lines ({rounds} samples), kubeca's output and its JSONL and CSV exports", pieces.len());
+    println!(
+        "FIGURES secrets: {} key pieces looked for in {distinct} distinct command lines ({rounds} samples), kubeca's output and its JSONL and CSV exports",
+        pieces.len()
+    );
     assert!(pieces.len() > 10, "only {} keys found", pieces.len());
     assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
 }
@@ -147,18 +408,23 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
     // Long enough for the first phases, too short for the whole rotation.
     let window = format!("{}/150s", jiff::Timestamp::now());
     let out = k.expect(&["run", "--window", &window], 75);
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("window"), "the pause must say the window closed: {said}");
     let status: serde_json::Value =
         serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout).unwrap();
     // Paused between steps: the window check runs before a step starts, never during one.
     assert!(status["condition"].as_str().unwrap().starts_with("Paused(Window"), "{status}");
     let (done, total) = (status["done"].as_u64().unwrap(), status["total"].as_u64().unwrap());
-    assert!(done > 0 && done < total, "the window closed mid-run, yet {done} of {total} steps are done");
+    assert!(
+        done > 0 && done < total,
+        "the window closed mid-run, yet {done} of {total} steps are done"
+    );
 
     // Kill points among the steps not done yet.
     let steps = plan_steps(&mut k);
-    let todo: Vec<&(String, String, String)> = steps.iter().filter(|s| s.2 != "Succeeded" && s.2 != "Recovered").collect();
+    let todo: Vec<&(String, String, String)> =
+        steps.iter().filter(|s| s.2 != "Succeeded" && s.2 != "Recovered").collect();
     let pick = |rng: &mut Rng, pred: &dyn Fn(&str) -> bool| -> String {
         let c: Vec<&String> = todo.iter().map(|s| &s.0).filter(|id| pred(id)).collect();
         assert!(!c.is_empty(), "no step left to kill in");
@@ -166,9 +432,15 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
     };
     let mut targets: Vec<(String, Duration)> = vec![
         // Inside a remote write: re-issuing a certificate writes it on the node right away.
-        (pick(rng, &|id| id.starts_with("switch/reissue/")), Duration::from_millis(rng.next_u64() % 300)),
+        (
+            pick(rng, &|id| id.starts_with("switch/reissue/")),
+            Duration::from_millis(rng.next_u64() % 300),
+        ),
         // During an apiserver restart: its manifest is parked or being put back.
-        (pick(rng, &|id| id.starts_with("switch/apiserver/")), Duration::from_millis(800 + rng.next_u64() % 1200)),
+        (
+            pick(rng, &|id| id.starts_with("switch/apiserver/")),
+            Duration::from_millis(800 + rng.next_u64() % 1200),
+        ),
     ];
     while targets.len() < 6 {
         let id = pick(rng, &|id| !targets.iter().any(|t| t.0 == id));
@@ -184,7 +456,9 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
         runs += 1;
         assert!(runs < 30, "the rotation did not complete after {runs} runs");
         let (status, killed) = match targets.first().cloned() {
-            Some((id, delay)) => k.run_killed_when(&["run"], |v| started(v, |s| s == id).then_some(delay)),
+            Some((id, delay)) => {
+                k.run_killed_when(&["run"], |v| started(v, |s| s == id).then_some(delay))
+            }
             None => (k.run(&["run"]).status, false),
         };
         if killed {
@@ -204,7 +478,9 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
     }
     assert!(kills >= 6, "only {kills} kills happened; unfired: {targets:?}");
     let (handshakes, failures, report) = report_since(tb, &since);
-    println!("FIGURES resumed rotation: {kills} kills, {runs} runs, handshakes {handshakes}, failed {failures}");
+    println!(
+        "FIGURES resumed rotation: {kills} kills, {runs} runs, handshakes {handshakes}, failed {failures}"
+    );
     assert_eq!(failures, 0, "trust failures during the resumed rotation:\n{report}");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
 }
@@ -300,7 +576,9 @@ fn sshd(tb: &Testbed, node: &str, action: &str) {
 
 /// The HTTP status of an apiserver's /readyz (0 when it does not answer).
 fn readyz(address: &str) -> u16 {
-    let out = sh(&format!("curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{address}:6443/readyz"));
+    let out = sh(&format!(
+        "curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{address}:6443/readyz"
+    ));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
@@ -363,11 +641,18 @@ fn node_file(tb: &Testbed, host: &std::path::Path) -> (Option<String>, String) {
 /// Every file kubeca changed on the nodes is named by a step the journal recorded as started:
 /// no side effect without its record. (A kubelet roll writes its client certificate through the
 /// `kubelet-client-current.pem` link; a restart parks manifests in kubeca's parking directory.)
-fn every_change_is_recorded(tb: &Testbed, before: &rotation_e2e::cluster::Snapshot, k: &mut Kubeca) {
+fn every_change_is_recorded(
+    tb: &Testbed,
+    before: &rotation_e2e::cluster::Snapshot,
+    k: &mut Kubeca,
+) {
     let export = tb.dir.join("kubeca").join("faults-export.jsonl");
     k.expect(&["journal", "export", "--format", "jsonl", "-o", export.to_str().unwrap()], 0);
-    let records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&export).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let mut actions = std::collections::BTreeMap::new();
     for r in &records {
         if let Some(items) = r["event"]["RunStarted"]["plan"]["items"].as_array() {
@@ -395,14 +680,22 @@ fn every_change_is_recorded(tb: &Testbed, before: &rotation_e2e::cluster::Snapsh
         let named = started.iter().any(|a| {
             let body = a.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
             let on_node = body["node"].as_str() == node.as_deref();
-            let kubelet_pki = a.get("RollKubelet").is_some() && path.starts_with("/var/lib/kubelet/pki/");
-            on_node && (a.to_string().contains(&format!("\"{path}\"")) || kubelet_pki || path.starts_with("/etc/kubernetes/kubeca-parked/"))
+            let kubelet_pki =
+                a.get("RollKubelet").is_some() && path.starts_with("/var/lib/kubelet/pki/");
+            on_node
+                && (a.to_string().contains(&format!("\"{path}\""))
+                    || kubelet_pki
+                    || path.starts_with("/etc/kubernetes/kubeca-parked/"))
         });
         if !named {
             unrecorded.push(format!("{node:?}:{path}"));
         }
     }
-    assert!(unrecorded.is_empty(), "changed with no started step naming them:\n{}", unrecorded.join("\n"));
+    assert!(
+        unrecorded.is_empty(),
+        "changed with no started step naming them:\n{}",
+        unrecorded.join("\n")
+    );
 }
 
 /// The faults of the reliability issue, one after the other in one rotation, then a rollback:
@@ -425,7 +718,11 @@ fn faults(tb: &Testbed) {
     let inv = tb.dir.join("inventory-faults.toml");
     let text_inv = std::fs::read_to_string(tb.dir.join("inventory.toml")).unwrap();
     assert!(text_inv.contains("[rotation]\n"));
-    std::fs::write(&inv, text_inv.replace("[rotation]\n", "[rotation]\nrestart_timeout_secs = 20\n")).unwrap();
+    std::fs::write(
+        &inv,
+        text_inv.replace("[rotation]\n", "[rotation]\nrestart_timeout_secs = 20\n"),
+    )
+    .unwrap();
 
     // 0. An inventory naming a node the cluster does not have (w-2 misspelt): init refuses it
     // before anything is recorded, naming the file, the key and the cluster's names.
@@ -435,11 +732,16 @@ fn faults(tb: &Testbed) {
     let mut t = Kubeca::new(tb, "typo");
     let said = text(&t.expect(&["init", "--inventory", typo.to_str().unwrap()], 2));
     assert!(
-        said.contains("inventory-typo.toml") && said.contains("nodes[4].name") && said.contains("\"w-02\" is not a node of the cluster"),
+        said.contains("inventory-typo.toml")
+            && said.contains("nodes[4].name")
+            && said.contains("\"w-02\" is not a node of the cluster"),
         "{said}"
     );
     let said = text(&t.run(&["plan"]));
-    assert!(said.contains("no rotation recorded"), "init recorded a rotation from a bad inventory: {said}");
+    assert!(
+        said.contains("no rotation recorded"),
+        "init recorded a rotation from a bad inventory: {said}"
+    );
 
     k.expect(&["init", "--inventory", inv.to_str().unwrap()], 0);
     let sampler = CmdlineSampler::start();
@@ -455,12 +757,14 @@ fn faults(tb: &Testbed) {
             fired = true;
             while_stopped(pid, || {
                 std::fs::rename(&manifest, &parked).unwrap();
-                rotation_e2e::cluster::eventually("cp-3's apiserver unready", Duration::from_secs(30), || {
-                    match readyz(&address("cp-3")) {
+                rotation_e2e::cluster::eventually(
+                    "cp-3's apiserver unready",
+                    Duration::from_secs(30),
+                    || match readyz(&address("cp-3")) {
                         200 => Err("still ready".into()),
                         _ => Ok(()),
-                    }
-                });
+                    },
+                );
             });
         }
     });
@@ -470,10 +774,14 @@ fn faults(tb: &Testbed) {
     assert!(said.contains("the apiserver on cp-3 is not ready") && said.contains("etcd"), "{said}");
     assert!(condition(&mut k).contains("cp-3"), "status must name cp-3");
     std::fs::rename(&parked, &manifest).unwrap();
-    rotation_e2e::cluster::eventually("cp-3's apiserver ready again", Duration::from_secs(60), || match readyz(&address("cp-3")) {
-        200 => Ok(()),
-        other => Err(format!("HTTP {other}")),
-    });
+    rotation_e2e::cluster::eventually(
+        "cp-3's apiserver ready again",
+        Duration::from_secs(60),
+        || match readyz(&address("cp-3")) {
+            200 => Ok(()),
+            other => Err(format!("HTTP {other}")),
+        },
+    );
 
     // 2. w-1's sshd and sessions killed inside w-1's kubelet step.
     let mut fired = false;
@@ -489,9 +797,15 @@ fn faults(tb: &Testbed) {
     assert!(said.contains("node w-1") && said.contains("trust-nodes/kubelet/w-1"), "{said}");
     let attempts = said
         .lines()
-        .filter(|l| l.contains("\"message\":\"started\"") && l.contains("\"step\":\"trust-nodes/kubelet/w-1\""))
+        .filter(|l| {
+            l.contains("\"message\":\"started\"")
+                && l.contains("\"step\":\"trust-nodes/kubelet/w-1\"")
+        })
         .count();
-    assert!(attempts >= 2, "w-1's step was not retried before the pause ({attempts} attempt): {said}");
+    assert!(
+        attempts >= 2,
+        "w-1's step was not retried before the pause ({attempts} attempt): {said}"
+    );
     assert!(condition(&mut k).contains("w-1"), "status must name w-1");
     sshd(tb, "w-1", "start");
 
@@ -502,10 +816,14 @@ fn faults(tb: &Testbed) {
             while_stopped(pid, || filler = Some(small.fill()));
         }
     });
-    let filler = filler.unwrap_or_else(|| panic!("the run never reached the switch: {}", text(&out)));
+    let filler =
+        filler.unwrap_or_else(|| panic!("the run never reached the switch: {}", text(&out)));
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "a full state disk must stop the run: {said}");
-    assert!(said.contains("full") && said.contains("Free space") && said.contains("faults-fs"), "{said}");
+    assert!(
+        said.contains("full") && said.contains("Free space") && said.contains("faults-fs"),
+        "{said}"
+    );
     std::fs::remove_file(&filler).unwrap();
     k.expect(&["journal", "verify"], 0);
     // With sshd back, that run carried w-1's kubelet step through before the switch.
@@ -520,17 +838,27 @@ fn faults(tb: &Testbed) {
             fired = true;
             while_stopped(pid, || {
                 // A valid certificate of another key: the apiserver cannot serve with it.
-                let other = std::fs::read(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver-kubelet-client.crt")).unwrap();
-                std::fs::write(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver.crt"), other).unwrap();
+                let other = std::fs::read(
+                    tb.node_path("cp-2", "etc-kubernetes/pki/apiserver-kubelet-client.crt"),
+                )
+                .unwrap();
+                std::fs::write(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver.crt"), other)
+                    .unwrap();
             });
         }
     });
     assert!(fired, "the run never reached cp-2's apiserver: {}", text(&out));
     let said = text(&out);
-    assert_eq!(out.status.code(), Some(75), "an apiserver that does not come back must stop the run: {said}");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "an apiserver that does not come back must stop the run: {said}"
+    );
     assert!(said.contains("node cp-2: kube-apiserver did not come back healthy"), "{said}");
     assert!(condition(&mut k).contains("cp-2"), "status must name cp-2");
-    for (id, _, st) in plan_steps(&mut k).iter().filter(|s| s.0.starts_with("switch/") && s.0.contains("/cp-3")) {
+    for (id, _, st) in
+        plan_steps(&mut k).iter().filter(|s| s.0.starts_with("switch/") && s.0.contains("/cp-3"))
+    {
         assert!(st.is_empty() || st == "Pending", "{id} ran after cp-2's apiserver failed: {st}");
     }
     for cp in ["cp-1", "cp-3"] {
@@ -549,7 +877,8 @@ fn faults(tb: &Testbed) {
         cmdlines.len()
     );
     assert!(samples.iter().any(|s| !s[2]), "cp-3's etcd member was never seen down");
-    let lost: Vec<&Vec<bool>> = samples.iter().filter(|s| s.iter().filter(|h| **h).count() < 2).collect();
+    let lost: Vec<&Vec<bool>> =
+        samples.iter().filter(|s| s.iter().filter(|h| **h).count() < 2).collect();
     assert!(lost.is_empty(), "etcd lost quorum in {} of {} samples", lost.len(), samples.len());
     assert_eq!(failures, 0, "trust failures around the faults:\n{report}");
     checks::rolled_back(tb, &before, &old);
@@ -563,7 +892,8 @@ fn faults(tb: &Testbed) {
     }
     let pieces = private_key_pieces(&roots);
     assert!(pieces.len() > 10, "only {} keys found", pieces.len());
-    let mut texts: Vec<(String, String)> = cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
+    let mut texts: Vec<(String, String)> =
+        cmdlines.into_iter().map(|c| (format!("command line {c:.120}"), c)).collect();
     texts.push(("kubeca's output".into(), k.said.clone()));
     let found = key_material_in(&texts, &pieces);
     assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
