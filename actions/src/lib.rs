@@ -9,10 +9,11 @@
 //! - [`procedure`] makes of them an engine plan of the upstream steps, each action tagged with its
 //!   upstream step number, and refuses a plan that would break an edge of the [`trust`] graph
 //!   after any step, forward or in a rollback from the end of any phase;
-//! - [`rotation`] is the engine's runner: each action's postcondition check, its effect and the
-//!   restore and restart that undo it, carried out through [`node`] (SSH, or a local directory),
-//!   [`api`] (the Kubernetes API), [`pki`] (new CAs, re-issued leaves, bundles), [`edit`] and
-//!   [`probe`] (real TLS handshakes that see which certificate a server presents).
+//! - [`action`] holds what each action does, its apply, postcondition check, undo and trust
+//!   effects together, and the engine's runner ([`action::Rotation`]) that carries them out
+//!   through [`node`] (SSH, or a local directory), [`api`] (the Kubernetes API), [`pki`] (new
+//!   CAs, re-issued leaves, bundles), [`edit`] and [`probe`] (real TLS handshakes that see which
+//!   certificate a server presents).
 //!
 //! Files on nodes are edited as text, one line per change, never parsed and re-serialized, so a
 //! rollback restores bytes and a diff shows one line:
@@ -32,6 +33,7 @@
 //! # Ok::<(), actions::edit::EditError>(())
 //! ```
 
+pub mod action;
 pub mod api;
 pub mod discovery;
 pub mod edit;
@@ -43,6 +45,11 @@ pub mod node;
 pub mod pki;
 pub mod probe;
 pub mod procedure;
-pub mod rotation;
 pub mod session;
 pub mod trust;
+
+/// The runner under its former path, for callers not yet moved to [`action`].
+#[doc(hidden)]
+pub mod rotation {
+    pub use crate::action::{Idle, Known, Rotation, check_old_cas, learn_into};
+}

@@ -21,17 +21,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use engine::{Plan, RetryPolicy, Step};
-use serde::{Deserialize, Serialize};
 
+pub use crate::action::{Action, CaKind, Content, KubeletTarget, new_ca_step};
 use crate::discovery::NodeFacts;
 use crate::inventory::Inventory;
 use crate::kubeadm::component::{
     APISERVER, CLOUD_CONTROLLER_MANAGER, CONTROLLER_MANAGER, KUBELET, SCHEDULER,
 };
-use crate::kubeadm::{self, file, object, path, slot};
-use crate::trust::{
-    self, ComponentId, Effect, Material, NodeLayout, SimStep, Source, Topology, Violation,
-};
+use crate::kubeadm::{self, file, path};
+use crate::trust::{self, NodeLayout, SimStep, Topology, Violation};
 
 /// The phases, in order.
 pub const PHASES: [&str; 7] =
@@ -41,254 +39,6 @@ pub use crate::kubeadm::step::OPERATOR;
 
 /// The one human gate.
 pub const FINALIZE_GATE: &str = "finalize";
-
-/// Which CA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum CaKind {
-    /// The cluster CA (`ca.crt`).
-    Cluster,
-    /// The front-proxy CA (`front-proxy-ca.crt`).
-    FrontProxy,
-}
-
-/// What a file should hold; resolved when the step runs from what the journal recorded (the
-/// old CA from the backups, the new one from the `prepare` outcome).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Content {
-    /// The new CA's certificate.
-    NewCert(CaKind),
-    /// The new CA's private key (mode 0600).
-    NewKey(CaKind),
-    /// Old and new CA certificates, old first.
-    Bundle(CaKind),
-    /// The old CA's certificate, exactly as read before anything changed (rollback).
-    OldCert(CaKind),
-}
-
-impl Content {
-    fn material(self) -> Option<Material> {
-        let (old, new) = names(match self {
-            Content::NewCert(k) | Content::NewKey(k) | Content::Bundle(k) | Content::OldCert(k) => {
-                k
-            }
-        });
-        match self {
-            Content::NewCert(_) => Some(Material::bundle([new])),
-            Content::Bundle(_) => Some(Material::bundle([old, new])),
-            Content::OldCert(_) => Some(Material::bundle([old])),
-            Content::NewKey(_) => None,
-        }
-    }
-}
-
-fn names(kind: CaKind) -> (&'static str, &'static str) {
-    match kind {
-        CaKind::Cluster => (trust::ca::OLD, trust::ca::NEW),
-        CaKind::FrontProxy => (trust::ca::FP_OLD, trust::ca::FP_NEW),
-    }
-}
-
-/// What a kubelet should trust for clients, and where its config should say that is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KubeletTarget {
-    /// `clientCAFile` to set.
-    pub client_ca_file: String,
-    /// `certificate-authority-data` of its kubeconfig.
-    pub kubeconfig_ca: Content,
-    /// Re-issue its client certificate under the new CA (keeping its key).
-    pub reissue_client_cert: bool,
-    /// Re-issue its serving certificate (this file) under the new CA, keeping its key: needed
-    /// when the apiservers verify kubelets (`--kubelet-certificate-authority`), since finalize
-    /// leaves them trusting only the new CA.
-    pub reissue_serving_cert: Option<String>,
-}
-
-/// One idempotent rotation action. Node names are the inventory's; `None` is the operator's
-/// machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    /// Reachability of every node, the old CAs' keys matching their certificates, CA expiry,
-    /// HA; on `node`, `cas` are the (certificate, key) files of the old CAs.
-    Preflight {
-        /// A control-plane node.
-        node: String,
-        /// (certificate, key) of the cluster CA and of the front-proxy CA.
-        cas: Vec<(String, String)>,
-    },
-    /// Store the original of every file the rotation may change on `node` in the blob store.
-    Backup {
-        /// The node.
-        node: String,
-        /// The files.
-        paths: Vec<String>,
-    },
-    /// Generate (or import) a new CA; its key goes to the blob store only. The old CA's
-    /// certificate is read from `node` (for bundles and `same-as-old`).
-    NewCa {
-        /// Which CA.
-        ca: CaKind,
-        /// A control-plane node.
-        node: String,
-        /// The old CA certificate there.
-        old_cert: String,
-    },
-    /// Write files with the given content (atomic; new files get `mode`).
-    PutFiles {
-        /// The node.
-        node: String,
-        /// (path, content, mode).
-        files: Vec<(String, Content, u32)>,
-        /// Components that load some of these files (a rollback restarts them after restoring).
-        loaded_by: Vec<String>,
-    },
-    /// Set flags of a static pod and wait until it runs with them (the kubelet restarts a static
-    /// pod when its manifest changes).
-    SetFlags {
-        /// The node.
-        node: String,
-        /// `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`, ...
-        component: String,
-        /// Its manifest.
-        manifest: String,
-        /// flag → value.
-        flags: BTreeMap<String, String>,
-        /// The values these flags had before this step (a rollback sets them back).
-        prior: BTreeMap<String, String>,
-        /// What a rollback does after setting them back (republish, restart pods).
-        after_undo: Vec<Action>,
-    },
-    /// Restart a static pod (manifest moved out and back) and wait until it is observed healthy
-    /// with what it should now load.
-    RestartStaticPod {
-        /// The node.
-        node: String,
-        /// The component.
-        component: String,
-        /// Its manifest.
-        manifest: String,
-    },
-    /// Set a kubeconfig's `certificate-authority-data`.
-    SetKubeconfigCa {
-        /// The node (`None`: the operator's kubeconfig).
-        node: Option<String>,
-        /// The kubeconfig.
-        path: String,
-        /// What it should trust.
-        content: Content,
-        /// What it trusted before this step, when an earlier step set it (a rollback sets it
-        /// back); `None`: the original, restored from the backup.
-        prior: Option<Content>,
-        /// The static pod that loads it, as (component, manifest), restarted after a rollback
-        /// restores it.
-        loaded_by: Option<(String, String)>,
-    },
-    /// Re-issue a kubeconfig's embedded client certificate under the new cluster CA.
-    ReissueKubeconfigClient {
-        /// The node (`None`: the operator's kubeconfig).
-        node: Option<String>,
-        /// The kubeconfig.
-        path: String,
-        /// The static pod that loads it, as (component, manifest).
-        loaded_by: Option<(String, String)>,
-    },
-    /// Re-issue a certificate file under a new CA, keeping its key, subject, SANs and usages.
-    ReissueCert {
-        /// The node.
-        node: String,
-        /// The certificate file.
-        path: String,
-        /// Under which new CA.
-        ca: CaKind,
-        /// The manifest of the static pod that loads it (restarted after a rollback restores it).
-        manifest: String,
-    },
-    /// Roll one node's kubelet: config, kubeconfig, client certificate, restart, wait Ready and
-    /// observed trusting what it should.
-    RollKubelet {
-        /// The node.
-        node: String,
-        /// Its config file.
-        config: String,
-        /// Its kubeconfig.
-        kubeconfig: String,
-        /// What it should load.
-        target: KubeletTarget,
-        /// What an earlier step made it load (a rollback goes back to that); `None`: the
-        /// original files, restored from the backup.
-        prior: Option<KubeletTarget>,
-    },
-    /// Wait until `kube-root-ca.crt` in every namespace (and every legacy token Secret's
-    /// `ca.crt`) holds `content`.
-    WaitRootCa {
-        /// What they should hold.
-        content: Content,
-    },
-    /// Restart Deployments, DaemonSets and StatefulSets (pod template annotation
-    /// `kubeca.io/rotation`), respecting PDBs, and wait for each rollout.
-    RollWorkloads {
-        /// Only these (namespace/kind/name); empty means all.
-        only: Vec<String>,
-        /// The annotation value (rotation id and round).
-        round: String,
-    },
-    /// Set `kube-public/cluster-info`'s CA data.
-    SetClusterInfo {
-        /// What it should hold.
-        content: Content,
-        /// What it held before this step (a rollback puts that back).
-        prior: Content,
-    },
-    /// Print the new `--discovery-token-ca-cert-hash`.
-    PrintDiscoveryHash,
-    /// Scan control-plane, kubelet and kube-proxy logs for TLS errors since the switch.
-    CheckLogs,
-    /// Check every edge of the trust graph with real TLS handshakes.
-    CheckEdges,
-    /// List pods started before the switch (they hold the old CA in memory).
-    ListStalePods,
-    /// Remove files the rotation no longer needs (bundles, copies).
-    RemoveFiles {
-        /// The node.
-        node: String,
-        /// The files.
-        paths: Vec<String>,
-        /// What they held (a rollback writes them again): (path, content, mode).
-        prior: Vec<(String, Content, u32)>,
-    },
-    /// Rollback: put files back as the backup holds them (or remove those that did not exist).
-    RestoreFiles {
-        /// The node (`None`: the operator's machine).
-        node: Option<String>,
-        /// The files.
-        paths: Vec<String>,
-    },
-    /// Rollback: restart a node's kubelet and wait until it is Ready.
-    RestartKubelet {
-        /// The node.
-        node: String,
-    },
-}
-
-impl Action {
-    /// The node the action works on, if one.
-    pub fn node(&self) -> Option<&str> {
-        match self {
-            Action::Backup { node, .. }
-            | Action::NewCa { node, .. }
-            | Action::PutFiles { node, .. }
-            | Action::SetFlags { node, .. }
-            | Action::RestartStaticPod { node, .. }
-            | Action::ReissueCert { node, .. }
-            | Action::RollKubelet { node, .. }
-            | Action::RemoveFiles { node, .. }
-            | Action::RestartKubelet { node } => Some(node),
-            Action::SetKubeconfigCa { node, .. }
-            | Action::ReissueKubeconfigClient { node, .. }
-            | Action::RestoreFiles { node, .. } => node.as_deref(),
-            _ => None,
-        }
-    }
-}
 
 /// What the procedure needs to know about the cluster.
 #[derive(Debug, Clone)]
@@ -464,14 +214,6 @@ impl<'a> ControlPlane<'a> {
             .filter(|k| k.client_embedded && k.ca_embedded)
             .map(|k| k.path.clone())
             .collect()
-    }
-}
-
-/// The id of the step that makes the new CA of `kind` (its outcome holds the digests).
-pub fn new_ca_step(kind: CaKind) -> &'static str {
-    match kind {
-        CaKind::Cluster => kubeadm::step::NEW_CA,
-        CaKind::FrontProxy => kubeadm::step::NEW_FRONT_PROXY_CA,
     }
 }
 
@@ -1264,7 +1006,8 @@ pub fn assemble(
 
 /// Every file a compensation of `action` may restore, by node (`OPERATOR` for the operator's).
 fn restorable(action: &Action, topology: &Topology) -> Vec<(String, String)> {
-    compensations(action, 0, topology)
+    action
+        .compensations(0, topology)
         .into_iter()
         .filter_map(|c| match c.action {
             Action::RestoreFiles { node, paths } => {
@@ -1434,366 +1177,6 @@ pub fn topology(inventory: &Inventory, facts: &ClusterFacts) -> Topology {
     }
 }
 
-/// The trust effects of one action, in the model of [`crate::trust`].
-pub fn effects(action: &Action, topology: &Topology) -> Vec<Effect> {
-    let cm_slot = |flag: &str| match flag {
-        "--root-ca-file" => Some(slot::ROOT_CA),
-        "--client-ca-file" => Some(slot::CLIENT_CA),
-        "--cluster-signing-cert-file" => Some(slot::SIGNING_CERT),
-        _ => None,
-    };
-    let api_slot = |flag: &str| match flag {
-        "--client-ca-file" => Some(slot::CLIENT_CA),
-        "--requestheader-client-ca-file" => Some(slot::REQUESTHEADER_CA),
-        "--kubelet-certificate-authority" => Some(slot::KUBELET_CA),
-        "--tls-cert-file" => Some(slot::SERVING_CERT),
-        "--kubelet-client-certificate" => Some(slot::KUBELET_CLIENT_CERT),
-        "--proxy-client-cert-file" => Some(slot::PROXY_CLIENT_CERT),
-        _ => None,
-    };
-    let restart = |node: &str, component: &str| {
-        let id = ComponentId::on(component, node);
-        let mut out = vec![Effect::Restart(id.clone())];
-        if component == APISERVER {
-            out.push(Effect::Publish {
-                from: id,
-                slot: slot::REQUESTHEADER_CA.into(),
-                target: trust::configmap(
-                    object::KUBE_SYSTEM,
-                    object::EXTENSION_APISERVER_AUTHENTICATION,
-                ),
-            });
-        }
-        out
-    };
-    let all_pods = || {
-        let mut out: Vec<Effect> = Vec::new();
-        for (ns, name, node) in &topology.pods {
-            out.push(Effect::Restart(ComponentId::on(&kubeadm::component::pod(ns, name), node)));
-        }
-        for (ns, name, node) in &topology.aggregated {
-            out.push(Effect::Restart(ComponentId::on(
-                &kubeadm::component::aggregated(ns, name),
-                node,
-            )));
-        }
-        out
-    };
-    match action {
-        Action::PutFiles { node, files, .. } => files
-            .iter()
-            .filter_map(|(path, content, _)| {
-                content
-                    .material()
-                    .map(|m| Effect::Write { source: Source::file(node, path), material: m })
-            })
-            .collect(),
-        Action::SetFlags { node, component, flags, .. } => {
-            let mut out = Vec::new();
-            for (flag, value) in flags {
-                let slot = match component.as_str() {
-                    APISERVER => api_slot(flag),
-                    CONTROLLER_MANAGER => cm_slot(flag),
-                    _ => None,
-                };
-                if let Some(slot) = slot {
-                    out.push(Effect::Repoint {
-                        component: ComponentId::on(component, node),
-                        slot: slot.into(),
-                        source: Source::file(node, value),
-                    });
-                }
-            }
-            out.extend(restart(node, component));
-            out
-        }
-        Action::RestartStaticPod { node, component, .. } => restart(node, component),
-        Action::SetKubeconfigCa { node: Some(node), path, content, .. } => content
-            .material()
-            .map(|m| Effect::Write {
-                source: Source::KubeconfigCa { node: Some(node.clone()), path: path.clone() },
-                material: m,
-            })
-            .into_iter()
-            .collect(),
-        Action::ReissueKubeconfigClient { node: Some(node), path, .. } => vec![Effect::Write {
-            source: Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
-            material: Material::cert(trust::ca::NEW),
-        }],
-        Action::ReissueCert { node, path, ca, .. } => {
-            vec![Effect::Write {
-                source: Source::file(node, path),
-                material: Material::cert(names(*ca).1),
-            }]
-        }
-        Action::RollKubelet { node, kubeconfig, target, .. } => {
-            // The kubeconfig and serving certificate are the ones this roll writes, which
-            // discovery found (and the trust model loads the kubelet's from).
-            let kubelet = ComponentId::on(KUBELET, node);
-            let mut out = vec![Effect::Repoint {
-                component: kubelet.clone(),
-                slot: slot::CLIENT_CA.into(),
-                source: Source::file(node, &target.client_ca_file),
-            }];
-            if let Some(m) = target.kubeconfig_ca.material() {
-                out.push(Effect::Write {
-                    source: Source::KubeconfigCa {
-                        node: Some(node.clone()),
-                        path: kubeconfig.clone(),
-                    },
-                    material: m,
-                });
-            }
-            if let Some(serving) = &target.reissue_serving_cert {
-                out.push(Effect::Write {
-                    source: Source::file(node, serving),
-                    material: Material::cert(trust::ca::NEW),
-                });
-            }
-            if target.reissue_client_cert {
-                out.push(Effect::Write {
-                    source: Source::KubeconfigCert {
-                        node: Some(node.clone()),
-                        path: kubeconfig.clone(),
-                    },
-                    material: Material::cert(trust::ca::NEW),
-                });
-            }
-            out.push(Effect::Restart(kubelet));
-            out
-        }
-        Action::WaitRootCa { .. } => {
-            // What the controller-manager publishes is what it loaded: the wait observes it.
-            let Some(first) = topology.control_planes.first() else { return Vec::new() };
-            let from = ComponentId::on(CONTROLLER_MANAGER, first);
-            let mut namespaces: Vec<String> = object::NAMESPACES.map(String::from).into();
-            namespaces.extend(topology.pods.iter().map(|(ns, _, _)| ns.clone()));
-            namespaces.sort();
-            namespaces.dedup();
-            namespaces
-                .into_iter()
-                .map(|ns| Effect::Publish {
-                    from: from.clone(),
-                    slot: slot::ROOT_CA.into(),
-                    target: trust::configmap(&ns, object::ROOT_CA),
-                })
-                .collect()
-        }
-        Action::RollWorkloads { only, .. } if only.is_empty() => all_pods(),
-        // Only the extension servers (9.1): in the model, the aggregated servers.
-        Action::RollWorkloads { .. } => topology
-            .aggregated
-            .iter()
-            .map(|(ns, name, node)| {
-                Effect::Restart(ComponentId::on(&kubeadm::component::aggregated(ns, name), node))
-            })
-            .collect(),
-        Action::SetClusterInfo { content, .. } => content
-            .material()
-            .map(|m| Effect::Write {
-                source: trust::configmap(object::KUBE_PUBLIC, object::CLUSTER_INFO),
-                material: m,
-            })
-            .into_iter()
-            .collect(),
-        Action::RestartKubelet { node } => {
-            vec![Effect::Restart(ComponentId::on(KUBELET, node))]
-        }
-        Action::RestoreFiles { .. } => Vec::new(),
-        Action::Preflight { .. }
-        | Action::Backup { .. }
-        | Action::NewCa { .. }
-        | Action::SetKubeconfigCa { node: None, .. }
-        | Action::ReissueKubeconfigClient { node: None, .. }
-        | Action::PrintDiscoveryHash
-        | Action::CheckLogs
-        | Action::CheckEdges
-        | Action::ListStalePods
-        | Action::RemoveFiles { .. } => Vec::new(),
-    }
-}
-
-/// What undoes `action`, at trust rank `trust` (its position in the plan: a rollback undoes the
-/// latest first). Files are restored from the backups taken before the rotation, and whatever
-/// loads a restored file is restarted after it; `topology` says where the files that an action
-/// does not name are (the kubelet's client certificate).
-pub fn compensations(
-    action: &Action,
-    trust: u32,
-    topology: &Topology,
-) -> Vec<engine::Compensation<Action>> {
-    use engine::{Compensation, FollowUp};
-    let restore = |node: Option<&str>, paths: Vec<String>| Action::RestoreFiles {
-        node: node.map(str::to_owned),
-        paths,
-    };
-    // A follow-up's key names its rollback step (`restart:cp-1/kube-apiserver@<rank>`).
-    let static_pod = |node: &str, component: &str, manifest: &str| FollowUp {
-        key: format!("restart:{node}/{component}"),
-        action: Action::RestartStaticPod {
-            node: node.into(),
-            component: component.into(),
-            manifest: manifest.into(),
-        },
-        kind: "static-pod".into(),
-    };
-    let kubelet = |node: &str| FollowUp {
-        key: format!("restart:{node}/{KUBELET}"),
-        action: Action::RestartKubelet { node: node.into() },
-        kind: KUBELET.into(),
-    };
-    let comp = |action: Action, restart: Option<FollowUp<Action>>| Compensation {
-        action,
-        kind: "restore".into(),
-        rank: trust,
-        follow_up: restart,
-    };
-    match action {
-        Action::PutFiles { node, files, loaded_by } => {
-            let restart =
-                if loaded_by.iter().any(|c| c == KUBELET) { Some(kubelet(node)) } else { None };
-            vec![comp(restore(Some(node), files.iter().map(|f| f.0.clone()).collect()), restart)]
-        }
-        Action::SetFlags { node, component, manifest, flags, prior, after_undo } => {
-            // Setting the flags back changes the manifest, which restarts the pod; the action
-            // waits until it is observed healthy again.
-            let mut out = vec![comp(
-                Action::SetFlags {
-                    node: node.clone(),
-                    component: component.clone(),
-                    manifest: manifest.clone(),
-                    flags: prior.clone(),
-                    prior: flags.clone(),
-                    after_undo: Vec::new(),
-                },
-                None,
-            )];
-            out.extend(after_undo.iter().map(|a| comp(a.clone(), None)));
-            out
-        }
-        Action::SetKubeconfigCa { node, path, content, prior, loaded_by } => {
-            let restart = match (node, loaded_by) {
-                (Some(n), Some((component, manifest))) => Some(static_pod(n, component, manifest)),
-                _ => None,
-            };
-            match prior {
-                Some(before) => vec![comp(
-                    Action::SetKubeconfigCa {
-                        node: node.clone(),
-                        path: path.clone(),
-                        content: *before,
-                        prior: Some(*content),
-                        loaded_by: loaded_by.clone(),
-                    },
-                    restart,
-                )],
-                None => vec![comp(restore(node.as_deref(), vec![path.clone()]), restart)],
-            }
-        }
-        Action::ReissueKubeconfigClient { node, path, loaded_by } => {
-            let restart = match (node, loaded_by) {
-                (Some(n), Some((component, manifest))) => Some(static_pod(n, component, manifest)),
-                _ => None,
-            };
-            vec![comp(restore(node.as_deref(), vec![path.clone()]), restart)]
-        }
-        Action::ReissueCert { node, path, manifest, .. } => vec![comp(
-            restore(Some(node), vec![path.clone()]),
-            Some(static_pod(node, APISERVER, manifest)),
-        )],
-        Action::RollKubelet { node, config, kubeconfig, target, prior } => match prior {
-            Some(before) => vec![comp(
-                Action::RollKubelet {
-                    node: node.clone(),
-                    config: config.clone(),
-                    kubeconfig: kubeconfig.clone(),
-                    target: KubeletTarget {
-                        reissue_client_cert: false,
-                        reissue_serving_cert: None,
-                        ..before.clone()
-                    },
-                    prior: Some(target.clone()),
-                },
-                None,
-            )],
-            None => {
-                // The roll re-issues the client certificate its kubeconfig names (or embeds):
-                // the file discovery found, kubelet-client-current.pem on kubeadm's layout.
-                let mut paths = vec![config.clone(), kubeconfig.clone()];
-                paths.push(topology.layout(node).kubelet.client_cert.clone());
-                paths.extend(target.reissue_serving_cert.clone());
-                vec![comp(restore(Some(node), paths), Some(kubelet(node)))]
-            }
-        },
-        Action::RemoveFiles { node, paths, prior } => {
-            if prior.is_empty() {
-                vec![comp(restore(Some(node), paths.clone()), None)]
-            } else {
-                vec![comp(
-                    Action::PutFiles {
-                        node: node.clone(),
-                        files: prior.clone(),
-                        loaded_by: Vec::new(),
-                    },
-                    None,
-                )]
-            }
-        }
-        // cluster-info goes back to what it held before this step.
-        Action::SetClusterInfo { content, prior } => {
-            vec![comp(Action::SetClusterInfo { content: *prior, prior: *content }, None)]
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// The trust effects of a rollback step: restores bring back what the world held before the
-/// rotation (`initial`); a restored static pod manifest restarts its pod at once (the kubelet
-/// watches the directory); a restored kubelet config points the kubelet back at its original
-/// files from its next restart.
-fn undo_effects(action: &Action, initial: &trust::World, topology: &Topology) -> Vec<Effect> {
-    let Action::RestoreFiles { node: Some(node), paths } = action else {
-        return effects(action, topology);
-    };
-    let mut out = Vec::new();
-    for path in paths {
-        for source in [
-            Source::file(node, path),
-            Source::KubeconfigCa { node: Some(node.clone()), path: path.clone() },
-            Source::KubeconfigCert { node: Some(node.clone()), path: path.clone() },
-        ] {
-            out.push(Effect::Write { material: initial.on_disk(&source).clone(), source });
-        }
-        let mut repoint = |id: ComponentId| {
-            if let Some(c) = initial.components.get(&id) {
-                for (slot, source) in &c.slots {
-                    out.push(Effect::Repoint {
-                        component: id.clone(),
-                        slot: slot.clone(),
-                        source: source.clone(),
-                    });
-                }
-            }
-        };
-        let layout = topology.layout(node);
-        if let Some(component) = layout.component_of_manifest(path) {
-            let id = ComponentId::on(component, node);
-            repoint(id);
-            out.extend(effects(
-                &Action::RestartStaticPod {
-                    node: node.clone(),
-                    component: component.into(),
-                    manifest: path.clone(),
-                },
-                topology,
-            ));
-        } else if *path == layout.kubelet.config {
-            repoint(ComponentId::on(KUBELET, node));
-        }
-    }
-    out
-}
-
 /// Simulates a rollback after the first `done` steps of `plan`: the steps, then the
 /// compensations in the order the engine runs them. Checks every edge after every step, and
 /// that every component ends up having loaded what it loaded before the rotation.
@@ -1806,7 +1189,7 @@ pub fn check_rollback(
     let steps: Vec<&Step<Action>> = plan.steps().take(done).collect();
     let mut sim: Vec<SimStep> = steps
         .iter()
-        .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, topology) })
+        .map(|s| SimStep { id: s.id.to_string(), effects: s.action.effects(topology) })
         .collect();
     let undos = steps
         .iter()
@@ -1816,13 +1199,13 @@ pub fn check_rollback(
             step: s.id.clone(),
             retry: s.retry.clone(),
             estimate: s.estimate,
-            compensations: compensations(&s.action, i as u32 + 1, topology),
+            compensations: s.action.compensations(i as u32 + 1, topology),
         })
         .collect();
     for c in engine::order_compensations(undos) {
         sim.push(SimStep {
             id: c.id.to_string(),
-            effects: undo_effects(&c.action, &initial, topology),
+            effects: c.action.rollback_effects(&initial, topology),
         });
     }
     let end = initial.clone().simulate(&sim)?;
@@ -1848,7 +1231,7 @@ pub fn check_rollback(
 pub fn check_trust(plan: &Plan<Action>, topology: &Topology) -> Result<(), Violation> {
     let steps: Vec<SimStep> = plan
         .steps()
-        .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, topology) })
+        .map(|s| SimStep { id: s.id.to_string(), effects: s.action.effects(topology) })
         .collect();
     trust::kubeadm(topology).simulate(&steps).map(drop)
 }
@@ -1857,7 +1240,9 @@ pub fn check_trust(plan: &Plan<Action>, topology: &Topology) -> Result<(), Viola
 mod tests {
     use super::*;
     use crate::discovery::discover;
+    use crate::kubeadm::slot;
     use crate::node::LocalNode;
+    use crate::trust::{ComponentId, Material, Source};
 
     const APISERVER_YAML: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");
     const CM_YAML: &str = include_str!("../testdata/kubeadm/kube-controller-manager.yaml");
@@ -2026,7 +1411,7 @@ mod tests {
 
         // The undo of a kubelet roll restores the client certificate where it is, and the
         // backup holds it.
-        let undo = compensations(action("trust-nodes/kubelet/w-1"), 1, &topo);
+        let undo = action("trust-nodes/kubelet/w-1").compensations(1, &topo);
         let Action::RestoreFiles { paths, .. } = &undo[0].action else {
             panic!("the undo restores files: {undo:?}")
         };
@@ -2045,7 +1430,7 @@ mod tests {
         );
         let steps: Vec<SimStep> = plan
             .steps()
-            .map(|s| SimStep { id: s.id.to_string(), effects: effects(&s.action, &topo) })
+            .map(|s| SimStep { id: s.id.to_string(), effects: s.action.effects(&topo) })
             .collect();
         let end = world.simulate(&steps).unwrap();
         assert_eq!(end.loaded(&api, slot::CLIENT_CA), &Material::bundle([trust::ca::NEW]));
@@ -2154,8 +1539,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_the_old_ca_from_kubelets_before_reissuing_apiserver_kubelet_client_is_refused()
-     {
+    async fn a_kubelet_dropping_old_ca_before_apiserver_kubelet_client_is_reissued_is_refused() {
         let (_d, inv, facts) = cluster(2, 1).await;
         let mut plan = assemble(&inv, &facts, "r1").unwrap();
         // w-1's kubelet is made to trust only the new CA for clients (its kubeconfig still trusts

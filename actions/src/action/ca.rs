@@ -1,0 +1,284 @@
+//! The CAs: the preflight checks of the old ones (upstream's caution), the new ones made or
+//! imported (step 1), certificates re-issued by them (9.3), the new discovery hash (10), and the
+//! check that every apiserver presents a certificate of the new CA (11.2).
+
+use std::time::Duration;
+
+use engine::{Compensation, Summary};
+
+use super::runner::text;
+use super::{Action, CaKind, Error, Rotation, compensation, files, names, recovered};
+use crate::inventory::NewCa;
+use crate::kubeadm::component::APISERVER;
+use crate::kubeadm::{self, outcome};
+use crate::node::Node;
+use crate::pki::{self, Ca, Cert, KeyAlgorithm, KeyPolicy, SecretKey};
+use crate::probe::{Seen, probe};
+use crate::trust::{Effect, Material, Source};
+
+/// The id of the step that makes the new CA of `kind` (its outcome holds the digests).
+pub fn new_ca_step(kind: CaKind) -> &'static str {
+    match kind {
+        CaKind::Cluster => kubeadm::step::NEW_CA,
+        CaKind::FrontProxy => kubeadm::step::NEW_FRONT_PROXY_CA,
+    }
+}
+
+/// `Preflight`: every node reachable, the old CAs' keys matching their certificates, CA expiry,
+/// HA.
+pub mod preflight {
+    use super::*;
+
+    /// Checks them; a single apiserver is a warning (the cluster API is down while it
+    /// restarts), the rest refusals.
+    pub async fn apply<N: Node>(
+        r: &Rotation<N>,
+        node: &str,
+        cas: &[(String, String)],
+        now: jiff::Timestamp,
+    ) -> Result<Summary, Error> {
+        let mut s = Summary::new();
+        if r.inventory.control_planes().count() < 2 {
+            tracing::warn!(
+                "only one API server: the cluster API is down while it restarts (upstream caution)"
+            );
+            s = s.with("warning", "single apiserver: downtime during its restarts");
+        }
+        for n in &r.inventory.nodes {
+            r.node(&n.name)?.run("reach", "true").await?;
+        }
+        // Whatever is wrong with the old CAs, retrying will not fix it.
+        let checked = check_old_cas(r.node(node)?, cas, now).await.map_err(Error::terminal)?;
+        for (cert, fingerprint) in checked {
+            s = s.with(cert, fingerprint);
+        }
+        Ok(s)
+    }
+}
+
+/// Checks the old CAs on `node`: each (certificate, key) pair must parse, the key must be the
+/// certificate's, the certificate a CA, valid now. Returns each certificate's fingerprint, or
+/// an error naming the node and file.
+pub async fn check_old_cas<N: Node>(
+    node: &N,
+    cas: &[(String, String)],
+    now: jiff::Timestamp,
+) -> Result<Vec<(String, String)>, String> {
+    old_cas(node, cas, now).await.map_err(|e| e.message)
+}
+
+async fn old_cas<N: Node>(
+    node: &N,
+    cas: &[(String, String)],
+    now: jiff::Timestamp,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for (cert, key) in cas {
+        let read = async |path: &str| {
+            node.read(path).await?.map(text).ok_or_else(|| {
+                Error::terminal(format!("node {}: {path} does not exist", node.name()))
+            })
+        };
+        let origin = |p: &str| format!("{}:{p}", node.name());
+        let c = Cert::from_pem(&read(cert).await?, &origin(cert))?;
+        let k = SecretKey::from_pem(&read(key).await?, &origin(key))?;
+        let ca = Ca::load(c, k)?;
+        ca.check(now)?;
+        out.push((cert.clone(), ca.cert().fingerprint()));
+    }
+    Ok(out)
+}
+
+/// `NewCa`: a new CA generated (with the old CA's key kind, or the inventory's) or imported;
+/// its key goes to the blob store only, beside the old CA's certificate as read now, before
+/// anything changed.
+pub mod new_ca {
+    use super::*;
+
+    /// Makes it and records the digests.
+    pub async fn apply<N: Node>(
+        r: &Rotation<N>,
+        ca: CaKind,
+        node: &str,
+        old_cert: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Summary, Error> {
+        let old_pem = r.must_read(Some(node), old_cert).await?;
+        let old = Cert::from_pem(&old_pem, &format!("{node}:{old_cert}"))?;
+        let source = match ca {
+            CaKind::Cluster => &r.inventory.rotation.new_ca,
+            CaKind::FrontProxy => &r.inventory.rotation.new_front_proxy_ca,
+        };
+        let new = match source {
+            NewCa::Import { cert, key } => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| Error::terminal(format!("{}: {e}", path.display())))
+                };
+                let (c, k) = (read(cert)?, read(key)?);
+                let c = Cert::from_pem(&c, &cert.display().to_string())?;
+                let k = SecretKey::from_pem(&k, &key.display().to_string())?;
+                let ca = Ca::import(c, k)?;
+                // An imported CA must be valid now, not only well-formed.
+                ca.check(now)?;
+                ca
+            }
+            NewCa::Generate(_) => {
+                let algorithm: KeyAlgorithm = r.inventory.rotation.key_algorithm.parse()?;
+                let spec = algorithm.resolve(&old)?;
+                let name = match ca {
+                    CaKind::Cluster => "kubernetes",
+                    CaKind::FrontProxy => "front-proxy-ca",
+                };
+                let days = r.inventory.rotation.validity_days;
+                Ca::generate(name, spec, days, now, &mut rand_core::OsRng)?
+            }
+        };
+        let cert = r.blobs.put(new.cert_pem().as_bytes())?;
+        let key = r.blobs.put(new.key_pem().as_bytes())?;
+        let old_digest = r.blobs.put(old_pem.as_bytes())?;
+        Ok(Summary::new()
+            .with(outcome::CERT, cert.to_hex())
+            .with(outcome::KEY, key.to_hex())
+            .with(outcome::OLD_CERT, old_digest.to_hex())
+            .with("fingerprint", new.cert().fingerprint())
+            .with("discovery-hash", new.cert().discovery_hash()))
+    }
+}
+
+/// `ReissueCert`: a certificate file re-issued by a new CA, keeping its key, subject, SANs and
+/// usages (the apiserver's serving, kubelet-client and front-proxy client certificates).
+pub mod reissue_cert {
+    use super::*;
+
+    /// The file holds a certificate of the new CA.
+    pub fn effects(node: &str, path: &str, ca: CaKind) -> Vec<Effect> {
+        vec![Effect::Write {
+            source: Source::file(node, path),
+            material: Material::cert(names(ca).1),
+        }]
+    }
+
+    /// The file restored from the backup, then the apiserver that loads it restarted.
+    pub fn undo(node: &str, path: &str, manifest: &str, rank: u32) -> Vec<Compensation<Action>> {
+        let restart = crate::action::static_pod::restart_after(node, APISERVER, manifest);
+        vec![compensation(files::restore(Some(node), vec![path.to_owned()]), rank, Some(restart))]
+    }
+
+    /// The certificate chains to the new CA.
+    pub async fn check<N: Node>(
+        r: &Rotation<N>,
+        node: &str,
+        path: &str,
+        ca: CaKind,
+    ) -> Result<Option<Summary>, Error> {
+        let leaf = Cert::from_pem(&r.must_read(Some(node), path).await?, path)?;
+        let ca = r.new_ca(ca)?;
+        let now = jiff::Timestamp::now();
+        Ok(pki::verify_chain(&leaf, std::slice::from_ref(ca.cert()), now).is_ok().then(recovered))
+    }
+
+    /// Re-issues it, unless the new CA already signed it.
+    pub async fn apply<N: Node>(
+        r: &Rotation<N>,
+        node: &str,
+        path: &str,
+        ca: CaKind,
+        now: jiff::Timestamp,
+    ) -> Result<Summary, Error> {
+        let pem = r.must_read(Some(node), path).await?;
+        let leaf = Cert::from_pem(&pem, &format!("{node}:{path}"))?;
+        let cert = match renewed(&leaf, &r.new_ca(ca)?, now)? {
+            Some(cert) => {
+                r.node(node)?.write(path, cert.to_pem().as_bytes(), 0o644).await?;
+                cert
+            }
+            None => leaf,
+        };
+        Ok(Summary::new().with("cert", cert.fingerprint()))
+    }
+}
+
+/// `PrintDiscoveryHash`: the new `--discovery-token-ca-cert-hash` for joining nodes.
+pub mod print_discovery_hash {
+    use super::*;
+
+    /// Logs it.
+    pub fn apply<N: Node>(r: &Rotation<N>) -> Result<Summary, Error> {
+        let hash = r.new_ca(CaKind::Cluster)?.cert().discovery_hash();
+        tracing::info!(%hash, "joining nodes now use --discovery-token-ca-cert-hash {hash}");
+        Ok(Summary::new().with("discovery-token-ca-cert-hash", hash))
+    }
+}
+
+/// `CheckEdges`: every apiserver presents a certificate of the new CA, seen in a real TLS
+/// handshake.
+pub mod check_edges {
+    use super::*;
+
+    /// Probes each apiserver on its discovered port.
+    pub async fn apply<N: Node>(r: &Rotation<N>) -> Result<Summary, Error> {
+        r.check_edges().await
+    }
+}
+
+impl<N: Node> Rotation<N> {
+    pub(super) async fn check_edges(&self) -> Result<Summary, Error> {
+        let ca = self.new_ca(CaKind::Cluster)?;
+        let now = jiff::Timestamp::now();
+        let mut checked = 0;
+        for n in self.inventory.control_planes() {
+            let port = self.topology.layout(&n.name).apiserver.port;
+            match probe(&n.address, port, "/readyz", Duration::from_secs(5)).await {
+                Seen::Up { cert, .. } => {
+                    let c = Cert::from_der(cert, &format!("apiserver@{}", n.name))?;
+                    pki::verify_chain(&c, std::slice::from_ref(ca.cert()), now)
+                        .map_err(|e| Error::terminal(format!("apiserver@{}: {e}", n.name)))?;
+                    checked += 1;
+                }
+                Seen::Down => {
+                    return Err(Error::transient(format!("apiserver@{} does not answer", n.name)));
+                }
+            }
+        }
+        Ok(Summary::new().with("apiservers", checked.to_string()))
+    }
+
+    /// A client certificate of the new cluster CA with a fresh key that lives only in this
+    /// process's memory, valid for a day.
+    pub(super) fn new_ca_identity(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> Result<crate::probe::ClientIdentity, Error> {
+        let ca = self.new_ca(CaKind::Cluster)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        if let Some(o) = organization {
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        // Only the template's validity length counts: the re-issue starts it now.
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 1, 2);
+        let template_key = rcgen::KeyPair::generate()?;
+        let template = params.self_signed(&template_key)?;
+        let leaf = Cert::from_der(template.der().to_vec(), common_name)?;
+        let now = jiff::Timestamp::now();
+        let issued = pki::reissue(&leaf, &ca, KeyPolicy::New, now, &mut rand_core::OsRng)?;
+        let key = issued
+            .new_key
+            .ok_or_else(|| Error::terminal("re-issue with a new key returned none"))?;
+        Ok((issued.cert.der().to_vec(), key.to_pem()))
+    }
+}
+
+/// `leaf` re-issued by `ca` (same key), or `None` when `ca` already signed it: re-issuing is
+/// idempotent, so a step repeated after a crash does not mint yet another certificate.
+pub(super) fn renewed(leaf: &Cert, ca: &Ca, now: jiff::Timestamp) -> Result<Option<Cert>, Error> {
+    if pki::verify_chain(leaf, std::slice::from_ref(ca.cert()), now).is_ok() {
+        return Ok(None);
+    }
+    let new = pki::reissue(leaf, ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)?;
+    Ok(Some(new.cert))
+}
