@@ -6,7 +6,7 @@
 //!   [`discovery`] reads what each component on each node really loads (static pod flags, the
 //!   kubelet's drop-in, flags file and config, kubeconfigs), kubeadm's defaults only where nothing
 //!   says otherwise;
-//! - [`procedure`] makes of them an engine plan of the upstream steps, each action tagged with its
+//! - [`plan`] makes of them an engine plan of the upstream steps, each action tagged with its
 //!   upstream step number, and refuses a plan that would break an edge of the [`trust`] graph
 //!   after any step, forward or in a rollback from the end of any phase;
 //! - [`action`] holds what each action does, its apply, postcondition check, undo and trust
@@ -43,10 +43,18 @@ pub mod inventory;
 pub mod kubeadm;
 pub mod node;
 pub mod pki;
+pub mod plan;
 pub mod probe;
-pub mod procedure;
 pub mod session;
 pub mod trust;
+
+/// The plan and the actions under their former path, for callers not yet moved to [`plan`] and
+/// [`action`].
+#[doc(hidden)]
+pub mod procedure {
+    pub use crate::action::{Action, CaKind, Content, KubeletTarget, new_ca_step};
+    pub use crate::plan::*;
+}
 
 /// The runner under its former path, for callers not yet moved to [`action`].
 #[doc(hidden)]

@@ -301,10 +301,34 @@ impl Action {
 /// for forward steps and rollback steps alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// The preflight checks.
+    Preflight,
+    /// A node's backup.
+    Backup,
+    /// Making a new CA.
+    NewCa,
+    /// Writing CA material to a node.
+    Distribute,
     /// A static pod's flags or restart (not the apiserver's).
     StaticPod,
+    /// A change that restarts an apiserver.
+    ApiserverRestart,
+    /// Waiting for `kube-root-ca.crt`.
+    WaitRootCa,
+    /// Restarting workloads.
+    RollWorkloads,
+    /// A kubeconfig's CA or client certificate.
+    Kubeconfig,
+    /// An object set through the API, or a value read from the new CA.
+    Api,
     /// A kubelet's roll or restart.
     Kubelet,
+    /// A certificate re-issued under a new CA.
+    Reissue,
+    /// A verification.
+    Verify,
+    /// Removing files the rotation no longer needs.
+    Cleanup,
     /// A rollback's restore of what a step changed.
     Restore,
 }
@@ -313,8 +337,20 @@ impl Kind {
     /// As the journal records it.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Kind::Preflight => "preflight",
+            Kind::Backup => "backup",
+            Kind::NewCa => "new-ca",
+            Kind::Distribute => "distribute",
             Kind::StaticPod => "static-pod",
+            Kind::ApiserverRestart => "apiserver-restart",
+            Kind::WaitRootCa => "wait-root-ca",
+            Kind::RollWorkloads => "roll-workloads",
+            Kind::Kubeconfig => "kubeconfig",
+            Kind::Api => "api",
             Kind::Kubelet => crate::kubeadm::component::KUBELET,
+            Kind::Reissue => "reissue",
+            Kind::Verify => "verify",
+            Kind::Cleanup => "cleanup",
             Kind::Restore => "restore",
         }
     }

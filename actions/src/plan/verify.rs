@@ -1,0 +1,12 @@
+//! Phase `verify` (upstream 11): no TLS error in the logs since the switch, every apiserver
+//! presenting a certificate of the new CA, and the pods that still hold the old CA in memory.
+
+use super::builder::{Builder, Phase, Upstream};
+use crate::action::{Action, Kind};
+
+pub(super) fn steps(plan: &mut Builder) {
+    let mut p = plan.phase(Phase::Verify);
+    p.step("verify/logs", Upstream::Step11_1, Kind::Verify, Action::CheckLogs);
+    p.step("verify/edges", Upstream::Step11_2, Kind::Verify, Action::CheckEdges);
+    p.step("verify/stale-pods", Upstream::Step11_2, Kind::Verify, Action::ListStalePods);
+}
