@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use actions::discovery::{KubeconfigFacts, KubeletFacts, NodeFacts, StaticPod};
 use actions::inventory::Inventory;
-use actions::procedure::{self, ClusterFacts};
+use actions::plan::{self, ClusterFacts};
 
 fn pod(manifest: &str, flags: &[(&str, &str)]) -> StaticPod {
     StaticPod {
@@ -128,14 +128,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             namespaces: vec!["default".into(), "kube-system".into()],
         };
         let t = Instant::now();
-        let plan = procedure::assemble(&inventory, &cluster, "bench")?;
+        let plan = plan::assemble(&inventory, &cluster, "bench")?;
         let assemble = t.elapsed();
-        let topology = procedure::topology(&inventory, &cluster);
+        let topology = plan::topology(&inventory, &cluster);
         let t = Instant::now();
-        procedure::check_trust(&plan, &topology)?;
+        plan::check_trust(&plan, &topology)?;
         let forward = t.elapsed();
         let t = Instant::now();
-        procedure::check(&plan, &topology)?;
+        plan::check(&plan, &topology)?;
         let full = t.elapsed();
         println!(
             "{workers:>8} {:>6} {:>10.1}ms {:>10.1}ms {:>10.1}ms {:>9.0}x",

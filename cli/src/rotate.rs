@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actions::procedure::{self, Action};
-use actions::rotation::learn_into;
+use actions::action::{Action, learn_into};
+use actions::plan;
 use actions::session::{self, StateDir};
 use anyhow::Context;
 use engine::{Event, Outcome, PauseReason, RunOptions, State, Window};
@@ -46,7 +46,7 @@ pub fn plan(dir: &Path, output: Output) -> anyhow::Result<u8> {
         anyhow::anyhow!("no rotation recorded in {}; run `init` first", dir.display())
     })?;
     let topology = state_dir.topology()?;
-    let trust = procedure::check(plan, &topology);
+    let trust = plan::check(plan, &topology);
     match output {
         Output::Json => {
             let steps: Vec<serde_json::Value> = plan
@@ -151,10 +151,10 @@ fn options(
     let (canceller, cancel) = engine::Cancel::new();
     let mut o = RunOptions { cancel, ..RunOptions::default() };
     if let Some(u) = until {
-        if !procedure::PHASES.contains(&u) {
+        if !plan::PHASES.contains(&u) {
             return Err(UsageError(format!(
                 "--until {u}: not a phase; one of {}",
-                procedure::PHASES.join(", ")
+                plan::PHASES.join(", ")
             ))
             .into());
         }

@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use actions::action::{Action, CaKind, Content, Rotation};
 use actions::inventory::Inventory;
 use actions::node::LocalNode;
-use actions::procedure::{Action, CaKind, Content};
-use actions::rotation::Rotation;
 use engine::{Runner, StepId, Summary};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -345,7 +344,7 @@ async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
     let w = world();
     let node = LocalNode::new("cp-1", &w.root());
     let now = jiff::Timestamp::now();
-    let ok = actions::rotation::check_old_cas(
+    let ok = actions::action::check_old_cas(
         &node,
         &[(format!("{PKI}/ca.crt"), format!("{PKI}/ca.key"))],
         now,
@@ -353,7 +352,7 @@ async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
     .await
     .unwrap();
     assert_eq!(ok.len(), 1);
-    let err = actions::rotation::check_old_cas(
+    let err = actions::action::check_old_cas(
         &node,
         &[(format!("{PKI}/ca.crt"), format!("{PKI}/front-proxy-ca.key"))],
         now,
@@ -361,7 +360,7 @@ async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
     .await
     .unwrap_err();
     assert!(err.contains("cp-1:/etc/kubernetes/pki/front-proxy-ca.key"), "{err}");
-    let err = actions::rotation::check_old_cas(
+    let err = actions::action::check_old_cas(
         &node,
         &[(format!("{PKI}/nope.crt"), format!("{PKI}/ca.key"))],
         now,
@@ -371,7 +370,7 @@ async fn old_ca_checks_refuse_a_key_that_is_not_the_certificates() {
     assert!(err.contains("nope.crt") && err.contains("does not exist"), "{err}");
     // An old CA that has expired (checked at a time past its end) is refused by name.
     let later = now + jiff::SignedDuration::from_hours(24 * 365 * 200);
-    let err = actions::rotation::check_old_cas(
+    let err = actions::action::check_old_cas(
         &node,
         &[(format!("{PKI}/ca.crt"), format!("{PKI}/ca.key"))],
         later,

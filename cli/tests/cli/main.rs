@@ -80,7 +80,7 @@ fn a_bad_inventory_is_a_configuration_error_naming_the_key() {
 
 /// A state directory holding a recorded plan of two real actions, the first done.
 fn recorded(dir: &std::path::Path) {
-    use actions::procedure::Action;
+    use actions::action::Action;
     use engine::{Engine, Plan, Step, Summary, SystemClock};
     let j: journal::Journal<engine::Event<Action>> =
         journal::Journal::open(dir, journal::Actor::current("test")).unwrap();
@@ -95,7 +95,7 @@ fn recorded(dir: &std::path::Path) {
             .upstream("caution"),
         )
         .step(Step::new("verify/logs", "verify", "verify", Action::CheckLogs).upstream("11.1"));
-    let engine = Engine::open(j, actions::rotation::Idle, SystemClock).unwrap();
+    let engine = Engine::open(j, actions::action::Idle, SystemClock).unwrap();
     engine.start(plan).unwrap();
     let _ = Summary::new();
 }
@@ -279,7 +279,7 @@ fn plan_lists_every_step_with_its_upstream_number_and_the_trust_check() {
 
 #[test]
 fn every_exported_step_event_carries_its_upstream_step_number() {
-    use actions::procedure::Action;
+    use actions::action::Action;
     use engine::{Engine, Plan, RunOptions, Step, SystemClock};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("rot");
@@ -288,7 +288,7 @@ fn every_exported_step_event_carries_its_upstream_step_number() {
             journal::Journal::open(&state, journal::Actor::current("test")).unwrap();
         let plan = Plan::new(["verify"])
             .step(Step::new("verify/logs", "verify", "verify", Action::CheckLogs).upstream("11.1"));
-        let engine = Engine::open(j, actions::rotation::Idle, SystemClock).unwrap();
+        let engine = Engine::open(j, actions::action::Idle, SystemClock).unwrap();
         engine.start(plan).unwrap();
         // The idle runner refuses to act: a started and a failed event are recorded.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

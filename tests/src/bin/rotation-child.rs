@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
+use actions::action::{Action, CaKind, Content, Rotation, learn_into};
 use actions::inventory::Inventory;
 use actions::node::LocalNode;
-use actions::procedure::{Action, CaKind, Content};
-use actions::rotation::{Rotation, learn_into};
 use engine::{Engine, Plan, RunOptions, Step, SystemClock};
 use journal::{Actor, Journal};
 
