@@ -69,6 +69,31 @@ fn total(v: &serde_json::Value) -> Option<u64> {
     field(v, "progress")?.split('/').nth(1)?.parse().ok()
 }
 
+/// How many runs in a row may pause (exit 75) without a kill in between before the soak gives up:
+/// the finalize gate is one pause and a step that failed and is retried by the next run another
+/// few; a command that pauses more often than that is stuck, and looping on it would never end.
+const MAX_PAUSES_IN_A_ROW: u32 = 10;
+
+/// Counts the runs in a row that paused; fails the soak past [`MAX_PAUSES_IN_A_ROW`].
+#[derive(Default)]
+struct Pauses(u32);
+
+impl Pauses {
+    /// A run of `args` paused (exit 75): panics, saying so, once too many did in a row.
+    fn paused(&mut self, k: &Kubeca, args: &[&str]) {
+        self.0 += 1;
+        if self.0 > MAX_PAUSES_IN_A_ROW {
+            let said: Vec<&str> = k.said.lines().collect();
+            panic!(
+                "kubeca {args:?} paused (exit 75) {} times in a row without a kill or finishing; \
+                 it is stuck. Its last lines:\n{}",
+                self.0,
+                said[said.len().saturating_sub(30)..].join("\n")
+            );
+        }
+    }
+}
+
 /// Runs `args` repeatedly, killing at each point in turn, until the command finishes (exit 0).
 /// `started`/`done` are the log messages of the steps this command runs.
 fn crash_through(
@@ -80,6 +105,7 @@ fn crash_through(
     approve_at_gate: bool,
 ) -> Tally {
     let mut tally = Tally::default();
+    let mut pauses = Pauses::default();
     let mut points = std::collections::VecDeque::from(points);
     while !points.is_empty() {
         let mut last_done = 0;
@@ -122,6 +148,7 @@ fn crash_through(
         if killed {
             tally.tried += 1;
             tally.killed += 1;
+            pauses = Pauses::default();
             k.after_kill();
             let status: serde_json::Value =
                 serde_json::from_slice(&k.expect(&["status", "--output", "json"], 0).stdout)
@@ -142,6 +169,7 @@ fn crash_through(
                 return tally;
             }
             Some(75) if approve_at_gate => {
+                pauses.paused(k, args);
                 let _ = k.run(&["approve", "finalize"]);
             }
             other => panic!("kubeca {args:?} exited {other:?}"),
@@ -150,10 +178,12 @@ fn crash_through(
     loop {
         match k.run(args).status.code() {
             Some(0) => return tally,
-            Some(75) if approve_at_gate => {
-                let _ = k.run(&["approve", "finalize"]);
+            Some(75) => {
+                pauses.paused(k, args);
+                if approve_at_gate {
+                    let _ = k.run(&["approve", "finalize"]);
+                }
             }
-            Some(75) => {}
             other => panic!("kubeca {args:?} exited {other:?}"),
         }
     }
