@@ -14,7 +14,7 @@
 //! restarts of control-plane static pods), `kubeconfig`, `kubelet`, `cluster_api` (objects and
 //! workloads through the Kubernetes API, and which client to use), `ca` (the old CAs'
 //! preflight, the new CAs, re-issued certificates, the served certificates' check). This
-//! file dispatches each side with one `match`, one arm per action and no catch-all, so a new
+//! file dispatches each side with one `match` that names every action (no `_` arm), so a new
 //! action is a compile error until each side says what it does.
 //!
 //! The runner ([`Rotation`], in `runner`) is the context every `apply` and `check` runs in:
@@ -375,9 +375,19 @@ impl Action {
     /// The trust effects of the action, in the model of [`crate::trust`].
     pub fn effects(&self, topology: &Topology) -> Vec<Effect> {
         match self {
-            Action::Preflight { .. } => Vec::new(),
-            Action::Backup { .. } => Vec::new(),
-            Action::NewCa { .. } => Vec::new(),
+            // Reads and checks, a CA made in the blob store, removals of files nothing loads
+            // any more: nothing the model sees changes.
+            Action::Preflight { .. }
+            | Action::Backup { .. }
+            | Action::NewCa { .. }
+            | Action::PrintDiscoveryHash
+            | Action::CheckLogs
+            | Action::CheckEdges
+            | Action::ListStalePods
+            | Action::RemoveFiles { .. } => Vec::new(),
+            // What a restore brings back depends on the world before the rotation:
+            // [`Action::rollback_effects`].
+            Action::RestoreFiles { .. } => Vec::new(),
             Action::PutFiles { node, files, .. } => files::put_files::effects(node, files),
             Action::SetFlags { node, component, flags, .. } => {
                 static_pod::set_flags::effects(node, component, flags)
@@ -405,14 +415,6 @@ impl Action {
             Action::SetClusterInfo { content, .. } => {
                 cluster_api::set_cluster_info::effects(*content)
             }
-            Action::PrintDiscoveryHash => Vec::new(),
-            Action::CheckLogs => Vec::new(),
-            Action::CheckEdges => Vec::new(),
-            Action::ListStalePods => Vec::new(),
-            Action::RemoveFiles { .. } => Vec::new(),
-            // What a restore brings back depends on the world before the rotation:
-            // [`Action::rollback_effects`].
-            Action::RestoreFiles { .. } => Vec::new(),
         }
     }
 
@@ -433,9 +435,21 @@ impl Action {
     /// that an action does not name are (the kubelet's client certificate).
     pub fn compensations(&self, rank: u32, topology: &Topology) -> Vec<Compensation<Action>> {
         match self {
-            Action::Preflight { .. } => Vec::new(),
-            Action::Backup { .. } => Vec::new(),
-            Action::NewCa { .. } => Vec::new(),
+            // Nothing to undo: they read or check, make the new CA in the blob store only, or
+            // restart and wait (the undo of the step that changed what a component loads
+            // restarts it again); a rollback's own restores are not undone.
+            Action::Preflight { .. }
+            | Action::Backup { .. }
+            | Action::NewCa { .. }
+            | Action::RestartStaticPod { .. }
+            | Action::RestartKubelet { .. }
+            | Action::WaitRootCa { .. }
+            | Action::RollWorkloads { .. }
+            | Action::PrintDiscoveryHash
+            | Action::CheckLogs
+            | Action::CheckEdges
+            | Action::ListStalePods
+            | Action::RestoreFiles { .. } => Vec::new(),
             Action::PutFiles { node, files, loaded_by } => {
                 files::put_files::undo(node, files, loaded_by, rank)
             }
@@ -444,7 +458,6 @@ impl Action {
                     node, component, manifest, flags, prior, after_undo, rank,
                 )
             }
-            Action::RestartStaticPod { .. } => Vec::new(),
             Action::SetKubeconfigCa { node, path, content, prior, loaded_by } => {
                 kubeconfig::set_kubeconfig_ca::undo(node, path, *content, *prior, loaded_by, rank)
             }
@@ -457,20 +470,12 @@ impl Action {
             Action::RollKubelet { node, config, kubeconfig, target, prior } => {
                 kubelet::roll_kubelet::undo(node, config, kubeconfig, target, prior, rank, topology)
             }
-            Action::RestartKubelet { .. } => Vec::new(),
-            Action::WaitRootCa { .. } => Vec::new(),
-            Action::RollWorkloads { .. } => Vec::new(),
             Action::SetClusterInfo { content, prior } => {
                 cluster_api::set_cluster_info::undo(*content, *prior, rank)
             }
-            Action::PrintDiscoveryHash => Vec::new(),
-            Action::CheckLogs => Vec::new(),
-            Action::CheckEdges => Vec::new(),
-            Action::ListStalePods => Vec::new(),
             Action::RemoveFiles { node, paths, prior } => {
                 files::remove_files::undo(node, paths, prior, rank)
             }
-            Action::RestoreFiles { .. } => Vec::new(),
         }
     }
 }
@@ -482,14 +487,25 @@ impl<N: Node> Rotation<N> {
     /// the same files.
     pub(crate) async fn check_action(&self, action: &Action) -> Result<Option<Summary>, Error> {
         match action {
-            Action::Preflight { .. } => Ok(None),
-            Action::Backup { .. } => Ok(None),
-            Action::NewCa { .. } => Ok(None),
+            // Repeated: applying them again is harmless (checks, restarts and waits; edits that
+            // find the file as they leave it; a restore from the same backup).
+            Action::Preflight { .. }
+            | Action::Backup { .. }
+            | Action::NewCa { .. }
+            | Action::SetFlags { .. }
+            | Action::RestartStaticPod { .. }
+            | Action::RestartKubelet { .. }
+            | Action::WaitRootCa { .. }
+            | Action::RollWorkloads { .. }
+            | Action::SetClusterInfo { .. }
+            | Action::PrintDiscoveryHash
+            | Action::CheckLogs
+            | Action::CheckEdges
+            | Action::ListStalePods
+            | Action::RestoreFiles { .. } => Ok(None),
             Action::PutFiles { node, files, .. } => {
                 files::put_files::check(self, node, files).await
             }
-            Action::SetFlags { .. } => Ok(None),
-            Action::RestartStaticPod { .. } => Ok(None),
             Action::SetKubeconfigCa { node, path, content, .. } => {
                 kubeconfig::set_kubeconfig_ca::check(self, node.as_deref(), path, *content).await
             }
@@ -502,18 +518,9 @@ impl<N: Node> Rotation<N> {
             Action::RollKubelet { node, config, kubeconfig, target, .. } => {
                 kubelet::roll_kubelet::check(self, node, config, kubeconfig, target).await
             }
-            Action::RestartKubelet { .. } => Ok(None),
-            Action::WaitRootCa { .. } => Ok(None),
-            Action::RollWorkloads { .. } => Ok(None),
-            Action::SetClusterInfo { .. } => Ok(None),
-            Action::PrintDiscoveryHash => Ok(None),
-            Action::CheckLogs => Ok(None),
-            Action::CheckEdges => Ok(None),
-            Action::ListStalePods => Ok(None),
             Action::RemoveFiles { node, paths, .. } => {
                 files::remove_files::check(self, node, paths).await
             }
-            Action::RestoreFiles { .. } => Ok(None),
         }
     }
 
