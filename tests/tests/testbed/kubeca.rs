@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use actions::action::{Action, CaKind, Content, Rotation};
 use actions::inventory::Inventory;
 use actions::node::{SshNode, SshOptions};
-use actions::procedure::{self, Action, CaKind, ClusterFacts, Content};
-use actions::rotation::Rotation;
+use actions::plan::{self, ClusterFacts};
 use engine::{Runner, StepId};
 
 use super::util::Testbed;
@@ -57,7 +57,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
             "/etc/kubernetes/pki/front-proxy-ca.key".to_owned(),
         ),
     ];
-    actions::rotation::check_old_cas(&nodes[cp], &pairs, jiff::Timestamp::now())
+    actions::action::check_old_cas(&nodes[cp], &pairs, jiff::Timestamp::now())
         .await
         .expect("the openssl-made CAs pass");
 
@@ -67,7 +67,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
         extension_workloads: vec!["kube-system/Deployment/metrics-server".into()],
         namespaces: vec!["default".into(), "kube-system".into(), "kube-public".into()],
     };
-    let plan = procedure::build(&inventory, &cluster, "testbed").expect("a trust-checked plan");
+    let plan = plan::build(&inventory, &cluster, "testbed").expect("a trust-checked plan");
     assert!(plan.steps().count() > 100);
 
     // Real node actions: back up, make the new CA, distribute it and the bundle to cp-1,
@@ -150,7 +150,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
         node: worker.clone(),
         config: k.config.clone(),
         kubeconfig: k.kubeconfig.clone(),
-        target: actions::procedure::KubeletTarget {
+        target: actions::action::KubeletTarget {
             client_ca_file: w_bundle.clone(),
             kubeconfig_ca: Content::Bundle(CaKind::Cluster),
             reissue_client_cert: true,
