@@ -47,17 +47,3 @@ pub mod plan;
 pub mod probe;
 pub mod session;
 pub mod trust;
-
-/// The plan and the actions under their former path, for callers not yet moved to [`plan`] and
-/// [`action`].
-#[doc(hidden)]
-pub mod procedure {
-    pub use crate::action::{Action, CaKind, Content, KubeletTarget, new_ca_step};
-    pub use crate::plan::*;
-}
-
-/// The runner under its former path, for callers not yet moved to [`action`].
-#[doc(hidden)]
-pub mod rotation {
-    pub use crate::action::{Idle, Known, Rotation, check_old_cas, learn_into};
-}

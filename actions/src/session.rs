@@ -14,12 +14,12 @@ use std::time::Duration;
 use engine::{Engine, Event, State, SystemClock};
 use journal::{Actor, Journal};
 
+use crate::action::{Action, Idle, Known, Rotation};
 use crate::api::{ApiError, ClusterApi};
 use crate::discovery::DiscoveryError;
 use crate::inventory::Inventory;
 use crate::node::{NodeError, SshNode, SshOptions};
-use crate::procedure::{self, Action, ClusterFacts, ProcedureError};
-use crate::rotation::{Idle, Known, Rotation};
+use crate::plan::{self, ClusterFacts, ProcedureError};
 use crate::trust::Topology;
 
 /// The journal of a rotation.
@@ -225,11 +225,12 @@ impl StateDir {
     /// API, the runner over the recorded topology. `rollback` is refused once the rotation has
     /// completed (the old CA is gone). Returns the engine and what its runner learns from the
     /// journal, to be kept current as events are recorded
-    /// ([`crate::rotation::learn_into`]).
+    /// ([`crate::action::learn_into`]).
     pub async fn rotation_engine(
         self,
         rollback: bool,
-    ) -> Result<(Engine<Action, EventLog, Rotation<SshNode>, SystemClock>, Known), SessionError> {
+    ) -> Result<(Engine<Action, EventLog, Rotation<SshNode>, SystemClock>, Known), SessionError>
+    {
         let state = self.state()?;
         if state.plan.is_none() {
             return Err(SessionError::File {
@@ -298,14 +299,14 @@ pub async fn init(dir: &Path, inventory_file: &Path) -> Result<Initialized, Sess
         namespaces: api.namespaces().await?,
     };
     let id = format!("{}", jiff::Timestamp::now().as_second());
-    let plan = procedure::build(&inventory, &cluster, &id)?;
+    let plan = plan::build(&inventory, &cluster, &id)?;
     // Refuse before anything is recorded: an old CA whose key is not its certificate's, or that
     // has expired, checked where the plan's own preflight will look for them.
     for step in plan.steps() {
         if let Action::Preflight { node, cas } = &step.action
             && let Some(n) = nodes.get(node)
         {
-            crate::rotation::check_old_cas(n, cas, jiff::Timestamp::now())
+            crate::action::check_old_cas(n, cas, jiff::Timestamp::now())
                 .await
                 .map_err(SessionError::Refused)?;
         }
@@ -313,7 +314,7 @@ pub async fn init(dir: &Path, inventory_file: &Path) -> Result<Initialized, Sess
     for node in nodes.into_values() {
         node.close().await;
     }
-    let topology = procedure::topology(&inventory, &cluster);
+    let topology = plan::topology(&inventory, &cluster);
     let topology_file = dir.join(TOPOLOGY_FILE);
     let record = serde_json::to_vec_pretty(&topology)
         .map_err(|e| file_error(&topology_file, "encoding")(e.to_string()))?;
