@@ -7,7 +7,9 @@ use super::{ClusterFacts, ProcedureError};
 use crate::action::Action;
 use crate::discovery::{KubeletFacts, NodeFacts};
 use crate::inventory::Inventory;
-use crate::kubeadm::component::{APISERVER, CONTROLLER_MANAGER, SCHEDULER};
+use crate::kubeadm::component::{
+    APISERVER, CLOUD_CONTROLLER_MANAGER, CONTROLLER_MANAGER, SCHEDULER,
+};
 use crate::kubeadm::{file, path};
 use crate::trust::NodeLayout;
 
@@ -216,10 +218,14 @@ impl<'a> ControlPlane<'a> {
         .filter(|f| **f != self.ca)
         .cloned()
         .collect();
-        if let Some(f) = self.facts.flag(SCHEDULER, "--client-ca-file")
-            && f != self.ca
+        for (component, flag) in
+            [(SCHEDULER, "--client-ca-file"), (CLOUD_CONTROLLER_MANAGER, "--root-ca-file")]
         {
-            out.push(f.to_owned());
+            if let Some(f) = self.facts.flag(component, flag)
+                && f != self.ca
+            {
+                out.push(f.to_owned());
+            }
         }
         out.sort();
         out.dedup();

@@ -12,7 +12,9 @@ use super::cluster::{Cluster, ControlPlane, base};
 use super::flags;
 use super::trust_nodes::roll_kubelet;
 use crate::action::{Action, CaKind, Content, Kind, KubeletTarget};
-use crate::kubeadm::component::{APISERVER, CONTROLLER_MANAGER, KUBELET, SCHEDULER};
+use crate::kubeadm::component::{
+    APISERVER, CLOUD_CONTROLLER_MANAGER, CONTROLLER_MANAGER, KUBELET, SCHEDULER,
+};
 
 /// What the approver must have checked, shown while the run waits at the gate.
 const GATE_NOTE: &str = "Clients outside the cluster (CI systems, users' kubeconfigs, monitoring) \
@@ -94,12 +96,13 @@ fn canonical_ca(p: &mut Steps, c: &Cluster) -> Result<(), ProcedureError> {
     Ok(())
 }
 
-/// 12.2 on one control-plane node: the apiserver's and scheduler's flags back at the files they
+/// 12.2 on one control-plane node: the apiserver's, scheduler's and cloud-controller-manager's flags back at the files they
 /// loaded before the rotation (which hold the new CA now), the kubeconfigs trusting only the
 /// new CA, the controller-manager and scheduler restarted to load them.
 fn control_plane(p: &mut Steps, cp: &ControlPlane) {
     flags::back(p, cp, APISERVER);
     flags::back(p, cp, SCHEDULER);
+    flags::back(p, cp, CLOUD_CONTROLLER_MANAGER);
     for path in cp.kubeconfigs() {
         let id = format!("finalize/kubeconfig-ca/{}/{}", cp.name, base(&path));
         let ca = Action::SetKubeconfigCa {

@@ -115,16 +115,16 @@ const REWRITES: [Rewrite; 8] = [
         during: File::Bundle,
         back: Some(("scheduler-client-ca", File::AsBefore)),
     },
-    // 8: the cloud-controller-manager, when it runs as a static pod. Finalize does not point
-    // it back (yet), and its cleanup removes the bundle the flag names: the component runs on
-    // what it loaded, and would not find the file at its next restart.
+    // 8: the cloud-controller-manager, when it runs as a static pod. Finalize points it back
+    // (its file then holds the new CA) before cleanup removes the bundle: left on the bundle,
+    // it would not start again at its next restart.
     Rewrite {
         component: CLOUD_CONTROLLER_MANAGER,
         flag: "--root-ca-file",
         when: When::Always,
         forward: (Upstream::Step8, "cloud-controller-manager"),
         during: File::Bundle,
-        back: None,
+        back: Some(("cloud-controller-manager", File::AsBefore)),
     },
     // 9.3: the controller-manager signs new kubelet certificates with the new CA from the
     // switch on (single-certificate files, kubeadm#1350).

@@ -442,3 +442,63 @@ async fn a_plan_missing_the_pod_restart_is_refused_at_the_first_switch() {
     assert_eq!(v.step, "switch/apiserver/cp-1");
     assert!(v.edge.starts_with("pod/"), "{v}");
 }
+
+/// A cloud-controller-manager run as a static pod, with its `--root-ca-file` at kubeadm's CA
+/// (its kubeconfig, a file of its own on a real node, is left out: kubeca does not rewrite it).
+const CCM_YAML: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cloud-controller-manager\n  \
+namespace: kube-system\nspec:\n  containers:\n  - command:\n    - cloud-controller-manager\n    \
+- --root-ca-file=/etc/kubernetes/pki/ca.crt\n    image: registry.example/ccm:v1\n    \
+name: cloud-controller-manager\n";
+
+/// Regression: finalize left the cloud-controller-manager's `--root-ca-file` on the bundle
+/// (upstream step 8 points it there), which cleanup then removes: the component would not
+/// start again at its next restart. Finalize now points it back at the file it named before,
+/// which then holds the new CA, and does so before the bundle goes.
+#[tokio::test]
+async fn finalize_points_the_cloud_controller_manager_back_before_its_bundle_is_removed() {
+    use crate::kubeadm::component::CLOUD_CONTROLLER_MANAGER;
+    let (d, inv, mut facts) = cluster(2, 1).await;
+    for i in 1..=3 {
+        let name = format!("cp-{i}");
+        let root = d.path().join(&name);
+        put(&root, "/etc/kubernetes/manifests/cloud-controller-manager.yaml", CCM_YAML);
+        facts.nodes.insert(name.clone(), discover(&LocalNode::new(&name, &root)).await.unwrap());
+    }
+    let plan = build(&inv, &facts, "r1").unwrap_or_else(|e| panic!("{e}"));
+    let steps: Vec<&Step<Action>> = plan.steps().collect();
+    let root_ca = |s: &Step<Action>, node: &str| match &s.action {
+        Action::SetFlags { node: n, component, flags, .. }
+            if n == node && component == CLOUD_CONTROLLER_MANAGER =>
+        {
+            flags.get("--root-ca-file").cloned()
+        }
+        _ => None,
+    };
+    for i in 1..=3 {
+        let node = format!("cp-{i}");
+        let set: Vec<(usize, String, String)> = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(at, s)| root_ca(s, &node).map(|v| (at, s.phase.to_string(), v)))
+            .collect();
+        let bundle = "/etc/kubernetes/pki/ca-bundle.crt";
+        assert_eq!(set.len(), 2, "{node}: step 8 and its finalize: {set:?}");
+        assert_eq!((set[0].1.as_str(), set[0].2.as_str()), ("trust-control-plane", bundle));
+        assert_eq!(
+            (set[1].1.as_str(), set[1].2.as_str()),
+            ("finalize", "/etc/kubernetes/pki/ca.crt")
+        );
+        let removed = steps
+            .iter()
+            .position(|s| {
+                matches!(&s.action, Action::RemoveFiles { node: n, paths, .. }
+                    if *n == node && paths.iter().any(|p| p == bundle))
+            })
+            .unwrap_or_else(|| panic!("{node}: the bundle is removed at the end"));
+        assert!(set[1].0 < removed, "{node}: pointed back before its bundle is removed");
+    }
+    let topo = topology(&inv, &facts);
+    for done in 0..=plan.steps().count() {
+        check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
+    }
+}
