@@ -38,10 +38,9 @@ pub mod preflight {
         now: jiff::Timestamp,
     ) -> Result<Summary, Error> {
         let mut s = Summary::new();
-        if r.inventory.control_planes().count() < 2 {
-            tracing::warn!(
-                "only one API server: the cluster API is down while it restarts (upstream caution)"
-            );
+        // The same caution init logs; the recorded summary keeps its short form.
+        if let Some(caution) = r.inventory.single_apiserver_caution() {
+            tracing::warn!("{caution}");
             s = s.with("warning", "single apiserver: downtime during its restarts");
         }
         for n in &r.inventory.nodes {
