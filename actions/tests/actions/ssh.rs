@@ -3,8 +3,6 @@
 //! Each test starts its own `sshd` on a loopback address with a fresh host key and client key,
 //! exactly as kubeca meets a node: `ssh` with a known_hosts file and an identity file.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,8 +2,6 @@
 //! re-issued by kubeca under new CAs, and every certificate kubeca makes goes through
 //! `openssl verify` and `openssl x509`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
 use std::path::PathBuf;
 use std::process::Command;
 

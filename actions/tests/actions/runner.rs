@@ -2,8 +2,6 @@
 //! openssl: backups, the new CA, distribution, kubeconfig and certificate re-issue, their
 //! postconditions after a "crash", and byte-exact restores.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
