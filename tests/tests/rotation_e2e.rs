@@ -158,6 +158,16 @@ const BLOCKS: [&str; 2] = ["127.0.0.0/24", "127.0.1.0/24"];
 /// tier, or a list naming none, is an error naming it and what is known.
 fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenario>, String> {
     let known = || SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    let matrix = match tier.unwrap_or("test") {
+        "test" => false,
+        "matrix" => true,
+        other => {
+            return Err(format!(
+                "KUBECA_E2E_TIER={other:?} is not a tier; the tiers are: test (make test), \
+                 matrix (make e2e-matrix)"
+            ));
+        }
+    };
     if let Some(only) = only {
         let names: Vec<&str> = only.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
         let unknown: Vec<&str> =
@@ -176,16 +186,6 @@ fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenari
         }
         return Ok(SCENARIOS.iter().filter(|s| names.contains(&s.name)).collect());
     }
-    let matrix = match tier.unwrap_or("test") {
-        "test" => false,
-        "matrix" => true,
-        other => {
-            return Err(format!(
-                "KUBECA_E2E_TIER={other:?} is not a tier; the tiers are: test (make test), \
-                 matrix (make e2e-matrix)"
-            ));
-        }
-    };
     Ok(SCENARIOS.iter().filter(|s| matrix || s.tier == Tier::Test).collect())
 }
 
@@ -312,6 +312,7 @@ fn an_unknown_scenario_fails_naming_it_and_the_known_ones() {
     assert!(err.contains("names no scenario"), "{err}");
     let err = select(Some("matirx"), None).err().unwrap();
     assert!(err.contains("\"matirx\"") && err.contains("matrix"), "{err}");
+    assert!(select(Some("matirx"), Some("full")).is_err(), "a bad tier fails with a list too");
     let picked: Vec<&str> = select(Some("matrix"), Some("rollback-gate,full"))
         .unwrap()
         .iter()
