@@ -158,48 +158,12 @@ async fn attempt(
 mod tests {
     use super::*;
 
-    /// A TLS server on 127.0.0.1 that requires client certificates signed by `client_ca`.
+    /// A TLS server on 127.0.0.1 that requires client certificates signed by `client_ca`. It
+    /// presents its own CA certificate: the probe observes, it does not judge.
     async fn server(client_ca: &crate::pki::Ca, serving: &crate::pki::Ca) -> u16 {
-        use rustls::pki_types::PrivateKeyDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(client_ca.cert().der().to_vec())).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
-        // The server presents its own CA certificate: the probe observes, it does not judge.
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![CertificateDer::from(serving.cert().der().to_vec())],
-                PrivateKeyDer::from_pem_slice(serving.key_pem().as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut tls) = acceptor.accept(tcp).await {
-                        let mut buf = [0u8; 512];
-                        let _ = tls.read(&mut buf).await;
-                        let _ =
-                            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
-                        let _ = tls.shutdown().await;
-                    }
-                });
-            }
-        });
-        port
+        let identity = (serving.cert().der().to_vec(), serving.key_pem().to_string());
+        let ca = client_ca.cert().der().to_vec();
+        crate::fixtures::tls_server("127.0.0.1", identity, Some(ca)).await
     }
 
     #[tokio::test]

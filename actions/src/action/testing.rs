@@ -80,35 +80,5 @@ pub(super) fn with_new_ca(runner: &Rotation<LocalNode>) -> Ca {
 
 /// A TLS server on `host` presenting `identity` (certificate DER, key PEM), answering 200.
 pub(super) async fn serve(host: &str, identity: crate::probe::ClientIdentity) -> u16 {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(identity.0)],
-            PrivateKeyDer::from_pem_slice(identity.1.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut buf = [0u8; 512];
-                    let _ = tls.read(&mut buf).await;
-                    let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    port
+    fixtures::tls_server(host, identity, None).await
 }
