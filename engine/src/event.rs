@@ -161,8 +161,10 @@ pub struct CompStep<A> {
     pub estimate: Duration,
     /// Its retry policy (the undone step's).
     pub retry: RetryPolicy,
-    /// Its rank (rollback runs the highest first). Exports before the rename call it `trust`.
-    #[serde(alias = "trust")]
+    /// Its rank (rollback runs the highest first). Serialized as `trust`, its name when the
+    /// first exports were made: an export re-renders each record to verify it, so a changed
+    /// name would make every older export of a rollback fail `journal verify --export`.
+    #[serde(rename = "trust")]
     pub rank: u32,
 }
 
