@@ -120,6 +120,9 @@ pub mod port {
     pub const CONTROLLER_MANAGER: u16 = 10257;
     /// kube-scheduler `--secure-port`.
     pub const SCHEDULER: u16 = 10259;
+    /// cloud-controller-manager `--secure-port` (`k8s.io/cloud-provider/ports.go`:
+    /// `CloudControllerManagerPort`).
+    pub const CLOUD_CONTROLLER_MANAGER: u16 = 10258;
     /// The kubelet's `port`.
     pub const KUBELET: u16 = 10250;
 }

@@ -15,7 +15,9 @@ use journal::Hash;
 use super::runner::text;
 use super::{Action, Error, Kind, Rotation, compensation};
 use crate::edit::Manifest;
-use crate::kubeadm::component::{APISERVER, CONTROLLER_MANAGER, SCHEDULER};
+use crate::kubeadm::component::{
+    APISERVER, CLOUD_CONTROLLER_MANAGER, CONTROLLER_MANAGER, SCHEDULER,
+};
 use crate::kubeadm::file::PARKING;
 use crate::kubeadm::{object, outcome, slot};
 use crate::node::Node;
@@ -179,6 +181,12 @@ impl<N: Node> Rotation<N> {
             SCHEDULER => (
                 manifest.flag("--bind-address").unwrap_or(address),
                 port(layout.scheduler.port),
+                "/healthz",
+            ),
+            // Nothing discovers its port: its own flag, else the cloud provider's default.
+            CLOUD_CONTROLLER_MANAGER => (
+                manifest.flag("--bind-address").unwrap_or(address),
+                port(crate::kubeadm::port::CLOUD_CONTROLLER_MANAGER),
                 "/healthz",
             ),
             _ => (address, 0, "/healthz"),

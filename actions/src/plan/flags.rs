@@ -118,10 +118,12 @@ const REWRITES: [Rewrite; 8] = [
     // 8: the cloud-controller-manager, when it runs as a static pod. Finalize points it back
     // (its file then holds the new CA) before cleanup removes the bundle: left on the bundle,
     // it would not start again at its next restart.
+    // Only where the flag is set: one added here would have no value to go back to, neither in
+    // finalize nor in a rollback, and would be left naming the bundle that both remove.
     Rewrite {
         component: CLOUD_CONTROLLER_MANAGER,
         flag: "--root-ca-file",
-        when: When::Always,
+        when: When::IfSet,
         forward: (Upstream::Step8, "cloud-controller-manager"),
         during: File::Bundle,
         back: Some(("cloud-controller-manager", File::AsBefore)),
