@@ -299,10 +299,11 @@ pub const DB_CREATING: &str = "journal.redb.creating";
 /// A new database is built under [`DB_CREATING`], flushed, renamed into place and the directory
 /// flushed: a kill at any instant leaves either no journal (and perhaps a partial temporary,
 /// removed here: the directory lock is held, so no one else is building it) or a whole one.
-/// Creating it in place once left, about one kill in forty during the first open, a file with
-/// no redb header that never opened again ("Not a redb database: magic number mismatch"). Such
-/// a file, left by an older kubeca, certainly holds no record when it is empty, and is then taken
-/// as no journal at all; any other content is reported, never replaced.
+/// Creating it in place once left, about one kill in forty during the first open, a file without
+/// redb's header (it is sized first and its magic number written last) that never opened again
+/// ("Not a redb database: magic number mismatch"). Such a file left by an older kubeca is still
+/// reported, not replaced: it cannot be told from a journal a bad disk zeroed. An empty file is
+/// taken as no journal (redb would initialise it too; doing it here keeps one way in).
 fn open_or_create(dir: &Path, db_path: &Path) -> Result<Database> {
     let creating = dir.join(DB_CREATING);
     if creating.exists() {
