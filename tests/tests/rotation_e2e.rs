@@ -19,25 +19,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod testbed {
-    #[allow(dead_code)] // shared with the testbed tests; this binary uses part of it
-    pub mod util;
-}
-mod rotation_e2e {
-    pub mod checks;
-    pub mod cluster;
-}
-
 use std::time::{Duration, Instant};
 
+use kubeca_tests::harness::checks::{self, Cas};
+use kubeca_tests::harness::kubeca::{Kubeca, field};
+use kubeca_tests::harness::snapshot::{Snapshot, key_material_in, private_key_pieces, snapshot};
+use kubeca_tests::harness::tools::{sh, text};
+use kubeca_tests::harness::watch::{CmdlineSampler, EtcdWatch};
+use kubeca_tests::harness::{Testbed, eventually, testbed_bin};
 use kubeca_tests::seeded::{self, Rng};
 use kubeca_tests::testbed::subnet::Subnet;
-use rotation_e2e::checks::{self, Cas};
-use rotation_e2e::cluster::{
-    CmdlineSampler, EtcdWatch, Kubeca, field, key_material_in, private_key_pieces, report_since,
-    sh, snapshot,
-};
-use testbed::util::{TESTBED, Testbed, text};
 
 /// A copy of the operator's kubeconfig (the inventory's, which kubeca rewrites during the
 /// rotation) as it is before a rotation.
@@ -364,7 +355,7 @@ fn full_rotation(tb: &Testbed) {
     k.expect(&["run"], 0);
     let wall = started_at.elapsed().as_secs_f64();
     let (cmdlines, rounds) = sampler.stop();
-    let (handshakes, failures, report) = report_since(tb, &since);
+    let (handshakes, failures, report) = tb.report_since(&since);
     println!(
         "FIGURES full rotation on 3+2: wall {wall:.1} s, kubeca CPU {:.2} s, handshakes seen {handshakes}, failed {failures}",
         k.cpu
@@ -478,7 +469,7 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
         }
     }
     assert!(kills >= 6, "only {kills} kills happened; unfired: {targets:?}");
-    let (handshakes, failures, report) = report_since(tb, &since);
+    let (handshakes, failures, report) = tb.report_since(&since);
     println!(
         "FIGURES resumed rotation: {kills} kills, {runs} runs, handshakes {handshakes}, failed {failures}"
     );
@@ -547,7 +538,7 @@ fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
         k.after_kill();
     }
     k.expect(&["rollback", "--yes"], 0);
-    let (handshakes, failures, report) = report_since(tb, &since);
+    let (handshakes, failures, report) = tb.report_since(&since);
     println!(
         "FIGURES rollback from {phase}: {:.1} s, handshakes {handshakes}, failed {failures}",
         started_at.elapsed().as_secs_f64()
@@ -567,7 +558,7 @@ fn while_stopped(pid: u32, fault: impl FnOnce()) {
 
 /// `kubeca-testbed sshd --node NODE stop|start`.
 fn sshd(tb: &Testbed, node: &str, action: &str) {
-    let out = std::process::Command::new(TESTBED)
+    let out = std::process::Command::new(testbed_bin())
         .args(["sshd", "--node", node, action, "--dir"])
         .arg(&tb.dir)
         .output()
@@ -620,33 +611,10 @@ impl Drop for SmallFs {
     }
 }
 
-/// Node (None for the operator's machine) and absolute path of a host path of the testbed.
-fn node_file(tb: &Testbed, host: &std::path::Path) -> (Option<String>, String) {
-    if host == tb.dir.join("admin.conf") {
-        return (None, host.display().to_string());
-    }
-    let rel = host.strip_prefix(tb.dir.join("nodes")).unwrap();
-    let mut parts = rel.components();
-    let node = parts.next().unwrap().as_os_str().to_string_lossy().into_owned();
-    let rest = parts.as_path().display().to_string();
-    let path = if let Some(r) = rest.strip_prefix("etc-kubernetes") {
-        format!("/etc/kubernetes{r}")
-    } else if let Some(r) = rest.strip_prefix("var-lib-kubelet") {
-        format!("/var/lib/kubelet{r}")
-    } else {
-        rest
-    };
-    (Some(node), path)
-}
-
 /// Every file kubeca changed on the nodes is named by a step the journal recorded as started:
 /// no side effect without its record. (A kubelet roll writes its client certificate through the
 /// `kubelet-client-current.pem` link; a restart parks manifests in kubeca's parking directory.)
-fn every_change_is_recorded(
-    tb: &Testbed,
-    before: &rotation_e2e::cluster::Snapshot,
-    k: &mut Kubeca,
-) {
+fn every_change_is_recorded(tb: &Testbed, before: &Snapshot, k: &mut Kubeca) {
     let export = tb.dir.join("kubeca").join("faults-export.jsonl");
     k.expect(&["journal", "export", "--format", "jsonl", "-o", export.to_str().unwrap()], 0);
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&export)
@@ -677,7 +645,7 @@ fn every_change_is_recorded(
     assert!(!changed.is_empty(), "nothing changed before the disk filled up");
     let mut unrecorded = Vec::new();
     for host in changed {
-        let (node, path) = node_file(tb, host);
+        let (node, path) = tb.node_file(host);
         let named = started.iter().any(|a| {
             let body = a.as_object().and_then(|o| o.values().next()).cloned().unwrap_or_default();
             let on_node = body["node"].as_str() == node.as_deref();
@@ -758,14 +726,12 @@ fn faults(tb: &Testbed) {
             fired = true;
             while_stopped(pid, || {
                 std::fs::rename(&manifest, &parked).unwrap();
-                rotation_e2e::cluster::eventually(
-                    "cp-3's apiserver unready",
-                    Duration::from_secs(30),
-                    || match readyz(&address("cp-3")) {
+                eventually("cp-3's apiserver unready", Duration::from_secs(30), || {
+                    match readyz(&address("cp-3")) {
                         200 => Err("still ready".into()),
                         _ => Ok(()),
-                    },
-                );
+                    }
+                });
             });
         }
     });
@@ -775,14 +741,12 @@ fn faults(tb: &Testbed) {
     assert!(said.contains("the apiserver on cp-3 is not ready") && said.contains("etcd"), "{said}");
     assert!(condition(&mut k).contains("cp-3"), "status must name cp-3");
     std::fs::rename(&parked, &manifest).unwrap();
-    rotation_e2e::cluster::eventually(
-        "cp-3's apiserver ready again",
-        Duration::from_secs(60),
-        || match readyz(&address("cp-3")) {
+    eventually("cp-3's apiserver ready again", Duration::from_secs(60), || {
+        match readyz(&address("cp-3")) {
             200 => Ok(()),
             other => Err(format!("HTTP {other}")),
-        },
-    );
+        }
+    });
 
     // 2. w-1's sshd and sessions killed inside w-1's kubelet step.
     let mut fired = false;
@@ -869,7 +833,7 @@ fn faults(tb: &Testbed) {
 
     let samples = etcd.stop();
     let (cmdlines, rounds) = sampler.stop();
-    let (handshakes, failures, report) = report_since(tb, &since);
+    let (handshakes, failures, report) = tb.report_since(&since);
     println!(
         "FIGURES faults: {:.1} s, handshakes {handshakes}, failed {failures}, etcd samples {} (cp-3 down in {}), command lines sampled {rounds} times ({} distinct)",
         started_at.elapsed().as_secs_f64(),

@@ -10,22 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod testbed {
-    #[allow(dead_code)] // shared with the testbed tests; this binary uses part of it
-    pub mod util;
-}
-#[allow(dead_code)] // shared with rotation_e2e; the soak uses part of it
-mod rotation_e2e {
-    pub mod checks;
-    pub mod cluster;
-}
-
 use std::time::{Duration, Instant};
 
+use kubeca_tests::harness::Testbed;
+use kubeca_tests::harness::checks::{self, Cas};
+use kubeca_tests::harness::kubeca::{Kubeca, field};
+use kubeca_tests::harness::snapshot::snapshot;
 use kubeca_tests::seeded::{self, Rng};
-use rotation_e2e::checks::{self, Cas};
-use rotation_e2e::cluster::{Kubeca, field, report_since, snapshot};
-use testbed::util::Testbed;
 
 /// Where a kill lands, by the command's progress count `k` (steps or compensations done when
 /// a step starts): inside the step started at count `k` (after a delay), or right when the
@@ -221,7 +212,7 @@ fn main() {
     let steps = plan_len(&mut k);
     let forward =
         crash_through(&mut k, &["run"], points_for(steps, &mut rng), "started", "done", true);
-    let (handshakes, failures, report) = report_since(&tb, &since);
+    let (handshakes, failures, report) = tb.report_since(&since);
     checks::completed_rotation(&tb, &old, &old_admin, &mut k);
     let forward_secs = started.elapsed().as_secs_f64();
     eprintln!("rotation: {forward:?}, {handshakes} handshakes, {failures} TLS failures\n{report}");
@@ -245,7 +236,7 @@ fn main() {
         "rollback step done",
         false,
     );
-    let (rb_handshakes, rb_failures, rb_report) = report_since(&tb, &since_rb);
+    let (rb_handshakes, rb_failures, rb_report) = tb.report_since(&since_rb);
     checks::rolled_back(&tb, &before, &old);
     let backward_secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -15,10 +15,9 @@ mod testbed {
     pub mod api;
     pub mod infra;
     pub mod kubeca;
-    pub mod util;
 }
 
-use testbed::util::Testbed;
+use kubeca_tests::harness::Testbed;
 use testbed::{api, infra};
 
 type Check = (&'static str, fn(&Testbed));
@@ -118,7 +117,7 @@ fn ecdsa_pki_verifies_with_openssl() {
                 .arg(host(cert))
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{cert}: {}", testbed::util::text(&out));
+            assert!(out.status.success(), "{cert}: {}", kubeca_tests::harness::text(&out));
             let info = std::process::Command::new("openssl")
                 .args(["x509", "-noout", "-text", "-in"])
                 .arg(host(cert))

@@ -4,30 +4,16 @@
 //! bundle in --cluster-signing-cert-file (kubeadm#1350).
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use super::util::{TESTBED, Testbed, static_pod_pid, text, wait_until};
-
-/// `kubectl --kubeconfig DIR/admin.conf ARGS`.
-fn kubectl(tb: &Testbed, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", tb.dir.join("admin.conf").display()))
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn kubectl_ok(tb: &Testbed, args: &[&str]) -> String {
-    let out = kubectl(tb, args);
-    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use kubeca_tests::harness::testbed::static_pod_pid;
+use kubeca_tests::harness::tools::kubectl;
+use kubeca_tests::harness::{Testbed, eventually, testbed_bin, text};
 
 /// `kubectl get nodes` shows every node Ready.
 pub fn kubectl_shows_every_node_ready(tb: &Testbed) {
-    let out = kubectl_ok(tb, &["get", "nodes", "--no-headers"]);
+    let out = tb.kubectl_ok(&["get", "nodes", "--no-headers"]);
     let ready: Vec<&str> = out
         .lines()
         .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
@@ -49,11 +35,7 @@ pub fn every_kubeconfig_works(tb: &Testbed) {
                 ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf"]
             {
                 let path = tb.node_path(name, &format!("etc-kubernetes/{conf}"));
-                let out = Command::new("kubectl")
-                    .arg(format!("--kubeconfig={}", path.display()))
-                    .args(["--request-timeout=10s", "get", "--raw", "/version"])
-                    .output()
-                    .unwrap();
+                let out = kubectl(&path, &["get", "--raw", "/version"]);
                 assert!(out.status.success(), "{name}/{conf}: {}", text(&out));
             }
         }
@@ -67,14 +49,14 @@ pub fn every_kubeconfig_works(tb: &Testbed) {
 /// `kubectl get --raw /apis/metrics.k8s.io/v1beta1` is answered by the aggregated server,
 /// reached by the apiserver with its front-proxy client certificate.
 pub fn aggregated_api_through_the_front_proxy(tb: &Testbed) {
-    let out = kubectl_ok(tb, &["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]);
+    let out = tb.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["groupVersion"], "metrics.k8s.io/v1beta1", "{out}");
 }
 
 /// The monitor records handshakes, and none failed on trust so far.
 pub fn report_counts_handshakes_without_failures(tb: &Testbed) {
-    let out = Command::new(TESTBED)
+    let out = Command::new(testbed_bin())
         .args(["report", "--output", "json", "--dir"])
         .arg(&tb.dir)
         .output()
@@ -101,20 +83,15 @@ pub fn killing_one_apiserver_leaves_kubectl_working(tb: &Testbed) {
     )
     .unwrap();
     for _ in 0..10 {
-        kubectl_ok(tb, &["get", "nodes", "--no-headers"]);
+        tb.kubectl_ok(&["get", "nodes", "--no-headers"]);
     }
-    wait_until("the kubelet to restart cp-1's apiserver", Duration::from_secs(30), || {
+    eventually("the kubelet to restart cp-1's apiserver", Duration::from_secs(30), || {
         static_pod_pid(tb, "cp-1", "kube-apiserver").is_some_and(|p| p != pid)
     });
-    wait_until("cp-1's apiserver to answer", Duration::from_secs(30), || {
-        Command::new("kubectl")
-            .arg(format!(
-                "--kubeconfig={}",
-                tb.node_path("cp-1", "etc-kubernetes/super-admin.conf").display()
-            ))
-            .args(["--request-timeout=3s", "get", "--raw", "/readyz"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+    eventually("cp-1's apiserver to answer", Duration::from_secs(30), || {
+        let conf = tb.node_path("cp-1", "etc-kubernetes/super-admin.conf");
+        // A later --request-timeout wins over the wrapper's.
+        kubectl(&conf, &["--request-timeout=3s", "get", "--raw", "/readyz"]).status.success()
     });
 }
 
@@ -124,11 +101,11 @@ fn restart_static_pod(tb: &Testbed, node: &str, pod: &str) {
     let manifest = tb.node_path(node, &format!("etc-kubernetes/manifests/{pod}.yaml"));
     let away = tb.node_path(node, &format!("etc-kubernetes/{pod}.yaml.away"));
     fs::rename(&manifest, &away).unwrap();
-    wait_until(&format!("{pod} on {node} to stop"), Duration::from_secs(20), || {
+    eventually(&format!("{pod} on {node} to stop"), Duration::from_secs(20), || {
         static_pod_pid(tb, node, pod).is_none()
     });
     fs::rename(&away, &manifest).unwrap();
-    wait_until(&format!("{pod} on {node} to run"), Duration::from_secs(20), || {
+    eventually(&format!("{pod} on {node} to run"), Duration::from_secs(20), || {
         static_pod_pid(tb, node, pod).is_some()
     });
 }
@@ -159,13 +136,13 @@ pub fn untrusted_serving_certificate_fails_the_report(tb: &Testbed) {
     restart_static_pod(tb, "cp-2", "kube-apiserver");
 
     let report = || {
-        Command::new(TESTBED)
+        Command::new(testbed_bin())
             .args(["report", "--output", "json", "--since", &since, "--dir"])
             .arg(&tb.dir)
             .output()
             .unwrap()
     };
-    wait_until("tls-untrusted-server lines", Duration::from_secs(30), || {
+    eventually("tls-untrusted-server lines", Duration::from_secs(30), || {
         let out = report();
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         r["outcomes"]["tls-untrusted-server"].as_u64() > Some(0)
@@ -177,26 +154,21 @@ pub fn untrusted_serving_certificate_fails_the_report(tb: &Testbed) {
     fs::write(&key, saved_key).unwrap();
     restart_static_pod(tb, "cp-2", "kube-apiserver");
     let healed = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
-    wait_until(
+    eventually(
         "cp-2's apiserver to answer with its real certificate",
         Duration::from_secs(30),
         || {
-            Command::new("kubectl")
-                .arg(format!(
-                    "--kubeconfig={}",
-                    tb.node_path("cp-2", "etc-kubernetes/super-admin.conf").display()
-                ))
-                .args(["--request-timeout=3s", "get", "--raw", "/readyz"])
-                .output()
-                .is_ok_and(|o| o.status.success())
+            let conf = tb.node_path("cp-2", "etc-kubernetes/super-admin.conf");
+            // A later --request-timeout wins over the wrapper's.
+            kubectl(&conf, &["--request-timeout=3s", "get", "--raw", "/readyz"]).status.success()
         },
     );
     // Clients that kept retrying see the real certificate again: no failure after healing,
     // once they have connected again (cp-2's controller-manager and scheduler to cp-2's
     // apiserver, the kubelets' status reports and the pods through the load balancer).
     let since_healed = healed.to_string();
-    wait_until("clients connected again after healing", Duration::from_secs(30), || {
-        let out = Command::new(TESTBED)
+    eventually("clients connected again after healing", Duration::from_secs(30), || {
+        let out = Command::new(testbed_bin())
             .args(["report", "--output", "json", "--since", &since_healed, "--dir"])
             .arg(&tb.dir)
             .output()
@@ -213,7 +185,7 @@ pub fn untrusted_serving_certificate_fails_the_report(tb: &Testbed) {
         };
         ok_to("kube-apiserver@cp-2") >= 2 && ok_to("lb") >= 10
     });
-    let out = Command::new(TESTBED)
+    let out = Command::new(testbed_bin())
         .args(["report", "--since", &healed.to_string(), "--dir"])
         .arg(&tb.dir)
         .output()
@@ -241,7 +213,7 @@ pub fn controller_manager_refuses_a_signing_bundle(tb: &Testbed) {
     )
     .unwrap();
     let state = tb.node_path("cp-3", "run/kubelet/static-pods/kube-controller-manager-cp-3.json");
-    wait_until("the controller-manager to crash-loop", Duration::from_secs(30), || {
+    eventually("the controller-manager to crash-loop", Duration::from_secs(30), || {
         let v: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&state).unwrap_or_default())
                 .unwrap_or_default();
@@ -259,7 +231,7 @@ pub fn controller_manager_refuses_a_signing_bundle(tb: &Testbed) {
     assert!(log.contains("cluster-signing-cert-file"), "the refusal does not name the flag: {log}");
 
     fs::write(&manifest, original).unwrap();
-    wait_until("the controller-manager to run with the single CA", Duration::from_secs(30), || {
+    eventually("the controller-manager to run with the single CA", Duration::from_secs(30), || {
         let v: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(&state).unwrap_or_default())
                 .unwrap_or_default();
@@ -271,12 +243,17 @@ pub fn controller_manager_refuses_a_signing_bundle(tb: &Testbed) {
 /// deleted pod's process stops and its Deployment's replacement runs.
 pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
     let pods: serde_json::Value =
-        serde_json::from_str(&kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "-o", "json"]))
+        serde_json::from_str(&tb.kubectl_ok(&["get", "pods", "-n", "kube-system", "-o", "json"]))
             .unwrap();
-    let cm: serde_json::Value = serde_json::from_str(&kubectl_ok(
-        tb,
-        &["get", "configmap", "-n", "kube-system", "kube-root-ca.crt", "-o", "json"],
-    ))
+    let cm: serde_json::Value = serde_json::from_str(&tb.kubectl_ok(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "kube-root-ca.crt",
+        "-o",
+        "json",
+    ]))
     .unwrap();
     let root_ca = cm["data"]["ca.crt"].as_str().unwrap();
     let items = pods["items"].as_array().unwrap();
@@ -306,12 +283,12 @@ pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
         "{name}: pid {pid} is not running"
     );
 
-    kubectl_ok(tb, &["delete", "pod", "-n", "kube-system", &name]);
-    wait_until(&format!("{name}'s process {pid} to stop"), Duration::from_secs(30), || {
+    tb.kubectl_ok(&["delete", "pod", "-n", "kube-system", &name]);
+    eventually(&format!("{name}'s process {pid} to stop"), Duration::from_secs(30), || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     });
-    wait_until("a replacement coredns pod to run", Duration::from_secs(30), || {
-        let out = kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "--no-headers"]);
+    eventually("a replacement coredns pod to run", Duration::from_secs(30), || {
+        let out = tb.kubectl_ok(&["get", "pods", "-n", "kube-system", "--no-headers"]);
         let running: Vec<&str> = out
             .lines()
             .filter(|l| l.starts_with("coredns-") && l.split_whitespace().nth(2) == Some("Running"))
@@ -324,12 +301,17 @@ pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
 /// change to a pod template's annotations rolls the DaemonSet's pods, all of them replaced.
 pub fn root_ca_maps_everywhere_and_template_changes_roll_pods(tb: &Testbed) {
     let ca = fs::read_to_string(tb.node_path("cp-1", "etc-kubernetes/pki/ca.crt")).unwrap();
-    let namespaces = kubectl_ok(tb, &["get", "namespaces", "-o", "name"]);
+    let namespaces = tb.kubectl_ok(&["get", "namespaces", "-o", "name"]);
     for ns in namespaces.lines().map(|l| l.trim_start_matches("namespace/")) {
-        let out = kubectl_ok(
-            tb,
-            &["get", "configmap", "-n", ns, "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"],
-        );
+        let out = tb.kubectl_ok(&[
+            "get",
+            "configmap",
+            "-n",
+            ns,
+            "kube-root-ca.crt",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]);
         assert_eq!(out, ca, "kube-root-ca.crt in {ns}");
     }
     let names = |out: &str| -> Vec<String> {
@@ -339,23 +321,20 @@ pub fn root_ca_maps_everywhere_and_template_changes_roll_pods(tb: &Testbed) {
             .map(String::from)
             .collect()
     };
-    let before = names(&kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "--no-headers"]));
+    let before = names(&tb.kubectl_ok(&["get", "pods", "-n", "kube-system", "--no-headers"]));
     assert_eq!(before.len(), tb.nodes.len(), "{before:?}");
-    kubectl_ok(
-        tb,
-        &[
-            "patch",
-            "daemonset",
-            "-n",
-            "kube-system",
-            "kube-proxy",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"template":{"metadata":{"annotations":{"testbed/restartedAt":"now"}}}}}"#,
-        ],
-    );
-    wait_until("every kube-proxy pod replaced and running", Duration::from_secs(90), || {
-        let out = kubectl_ok(tb, &["get", "pods", "-n", "kube-system", "--no-headers"]);
+    tb.kubectl_ok(&[
+        "patch",
+        "daemonset",
+        "-n",
+        "kube-system",
+        "kube-proxy",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"testbed/restartedAt":"now"}}}}}"#,
+    ]);
+    eventually("every kube-proxy pod replaced and running", Duration::from_secs(90), || {
+        let out = tb.kubectl_ok(&["get", "pods", "-n", "kube-system", "--no-headers"]);
         let now = names(&out);
         now.len() == tb.nodes.len()
             && now.iter().all(|n| !before.contains(n))

@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use super::util::{Testbed, etcd_health, ssh_with, static_pod_pid, text, wait_until};
+use kubeca_tests::harness::testbed::{etcd_health, ssh_with, static_pod_pid};
+use kubeca_tests::harness::{Testbed, eventually, testbed_bin, text};
 
 /// Every node answers ssh with its own host key (strict checking against DIR/known_hosts) and
 /// sees its own /etc/kubernetes: its kubelet serving certificate names it, and a control
@@ -147,7 +148,7 @@ pub fn editing_a_manifest_restarts_the_component(tb: &Testbed) {
     );
     assert_ne!(edited, text_before);
     fs::write(&manifest, edited).unwrap();
-    wait_until("a new etcd process on cp-3", Duration::from_secs(20), || {
+    eventually("a new etcd process on cp-3", Duration::from_secs(20), || {
         static_pod_pid(tb, "cp-3", "etcd").is_some_and(|p| p != before)
     });
     let after = static_pod_pid(tb, "cp-3", "etcd").unwrap();
@@ -156,7 +157,7 @@ pub fn editing_a_manifest_restarts_the_component(tb: &Testbed) {
     if let Some(s) = scheduler {
         assert_eq!(static_pod_pid(tb, "cp-3", "kube-scheduler").unwrap_or(s), s);
     }
-    wait_until("a healthy etcd cluster again", Duration::from_secs(30), || {
+    eventually("a healthy etcd cluster again", Duration::from_secs(30), || {
         etcd_health(tb, true).status.success()
     });
 }
@@ -167,14 +168,14 @@ pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     let manifest = tb.node_path("cp-2", "etc-kubernetes/manifests/etcd.yaml");
     let away = tb.node_path("cp-2", "etc-kubernetes/etcd.yaml.away");
     fs::rename(&manifest, &away).unwrap();
-    wait_until("etcd on cp-2 to stop", Duration::from_secs(20), || {
+    eventually("etcd on cp-2 to stop", Duration::from_secs(20), || {
         static_pod_pid(tb, "cp-2", "etcd").is_none()
     });
     fs::rename(&away, &manifest).unwrap();
-    wait_until("etcd on cp-2 to start again", Duration::from_secs(20), || {
+    eventually("etcd on cp-2 to start again", Duration::from_secs(20), || {
         static_pod_pid(tb, "cp-2", "etcd").is_some_and(|p| p != before)
     });
-    wait_until("a healthy etcd cluster again", Duration::from_secs(30), || {
+    eventually("a healthy etcd cluster again", Duration::from_secs(30), || {
         etcd_health(tb, true).status.success()
     });
 }
@@ -200,7 +201,7 @@ pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
     // over the manifests is done (the pass that would start a second etcd), etcd is the same.
     let journal = tb.node_path("cp-1", "kubelet.journal");
     let synced = format!(" {pid_after} kubelet: first static pod sync done");
-    wait_until("the restarted kubelet's first static pod sync", Duration::from_secs(20), || {
+    eventually("the restarted kubelet's first static pod sync", Duration::from_secs(20), || {
         fs::read_to_string(&journal).is_ok_and(|j| j.contains(&synced))
     });
     assert_eq!(static_pod_pid(tb, "cp-1", "etcd"), Some(etcd));
@@ -210,8 +211,7 @@ pub fn systemctl_restarts_the_kubelet(tb: &Testbed) {
 
 /// `up` on a live DIR is an error naming the running pids.
 pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
-    let out =
-        Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&tb.dir).output().unwrap();
+    let out = Command::new(testbed_bin()).arg("up").arg("--dir").arg(&tb.dir).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -220,8 +220,7 @@ pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
     );
     // A second testbed in another DIR would collide on the addresses: refused, naming one.
     let other = tb.dir.with_file_name("testbed-collision");
-    let out =
-        Command::new(super::util::TESTBED).arg("up").arg("--dir").arg(&other).output().unwrap();
+    let out = Command::new(testbed_bin()).arg("up").arg("--dir").arg(&other).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:6443 is already in use", tb.lb())), "{err}");
@@ -283,7 +282,7 @@ fn long_lived(dir: &std::path::Path) -> Vec<(u32, String)> {
 
 /// `report --output json` of a testbed.
 fn report(dir: &std::path::Path, since: Option<&str>) -> serde_json::Value {
-    let mut c = Command::new(super::util::TESTBED);
+    let mut c = Command::new(testbed_bin());
     c.args(["report", "--output", "json", "--dir"]).arg(dir);
     if let Some(s) = since {
         c.args(["--since", s]);
@@ -318,15 +317,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
     assert!(!out.status.success(), "ssh accepted the other testbed's host key: {}", text(&out));
 
     // Its API through its own load balancer; every node Ready.
-    let kubectl = |t: &Testbed, args: &[&str]| {
-        Command::new("kubectl")
-            .arg(format!("--kubeconfig={}", t.dir.join("admin.conf").display()))
-            .arg("--request-timeout=10s")
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = kubectl(&side, &["get", "nodes", "--no-headers"]);
+    let out = side.kubectl(&["get", "nodes", "--no-headers"]);
     assert!(out.status.success(), "{}", text(&out));
     let ready = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -365,7 +356,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
         side_before.iter().filter(|p| !side_after.contains(p)).collect();
     assert!(gone.is_empty(), "the other testbed lost {gone:?} to this one's down");
     assert_eq!(side.ssh_ok(side.address("cp-1"), "hostname").trim(), "cp-1");
-    let out = kubectl(&side, &["get", "--raw", "/readyz"]);
+    let out = side.kubectl(&["get", "--raw", "/readyz"]);
     assert!(out.status.success(), "the other testbed's API after this one's down: {}", text(&out));
 
     // And the other's down leaves nothing of it.

@@ -11,7 +11,7 @@ use actions::node::{SshNode, SshOptions};
 use actions::plan::{self, ClusterFacts};
 use engine::{Runner, StepId};
 
-use super::util::Testbed;
+use kubeca_tests::harness::Testbed;
 
 pub fn kubeca_discovers_plans_and_writes_over_ssh(tb: &Testbed) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -90,7 +90,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
             runner.known().borrow_mut().insert(step, summary);
         }
     };
-    let before: Vec<Option<Vec<u8>>> = touched.iter().map(|p| node_file(tb, cp1, p)).collect();
+    let before: Vec<Option<Vec<u8>>> = touched.iter().map(|p| tb.ssh_read(cp1, p)).collect();
     run("preflight/backup/cp-1", Action::Backup { node: cp.clone(), paths: touched.clone() }).await;
     run(
         "prepare/new-ca",
@@ -133,8 +133,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
         actions::discovery::defaults::KUBELET_CLIENT_CURRENT.to_owned(),
         k.serving_cert.clone(),
     ];
-    let w_before: Vec<Option<Vec<u8>>> =
-        w_touched.iter().map(|p| node_file(tb, w_addr, p)).collect();
+    let w_before: Vec<Option<Vec<u8>>> = w_touched.iter().map(|p| tb.ssh_read(w_addr, p)).collect();
     run("preflight/backup/w-1", Action::Backup { node: worker.clone(), paths: w_touched.clone() })
         .await;
     run(
@@ -213,7 +212,7 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
     .await;
     run("rollback/w-1/kubelet", Action::RestartKubelet { node: worker.clone() }).await;
     for (path, was) in w_touched.iter().zip(w_before) {
-        assert_eq!(node_file(tb, w_addr, path), was, "w-1:{path} restored exactly");
+        assert_eq!(tb.ssh_read(w_addr, path), was, "w-1:{path} restored exactly");
     }
     assert_eq!(new_ca_client(), "000", "after the rollback w-1's kubelet trusts only the old CA");
     let link = tb.ssh_ok(
@@ -228,12 +227,6 @@ async fn discovers_plans_and_writes(tb: &Testbed) {
     )
     .await;
     for (path, was) in touched.iter().zip(before) {
-        assert_eq!(node_file(tb, cp1, path), was, "{path} restored exactly");
+        assert_eq!(tb.ssh_read(cp1, path), was, "{path} restored exactly");
     }
-}
-
-/// A file on a node, read with the operator's ssh (not through kubeca): `None` when absent.
-fn node_file(tb: &Testbed, address: &str, path: &str) -> Option<Vec<u8>> {
-    let out = tb.ssh(address, &format!("cat {path}"));
-    out.status.success().then_some(out.stdout)
 }

@@ -6,20 +6,25 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cluster::{
-    Kubeca, Snapshot, differences, eventually, file_cert, holds_cert, kubectl, kubectl_ok,
-    pem_bodies, served_cert, sh,
+use super::kubeca::Kubeca;
+use super::snapshot::{Snapshot, differences, snapshot, snapshot_dir};
+use super::testbed::Testbed;
+use super::tools::{
+    file_cert, holds_cert, kubectl, kubectl_ok, pem_bodies, served_cert, sh, text, verifies,
 };
-use crate::testbed::util::{Testbed, text};
+use super::wait::eventually;
 
 /// The two CAs a rotation replaces, as PEM, read from cp-1.
 #[derive(Clone, Debug)]
 pub struct Cas {
+    /// The cluster CA (`ca.crt`).
     pub cluster: String,
+    /// The front-proxy CA (`front-proxy-ca.crt`).
     pub front_proxy: String,
 }
 
 impl Cas {
+    /// cp-1's CAs as they are now.
     pub fn read(tb: &Testbed) -> Cas {
         let read = |f: &str| {
             std::fs::read_to_string(tb.node_path("cp-1", &format!("etc-kubernetes/pki/{f}")))
@@ -27,34 +32,6 @@ impl Cas {
         };
         Cas { cluster: read("ca.crt"), front_proxy: read("front-proxy-ca.crt") }
     }
-}
-
-/// A node path (inside the node) as a host path, following the kubelet's `-current` symlink.
-fn host_path(tb: &Testbed, node: &str, p: &str) -> PathBuf {
-    let rel = p
-        .replace("/etc/kubernetes/", "etc-kubernetes/")
-        .replace("/var/lib/kubelet/", "var-lib-kubelet/");
-    let host = tb.node_path(node, &rel);
-    match std::fs::read_link(&host) {
-        Ok(target) => tb.node_path(node, "var-lib-kubelet/pki").join(target.file_name().unwrap()),
-        Err(_) => host,
-    }
-}
-
-fn verifies(ca_pem: &str, cert: &Path) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, ca_pem).unwrap();
-    // -partial_chain off: the CA given must be the chain's root.
-    std::process::Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&ca)
-        .arg(cert)
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 /// The client certificates embedded in a kubeconfig (`client-certificate-data`), as PEM files.
@@ -149,13 +126,13 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     let work = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for (name, _, cp) in &tb.nodes {
-        for (cert, ca) in kubeca_tests::testbed::pki::certificates_and_cas(*cp) {
+        for (cert, ca) in crate::testbed::pki::certificates_and_cas(*cp) {
             let (new_ca, old_ca) = match ca {
                 "/etc/kubernetes/pki/ca.crt" => (&new.cluster, &old.cluster),
                 "/etc/kubernetes/pki/front-proxy-ca.crt" => (&new.front_proxy, &old.front_proxy),
                 _ => continue, // the etcd CA is not rotated
             };
-            let path = host_path(tb, name, cert);
+            let path = tb.host_path(name, cert);
             if !verifies(new_ca, &path) {
                 failures.push(format!("{name}:{cert} does not verify against the new CA"));
             }
@@ -184,7 +161,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
         // No file on the node still holds an old CA.
         let mut files = Snapshot::new();
         for rel in ["etc-kubernetes", "var-lib-kubelet"] {
-            files.extend(super::cluster::snapshot_dir(&tb.node_path(name, rel)));
+            files.extend(snapshot_dir(&tb.node_path(name, rel)));
         }
         for (p, (bytes, _)) in &files {
             if holds_cert(bytes, &old.cluster) || holds_cert(bytes, &old.front_proxy) {
@@ -250,7 +227,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     // the state directory (0700).
     for (name, _, _) in &tb.nodes {
         for rel in ["etc-kubernetes", "var-lib-kubelet/pki"] {
-            for (p, (bytes, mode)) in super::cluster::snapshot_dir(&tb.node_path(name, rel)) {
+            for (p, (bytes, mode)) in snapshot_dir(&tb.node_path(name, rel)) {
                 if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") && mode & 0o077 != 0 {
                     failures
                         .push(format!("{} holds a private key with mode {mode:o}", p.display()));
@@ -262,7 +239,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     if state_mode != 0o700 {
         failures.push(format!("the state directory has mode {state_mode:o}"));
     }
-    for (p, (bytes, mode)) in super::cluster::snapshot_dir(&kubeca.state) {
+    for (p, (bytes, mode)) in snapshot_dir(&kubeca.state) {
         if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY") && mode & 0o077 != 0 {
             failures.push(format!("{} holds a private key with mode {mode:o}", p.display()));
         }
@@ -281,7 +258,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
 /// only the old CA, kubectl logs reaches every kubelet through the apiserver, and the
 /// aggregated API answers through the front proxy.
 pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
-    let after = super::cluster::snapshot(tb);
+    let after = snapshot(tb);
     let diff = differences(before, &after);
     assert!(
         diff.is_empty(),

@@ -1,13 +1,14 @@
-//! Helpers of the testbed tests: the shared testbed with its teardown guard, ssh, commands, waits.
+//! A testbed brought up for one test binary, with its teardown guard, and what a test reaches
+//! on it: ssh to a node, a node's files from the host, the admin kubeconfig, etcd's health,
+//! the static pods' pids and the trust monitor's report.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use kubeca_tests::testbed::subnet::Subnet;
-
-/// The testbed binary under test.
-pub const TESTBED: &str = env!("CARGO_BIN_EXE_kubeca-testbed");
+use super::testbed_bin;
+use super::tools::{kubectl, kubectl_ok, text};
+use crate::testbed::subnet::Subnet;
 
 /// A testbed brought up for this test binary; `down` runs when it is dropped, also when a check
 /// panicked, so no run leaves processes behind.
@@ -40,16 +41,16 @@ impl Testbed {
             rustix::process::geteuid().is_root(),
             "the testbed tests need root (namespaces, sshd on port 22): run them as root, as CI does"
         );
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = Command::new(TESTBED).arg("down").arg("--dir").arg(&dir).output();
-        let nodes = kubeca_tests::testbed::node::topology(&subnet, control_planes, workers)
+        let dir = super::scratch_dir().join(name);
+        let _ = Command::new(testbed_bin()).arg("down").arg("--dir").arg(&dir).output();
+        let nodes = crate::testbed::node::topology(&subnet, control_planes, workers)
             .unwrap()
             .into_iter()
             .map(|n| (n.name, n.address, n.control_plane))
             .collect();
         let tb = Testbed { dir, nodes, subnet };
         let started = Instant::now();
-        let out = Command::new(TESTBED)
+        let out = Command::new(testbed_bin())
             .args(["up", "--dir"])
             .arg(&tb.dir)
             .arg(format!("--subnet={subnet}"))
@@ -86,6 +87,13 @@ impl Testbed {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A file on node `address`, read with the operator's ssh (not through kubeca): `None` when
+    /// absent.
+    pub fn ssh_read(&self, address: &str, path: &str) -> Option<Vec<u8>> {
+        let out = self.ssh(address, &format!("cat {path}"));
+        out.status.success().then_some(out.stdout)
+    }
+
     /// A host path of a node's file, e.g. `node_path("cp-1", "etc-kubernetes/pki/ca.crt")`.
     pub fn node_path(&self, node: &str, rel: &str) -> PathBuf {
         self.dir.join("nodes").join(node).join(rel)
@@ -93,7 +101,81 @@ impl Testbed {
 
     /// `kubeca-testbed down` now (the guard's down then finds nothing).
     pub fn down(&self) -> Output {
-        Command::new(TESTBED).arg("down").arg("--dir").arg(&self.dir).output().unwrap()
+        Command::new(testbed_bin()).arg("down").arg("--dir").arg(&self.dir).output().unwrap()
+    }
+
+    /// The operator's kubeconfig, `DIR/admin.conf` (the inventory's).
+    pub fn admin_conf(&self) -> PathBuf {
+        self.dir.join("admin.conf")
+    }
+
+    /// `kubectl ARGS` with the operator's kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl(&self.admin_conf(), args)
+    }
+
+    /// Like [`Testbed::kubectl`], asserting success; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        kubectl_ok(&self.admin_conf(), args)
+    }
+
+    /// A path inside node `node` (`/etc/kubernetes/...`, `/var/lib/kubelet/...`) as the host
+    /// path of its file, following the kubelet's `-current` symlink.
+    pub fn host_path(&self, node: &str, path: &str) -> PathBuf {
+        let rel = path
+            .replace("/etc/kubernetes/", "etc-kubernetes/")
+            .replace("/var/lib/kubelet/", "var-lib-kubelet/");
+        let host = self.node_path(node, &rel);
+        match std::fs::read_link(&host) {
+            Ok(target) => {
+                self.node_path(node, "var-lib-kubelet/pki").join(target.file_name().unwrap())
+            }
+            Err(_) => host,
+        }
+    }
+
+    /// The other way: the node (None for the operator's machine) and the path inside it of a
+    /// host path of the testbed.
+    pub fn node_file(&self, host: &Path) -> (Option<String>, String) {
+        if host == self.admin_conf() {
+            return (None, host.display().to_string());
+        }
+        let rel = host.strip_prefix(self.dir.join("nodes")).unwrap();
+        let mut parts = rel.components();
+        let node = parts.next().unwrap().as_os_str().to_string_lossy().into_owned();
+        let rest = parts.as_path().display().to_string();
+        let path = if let Some(r) = rest.strip_prefix("etc-kubernetes") {
+            format!("/etc/kubernetes{r}")
+        } else if let Some(r) = rest.strip_prefix("var-lib-kubelet") {
+            format!("/var/lib/kubelet{r}")
+        } else {
+            rest
+        };
+        (Some(node), path)
+    }
+
+    /// The trust monitor's report since `since`: (handshakes, TLS trust failures, the text).
+    pub fn report_since(&self, since: &str) -> (u64, u64, String) {
+        let out = Command::new(testbed_bin())
+            .args(["report", "--output", "json", "--since", since, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let outcomes = r["outcomes"].as_object();
+        let failures: u64 = outcomes
+            .map(|o| {
+                let tls = o.iter().filter(|(k, _)| k.starts_with("tls-"));
+                tls.filter_map(|(_, v)| v.as_u64()).sum()
+            })
+            .unwrap_or(0);
+        let total: u64 = outcomes.map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+        let human = Command::new(testbed_bin())
+            .args(["report", "--since", since, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        (total, failures, String::from_utf8_lossy(&human.stdout).into_owned())
     }
 }
 
@@ -118,25 +200,6 @@ pub fn ssh_with(dir: &Path, known_hosts: &Path, address: &str, command: &str) ->
         .arg(command)
         .output()
         .unwrap()
-}
-
-/// stdout and stderr of a command, for assertion messages.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Polls `cond` every 100 ms until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `etcdctl endpoint health` over every member with cp-1's healthcheck client certificate.
