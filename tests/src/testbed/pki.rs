@@ -297,6 +297,38 @@ fn node_files(
     Ok(())
 }
 
+/// The core of one control-plane node in kubeadm's layout under `root` (the node's `/`), for
+/// tests that run kubeca's node actions on a directory instead of a testbed: the cluster CA
+/// (`ca.crt`, `ca.key`) and the front-proxy CA, the apiserver's serving certificate for
+/// `address` (kubeadm's SANs), and `admin.conf` pointing at `server`. Made by the same openssl
+/// recipe as the testbed's nodes ([`generate`]), so every builder of a kubeadm node is this
+/// one.
+pub fn control_plane_core(
+    root: &Path,
+    algo: KeyAlgorithm,
+    address: &str,
+    server: &str,
+) -> Result<()> {
+    let etc = root.join("etc/kubernetes");
+    let pki = etc.join("pki");
+    fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
+    let work = tempfile::tempdir().context("a scratch directory for openssl")?;
+    let ossl = Openssl { algo, work: work.path().to_path_buf() };
+    ossl.key_and_cert(&pki, "ca", &CertSpec::new("kubernetes", &[], Usage::Ca), None, work.path())?;
+    let fp = CertSpec::new("front-proxy-ca", &[], Usage::Ca);
+    ossl.key_and_cert(&pki, "front-proxy-ca", &fp, None, work.path())?;
+    let ca = (pki.join("ca.crt"), pki.join("ca.key"));
+    let mut apiserver = CertSpec::new("kube-apiserver", &[], Usage::Server);
+    apiserver.dns =
+        ["kubernetes", "kubernetes.default", "kubernetes.default.svc"].map(String::from).to_vec();
+    apiserver.ips = vec!["10.96.0.1".into(), address.into()];
+    ossl.key_and_cert(&pki, "apiserver", &apiserver, Some((&ca.0, &ca.1)), work.path())?;
+    let admin = CertSpec::new("kubernetes-admin", &["system:masters"], Usage::Client);
+    let (crt, key) = ossl.temp_key_and_cert(work.path(), "admin", &admin, &ca)?;
+    let conf = kubeconfig_embedded(&read(&ca.0)?, server, "kubernetes-admin", &crt, &key);
+    write_secret(&etc.join("admin.conf"), conf.as_bytes())
+}
+
 /// Runs the openssl CLI with the testbed's key algorithm.
 struct Openssl {
     algo: KeyAlgorithm,

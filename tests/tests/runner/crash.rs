@@ -2,13 +2,12 @@
 //! each time completes with the same end state, and a rollback (itself killed and run again)
 //! restores every touched file byte for byte. `ROTATION_CRASH_SEED` reproduces a run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kubeca_tests::seeded::Rng;
+use kubeca_tests::testbed::pki;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_rotation-child");
 const TOUCHED: [&str; 6] = [
@@ -20,96 +19,14 @@ const TOUCHED: [&str; 6] = [
     "etc/kubernetes/admin.conf",
 ];
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A control-plane node as a directory with an ECDSA PKI and admin.conf made by openssl.
+/// A control-plane node as a directory with an ECDSA PKI and admin.conf made by the testbed's
+/// openssl recipe.
 fn cluster() -> tempfile::TempDir {
-    use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("cp-1/etc/kubernetes/pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    openssl(
-        &pki,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "365",
-            "-subj",
-            "/CN=kubernetes",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        ],
-    );
-    std::fs::write(
-        pki.join("client.ext"),
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &pki,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "admin.key",
-            "-out",
-            "admin.csr",
-            "-subj",
-            "/O=system:masters/CN=kubernetes-admin",
-        ],
-    );
-    openssl(
-        &pki,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "admin.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "admin.crt",
-            "-days",
-            "30",
-            "-extfile",
-            "client.ext",
-        ],
-    );
-    let b64 = |f: &str| {
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(pki.join(f)).unwrap())
-    };
-    let conf = format!(
-        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.10:6443\n  name: kubernetes\n\
-         contexts:\n- context:\n    cluster: kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\n\
-         current-context: kubernetes-admin@kubernetes\nkind: Config\npreferences: {{}}\nusers:\n- name: kubernetes-admin\n  user:\n\
-         \x20   client-certificate-data: {}\n    client-key-data: {}\n",
-        b64("ca.crt"),
-        b64("admin.crt"),
-        b64("admin.key")
-    );
-    std::fs::write(dir.path().join("cp-1/etc/kubernetes/admin.conf"), &conf).unwrap();
+    let root = dir.path().join("cp-1");
+    let server = "https://127.0.0.10:6443";
+    pki::control_plane_core(&root, pki::KeyAlgorithm::Ecdsa, "127.0.0.11", server).unwrap();
+    let conf = std::fs::read(root.join("etc/kubernetes/admin.conf")).unwrap();
     std::fs::write(dir.path().join("admin.conf"), &conf).unwrap();
     for f in ["id", "known_hosts"] {
         std::fs::write(dir.path().join(f), "x").unwrap();
