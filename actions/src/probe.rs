@@ -26,6 +26,17 @@ pub enum Seen {
     },
 }
 
+impl Seen {
+    /// Whether the client certificate presented on the probe authenticated: the server
+    /// answered HTTP, and not 401. Go servers (kube-apiserver, the kubelet) take any client
+    /// certificate in the handshake (`tls.RequestClientCert`) and answer one their client CA
+    /// did not sign with 401 Unauthorized; other servers end the handshake (status 0). A 403
+    /// means authenticated, then refused by authorization.
+    pub fn authenticated(&self) -> bool {
+        matches!(self, Seen::Up { status, .. } if *status != 0 && *status != 401)
+    }
+}
+
 /// Records the server's certificate and accepts it: the probe *observes* which certificate is
 /// served; trust is judged by comparing it with what should be served.
 #[derive(Debug)]
@@ -79,8 +90,8 @@ pub async fn probe(host: &str, port: u16, path: &str, timeout: Duration) -> Seen
 /// A client certificate (DER) and its private key (PEM) to present.
 pub type ClientIdentity = (Vec<u8>, String);
 
-/// As [`probe`], presenting `client`. A server that rejects the certificate ends the connection
-/// before answering, so it is seen with status 0: accepted means a non-zero status.
+/// As [`probe`], presenting `client`. A server that rejects the certificate either ends the
+/// connection before answering (status 0) or answers 401: [`Seen::authenticated`] tells.
 pub async fn probe_as(
     host: &str,
     port: u16,
@@ -191,6 +202,17 @@ mod tests {
         assert!(matches!(seen, Seen::Up { status: 200, .. }), "{seen:?}");
         let seen = probe_as("127.0.0.1", port, "/", Duration::from_secs(5), Some(&bad)).await;
         assert!(matches!(seen, Seen::Up { status: 0, .. } | Seen::Down), "{seen:?}");
+        assert!(!seen.authenticated());
+    }
+
+    #[test]
+    fn a_401_after_the_handshake_is_not_authenticated_and_a_403_is() {
+        let up = |status| Seen::Up { cert: Vec::new(), status, detail: String::new() };
+        assert!(up(200).authenticated());
+        assert!(up(403).authenticated(), "403: authenticated, not authorized");
+        assert!(!up(401).authenticated(), "401: the client CA does not hold the issuer");
+        assert!(!up(0).authenticated(), "no HTTP answer: refused in the handshake");
+        assert!(!Seen::Down.authenticated());
     }
 
     #[tokio::test]

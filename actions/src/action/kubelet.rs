@@ -201,7 +201,7 @@ pub mod restart_kubelet {
 
 impl<N: Node> Rotation<N> {
     /// A client certificate signed by the new cluster CA (a fresh key), for probing kubelets.
-    fn new_ca_client(&self) -> Result<crate::probe::ClientIdentity, Error> {
+    pub(super) fn new_ca_client(&self) -> Result<crate::probe::ClientIdentity, Error> {
         if let Some(id) = self.probe_identity.borrow().as_ref() {
             return Ok(id.clone());
         }
@@ -229,10 +229,12 @@ impl<N: Node> Rotation<N> {
                 identity.as_ref(),
             )
             .await;
+            // With a new-CA identity, accepted means authenticated: a real kubelet completes
+            // the handshake with any certificate and answers 401 to one its client CA lacks.
             let ok = match (&seen, &identity) {
-                (Seen::Up { status, .. }, Some(_)) => *status != 0,
+                (seen, Some(_)) => seen.authenticated(),
                 (Seen::Up { .. }, None) => true,
-                (Seen::Down, _) => false,
+                (Seen::Down, None) => false,
             };
             let ready = match (&self.api, ok) {
                 (Some(api), true) => api.node_ready_since(node, started).await.unwrap_or(false),
@@ -245,8 +247,22 @@ impl<N: Node> Rotation<N> {
                     .with("accepts-new-ca-client", trusts_new.to_string()));
             }
             if tokio::time::Instant::now() >= deadline {
+                let why = match (&seen, &identity) {
+                    (Seen::Up { status: 401, .. }, Some(_)) => format!(
+                        ": it answers 401 Unauthorized to a client certificate of the new CA, so \
+                         it does not load the client CA bundle its configuration names (a \
+                         --client-ca-file flag overrides clientCAFile: see the kubelet's command \
+                         line, /var/lib/kubelet/kubeadm-flags.env and /etc/default/kubelet on \
+                         {node}); fix it and run kubeca again, or roll back"
+                    ),
+                    (Seen::Up { status: 0, .. }, Some(_)) => {
+                        ": it refuses a client certificate of the new CA in the handshake".into()
+                    }
+                    (Seen::Down, _) => format!(": nothing answers on {address}:{port}"),
+                    _ => String::new(),
+                };
                 return Err(Error::transient(format!(
-                    "node {node}: the kubelet did not {} and report its node Ready within {} s",
+                    "node {node}: the kubelet did not {} and report its node Ready within {} s{why}",
                     if trusts_new {
                         format!("accept a client certificate of the new CA on :{port}")
                     } else {

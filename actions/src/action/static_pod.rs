@@ -12,6 +12,7 @@ use std::time::Duration;
 use engine::{Compensation, FollowUp, Summary};
 use journal::Hash;
 
+use super::CaKind;
 use super::runner::text;
 use super::{Action, Error, Kind, Rotation, compensation};
 use crate::edit::Manifest;
@@ -22,7 +23,7 @@ use crate::kubeadm::file::PARKING;
 use crate::kubeadm::{object, outcome, slot};
 use crate::node::Node;
 use crate::pki::Cert;
-use crate::probe::{Seen, probe};
+use crate::probe::{Seen, probe, probe_as};
 use crate::trust::{self, ComponentId, Effect, Source};
 
 /// The restart that makes `component` on `node` load what a rollback restored. Its key names
@@ -274,26 +275,49 @@ impl<N: Node> Rotation<N> {
             },
             _ => None,
         };
+        // An apiserver whose --client-ca-file holds the new cluster CA must authenticate a client
+        // certificate of it: a 401 means the process does not load what its manifest names.
+        let new_ca_client = match component {
+            APISERVER => self.new_ca_client_if_trusted(node, &manifest).await?,
+            _ => None,
+        };
         let restarted_at = jiff::Timestamp::now();
         // The apiserver is back when it is ready (its /readyz answers 200: it reaches etcd);
         // the others when they answer at all.
         let healthy =
             |status: u16| if component == APISERVER { status == 200 } else { status != 0 };
-        let mut last: Seen;
+        let mut last = Seen::Down;
         loop {
             match self.observe(node, &host, port, path).await? {
                 Seen::Up { cert, status, .. }
                     if healthy(status) && expected.as_ref().is_none_or(|e| *e == cert) =>
                 {
-                    return Ok(Summary::new()
-                        .with(outcome::RESTARTED_AT, restarted_at.to_string())
-                        .with("serving-cert", Hash::of(&cert).to_hex()));
+                    let authenticated = match &new_ca_client {
+                        Some(id) => {
+                            let seen =
+                                probe_as(&host, port, path, Duration::from_secs(3), Some(id)).await;
+                            let ok = seen.authenticated();
+                            last = seen;
+                            ok
+                        }
+                        None => true,
+                    };
+                    if authenticated {
+                        return Ok(Summary::new()
+                            .with(outcome::RESTARTED_AT, restarted_at.to_string())
+                            .with("serving-cert", Hash::of(&cert).to_hex()));
+                    }
                 }
                 seen => last = seen,
             }
             if tokio::time::Instant::now() >= deadline {
                 let seen = match &last {
                     Seen::Down => format!("nothing answers on {host}:{port}"),
+                    Seen::Up { status: 401, .. } if new_ca_client.is_some() => format!(
+                        "{host}:{port} answers 401 Unauthorized to a client certificate of the new \
+                         CA although its --client-ca-file holds that CA: the process does not \
+                         load the file its manifest names"
+                    ),
                     Seen::Up { cert, .. } if expected.as_ref().is_some_and(|e| e != cert) => {
                         format!("{host}:{port} presents another certificate than the one on disk")
                     }
@@ -309,6 +333,26 @@ impl<N: Node> Rotation<N> {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// A client certificate of the new cluster CA when the manifest's `--client-ca-file` on
+    /// `node` holds that CA (the apiserver must then authenticate it), else None (no new CA yet,
+    /// or a rollback back to the old one).
+    async fn new_ca_client_if_trusted(
+        &self,
+        node: &str,
+        manifest: &Manifest,
+    ) -> Result<Option<crate::probe::ClientIdentity>, Error> {
+        let Some(file) = manifest.flag("--client-ca-file") else { return Ok(None) };
+        let Ok(new) = self.new_ca(CaKind::Cluster) else { return Ok(None) };
+        let Some(pem) = self.read_on(Some(node), &file).await? else { return Ok(None) };
+        let origin = format!("{node}:{file}");
+        let holds =
+            crate::pki::split_pem(&text(pem), &origin)?.iter().any(|c| c.der() == new.cert().der());
+        if !holds {
+            return Ok(None);
+        }
+        Ok(Some(self.new_ca_client()?))
     }
 
     /// Before `node`'s apiserver is taken down: every other control plane's apiserver must be
