@@ -774,6 +774,38 @@ fn faults(tb: &Testbed) {
     assert!(condition(&mut k).contains("w-1"), "status must name w-1");
     sshd(tb, "w-1", "start");
 
+    // 2b. w-2's kubelet keeps the old client CA whatever its configuration says: a
+    // --client-ca-file flag in kubeadm-flags.env (as an operator's tooling may add) wins over
+    // clientCAFile (kubernetes `cmd/kubelet/app/server.go` `kubeletConfigFlagPrecedence`). The
+    // kubelet answers 401 to a client certificate of the new CA after the handshake, as the
+    // real one does, so its step fails naming w-2 instead of counting any answer as trust.
+    let env = tb.node_path("w-2", "var-lib-kubelet/kubeadm-flags.env");
+    let flags = std::fs::read_to_string(&env).unwrap();
+    let pinned = flags.replacen(
+        "KUBELET_KUBEADM_ARGS=\"",
+        "KUBELET_KUBEADM_ARGS=\"--client-ca-file=/etc/kubernetes/pki/ca.crt ",
+        1,
+    );
+    assert_ne!(pinned, flags, "{flags}");
+    std::fs::write(&env, &pinned).unwrap();
+    let out = k.run(&["run"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "a kubelet refusing the new CA must pause: {said}");
+    assert!(
+        said.contains("node w-2")
+            && said.contains("trust-nodes/kubelet/w-2")
+            && said.contains("401 Unauthorized")
+            && said.contains("--client-ca-file"),
+        "{said}"
+    );
+    let steps = plan_steps(&mut k);
+    let state = |id: &str| steps.iter().find(|s| s.0 == id).map(|s| s.2.clone()).unwrap();
+    assert_eq!(state("trust-nodes/kubelet/w-1"), "Succeeded", "w-1's kubelet step");
+    assert_ne!(state("trust-nodes/kubelet/w-2"), "Succeeded", "w-2's kubelet refuses the new CA");
+    assert!(condition(&mut k).contains("w-2"), "status must name w-2");
+    // The operator removes the flag; the next run restarts w-2's kubelet again and goes on.
+    std::fs::write(&env, &flags).unwrap();
+
     // 3. The state directory's disk fills up inside a certificate re-issue.
     let mut filler = None;
     let out = k.run_watching(&["run"], |v, pid| {
@@ -791,9 +823,9 @@ fn faults(tb: &Testbed) {
     );
     std::fs::remove_file(&filler).unwrap();
     k.expect(&["journal", "verify"], 0);
-    // With sshd back, that run carried w-1's kubelet step through before the switch.
-    let w1 = plan_steps(&mut k).into_iter().find(|s| s.0 == "trust-nodes/kubelet/w-1").unwrap();
-    assert_eq!(w1.2, "Succeeded", "w-1's kubelet step after sshd came back");
+    // With the flag gone, that run carried w-2's kubelet step through before the switch.
+    let w2 = plan_steps(&mut k).into_iter().find(|s| s.0 == "trust-nodes/kubelet/w-2").unwrap();
+    assert_eq!(w2.2, "Succeeded", "w-2's kubelet step after its flag was removed");
     every_change_is_recorded(tb, &before, &mut k);
 
     // 4. cp-2's apiserver certificate broken inside its restart: it does not come back.

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::testbed_bin;
 use super::tools::{kubectl, kubectl_ok, text};
+use crate::testbed::monitor;
 use crate::testbed::subnet::Subnet;
 
 /// A testbed brought up for this test binary; `down` runs when it is dropped, also when a check
@@ -154,7 +155,8 @@ impl Testbed {
         (Some(node), path)
     }
 
-    /// The trust monitor's report since `since`: (handshakes, TLS trust failures, the text).
+    /// The trust monitor's report since `since`: (handshakes, trust failures, the text). A trust
+    /// failure is a handshake refused on trust or a 401 after it (`monitor::is_trust_failure`).
     pub fn report_since(&self, since: &str) -> (u64, u64, String) {
         let out = Command::new(testbed_bin())
             .args(["report", "--output", "json", "--since", since, "--dir"])
@@ -165,8 +167,8 @@ impl Testbed {
         let outcomes = r["outcomes"].as_object();
         let failures: u64 = outcomes
             .map(|o| {
-                let tls = o.iter().filter(|(k, _)| k.starts_with("tls-"));
-                tls.filter_map(|(_, v)| v.as_u64()).sum()
+                let failed = o.iter().filter(|(k, _)| monitor::is_trust_failure(k));
+                failed.filter_map(|(_, v)| v.as_u64()).sum()
             })
             .unwrap_or(0);
         let total: u64 = outcomes.map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use super::monitor::{self, Outcome};
+use super::serving::{self, ClientCert, Reload, Serving};
 use super::subnet::Subnet;
 use super::tls;
 
@@ -275,28 +276,14 @@ impl Peer {
             }
         };
         let status = resp.status().as_u16();
+        if status == 401 {
+            // The peer completed the handshake and refused our certificate per request, as Go
+            // servers do: a trust failure of this edge.
+            monitor::record(&self.client, &self.server, self.purpose, Outcome::Unauthorized);
+        }
         let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
         Ok((status, bytes.to_vec()))
     }
-}
-
-/// The monitor's name of the node at `ip` (cp-i or w-j, from DIR/inventory.toml), else the ip.
-fn node_of(ip: &str) -> String {
-    let Some(dir) = std::env::var_os("KUBECA_TESTBED_DIR") else { return ip.to_string() };
-    let inv = std::fs::read_to_string(std::path::Path::new(&dir).join("inventory.toml"))
-        .unwrap_or_default();
-    let mut name = None;
-    for l in inv.lines() {
-        if let Some(v) = l.strip_prefix("name = ") {
-            name = Some(v.trim_matches('"').to_string());
-        } else if let Some(v) = l.strip_prefix("address = ")
-            && v.trim_matches('"') == ip
-            && let Some(n) = name.take()
-        {
-            return n;
-        }
-    }
-    ip.to_string()
 }
 
 /// The real etcd through its JSON gateway, over mutual TLS.
@@ -318,7 +305,12 @@ impl Etcd {
             .split(',')
             .map(|s| {
                 let ip = s.trim_start_matches("https://").split(':').next().unwrap_or("");
-                Peer::new(s, cfg.clone(), format!("etcd@{}", node_of(ip)), "apiserver->etcd")
+                Peer::new(
+                    s,
+                    cfg.clone(),
+                    format!("etcd@{}", monitor::node_of(ip)),
+                    "apiserver->etcd",
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Etcd { servers })
@@ -422,11 +414,22 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     let address = get("advertise-address")?;
     let port = flags.get("secure-port").cloned().unwrap_or_else(|| "6443".into());
     let client_ca = PathBuf::from(get("client-ca-file")?);
-    let server_tls = tls::server_config(
-        &PathBuf::from(get("tls-cert-file")?),
-        &PathBuf::from(get("tls-private-key-file")?),
-        tls::ClientAuth::Optional(&client_ca),
-    )?;
+    // Reloaded when they change, as `dynamiccertificates` does for the apiserver's
+    // --client-ca-file and --tls-cert-file/--tls-private-key-file
+    // (`staging/src/k8s.io/apiserver/pkg/server/options/authentication.go`,
+    // `secure_serving.go`); the handshake takes any client certificate (serving.rs).
+    let serving = Arc::new(Serving::new(
+        "kube-apiserver",
+        (
+            &PathBuf::from(get("tls-cert-file")?),
+            &PathBuf::from(get("tls-private-key-file")?),
+            Reload::OnChange,
+        ),
+        Some((&client_ca, Reload::OnChange)),
+        &[b"http/1.1"],
+    )?);
+    // kube-apiserver's --anonymous-auth defaults to true, and kubeadm leaves it so.
+    let anonymous = flags.get("anonymous-auth").is_none_or(|v| v != "false");
     let kubelet_ca = match flags.get("kubelet-certificate-authority") {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
         None => std::fs::read(&client_ca)?,
@@ -459,11 +462,11 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     });
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
         let state = state.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -475,7 +478,7 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
                             tls::go_style(&e)
                         );
                         monitor::record(
-                            &node_of(&peer.ip().to_string()),
+                            &monitor::node_of(&peer.ip().to_string()),
                             &monitor::me("kube-apiserver"),
                             "client->apiserver",
                             outcome,
@@ -484,27 +487,18 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
                     return;
                 }
             };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| subject_cn(c));
+            let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                let user = user.clone();
-                async move { Ok::<_, Infallible>(handle(&state, user, req).await) }
+                // Per request, against the client CA loaded now (x509.go verifies per request).
+                let cert = serving.authenticate(presented.as_deref());
+                async move { Ok::<_, Infallible>(handle(&state, cert, anonymous, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
     }
-}
-
-fn subject_cn(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
 }
 
 fn respond(status: u16, body: Value) -> Resp {
@@ -525,10 +519,43 @@ fn status(code: u16, reason: &str, message: &str) -> Resp {
 
 async fn handle(
     state: &State,
-    user: Option<String>,
+    cert: ClientCert,
+    anonymous: bool,
+    peer: SocketAddr,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Resp {
     let path = req.uri().path().to_string();
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    // The authenticators in the real one's order (`pkg/kubeapiserver/authenticator/config.go`:
+    // a union of x509 and tokens, wrapped with `union.NewFailOnError(…, anonymous)`): the first
+    // that authenticates wins; if none does and one failed (a certificate its client CA did
+    // not sign), 401 even with anonymous access on; with no credential at all, anonymous.
+    // Tokens are not verified yet (any non-empty bearer token authenticates).
+    let authenticated = matches!(cert, ClientCert::User { .. }) || token.is_some();
+    if let ClientCert::Untrusted(why) = &cert
+        && !authenticated
+    {
+        eprintln!(
+            "{} kube-apiserver: \"Unable to authenticate the request\" err=\"[verifying certificate from {peer} failed: {why}]\"",
+            jiff::Timestamp::now()
+        );
+        monitor::record(
+            &monitor::node_of(&peer.ip().to_string()),
+            &monitor::me("kube-apiserver"),
+            "client->apiserver",
+            Outcome::Unauthorized,
+        );
+        return respond(401, serving::unauthorized_status());
+    }
+    if !authenticated && !anonymous {
+        return respond(401, serving::unauthorized_status());
+    }
     if path == "/readyz" {
         // Like the real one: ready only while its etcd answers (kubeadm's stacked etcd is the
         // node's own member, so a stopped member makes this apiserver unready).
@@ -558,14 +585,14 @@ async fn handle(
             .insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
         return r;
     }
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    if user.is_none() && token.as_deref().is_none_or(str::is_empty) {
-        return status(401, "Unauthorized", "Unauthorized");
+    if !authenticated && path != "/version" {
+        // system:anonymous may read only what `system:public-info-viewer` allows (the health
+        // paths above and /version; `plugin/pkg/auth/authorizer/rbac/bootstrappolicy`).
+        return status(
+            403,
+            "Forbidden",
+            &format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""),
+        );
     }
     match route(state, req).await {
         Ok(r) => r,

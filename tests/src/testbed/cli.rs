@@ -218,7 +218,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 Output::Text => print!("{}", report::render_text(&r)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
             }
-            Ok(if r.tls_failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if r.trust_failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Cmd::Cpu { dir, seconds } => {
             let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;

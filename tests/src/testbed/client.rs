@@ -218,32 +218,48 @@ impl Client {
                 bail!("Get \"https://{}{}\": {msg}", self.host, path);
             }
         };
-        monitor::record(&self.me, server, &self.purpose, Outcome::Ok);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        // The attempt is recorded once its answer is known: a 401 after the handshake is how a
+        // Go server refuses a client certificate (or token), a trust failure of the edge; a
+        // request that fails later (the server went away) had its handshake trusted.
+        let answer = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .with_context(|| format!("HTTP handshake with {}", self.host))?;
+            tokio::spawn(conn);
+            let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", &self.host)
+                .header("accept", "application/json");
+            if body.is_some() {
+                req = req.header("content-type", content_type.unwrap_or("application/json"));
+            }
+            if let Some(t) = &self.token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let req = req.body(Full::new(Bytes::from(bytes))).context("building the request")?;
+            let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
                 .await
-                .with_context(|| format!("HTTP handshake with {}", self.host))?;
-        tokio::spawn(conn);
-        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("accept", "application/json");
-        if body.is_some() {
-            req = req.header("content-type", content_type.unwrap_or("application/json"));
+                .map_err(|_| anyhow!("{method} {path} on {}: no answer in 10 s", self.host))?
+                .with_context(|| format!("{method} {path} on {}", self.host))?;
+            let status = resp.status().as_u16();
+            let raw = resp
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("reading {path}"))?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, raw))
         }
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(Full::new(Bytes::from(bytes))).context("building the request")?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .map_err(|_| anyhow!("{method} {path} on {}: no answer in 10 s", self.host))?
-            .with_context(|| format!("{method} {path} on {}", self.host))?;
-        let status = resp.status().as_u16();
-        let raw =
-            resp.into_body().collect().await.with_context(|| format!("reading {path}"))?.to_bytes();
+        .await;
+        let outcome = match &answer {
+            Ok((401, _)) => Outcome::Unauthorized,
+            _ => Outcome::Ok,
+        };
+        monitor::record(&self.me, server, &self.purpose, outcome);
+        let (status, raw) = answer?;
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Ok(Response { status, body })
     }

@@ -13,12 +13,14 @@
 //! manifest as with the real kubelet.
 //!
 //! The kubelet serves HTTPS on `<address>:10250` with its serving certificate (`tlsCertFile`,
-//! by default `/var/lib/kubelet/pki/kubelet.crt`) and requires a client certificate from
-//! `authentication.x509.clientCAFile`.
+//! by default `/var/lib/kubelet/pki/kubelet.crt`). Like the real one it takes any client
+//! certificate in the handshake and authenticates each request against the client CA it loads
+//! (`authentication.x509.clientCAFile`, or a `--client-ca-file` flag, which wins), answering
+//! 401 `Unauthorized` to a certificate that CA did not sign; it reloads that CA file and its
+//! serving pair when they change (`serving.rs`).
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::BufReader;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
 use super::node::{alive, proc_stat, to_pid};
+use super::serving::{ClientCert, Reload, Serving};
 use super::subnet::{self, Subnet};
 
 /// Where the kubelet keeps the state of its static pods, inside the node.
@@ -52,6 +55,10 @@ pub struct Flags {
     pub node_ip: String,
     /// `--hostname-override`: the node's name.
     pub hostname: String,
+    /// `--client-ca-file` (deprecated, still honoured): overrides the configuration's
+    /// `authentication.x509.clientCAFile`, as every kubelet flag overrides the file
+    /// (`cmd/kubelet/app/server.go` `kubeletConfigFlagPrecedence`, kubernetes#56171).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Flags {
@@ -60,6 +67,7 @@ impl Flags {
         let mut kubeconfig = None;
         let mut node_ip = std::env::var("KUBECA_TESTBED_ADDRESS").ok();
         let mut hostname = std::env::var("KUBECA_TESTBED_NODE").ok();
+        let mut client_ca_file = None;
         for a in args {
             let Some((k, v)) = a.split_once('=') else {
                 bail!("kubelet: flags are --name=value, got {a:?}");
@@ -69,6 +77,7 @@ impl Flags {
                 "--kubeconfig" => kubeconfig = Some(PathBuf::from(v)),
                 "--node-ip" => node_ip = Some(v.to_string()),
                 "--hostname-override" => hostname = Some(v.to_string()),
+                "--client-ca-file" => client_ca_file = Some(PathBuf::from(v)),
                 // Flags of kubeadm-flags.env that mean nothing here.
                 _ => {}
             }
@@ -78,6 +87,7 @@ impl Flags {
             kubeconfig: kubeconfig.context("kubelet: --kubeconfig is required")?,
             node_ip: node_ip.context("kubelet: --node-ip is required")?,
             hostname: hostname.context("kubelet: --hostname-override is required")?,
+            client_ca_file,
         })
     }
 }
@@ -89,6 +99,9 @@ pub struct KubeletConfig {
     pub static_pod_path: PathBuf,
     /// `authentication.x509.clientCAFile`.
     pub client_ca_file: PathBuf,
+    /// `authentication.anonymous.enabled`: false unless set (the v1beta1 default,
+    /// `pkg/kubelet/apis/config/v1beta1/defaults.go`; kubeadm writes false as well).
+    pub anonymous: bool,
     /// `address` (listen address of :10250).
     pub address: String,
     /// `port`, 10250 by default.
@@ -120,6 +133,12 @@ impl KubeletConfig {
                 .unwrap_or("/etc/kubernetes/manifests".into())
                 .into(),
             client_ca_file: client_ca.into(),
+            anonymous: v
+                .get("authentication")
+                .and_then(|a| a.get("anonymous"))
+                .and_then(|a| a.get("enabled"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             address: s("address").unwrap_or_else(|| node_ip.to_string()),
             port: v
                 .get("port")
@@ -149,7 +168,16 @@ pub fn main(args: Vec<String>) -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args)?;
-    let config = KubeletConfig::load(&flags.config, &flags.node_ip)?;
+    let mut config = KubeletConfig::load(&flags.config, &flags.node_ip)?;
+    if let Some(flag) = &flags.client_ca_file {
+        eprintln!(
+            "kubelet: --client-ca-file={} overrides clientCAFile {} of {}",
+            flag.display(),
+            config.client_ca_file.display(),
+            flags.config.display()
+        );
+        config.client_ca_file = flag.clone();
+    }
     eprintln!(
         "kubelet {} starting: static pods from {}, serving {}:{}",
         flags.hostname,
@@ -157,7 +185,7 @@ fn run(args: &[String]) -> Result<()> {
         config.address,
         config.port
     );
-    let server_tls = server_config(&config)?;
+    let serving = Arc::new(serving(&config)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -184,7 +212,7 @@ fn run(args: &[String]) -> Result<()> {
         let listener = tokio::net::TcpListener::bind((config.address.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.address, config.port))?;
-        tokio::spawn(serve(listener, server_tls));
+        tokio::spawn(serve(listener, serving, config.anonymous));
         // The API side (node registration and status, API pods): kubelet_api.rs (COMPONENTS).
         let ctx = super::kubelet_api::KubeletContext {
             node_name: flags.hostname.clone(),
@@ -613,53 +641,35 @@ fn uid_hash(uid: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // :10250
 
-fn server_config(config: &KubeletConfig) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let read_certs = |p: &Path| -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-        let certs = rustls_pemfile::certs(&mut BufReader::new(f))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("reading certificates of {}", p.display()))?;
-        if certs.is_empty() {
-            bail!("{} holds no certificate", p.display());
-        }
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs(&config.client_ca_file)? {
-        roots.add(c).with_context(|| format!("{}: bad CA", config.client_ca_file.display()))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
+/// The kubelet's :10250 files, reloaded as the real kubelet reloads them: `clientCAFile` through
+/// `dynamiccertificates.NewDynamicCAContentFromFile("client-ca-bundle", …)`
+/// (`cmd/kubelet/app/auth.go` `BuildAuthn`), and `tlsCertFile`/`tlsPrivateKeyFile` since 1.31
+/// (`ReloadKubeletServerCertificateFile`, beta and on by default; `cmd/kubelet/app/server.go`
+/// `InitializeTLS`). The handshake takes any client certificate (`tls.RequestClientCert`).
+fn serving(config: &KubeletConfig) -> Result<Serving> {
+    Serving::new(
+        "kubelet",
+        (&config.tls_cert_file, &config.tls_private_key_file, Reload::OnChange),
+        Some((&config.client_ca_file, Reload::OnChange)),
+        &[b"h2", b"http/1.1"],
     )
-    .build()
-    .context("building the client certificate verifier")?;
-    let certs = read_certs(&config.tls_cert_file)?;
-    let key_path = &config.tls_private_key_file;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(
-        fs::File::open(key_path).with_context(|| format!("opening {}", key_path.display()))?,
-    ))
-    .with_context(|| format!("reading {}", key_path.display()))?
-    .with_context(|| format!("{} holds no private key", key_path.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .context("the kubelet's serving certificate and key do not match")?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
-async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+async fn serve(listener: tokio::net::TcpListener, serving: Arc<Serving>, anonymous: bool) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let serving = serving.clone();
         tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
             let Ok(stream) = acceptor.accept(tcp).await else { return };
-            let service = hyper::service::service_fn(handle);
+            let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+            let user = serving.authenticate(presented.as_deref());
+            let service = hyper::service::service_fn(move |req| {
+                let user = user.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(authenticated(req, &user, anonymous, peer))
+                }
+            });
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -668,11 +678,46 @@ async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>
     }
 }
 
+/// The kubelet's authentication filter (`pkg/kubelet/server/server.go` `InstallAuthFilter`): a
+/// request that does not authenticate is answered 401 with the text `Unauthorized`. A client
+/// certificate that does not verify fails the request even when anonymous access is enabled
+/// (the x509 authenticator's error ends the chain before the anonymous one); a bearer token
+/// would go to the apiserver as a TokenReview (webhook authentication), which the testbed does
+/// not simulate: no testbed client sends the kubelet a token, and one that did gets 401.
+/// Authorization (SubjectAccessReview) is not simulated either: an authenticated user may do
+/// everything.
+fn authenticated(
+    req: hyper::Request<hyper::body::Incoming>,
+    user: &ClientCert,
+    anonymous: bool,
+    peer: std::net::SocketAddr,
+) -> hyper::Response<Body> {
+    let refused = match user {
+        ClientCert::User { .. } => None,
+        ClientCert::Untrusted(why) => {
+            // What the real kubelet logs (`klog.ErrorS(err, "Unable to authenticate the request
+            // due to an error")`). The monitor line is the client's (it knows who it is; a
+            // probe by kubeca is a question, not an edge that depends on the answer).
+            eprintln!(
+                "{} kubelet: Unable to authenticate the request due to an error: verifying certificate from {peer} failed: {why}",
+                jiff::Timestamp::now()
+            );
+            Some(())
+        }
+        ClientCert::Absent if anonymous && !req.headers().contains_key("authorization") => None,
+        ClientCert::Absent => Some(()),
+    };
+    if refused.is_some() {
+        let mut resp = hyper::Response::new(Body::from("Unauthorized"));
+        *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        return resp;
+    }
+    handle(req)
+}
+
 type Body = http_body_util::Full<bytes::Bytes>;
 
-async fn handle(
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+fn handle(req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
     let path = req.uri().path().to_string();
     let (status, body) = if path == "/healthz" {
         (200, "ok".to_string())
@@ -697,7 +742,7 @@ async fn handle(
     };
     let mut resp = hyper::Response::new(Body::from(body));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-    Ok(resp)
+    resp
 }
 
 /// The log of `<ns>/<pod>/<container>` from /var/log/pods, newest pod uid first.

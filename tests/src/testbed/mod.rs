@@ -18,5 +18,6 @@ pub mod pki;
 pub mod pods;
 pub mod report;
 pub mod scheduler;
+pub mod serving;
 pub mod subnet;
 pub mod tls;

@@ -15,8 +15,13 @@ pub enum Outcome {
     Ok,
     /// The client did not trust the server's certificate.
     TlsUntrustedServer,
-    /// The server rejected (or did not get) the client's certificate.
+    /// The server rejected (or did not get) the client's certificate in the handshake.
     TlsBadClientCert,
+    /// The handshake completed and the server answered HTTP 401: the client's certificate (or
+    /// token) did not authenticate. Go servers check client certificates per request, after the
+    /// handshake (see tls.rs, `Serving`), so this is how a real apiserver or kubelet refuses a
+    /// client certificate of a CA it does not load.
+    Unauthorized,
     /// Nothing listening.
     Refused,
     /// No answer in time.
@@ -30,15 +35,42 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::TlsUntrustedServer => "tls-untrusted-server",
             Outcome::TlsBadClientCert => "tls-bad-client-cert",
+            Outcome::Unauthorized => "unauthorized",
             Outcome::Refused => "refused",
             Outcome::Timeout => "timeout",
         }
     }
 }
 
+/// Whether an outcome name of handshakes.jsonl is a trust failure (an outage of its edge):
+/// a handshake refused on trust either way, or a 401 after it.
+pub fn is_trust_failure(outcome: &str) -> bool {
+    outcome.starts_with("tls-") || outcome == Outcome::Unauthorized.as_str()
+}
+
 /// The node this process runs on (KUBECA_TESTBED_NODE), or "host".
 pub fn node() -> String {
     std::env::var("KUBECA_TESTBED_NODE").unwrap_or_else(|_| "host".into())
+}
+
+/// The monitor's name of the node at `ip` (cp-i or w-j, from DIR/inventory.toml), else the ip:
+/// how a server names a client it knows only by its address.
+pub fn node_of(ip: &str) -> String {
+    let Some(dir) = std::env::var_os("KUBECA_TESTBED_DIR") else { return ip.to_string() };
+    let inv = std::fs::read_to_string(std::path::Path::new(&dir).join("inventory.toml"))
+        .unwrap_or_default();
+    let mut name = None;
+    for l in inv.lines() {
+        if let Some(v) = l.strip_prefix("name = ") {
+            name = Some(v.trim_matches('"').to_string());
+        } else if let Some(v) = l.strip_prefix("address = ")
+            && v.trim_matches('"') == ip
+            && let Some(n) = name.take()
+        {
+            return n;
+        }
+    }
+    ip.to_string()
 }
 
 /// `<component>@<node>` for this process.

@@ -74,9 +74,27 @@ const BIND_MOUNTS: [(&str, &str); 6] = [
     ("bin", "/usr/local/sbin"),
 ];
 
-/// The kubelet's command line, as kubeadm's systemd drop-in starts it.
+/// The kubelet's command line, as kubeadm's systemd drop-in starts it
+/// (`/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf` of the kubeadm packages:
+/// `ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS
+/// $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS`); `$KUBELET_KUBEADM_ARGS` comes from
+/// [`KUBEADM_FLAGS_ENV`], read at every start as systemd reads an `EnvironmentFile`.
 const KUBELET_ARGS: [&str; 2] =
     ["--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml"];
+
+/// The drop-in's `EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env` (optional: `-`).
+const KUBEADM_FLAGS_ENV: &str = "/var/lib/kubelet/kubeadm-flags.env";
+
+/// The words of `KUBELET_KUBEADM_ARGS` in an environment file, as systemd passes an unquoted
+/// `$VAR` to ExecStart: the value without its quotes, split at whitespace.
+fn kubeadm_args(env_file: &str) -> Vec<String> {
+    env_file
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("KUBELET_KUBEADM_ARGS="))
+        .map(|v| v.trim().trim_matches('"').split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
 
 /// Seconds systemd waits before restarting a kubelet that died (kubeadm's unit: RestartSec=10;
 /// shorter here so a crashed kubelet does not stall the tests).
@@ -262,11 +280,11 @@ async fn supervise_loop(
     };
     let journal = root.join("kubelet.journal");
     let start_kubelet = || -> Result<u32> {
+        let env_file = fs::read_to_string(KUBEADM_FLAGS_ENV).unwrap_or_default();
         let mut child = Command::new(&exe)
             .arg("kubelet")
             .args(KUBELET_ARGS)
-            .arg(format!("--node-ip={address}"))
-            .arg(format!("--hostname-override={name}"))
+            .args(kubeadm_args(&env_file))
             .env("KUBECA_TESTBED_DIR", dir)
             .env("KUBECA_TESTBED_NODE", name)
             .env("KUBECA_TESTBED_ADDRESS", address)
@@ -796,6 +814,20 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubeadm_flags_are_the_words_of_the_env_file_as_systemd_passes_them() {
+        let env = "# written by kubeadm\nKUBELET_KUBEADM_ARGS=\"--node-ip=127.0.0.11 --hostname-override=cp-1  --client-ca-file=/etc/kubernetes/pki/ca.crt\"\n";
+        assert_eq!(
+            kubeadm_args(env),
+            [
+                "--node-ip=127.0.0.11",
+                "--hostname-override=cp-1",
+                "--client-ca-file=/etc/kubernetes/pki/ca.crt"
+            ]
+        );
+        assert!(kubeadm_args("").is_empty(), "the file is optional (EnvironmentFile=-)");
+    }
 
     #[test]
     fn topology_names_and_addresses_follow_the_contract() {

@@ -329,6 +329,17 @@ pub fn control_plane_core(
     write_secret(&etc.join("admin.conf"), conf.as_bytes())
 }
 
+/// A CA `<dir>/<name>-ca.{crt,key}` and a client pair `<dir>/<name>-client.{crt,key}` it signs
+/// (CN `cn`, O `orgs`), for tests of how the components authenticate client certificates.
+pub fn ca_and_client(dir: &Path, name: &str, cn: &str, orgs: &[&str]) -> Result<()> {
+    let ossl = Openssl { algo: KeyAlgorithm::Ecdsa, work: dir.to_path_buf() };
+    let ca = CertSpec::new(&format!("{name}-ca"), &[], Usage::Ca);
+    ossl.key_and_cert(dir, &format!("{name}-ca"), &ca, None, dir)?;
+    let (ca_crt, ca_key) = (dir.join(format!("{name}-ca.crt")), dir.join(format!("{name}-ca.key")));
+    let client = CertSpec::new(cn, orgs, Usage::Client);
+    ossl.key_and_cert(dir, &format!("{name}-client"), &client, Some((&ca_crt, &ca_key)), dir)
+}
+
 /// Runs the openssl CLI with the testbed's key algorithm.
 struct Openssl {
     algo: KeyAlgorithm,

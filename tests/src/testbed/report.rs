@@ -3,7 +3,8 @@
 //! Every line of the trust monitor is one connection attempt: `time`, `client`, `server`,
 //! `purpose`, `outcome`. The report counts outcomes per edge (client, server, purpose) and in
 //! total. A `refused` or `timeout` while one component behind the load balancer restarts is not
-//! an outage; any `tls-*` outcome is, and makes the report fail (exit 1).
+//! an outage; a trust failure is (`tls-*`, or `unauthorized`: a 401 after the handshake), and
+//! makes the report fail (exit 1).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -48,8 +49,8 @@ pub struct Report {
     pub total: u64,
     /// Outcome → count over every edge.
     pub outcomes: BTreeMap<String, u64>,
-    /// Attempts that failed on TLS trust (`tls-*`): each one is an outage.
-    pub tls_failures: u64,
+    /// Attempts that failed on trust (`tls-*`, `unauthorized`): each one is an outage.
+    pub trust_failures: u64,
     /// Lines that could not be read (never counted as success).
     pub unreadable_lines: u64,
     /// Per edge, sorted by client, server, purpose.
@@ -62,7 +63,7 @@ pub fn build(dir: &Path, since: Option<jiff::Timestamp>) -> Result<Report> {
     let mut report = Report {
         total: 0,
         outcomes: BTreeMap::new(),
-        tls_failures: 0,
+        trust_failures: 0,
         unreadable_lines: 0,
         edges: Vec::new(),
     };
@@ -93,8 +94,8 @@ pub fn build(dir: &Path, since: Option<jiff::Timestamp>) -> Result<Report> {
             }
         }
         report.total += 1;
-        if h.outcome.starts_with("tls-") {
-            report.tls_failures += 1;
+        if super::monitor::is_trust_failure(&h.outcome) {
+            report.trust_failures += 1;
         }
         *report.outcomes.entry(h.outcome.clone()).or_default() += 1;
         *edges.entry((h.client, h.server, h.purpose)).or_default().entry(h.outcome).or_default() +=
@@ -132,10 +133,10 @@ pub fn render_text(r: &Report) -> String {
     if r.unreadable_lines > 0 {
         s.push_str(&format!("{} unreadable lines\n", r.unreadable_lines));
     }
-    if r.tls_failures > 0 {
-        s.push_str(&format!("OUTAGE: {} TLS trust failures\n", r.tls_failures));
+    if r.trust_failures > 0 {
+        s.push_str(&format!("OUTAGE: {} trust failures\n", r.trust_failures));
     } else {
-        s.push_str("no TLS trust failure\n");
+        s.push_str("no trust failure\n");
     }
     s
 }
@@ -151,33 +152,34 @@ mod tests {
     }
 
     #[test]
-    fn counts_per_edge_and_flags_tls_failures() {
+    fn counts_per_edge_and_flags_trust_failures() {
         let dir = tempfile::tempdir().unwrap();
         let lines = [
             line("kubelet@w-1", "ok", "2026-11-28T15:00:00Z"),
             line("kubelet@w-1", "ok", "2026-11-28T15:00:01Z"),
             line("kubelet@w-1", "refused", "2026-11-28T15:00:02Z"),
             line("kubelet@w-2", "tls-untrusted-server", "2026-11-28T15:00:03Z"),
+            line("kubelet@w-2", "unauthorized", "2026-11-28T15:00:04Z"),
             "not json".to_string(),
         ];
         fs::write(dir.path().join("handshakes.jsonl"), lines.join("\n")).unwrap();
         let r = build(dir.path(), None).unwrap();
-        assert_eq!(r.total, 4);
-        assert_eq!(r.tls_failures, 1);
+        assert_eq!(r.total, 5);
+        assert_eq!(r.trust_failures, 2);
         assert_eq!(r.unreadable_lines, 1);
         assert_eq!(r.edges.len(), 2);
         assert_eq!(r.edges[0].outcomes.get("ok"), Some(&2));
         assert_eq!(r.edges[0].outcomes.get("refused"), Some(&1));
-        assert!(render_text(&r).contains("OUTAGE: 1 TLS trust failures"));
+        assert!(render_text(&r).contains("OUTAGE: 2 trust failures"));
 
         let later = build(dir.path(), Some("2026-11-28T15:00:02Z".parse().unwrap())).unwrap();
-        assert_eq!((later.total, later.tls_failures), (2, 1));
+        assert_eq!((later.total, later.trust_failures), (3, 2));
     }
 
     #[test]
     fn no_file_is_an_empty_clean_report() {
         let dir = tempfile::tempdir().unwrap();
         let r = build(dir.path(), None).unwrap();
-        assert_eq!((r.total, r.tls_failures), (0, 0));
+        assert_eq!((r.total, r.trust_failures), (0, 0));
     }
 }

@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use super::monitor::Outcome;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider every component uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

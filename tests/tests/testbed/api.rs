@@ -63,7 +63,7 @@ pub fn report_counts_handshakes_without_failures(tb: &Testbed) {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["tls_failures"], 0, "{r}");
+    assert_eq!(r["trust_failures"], 0, "{r}");
     assert!(r["total"].as_u64().unwrap() > 0, "the monitor recorded nothing");
     let edges = r["edges"].as_array().unwrap();
     assert!(

@@ -114,26 +114,88 @@ pub fn etcd_cluster_is_healthy_with_mutual_tls(tb: &Testbed) {
     assert!(!out.status.success(), "etcd accepted a client without a certificate: {}", text(&out));
 }
 
-/// The kubelet's :10250 requires a client certificate from its clientCAFile.
-pub fn kubelet_requires_client_certificates(tb: &Testbed) {
+/// The kubelet's :10250 authenticates per request, as the real one does
+/// (`cmd/kubelet/app/server.go`: `tls.RequestClientCert`; `InstallAuthFilter`): the handshake
+/// completes with any client certificate, or none, and a request that does not authenticate
+/// is answered 401 `Unauthorized`, which the refused client's monitor line counts as a trust
+/// failure. It reloads its clientCAFile when the file changes, and a `--client-ca-file` flag of
+/// kubeadm-flags.env overrides the configuration's clientCAFile at its next start.
+pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
     let pki = tb.node_path("cp-1", "etc-kubernetes/pki");
-    let addr = &tb.nodes.last().unwrap().1;
-    let url = format!("https://{addr}:10250/healthz");
-    let curl = |cert: Option<(&str, &str)>, ca: &str| {
+    let url = format!("https://{}:10250/healthz", tb.address("cp-1"));
+    // (HTTP status, body) of GET /healthz with a client pair of cp-1's pki directory.
+    let get = |cert: Option<&str>| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "5", "--cacert"]).arg(pki.join(ca));
-        if let Some((crt, key)) = cert {
-            c.arg("--cert").arg(pki.join(crt)).arg("--key").arg(pki.join(key));
+        c.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+            .arg(pki.join("ca.crt"));
+        if let Some(name) = cert {
+            c.arg("--cert").arg(pki.join(format!("{name}.crt")));
+            c.arg("--key").arg(pki.join(format!("{name}.key")));
         }
-        c.arg(&url).output().unwrap()
+        let out = c.arg(&url).output().unwrap();
+        assert!(out.status.success(), "the handshake must complete: {}", text(&out));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = said.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_string())
     };
-    let ok = curl(Some(("apiserver-kubelet-client.crt", "apiserver-kubelet-client.key")), "ca.crt");
-    assert!(ok.status.success(), "{}", text(&ok));
-    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok");
-    let no_cert = curl(None, "ca.crt");
-    assert!(!no_cert.status.success(), "the kubelet served a client without a certificate");
-    let wrong_ca = curl(Some(("front-proxy-client.crt", "front-proxy-client.key")), "ca.crt");
-    assert!(!wrong_ca.status.success(), "the kubelet accepted a front-proxy CA client");
+    let kubelet_client = "apiserver-kubelet-client";
+    let front_proxy_client = "front-proxy-client";
+    assert_eq!(get(Some(kubelet_client)), (200, "ok".into()));
+    assert_eq!(get(None), (401, "Unauthorized".into()), "anonymous access is off (kubeadm)");
+    assert_eq!(get(Some(front_proxy_client)), (401, "Unauthorized".into()));
+    // clientCAFile reloaded when it changes: a bundle with the front-proxy CA, written by
+    // rename as kubeca writes, lets the front-proxy client in without a restart.
+    let ca = pki.join("ca.crt");
+    let original = fs::read_to_string(&ca).unwrap();
+    let bundle = original.clone() + &fs::read_to_string(pki.join("front-proxy-ca.crt")).unwrap();
+    let write = |content: &str| {
+        fs::write(pki.join("ca.crt.new"), content).unwrap();
+        fs::rename(pki.join("ca.crt.new"), &ca).unwrap();
+    };
+    write(&bundle);
+    assert_eq!(get(Some(front_proxy_client)).0, 200, "the kubelet did not reload clientCAFile");
+    write(&original);
+    assert_eq!(get(Some(front_proxy_client)).0, 401);
+
+    // A --client-ca-file flag wins over clientCAFile, from the kubelet's next start on.
+    let env = tb.node_path("cp-1", "var-lib-kubelet/kubeadm-flags.env");
+    let flags = fs::read_to_string(&env).unwrap();
+    let overridden = flags.replacen(
+        "KUBELET_KUBEADM_ARGS=\"",
+        "KUBELET_KUBEADM_ARGS=\"--client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt ",
+        1,
+    );
+    assert_ne!(overridden, flags, "{flags}");
+    fs::write(&env, &overridden).unwrap();
+    assert_eq!(get(Some(front_proxy_client)).0, 401, "a flag takes effect only at a start");
+    tb.ssh_ok(tb.address("cp-1"), "systemctl restart kubelet");
+    eventually("the kubelet to load --client-ca-file", Duration::from_secs(20), || {
+        get(Some(front_proxy_client)).0 == 200
+    });
+    assert_eq!(get(Some(kubelet_client)).0, 401, "clientCAFile must no longer count");
+    // The apiservers' client certificate is refused now: `kubectl logs` through them fails, and
+    // their monitor lines count the 401s as trust failures of apiserver->kubelet.
+    let since = jiff::Timestamp::now().to_string();
+    let out = tb.kubectl(&["-n", "kube-system", "logs", "etcd-cp-1"]);
+    assert!(
+        !out.status.success(),
+        "logs through a kubelet that refuses the apiserver: {}",
+        text(&out)
+    );
+    let r = report(&tb.dir, Some(&since));
+    let refused: u64 = r["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["purpose"] == "apiserver->kubelet" && e["server"] == "kubelet@cp-1")
+        .filter_map(|e| e["outcomes"]["unauthorized"].as_u64())
+        .sum();
+    assert!(refused >= 1, "the 401 is not a trust failure in the report: {r}");
+    fs::write(&env, &flags).unwrap();
+    tb.ssh_ok(tb.address("cp-1"), "systemctl restart kubelet");
+    eventually("the kubelet back on clientCAFile", Duration::from_secs(20), || {
+        get(Some(kubelet_client)).0 == 200
+    });
 }
 
 /// Editing a static pod manifest restarts that component, and only that one; etcd rejoins.
@@ -331,7 +393,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
     // balancer, which its components name "lb"; no TLS failure on either testbed, so nothing of
     // one dialed the other's addresses.
     let r = report(&side.dir, None);
-    assert_eq!(r["tls_failures"], 0, "{r}");
+    assert_eq!(r["trust_failures"], 0, "{r}");
     let edges = r["edges"].as_array().unwrap();
     assert!(
         edges.iter().any(|e| e["client"].as_str().is_some_and(|c| c.starts_with("pod/"))
@@ -344,7 +406,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
         "the other testbed dialed this one's addresses: {r}"
     );
     let mine = report(&tb.dir, Some(&since));
-    assert_eq!(mine["tls_failures"], 0, "{mine}");
+    assert_eq!(mine["trust_failures"], 0, "{mine}");
 
     // This testbed's down stops this testbed only.
     let side_before = long_lived(&side.dir);

@@ -1,0 +1,422 @@
+//! How the Go components serve TLS: client certificates requested in the handshake and checked per request, files reloaded when they change.
+//!
+//! kube-apiserver and the kubelet accept the handshake whatever client certificate is presented
+//! (`tls.RequestClientCert`: kubernetes `cmd/kubelet/app/server.go` `InitializeTLS`, and
+//! `staging/src/k8s.io/apiserver/pkg/server/secure_serving.go`); the x509 authenticator verifies
+//! the chain against the client CA as it is loaded at that moment, per request
+//! (`staging/src/k8s.io/apiserver/pkg/authentication/request/x509/x509.go`
+//! `Authenticator.AuthenticateRequest`), and a certificate that does not verify is answered with
+//! HTTP 401 (`staging/src/k8s.io/apiserver/pkg/endpoints/filters/authentication.go`). The
+//! certificate_authorities hint of the handshake lists the loaded client CAs, as Go's server
+//! sends for `tls.Config.ClientCAs`; Go clients send no certificate the hint does not name.
+//!
+//! Which files a component reloads is its own (`Reload` per file): the dynamic ones follow
+//! `staging/src/k8s.io/apiserver/pkg/server/dynamiccertificates` (`dynamic_cafile_content.go`,
+//! `dynamic_serving_content.go`): a change is picked up when it happens, and content that does
+//! not parse (or a certificate that does not match its key) is refused and the old content kept.
+//! Here a change is seen at the next connection or request (the file's size, mtime and inode are
+//! compared), which is as soon as upstream's file watch sees it.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use rustls::DistinguishedName;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+
+use super::tls;
+
+/// Whether a component reloads a file when it changes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// Read once, at start (a change takes effect at the next restart).
+    AtStart,
+    /// Reloaded when the file changes.
+    OnChange,
+}
+
+/// What a client certificate presented on a connection authenticates as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    /// No certificate was presented (the request may carry a token, or be anonymous).
+    Absent,
+    /// Verified by the loaded client CA: the subject's CN and O, as the x509 authenticator maps
+    /// them (`x509.go` `CommonNameUserConversion`).
+    User {
+        /// The CN.
+        name: String,
+        /// The O values.
+        groups: Vec<String>,
+    },
+    /// Presented but not verified by the loaded client CA: the authenticator's error, Go-style.
+    Untrusted(String),
+}
+
+/// A file's identity on disk: a write in place changes size or mtime, a rename changes inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp { ino: m.ino(), size: m.size(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
+}
+
+/// The loaded client CA: a verifier and the subjects sent as hints.
+struct ClientCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl ClientCa {
+    fn load(path: &Path) -> Result<ClientCa> {
+        let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let roots = tls::roots_from_pem(&pem, &path.display().to_string())?;
+        let hints = roots.subjects();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            tls::provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .with_context(|| format!("{}: building the client certificate verifier", path.display()))?;
+        Ok(ClientCa { verifier, hints })
+    }
+}
+
+/// The files as loaded, with their stamps at load time.
+struct Loaded {
+    serving: (Option<Stamp>, Option<Stamp>),
+    client_ca: Option<Stamp>,
+    ca: Option<Arc<ClientCa>>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// A TLS server's files: its serving pair and, optionally, the client CA it authenticates
+/// requests with, each reloaded or not as the component it simulates does.
+pub struct Serving {
+    component: String,
+    cert: PathBuf,
+    key: PathBuf,
+    serving_reload: Reload,
+    client_ca: Option<(PathBuf, Reload)>,
+    alpn: Vec<Vec<u8>>,
+    loaded: Mutex<Loaded>,
+}
+
+impl Serving {
+    /// Loads the serving pair and the client CA; an unreadable file fails the start, as it fails
+    /// the real component's.
+    pub fn new(
+        component: &str,
+        (cert, key, serving_reload): (&Path, &Path, Reload),
+        client_ca: Option<(&Path, Reload)>,
+        alpn: &[&[u8]],
+    ) -> Result<Serving> {
+        let ca = match client_ca {
+            Some((p, _)) => Some(Arc::new(ClientCa::load(p)?)),
+            None => None,
+        };
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
+        let config = build(cert, key, ca.as_deref(), &alpn)?;
+        let loaded = Loaded {
+            serving: (stamp(cert), stamp(key)),
+            client_ca: client_ca.and_then(|(p, _)| stamp(p)),
+            ca,
+            config,
+        };
+        Ok(Serving {
+            component: component.to_string(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            serving_reload,
+            client_ca: client_ca.map(|(p, r)| (p.to_path_buf(), r)),
+            alpn,
+            loaded: Mutex::new(loaded),
+        })
+    }
+
+    /// The server config for a new connection, after reloading what changed and reloads.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut l);
+        l.config.clone()
+    }
+
+    /// Authenticates the certificates a client presented on a connection against the client
+    /// CA loaded now (a CA reloaded since the handshake counts, as upstream's per-request check).
+    pub fn authenticate(&self, presented: Option<&[CertificateDer<'static>]>) -> ClientCert {
+        let Some((end_entity, intermediates)) = presented.and_then(|c| c.split_first()) else {
+            return ClientCert::Absent;
+        };
+        let ca = {
+            let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            self.refresh(&mut l);
+            l.ca.clone()
+        };
+        let Some(ca) = ca else {
+            // No client CA configured: the x509 authenticator is not installed.
+            return ClientCert::Absent;
+        };
+        match ca.verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()) {
+            Ok(_) => match subject(end_entity) {
+                Some((name, groups)) => ClientCert::User { name, groups },
+                None => ClientCert::Untrusted("x509: malformed certificate".into()),
+            },
+            Err(e) => ClientCert::Untrusted(go_x509(&e)),
+        }
+    }
+
+    /// Reloads the files marked `OnChange` whose stamp moved; content that does not load is
+    /// refused with a log line and the old content kept, as `dynamiccertificates` does.
+    fn refresh(&self, l: &mut Loaded) {
+        let mut changed = false;
+        if self.serving_reload == Reload::OnChange {
+            let now = (stamp(&self.cert), stamp(&self.key));
+            if now != l.serving {
+                l.serving = now;
+                changed = true;
+            }
+        }
+        if let Some((path, Reload::OnChange)) = &self.client_ca {
+            let now = stamp(path);
+            if now != l.client_ca {
+                l.client_ca = now;
+                match ClientCa::load(path) {
+                    Ok(ca) => {
+                        eprintln!(
+                            "{} {}: loaded a new client CA from {}",
+                            jiff::Timestamp::now(),
+                            self.component,
+                            path.display()
+                        );
+                        l.ca = Some(Arc::new(ca));
+                        changed = true;
+                    }
+                    Err(e) => eprintln!(
+                        "{} {}: keeping the client CA loaded before: {e:#}",
+                        jiff::Timestamp::now(),
+                        self.component
+                    ),
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+        match build(&self.cert, &self.key, l.ca.as_deref(), &self.alpn) {
+            Ok(c) => l.config = c,
+            Err(e) => eprintln!(
+                "{} {}: keeping the serving certificate loaded before: {e:#}",
+                jiff::Timestamp::now(),
+                self.component
+            ),
+        }
+    }
+}
+
+fn build(
+    cert: &Path,
+    key: &Path,
+    ca: Option<&ClientCa>,
+    alpn: &[Vec<u8>],
+) -> Result<Arc<rustls::ServerConfig>> {
+    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    let builder = match ca {
+        Some(ca) => builder.with_client_cert_verifier(Arc::new(RequestClientCert {
+            hints: ca.hints.clone(),
+            provider: tls::provider(),
+        })),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(tls::load_certs(cert)?, tls::load_key(key)?)
+        .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
+    cfg.alpn_protocols = alpn.to_vec();
+    Ok(Arc::new(cfg))
+}
+
+/// Go's `tls.RequestClientCert`: a certificate is asked for and whatever is presented (or
+/// nothing) completes the handshake; only the handshake signature is checked, which proves the
+/// client holds the key. Trust is the authenticator's business, per request.
+#[derive(Debug)]
+struct RequestClientCert {
+    hints: Vec<DistinguishedName>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The CN and O values of a certificate's subject.
+fn subject(der: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some((name, groups))
+}
+
+/// A verification error as Go's x509 package words it.
+fn go_x509(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "x509: certificate signed by unknown authority".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "x509: certificate has expired or is not yet valid".into()
+        }
+        rustls::Error::InvalidCertificate(C::InvalidPurpose | C::InvalidPurposeContext { .. }) => {
+            "x509: certificate specifies an incompatible key usage".into()
+        }
+        other => format!("x509: {other}"),
+    }
+}
+
+/// The body of a 401 from the apiserver's authentication filter (`authentication.go`
+/// `Unauthorized`: a Status with reason Unauthorized).
+pub fn unauthorized_status() -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Unauthorized", "reason": "Unauthorized", "code": 401
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_issuer_reads_as_go_says_it() {
+        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(go_x509(&e), "x509: certificate signed by unknown authority");
+    }
+
+    /// Two CAs, `a` and `b`, each with a client `kubeca-probe` in `system:masters`, and a
+    /// serving pair; `client-ca.crt` holds `a`'s CA.
+    fn pki() -> (tempfile::TempDir, Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            super::super::pki::ca_and_client(dir.path(), name, "kubeca-probe", &["system:masters"])
+                .unwrap();
+        }
+        fs::copy(dir.path().join("a-ca.crt"), dir.path().join("client-ca.crt")).unwrap();
+        let a = tls::load_certs(&dir.path().join("a-client.crt")).unwrap();
+        let b = tls::load_certs(&dir.path().join("b-client.crt")).unwrap();
+        (dir, a, b)
+    }
+
+    fn serving(dir: &Path, ca: Reload) -> Serving {
+        let (crt, key) = (dir.join("a-client.crt"), dir.join("a-client.key"));
+        let files = (crt.as_path(), key.as_path(), Reload::AtStart);
+        Serving::new("test", files, Some((&dir.join("client-ca.crt"), ca)), &[b"http/1.1"]).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_is_checked_against_the_client_ca_loaded_at_the_request() {
+        let (dir, a, b) = pki();
+        let s = serving(dir.path(), Reload::OnChange);
+        let user =
+            ClientCert::User { name: "kubeca-probe".into(), groups: vec!["system:masters".into()] };
+        assert_eq!(s.authenticate(Some(&a)), user);
+        assert_eq!(
+            s.authenticate(Some(&b)),
+            ClientCert::Untrusted("x509: certificate signed by unknown authority".into())
+        );
+        assert_eq!(s.authenticate(None), ClientCert::Absent);
+        // The client CA file now holds b's CA (a rename over it, as kubeca writes): reloaded.
+        fs::copy(dir.path().join("b-ca.crt"), dir.path().join("new.crt")).unwrap();
+        fs::rename(dir.path().join("new.crt"), dir.path().join("client-ca.crt")).unwrap();
+        assert_eq!(s.authenticate(Some(&b)), user);
+        assert!(matches!(s.authenticate(Some(&a)), ClientCert::Untrusted(_)));
+        // Content that does not parse is refused and b's CA kept.
+        fs::write(dir.path().join("client-ca.crt"), "not a certificate").unwrap();
+        assert_eq!(s.authenticate(Some(&b)), user);
+    }
+
+    #[test]
+    fn a_file_read_at_start_is_not_reloaded() {
+        let (dir, a, b) = pki();
+        let s = serving(dir.path(), Reload::AtStart);
+        fs::copy(dir.path().join("b-ca.crt"), dir.path().join("client-ca.crt")).unwrap();
+        assert!(matches!(s.authenticate(Some(&a)), ClientCert::User { .. }));
+        assert!(matches!(s.authenticate(Some(&b)), ClientCert::Untrusted(_)));
+    }
+
+    #[test]
+    fn a_changed_file_has_a_new_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.crt");
+        fs::write(&p, "one").unwrap();
+        let a = stamp(&p);
+        fs::write(dir.path().join("ca.crt.tmp"), "two").unwrap();
+        fs::rename(dir.path().join("ca.crt.tmp"), &p).unwrap();
+        assert_ne!(a, stamp(&p), "a rename over the file must be seen");
+        assert_eq!(stamp(&dir.path().join("absent")), None);
+    }
+}
