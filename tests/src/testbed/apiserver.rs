@@ -17,6 +17,7 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+use super::component::{parse_flags, require};
 use super::monitor::{self, Outcome};
 use super::serving::{self, ClientCert, Reload, Serving};
 use super::subnet::Subnet;
@@ -26,17 +27,6 @@ type Body = Full<bytes::Bytes>;
 type Resp = hyper::Response<Body>;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Parses `--key=value` flags into a map (later flags win, as with Go's flag package).
-pub fn parse_flags(args: &[String]) -> HashMap<String, String> {
-    args.iter()
-        .filter_map(|a| a.strip_prefix("--"))
-        .map(|a| match a.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (a.to_string(), "true".to_string()),
-        })
-        .collect()
-}
 
 /// The apiserver's entry point: `kubeca-testbed kube-apiserver --flag=value ...`.
 pub fn main(args: Vec<String>) -> ExitCode {
@@ -294,7 +284,7 @@ pub struct Etcd {
 
 impl Etcd {
     fn new(flags: &HashMap<String, String>) -> Result<Etcd> {
-        let get = |k: &str| flags.get(k).with_context(|| format!("--{k} is required"));
+        let get = |k: &str| require(flags, k);
         let ca_path = PathBuf::from(get("etcd-cafile")?);
         let ca =
             std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
@@ -410,7 +400,7 @@ struct State {
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
-    let get = |k: &str| flags.get(k).cloned().with_context(|| format!("--{k} is required"));
+    let get = |k: &str| require(&flags, k);
     let address = get("advertise-address")?;
     let port = flags.get("secure-port").cloned().unwrap_or_else(|| "6443".into());
     let client_ca = PathBuf::from(get("client-ca-file")?);
@@ -1064,8 +1054,8 @@ async fn proxy_metrics(state: &State, path: &str) -> Result<Resp> {
     };
     let ip = pod["status"]["podIP"].as_str().or(pod["status"]["hostIP"].as_str()).unwrap_or("");
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    let cert = f.get("proxy-client-cert-file").context("--proxy-client-cert-file is required")?;
-    let key = f.get("proxy-client-key-file").context("--proxy-client-key-file is required")?;
+    let cert = require(f, "proxy-client-cert-file")?;
+    let key = require(f, "proxy-client-key-file")?;
     // The APIService says insecureSkipTLSVerify (metrics-server's self-signed certificate, as
     // upstream's default install); the front-proxy client certificate is what is checked.
     let cfg = tls::client_config_skip_verify((
@@ -1129,7 +1119,7 @@ async fn bootstrap(state: &State) -> Result<()> {
         put_if_absent(e, &format!("/registry/namespaces/{ns}"), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None), "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})).await?;
     }
     let read = |k: &str| -> Result<String> {
-        let p = f.get(k).with_context(|| format!("--{k} is required"))?;
+        let p = require(f, k)?;
         std::fs::read_to_string(p).with_context(|| format!("reading {p} (--{k})"))
     };
     let client_ca = read("client-ca-file")?;
@@ -1190,14 +1180,6 @@ async fn bootstrap(state: &State) -> Result<()> {
     )
     .await?;
     Ok(())
-}
-
-/// Used by other components to reject a flag value that is not set.
-pub fn require<'a>(flags: &'a HashMap<String, String>, k: &str) -> Result<&'a str> {
-    match flags.get(k) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => bail!("--{k} is required"),
-    }
 }
 
 #[cfg(test)]

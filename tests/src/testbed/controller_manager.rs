@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::apiserver::parse_flags;
 use super::client::{Client, Credentials};
+use super::component::{leader_lock, parse_flags, require, start_healthz};
 use super::{monitor, tls};
 
 /// The controller-manager's entry point: `kubeca-testbed kube-controller-manager --flag=value ...`.
@@ -55,84 +55,14 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream;
-/// client certificates verified against `--client-ca-file` when one is presented).
-///
-/// Without `--bind-address` upstream listens on 0.0.0.0 (`NewSecureServingOptions` in
-/// k8s.io/apiserver/pkg/server/options/serving.go); the testbed's nodes share one network
-/// namespace, so it listens on the node's address (KUBECA_TESTBED_ADDRESS) instead, never on an
-/// address another node or testbed shares. An error when neither is given.
-pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) -> Result<()> {
-    let address = match flags.get("bind-address") {
-        Some(a) => a.clone(),
-        None => std::env::var("KUBECA_TESTBED_ADDRESS").map_err(|_| {
-            anyhow::anyhow!(
-                "{name}: --bind-address is not set and neither is KUBECA_TESTBED_ADDRESS"
-            )
-        })?,
-    };
-    let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
-    let me = monitor::me(name);
-    let name = name.to_string();
-    let client_ca = flags.get("client-ca-file").cloned();
-    tokio::spawn(async move {
-        let r = async {
-            let (crt, key) = tls::self_signed(Path::new("/run/kubernetes"), &name, &address)?;
-            // --client-ca-file authenticates callers of the secure port, read once at start;
-            // health checks may come without a certificate.
-            let cfg = match &client_ca {
-                Some(ca) => {
-                    tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?
-                }
-                None => tls::server_config(&crt, &key, tls::ClientAuth::None)?,
-            };
-            let addr =
-                format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
-            tls::serve_healthz(addr, cfg, me).await
-        };
-        if let Err(e) = r.await {
-            eprintln!("{} {name}: health endpoint: {e:#}", jiff::Timestamp::now());
-        }
-    });
-    Ok(())
-}
-
-/// Holds or takes the named lease in kube-system; true when this process is the leader.
-pub async fn leader_lock(api: &Client, lease: &str, me: &str) -> Result<bool> {
-    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}");
-    let now = jiff::Timestamp::now();
-    let spec =
-        json!({"holderIdentity": me, "leaseDurationSeconds": 15, "renewTime": now.to_string()});
-    match api.get(&path).await? {
-        None => {
-            let obj = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": lease, "namespace": "kube-system"}, "spec": spec});
-            api.create("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases", &obj).await?;
-            Ok(true)
-        }
-        Some(mut l) => {
-            let holder = l["spec"]["holderIdentity"].as_str().unwrap_or("");
-            let renewed =
-                l["spec"]["renewTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
-            let expired = renewed.is_none_or(|t| now.as_second() - t.as_second() > 15);
-            if holder == me || expired {
-                l["spec"] = spec;
-                api.update(&path, &l).await?;
-                Ok(true)
-            } else {
-                Ok(false)
-            }
-        }
-    }
-}
-
 struct Ctl {
     api: Client,
     root_ca: String,
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
-    let kubeconfig = PathBuf::from(flags.get("kubeconfig").context("--kubeconfig is required")?);
-    let root_ca_path = flags.get("root-ca-file").context("--root-ca-file is required")?;
+    let kubeconfig = PathBuf::from(require(&flags, "kubeconfig")?);
+    let root_ca_path = require(&flags, "root-ca-file")?;
     let root_ca = std::fs::read_to_string(root_ca_path)
         .with_context(|| format!("reading --root-ca-file {root_ca_path}"))?;
     let me = monitor::me("kube-controller-manager");

@@ -32,6 +32,7 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
+use super::component;
 use super::node::{alive, proc_stat, to_pid};
 use super::serving::{ClientCert, Reload, Serving};
 use super::subnet::{self, Subnet};
@@ -591,17 +592,12 @@ fn stop(pod: &mut Pod) {
 }
 
 fn state_path(pod: &str) -> PathBuf {
-    Path::new(STATIC_POD_STATE_DIR).join(format!("{pod}.json"))
+    component::state_path(Path::new(STATIC_POD_STATE_DIR), pod)
 }
 
 fn save_state(state: &StaticPodState) {
-    let path = state_path(&state.pod);
-    let tmp = path.with_extension("json.tmp");
-    if let Ok(text) = serde_json::to_string_pretty(state)
-        && fs::write(&tmp, text).is_ok()
-    {
-        let _ = fs::rename(&tmp, &path);
-    }
+    // Best effort: the pod runs whether or not its state could be saved.
+    let _ = component::save_state(&state_path(&state.pod), state);
 }
 
 /// The states of the static pods of the node this process runs on (for mirror pods).

@@ -20,9 +20,9 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::node::{alive, proc_stat, to_pid};
-
 use super::client::{Client, Credentials};
+use super::component::{self, write_atomic};
+use super::node::{alive, proc_stat, to_pid};
 use super::subnet;
 
 /// What the kubelet's API side needs from the kubelet process; all values come from its flags
@@ -182,18 +182,12 @@ struct ApiPods {
 }
 
 fn state_path(uid: &str) -> PathBuf {
-    Path::new(API_POD_STATE_DIR).join(format!("{uid}.json"))
+    component::state_path(Path::new(API_POD_STATE_DIR), uid)
 }
 
 fn save_state(state: &ApiPodState) {
     let path = state_path(&state.uid);
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(API_POD_STATE_DIR)?;
-        std::fs::write(&tmp, serde_json::to_vec(state)?)?;
-        std::fs::rename(&tmp, &path)
-    };
-    if let Err(e) = write() {
+    if let Err(e) = component::save_state(&path, state) {
         eprintln!("kubelet: saving {}: {e}", path.display());
     }
 }
@@ -203,14 +197,6 @@ fn sa_dir(uid: &str) -> PathBuf {
     Path::new("/var/lib/kubelet/pods")
         .join(uid)
         .join("volumes/kubernetes.io~projected/kube-api-access")
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, as the kubelet's atomic
-/// writer updates projected volumes, so a pod never reads half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn is_running(p: &ApiPod) -> bool {

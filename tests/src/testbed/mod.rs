@@ -4,10 +4,13 @@
 //! Infrastructure (cli, subnet, pki, node, kubelet, haproxy, report) and components (tls, monitor, client,
 //! apiserver, controller_manager, scheduler, pods, kubelet_api) are separate modules; components are
 //! subcommands of the one `kubeca-testbed` binary, started by the kubelet from static pod manifests.
+//! What the components share (flags, the health endpoint, leader election, state files) is
+//! `component`.
 
 pub mod apiserver;
 pub mod cli;
 pub mod client;
+pub mod component;
 pub mod controller_manager;
 pub mod haproxy;
 pub mod kubelet;

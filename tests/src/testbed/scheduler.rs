@@ -1,13 +1,14 @@
-//! The simulated kube-scheduler: scheduler.conf read once at start, leader election, pending pods bound to Ready nodes.
+//! The simulated kube-scheduler: scheduler.conf read once at start, leader election on a Lease, pending pods bound to Ready nodes.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 
 use super::client::{Client, Credentials};
+use super::component::{leader_lock, parse_flags, require, start_healthz};
 use super::monitor;
 
 /// `kubeca-testbed kube-scheduler ARGS`.
@@ -22,27 +23,23 @@ pub fn main(args: Vec<String>) -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    let kubeconfig = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--kubeconfig="))
-        .context("--kubeconfig is required (kubeadm: /etc/kubernetes/scheduler.conf)")?;
+    let flags = parse_flags(args);
+    let kubeconfig = require(&flags, "kubeconfig")
+        .map_err(|e| anyhow!("{e} (kubeadm: /etc/kubernetes/scheduler.conf)"))?;
     let creds = Credentials::from_kubeconfig(std::path::Path::new(kubeconfig))?;
     let client = Client::new(&creds, &monitor::me("kube-scheduler"), "scheduler->apiserver")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the scheduler's runtime")?;
-    let flags: HashMap<String, String> = args
-        .iter()
-        .filter_map(|a| {
-            a.strip_prefix("--")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
     runtime.block_on(async move {
         // The secure port (10259): /healthz, what kubeadm's probe and kubeca look at.
-        super::controller_manager::start_healthz(&flags, "kube-scheduler", 10259)?;
+        start_healthz(&flags, "kube-scheduler", 10259)?;
         let me = monitor::node();
         loop {
+            // The Lease kube-system/kube-scheduler: kube-scheduler's default lock since 1.20
+            // (endpointsleases from 1.17), `LeaderElection.ResourceLock = "leases"` in
+            // `SetDefaults_KubeSchedulerConfiguration`, pkg/scheduler/apis/config/v1/defaults.go.
             match leader_lock(&client, "kube-scheduler", &me).await {
                 Ok(true) => {
                     if let Err(e) = schedule(&client).await {
@@ -57,37 +54,6 @@ fn run(args: &[String]) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
-}
-
-const HOLDER: &str = "control-plane.alpha.kubernetes.io/leader";
-
-/// A ConfigMap lock kube-system/`name`: held by whoever renewed it in the last 15 s; the update
-/// carries the resourceVersion read, so two candidates cannot both take it.
-async fn leader_lock(client: &Client, name: &str, me: &str) -> Result<bool> {
-    let lock = format!("/api/v1/namespaces/kube-system/configmaps/{name}");
-    let now = jiff::Timestamp::now();
-    let record = json!({"holderIdentity": me, "renewTime": now.to_string()}).to_string();
-    match client.get(&lock).await? {
-        None => {
-            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": "kube-system", "annotations": {HOLDER: record}}});
-            Ok(client.create("/api/v1/namespaces/kube-system/configmaps", &cm).await.is_ok())
-        }
-        Some(mut cm) => {
-            let current: Value = cm["metadata"]["annotations"][HOLDER]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or(Value::Null);
-            let holder = current["holderIdentity"].as_str().unwrap_or("");
-            let renewed: Option<jiff::Timestamp> =
-                current["renewTime"].as_str().and_then(|s| s.parse().ok());
-            if holder != me && renewed.is_some_and(|t| now.duration_since(t).as_secs() < 15) {
-                return Ok(false);
-            }
-            cm["metadata"]["annotations"][HOLDER] = Value::String(record);
-            Ok(client.update(&lock, &cm).await.is_ok())
-        }
-    }
 }
 
 /// True when the node's Ready condition is True.

@@ -251,52 +251,6 @@ pub fn self_signed(
     Ok((crt, key))
 }
 
-/// Serves `GET /healthz` = ok over TLS on `addr` (the probes of the kubelet and of kubeca).
-pub async fn serve_healthz(
-    addr: SocketAddr,
-    cfg: Arc<rustls::ServerConfig>,
-    me: String,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
-        let me = me.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(outcome) = classify_server_error(&e) {
-                        eprintln!(
-                            "{} http: TLS handshake error from {peer}: {}",
-                            jiff::Timestamp::now(),
-                            go_style(&e)
-                        );
-                        super::monitor::record(
-                            &peer.ip().to_string(),
-                            &me,
-                            "client->healthz",
-                            outcome,
-                        );
-                    }
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"ok"),
-                )))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// Accepts any server certificate: the aggregator's `insecureSkipTLSVerify: true` toward
 /// metrics-server, whose certificate is self-signed as upstream's default install has it.
 #[derive(Debug)]
