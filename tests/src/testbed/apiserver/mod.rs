@@ -1,0 +1,470 @@
+//! The simulated kube-apiserver: kubeadm's flags read once at start, HTTPS with client-cert and
+//! bearer-token authentication, objects kept in the real etcd through its v3 JSON gateway.
+//!
+//! Resources are generic: any `/api/v1/...` or `/apis/<group>/<version>/...` path maps to the
+//! etcd key `/registry/<resource>/<namespace>/<name>` (or `/registry/<resource>/<name>` for
+//! cluster-scoped kinds), which is enough for kubectl and kubeca.
+//!
+//! This module serves (TLS, authentication, health) and dispatches each request; `kinds` is the
+//! table of kinds and discovery, `objects` how objects are keyed, stamped and patched, `table`
+//! the Tables kubectl asks for, `etcd` the storage, `peers` the outgoing connections, `proxy`
+//! pod logs and the aggregated metrics API, `bootstrap` the objects of a new cluster.
+
+mod bootstrap;
+mod etcd;
+mod kinds;
+mod objects;
+mod peers;
+mod proxy;
+mod table;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+pub use etcd::Etcd;
+pub use objects::merge_patch;
+
+use super::component::{parse_flags, require};
+use super::monitor::{self, Outcome};
+use super::serving::{self, ClientCert, Reload, Serving};
+use super::subnet::Subnet;
+use super::tls;
+use bootstrap::bootstrap;
+use kinds::{Kind, discovery, find_kind};
+use objects::{key, new_rv, stale, stamp};
+use proxy::{pod_log, proxy_metrics};
+use table::table;
+
+type Body = Full<bytes::Bytes>;
+type Resp = hyper::Response<Body>;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The apiserver's entry point: `kubeca-testbed kube-apiserver --flag=value ...`.
+pub fn main(args: Vec<String>) -> ExitCode {
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("kube-apiserver: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    match rt.block_on(run(parse_flags(&args))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{} kube-apiserver: {e:#}", jiff::Timestamp::now());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct State {
+    etcd: Etcd,
+    flags: HashMap<String, String>,
+    kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The control-plane endpoint (the testbed's load balancer), published in discovery and
+    /// in cluster-info as kubeadm's controlPlaneEndpoint.
+    endpoint: SocketAddr,
+}
+
+async fn run(flags: HashMap<String, String>) -> Result<()> {
+    let get = |k: &str| require(&flags, k);
+    let address = get("advertise-address")?;
+    let port = flags.get("secure-port").cloned().unwrap_or_else(|| "6443".into());
+    let client_ca = PathBuf::from(get("client-ca-file")?);
+    // Reloaded when they change, as `dynamiccertificates` does for the apiserver's
+    // --client-ca-file and --tls-cert-file/--tls-private-key-file
+    // (`staging/src/k8s.io/apiserver/pkg/server/options/authentication.go`,
+    // `secure_serving.go`); the handshake takes any client certificate (serving.rs).
+    let serving = Arc::new(Serving::new(
+        "kube-apiserver",
+        (
+            &PathBuf::from(get("tls-cert-file")?),
+            &PathBuf::from(get("tls-private-key-file")?),
+            Reload::OnChange,
+        ),
+        Some((&client_ca, Reload::OnChange)),
+        &[b"http/1.1"],
+    )?);
+    // kube-apiserver's --anonymous-auth defaults to true, and kubeadm leaves it so.
+    let anonymous = flags.get("anonymous-auth").is_none_or(|v| v != "false");
+    let kubelet_ca = match flags.get("kubelet-certificate-authority") {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
+        None => std::fs::read(&client_ca)?,
+    };
+    let kubelet_tls = tls::client_config(
+        &kubelet_ca,
+        "--kubelet-certificate-authority",
+        Some((
+            tls::load_certs(&PathBuf::from(get("kubelet-client-certificate")?))?,
+            tls::load_key(&PathBuf::from(get("kubelet-client-key")?))?,
+        )),
+    )?;
+    let etcd = Etcd::new(&flags)?;
+    let endpoint = Subnet::from_env()?.lb_endpoint();
+    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint });
+    let addr: SocketAddr =
+        format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    eprintln!("{} kube-apiserver: serving on https://{addr}", jiff::Timestamp::now());
+    let st = state.clone();
+    tokio::spawn(async move {
+        // etcd may still be electing a leader: retry until bootstrap succeeds.
+        loop {
+            match bootstrap(&st).await {
+                Ok(()) => break,
+                Err(e) => eprintln!("{} kube-apiserver: bootstrap: {e:#}", jiff::Timestamp::now()),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
+        let state = state.clone();
+        let serving = serving.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(outcome) = tls::classify_server_error(&e) {
+                        eprintln!(
+                            "{} http: TLS handshake error from {peer}: {}",
+                            jiff::Timestamp::now(),
+                            tls::go_style(&e)
+                        );
+                        monitor::record(
+                            &monitor::node_of(&peer.ip().to_string()),
+                            &monitor::me("kube-apiserver"),
+                            "client->apiserver",
+                            outcome,
+                        );
+                    }
+                    return;
+                }
+            };
+            let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                // Per request, against the client CA loaded now (x509.go verifies per request).
+                let cert = serving.authenticate(presented.as_deref());
+                async move { Ok::<_, Infallible>(handle(&state, cert, anonymous, peer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(status: u16, body: Value) -> Resp {
+    let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Resp {
+    respond(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn not_found(kind: &Kind, name: &str) -> Resp {
+    let g = if kind.group.is_empty() { String::new() } else { format!(".{}", kind.group) };
+    status(404, "NotFound", &format!("{}{g} \"{name}\" not found", kind.resource))
+}
+
+async fn handle(
+    state: &State,
+    cert: ClientCert,
+    anonymous: bool,
+    peer: SocketAddr,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Resp {
+    let path = req.uri().path().to_string();
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    // The authenticators in the real one's order (`pkg/kubeapiserver/authenticator/config.go`:
+    // a union of x509 and tokens, wrapped with `union.NewFailOnError(…, anonymous)`): the first
+    // that authenticates wins; if none does and one failed (a certificate its client CA did
+    // not sign), 401 even with anonymous access on; with no credential at all, anonymous.
+    // Tokens are not verified yet (any non-empty bearer token authenticates).
+    let authenticated = matches!(cert, ClientCert::User { .. }) || token.is_some();
+    if let ClientCert::Untrusted(why) = &cert
+        && !authenticated
+    {
+        eprintln!(
+            "{} kube-apiserver: \"Unable to authenticate the request\" err=\"[verifying certificate from {peer} failed: {why}]\"",
+            jiff::Timestamp::now()
+        );
+        monitor::record(
+            &monitor::node_of(&peer.ip().to_string()),
+            &monitor::me("kube-apiserver"),
+            "client->apiserver",
+            Outcome::Unauthorized,
+        );
+        return respond(401, serving::unauthorized_status());
+    }
+    if !authenticated && !anonymous {
+        return respond(401, serving::unauthorized_status());
+    }
+    if path == "/readyz" {
+        // Like the real one: ready only while its etcd answers (kubeadm's stacked etcd is the
+        // node's own member, so a stopped member makes this apiserver unready).
+        let check = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            state.etcd.get("/registry/readyz-check"),
+        )
+        .await;
+        let failed = match check {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("no answer within 2 s".to_string()),
+        };
+        if let Some(why) = failed {
+            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(format!(
+                "[-]etcd failed: {why}\nreadyz check failed\n"
+            ))));
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r.headers_mut()
+                .insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+            return r;
+        }
+    }
+    if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok")));
+        r.headers_mut()
+            .insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+        return r;
+    }
+    if !authenticated && path != "/version" {
+        // system:anonymous may read only what `system:public-info-viewer` allows (the health
+        // paths above and /version; `plugin/pkg/auth/authorizer/rbac/bootstrappolicy`).
+        return status(
+            403,
+            "Forbidden",
+            &format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""),
+        );
+    }
+    match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => status(500, "InternalError", &format!("{e:#}")),
+    }
+}
+
+/// A parsed resource path.
+#[derive(Debug, PartialEq)]
+struct Target {
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, rest @ ..] => (Some(ns.to_string()), {
+            let mut v = vec![*r];
+            v.extend_from_slice(rest);
+            v
+        }),
+        other => (None, other.to_vec()),
+    };
+    let mut it = rest.into_iter();
+    let resource = it.next()?.to_string();
+    let name = it.next().map(str::to_string);
+    let sub = it.next().map(str::to_string);
+    Some(Target { group, resource, namespace, name, sub })
+}
+
+async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Result<Resp> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().as_str().to_string();
+    let accept =
+        req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if method == "GET"
+        && let Some(v) = discovery(&path, &state.endpoint)
+    {
+        return Ok(respond(200, v));
+    }
+    if path.starts_with("/apis/metrics.k8s.io") {
+        return proxy_metrics(state, &path).await;
+    }
+    let Some(t) = parse_target(&path) else {
+        return Ok(status(404, "NotFound", &format!("the server could not find {path}")));
+    };
+    let Some(kind) = find_kind(&t.group, &t.resource) else {
+        return Ok(status(
+            404,
+            "NotFound",
+            &format!("the server doesn't have a resource type \"{}\"", t.resource),
+        ));
+    };
+    let body = req.into_body().collect().await.context("reading the request body")?.to_bytes();
+    let api_version = if kind.group.is_empty() {
+        kind.version.to_string()
+    } else {
+        format!("{}/{}", kind.group, kind.version)
+    };
+    let ns = t.namespace.as_deref();
+    match (method.as_str(), &t.name) {
+        ("GET", None) => {
+            let prefix = match ns {
+                Some(ns) if kind.namespaced => format!("/registry/{}/{ns}/", kind.resource),
+                _ => format!("/registry/{}/", kind.resource),
+            };
+            let mut items = state.etcd.list(&prefix).await?;
+            if let Some(sel) = query.split('&').find_map(|q| q.strip_prefix("fieldSelector=")) {
+                let sel = sel.replace("%3D", "=").replace("%2C", ",");
+                for cond in sel.split(',') {
+                    if let Some((f, v)) = cond.split_once('=') {
+                        let ptr = format!("/{}", f.replace('.', "/"));
+                        items
+                            .retain(|i| i.pointer(&ptr).and_then(Value::as_str).unwrap_or("") == v);
+                    }
+                }
+            }
+            if accept.contains("as=Table") {
+                return Ok(respond(200, table(kind, &items)));
+            }
+            Ok(respond(
+                200,
+                json!({"kind": format!("{}List", kind.kind), "apiVersion": api_version, "metadata": {"resourceVersion": new_rv()}, "items": items}),
+            ))
+        }
+        ("GET", Some(name)) => {
+            if t.sub.as_deref() == Some("log") {
+                return pod_log(state, ns.unwrap_or("default"), name, &query).await;
+            }
+            match state.etcd.get(&key(kind, ns, name)).await? {
+                Some(v) if accept.contains("as=Table") => Ok(respond(200, table(kind, &[v]))),
+                Some(v) => Ok(respond(200, v)),
+                None => Ok(not_found(kind, name)),
+            }
+        }
+        ("POST", None) => {
+            let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+            let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+                return Ok(status(422, "Invalid", "metadata.name: Required value"));
+            };
+            let k = key(kind, ns, &name);
+            stamp(&mut obj, kind, &api_version, ns, true);
+            if !state.etcd.create(&k, &obj).await? {
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", kind.resource),
+                ));
+            }
+            Ok(respond(201, obj))
+        }
+        ("PUT", Some(name)) => {
+            let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+            let k = key(kind, ns, name);
+            let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            let conflict = || {
+                status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        kind.resource
+                    ),
+                )
+            };
+            if stale(&obj, &old) {
+                return Ok(conflict());
+            }
+            if t.sub.as_deref() == Some("status") {
+                let mut merged = old.clone();
+                merged["status"] = obj["status"].clone();
+                obj = merged;
+            } else if obj.get("status").is_none_or(Value::is_null) {
+                obj["status"] = old["status"].clone();
+            }
+            obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+            stamp(&mut obj, kind, &api_version, ns, false);
+            if !state.etcd.swap(&k, &old, &obj).await? {
+                return Ok(conflict());
+            }
+            Ok(respond(200, obj))
+        }
+        ("PATCH", Some(name)) => {
+            let patch: Value = serde_json::from_slice(&body).context("the patch is not JSON")?;
+            let k = key(kind, ns, name);
+            // A patch applies to whatever is stored: retried when another writer came between.
+            for _ in 0..5 {
+                let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+                let mut obj = old.clone();
+                merge_patch(&mut obj, &patch);
+                stamp(&mut obj, kind, &api_version, ns, false);
+                if state.etcd.swap(&k, &old, &obj).await? {
+                    return Ok(respond(200, obj));
+                }
+            }
+            Ok(status(
+                409,
+                "Conflict",
+                &format!("{} \"{name}\" kept changing during the patch", kind.resource),
+            ))
+        }
+        ("DELETE", Some(name)) => {
+            let k = key(kind, ns, name);
+            let Some(obj) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
+            state.etcd.delete(&k).await?;
+            Ok(respond(200, obj))
+        }
+        _ => Ok(status(405, "MethodNotAllowed", &format!("{method} {path} is not supported"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_into_targets() {
+        let t = parse_target("/api/v1/namespaces/kube-system/pods/x/log").unwrap();
+        assert_eq!(t.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(t.resource, "pods");
+        assert_eq!(t.name.as_deref(), Some("x"));
+        assert_eq!(t.sub.as_deref(), Some("log"));
+        let t = parse_target("/api/v1/namespaces/kube-system").unwrap();
+        assert_eq!(t.resource, "namespaces");
+        assert_eq!(t.name.as_deref(), Some("kube-system"));
+        let t = parse_target("/apis/apps/v1/deployments").unwrap();
+        assert_eq!(
+            (t.group.as_str(), t.resource.as_str(), t.namespace),
+            ("apps", "deployments", None)
+        );
+    }
+}
