@@ -222,6 +222,63 @@ impl Serving {
     }
 }
 
+/// The stamps of a certificate and its key.
+type PairStamp = (Option<Stamp>, Option<Stamp>);
+
+/// A client's certificate pair reloaded when it changes, with a CA read once: the apiserver's
+/// kubelet client (`--kubelet-client-certificate`/`--kubelet-client-key` are re-read through
+/// client-go's certificate rotation, `staging/src/k8s.io/client-go/transport/cert_rotation.go`;
+/// `--kubelet-certificate-authority` is not). Every call opens a new connection here, so a
+/// change is used from the next call on, as upstream closes its connections on a change.
+pub struct ClientPair {
+    ca_pem: Vec<u8>,
+    ca_what: String,
+    cert: PathBuf,
+    key: PathBuf,
+    loaded: Mutex<(PairStamp, Arc<rustls::ClientConfig>)>,
+}
+
+impl ClientPair {
+    /// Loads the pair; the CA bundle `ca_pem` (named `ca_what` in errors) is kept as given.
+    pub fn new(ca_pem: Vec<u8>, ca_what: &str, cert: &Path, key: &Path) -> Result<ClientPair> {
+        let config = client(&ca_pem, ca_what, cert, key)?;
+        Ok(ClientPair {
+            ca_pem,
+            ca_what: ca_what.to_string(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            loaded: Mutex::new(((stamp(cert), stamp(key)), config)),
+        })
+    }
+
+    /// The config for a new connection, with the pair reloaded if it changed (a pair that does
+    /// not load is refused with a log line, the old one kept).
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
+        let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = (stamp(&self.cert), stamp(&self.key));
+        if now != l.0 {
+            l.0 = now;
+            match client(&self.ca_pem, &self.ca_what, &self.cert, &self.key) {
+                Ok(c) => l.1 = c,
+                Err(e) => eprintln!(
+                    "{} keeping the client certificate loaded before: {e:#}",
+                    jiff::Timestamp::now()
+                ),
+            }
+        }
+        l.1.clone()
+    }
+}
+
+fn client(
+    ca_pem: &[u8],
+    ca_what: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>> {
+    tls::client_config(ca_pem, ca_what, Some((tls::load_certs(cert)?, tls::load_key(key)?)))
+}
+
 fn build(
     cert: &Path,
     key: &Path,

@@ -34,7 +34,7 @@ pub use objects::merge_patch;
 
 use super::component::{parse_flags, require};
 use super::monitor::{self, Outcome};
-use super::serving::{self, ClientCert, Reload, Serving};
+use super::serving::{self, ClientCert, ClientPair, Reload, Serving};
 use super::subnet::Subnet;
 use super::tls;
 use bootstrap::bootstrap;
@@ -70,7 +70,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
 struct State {
     etcd: Etcd,
     flags: HashMap<String, String>,
-    kubelet_tls: Arc<rustls::ClientConfig>,
+    kubelet_tls: ClientPair,
     /// The control-plane endpoint (the testbed's load balancer), published in discovery and
     /// in cluster-info as kubeadm's controlPlaneEndpoint.
     endpoint: SocketAddr,
@@ -101,13 +101,12 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
         None => std::fs::read(&client_ca)?,
     };
-    let kubelet_tls = tls::client_config(
-        &kubelet_ca,
+    // The kubelet client pair is reloaded when it changes, the CA read once (serving.rs).
+    let kubelet_tls = ClientPair::new(
+        kubelet_ca,
         "--kubelet-certificate-authority",
-        Some((
-            tls::load_certs(&PathBuf::from(get("kubelet-client-certificate")?))?,
-            tls::load_key(&PathBuf::from(get("kubelet-client-key")?))?,
-        )),
+        &PathBuf::from(get("kubelet-client-certificate")?),
+        &PathBuf::from(get("kubelet-client-key")?),
     )?;
     let etcd = Etcd::new(&flags)?;
     let endpoint = Subnet::from_env()?.lb_endpoint();

@@ -25,7 +25,7 @@ pub(super) async fn pod_log(state: &State, ns: &str, name: &str, query: &str) ->
     let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
     let c = Peer::new(
         &format!("https://{ip}:10250"),
-        state.kubelet_tls.clone(),
+        state.kubelet_tls.config(),
         format!("kubelet@{node}"),
         "apiserver->kubelet",
     )?;
