@@ -176,7 +176,19 @@ pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
     // The apiservers' client certificate is refused now: `kubectl logs` through them fails, and
     // their monitor lines count the 401s as trust failures of apiserver->kubelet.
     let since = jiff::Timestamp::now().to_string();
-    let out = tb.kubectl(&["-n", "kube-system", "logs", "etcd-cp-1"]);
+    let pods: serde_json::Value =
+        serde_json::from_str(&tb.kubectl_ok(&["get", "pods", "-A", "-o", "json"])).unwrap();
+    let on_cp1 = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "cp-1")
+        .unwrap_or_else(|| panic!("no pod runs on cp-1: {pods}"));
+    let (ns, pod) = (
+        on_cp1["metadata"]["namespace"].as_str().unwrap(),
+        on_cp1["metadata"]["name"].as_str().unwrap(),
+    );
+    let out = tb.kubectl(&["-n", ns, "logs", pod]);
     assert!(
         !out.status.success(),
         "logs through a kubelet that refuses the apiserver: {}",
@@ -190,7 +202,7 @@ pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
         .filter(|e| e["purpose"] == "apiserver->kubelet" && e["server"] == "kubelet@cp-1")
         .filter_map(|e| e["outcomes"]["unauthorized"].as_u64())
         .sum();
-    assert!(refused >= 1, "the 401 is not a trust failure in the report: {r}");
+    assert!(refused >= 1, "the 401 is not a trust failure in the report: {r}\n{}", text(&out));
     fs::write(&env, &flags).unwrap();
     tb.ssh_ok(tb.address("cp-1"), "systemctl restart kubelet");
     eventually("the kubelet back on clientCAFile", Duration::from_secs(20), || {
