@@ -441,6 +441,39 @@ impl ClusterApi {
         Ok(changed)
     }
 
+    /// `client-ca-file` and `requestheader-client-ca-file` of
+    /// `kube-system/extension-apiserver-authentication` (None for a key it lacks).
+    pub async fn authentication_cas(&self) -> Result<(Option<String>, Option<String>), ApiError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), object::KUBE_SYSTEM);
+        let what = "get kube-system/extension-apiserver-authentication";
+        let cm =
+            api.get_opt(object::EXTENSION_APISERVER_AUTHENTICATION).await.map_err(call(what))?;
+        let data = cm.and_then(|c| c.data).unwrap_or_default();
+        Ok((data.get("client-ca-file").cloned(), data.get("requestheader-client-ca-file").cloned()))
+    }
+
+    /// Replaces the two CA keys of `kube-system/extension-apiserver-authentication` in place,
+    /// keeping its other keys (the request-header names).
+    pub async fn set_authentication_cas(
+        &self,
+        client_ca: &str,
+        requestheader_ca: &str,
+    ) -> Result<(), ApiError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), object::KUBE_SYSTEM);
+        let patch = json!({"data": {
+            "client-ca-file": client_ca,
+            "requestheader-client-ca-file": requestheader_ca,
+        }});
+        api.patch(
+            object::EXTENSION_APISERVER_AUTHENTICATION,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(call("update kube-system/extension-apiserver-authentication"))?;
+        Ok(())
+    }
+
     /// The CA data `kube-public/cluster-info` holds now.
     pub async fn cluster_info_ca(&self) -> Result<Option<String>, ApiError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), object::KUBE_PUBLIC);

@@ -278,8 +278,9 @@ pub enum Effect {
         /// Where it is read from now.
         source: Source,
     },
-    /// A component publishes what it loaded in `slot` to `target` (the controller-manager's
-    /// root CA into `kube-root-ca.crt`, the apiserver's request-header CA into
+    /// A component publishes what it loaded in `slot` to `target`: in place of what is there
+    /// (the controller-manager's root CA into `kube-root-ca.crt`), or merged with the CAs
+    /// already published (the apiserver's request-header CA into
     /// `extension-apiserver-authentication`).
     Publish {
         /// The publishing component.
@@ -288,6 +289,9 @@ pub enum Effect {
         slot: Slot,
         /// The object written.
         target: Source,
+        /// Merged with what `target` holds rather than replacing it.
+        #[serde(default)]
+        merge: bool,
     },
 }
 
@@ -299,8 +303,9 @@ impl fmt::Display for Effect {
             Effect::Repoint { component, slot, source } => {
                 write!(f, "{component} reads {slot} from {source}")
             }
-            Effect::Publish { from, slot, target } => {
-                write!(f, "{from} publishes {slot} to {target}")
+            Effect::Publish { from, slot, target, merge } => {
+                let how = if *merge { " (merged)" } else { "" };
+                write!(f, "{from} publishes {slot} to {target}{how}")
             }
         }
     }
@@ -413,8 +418,16 @@ impl World {
                 }
                 Vec::new()
             }
-            Effect::Publish { from, slot, target } => {
-                let material = self.loaded(from, slot).clone();
+            Effect::Publish { from, slot, target, merge } => {
+                // Merged, as the apiserver merges its CAs into extension-apiserver-authentication
+                // (`clusterauthenticationtrust` `combineCertLists`): a CA once published stays
+                // until someone replaces it.
+                let material = match (self.loaded(from, slot), self.on_disk(target)) {
+                    (Material::Bundle(own), Material::Bundle(published)) if *merge => {
+                        Material::Bundle(published.union(own).cloned().collect())
+                    }
+                    (own, _) => own.clone(),
+                };
                 self.write(target.clone(), material)
             }
         }
@@ -1023,17 +1036,20 @@ pub fn kubeadm(t: &Topology) -> World {
         let self_signed =
             Source::File { node: Some((*node).clone()), path: format!("aggregated:{name}") };
         disk.insert(self_signed.clone(), Material::cert(&format!("aggregated-self/{name}")));
-        // Modelled as loading extension-apiserver-authentication at start; upstream's
-        // aggregated servers watch it (`configmap_cafile_content.go`), which the model does not
-        // follow yet (see RELIABILITY.md, fidelity).
-        components.push(Component::new(
-            agg.clone(),
-            slots(&[
-                (slot::CA, root_ca_map(ns)),
-                (slot::REQUESTHEADER_CA, ext_auth.clone()),
-                (slot::SERVING_CERT, self_signed),
-            ]),
-        ));
+        // Aggregated servers watch extension-apiserver-authentication
+        // (`dynamiccertificates/configmap_cafile_content.go`): its request-header CA counts
+        // from the moment it is published.
+        components.push(
+            Component::new(
+                agg.clone(),
+                slots(&[
+                    (slot::CA, root_ca_map(ns)),
+                    (slot::REQUESTHEADER_CA, ext_auth.clone()),
+                    (slot::SERVING_CERT, self_signed),
+                ]),
+            )
+            .reloading(&[slot::REQUESTHEADER_CA]),
+        );
         for server in &apiservers {
             edges.push(edge(
                 &agg,
@@ -1162,6 +1178,7 @@ mod tests {
                         namespace: (*ns).into(),
                         name: "kube-root-ca.crt".into(),
                     },
+                    merge: false,
                 })
                 .collect(),
         ));
@@ -1195,6 +1212,7 @@ mod tests {
                         namespace: "kube-system".into(),
                         name: "extension-apiserver-authentication".into(),
                     },
+                    merge: true,
                 },
             ];
             for conf in [paths::ADMIN_CONF, paths::CONTROLLER_MANAGER_CONF, paths::SCHEDULER_CONF] {

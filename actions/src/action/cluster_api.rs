@@ -1,6 +1,10 @@
 //! Effects through the Kubernetes API: `kube-root-ca.crt` (upstream steps 3 and 12.1), workload
-//! restarts (4, 9.1, 9.4), `kube-public/cluster-info` (10), the log and stale-pod checks (11),
-//! and which client kubeca talks to the API with at each point of the rotation.
+//! restarts (4, 9.1, 9.4), `kube-public/cluster-info` (10), the CAs of
+//! `extension-apiserver-authentication`, the log and stale-pod checks (11), and which client
+//! kubeca talks to the API with at each point of the rotation.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use engine::{Compensation, StepId, Summary};
 use journal::Hash;
@@ -12,7 +16,7 @@ use crate::edit::Manifest;
 use crate::kubeadm::component::{self, CONTROLLER_MANAGER};
 use crate::kubeadm::{object, outcome, slot, step};
 use crate::node::Node;
-use crate::pki::Cert;
+use crate::pki::{self, Cert};
 use crate::trust::{self, ComponentId, Effect, Topology};
 
 /// `WaitRootCa`: every namespace's `kube-root-ca.crt` (and every legacy token Secret's
@@ -35,6 +39,7 @@ pub mod wait_root_ca {
                 from: from.clone(),
                 slot: slot::ROOT_CA.into(),
                 target: trust::configmap(&ns, object::ROOT_CA),
+                merge: false,
             })
             .collect()
     }
@@ -104,6 +109,108 @@ pub mod set_cluster_info {
         let pem = text(r.resolve(content)?);
         r.api().await?.set_cluster_info(&pem).await?;
         Ok(Summary::new().with("ca", Hash::of(pem.as_bytes()).to_hex()))
+    }
+}
+
+/// `SetAuthenticationCas`: the CAs of `kube-system/extension-apiserver-authentication`.
+///
+/// Every apiserver merges its client CA and request-header CA into that ConfigMap and never
+/// removes one that has not expired (`pkg/controlplane/controller/clusterauthenticationtrust`,
+/// `combineCertLists`), and the scheduler and aggregated API servers trust what it holds
+/// (`NewDynamicCAFromConfigMapController`). Left alone, the old CAs stay trusted there for
+/// years after a rotation. The content is replaced in place (a consumer refuses everyone while
+/// the ConfigMap is absent); the apiservers republish on every change of it, so the step then
+/// waits until what it wrote has stood for [`STABLE`]: a CA merged back means an apiserver
+/// still loads a file holding it.
+pub mod set_authentication_cas {
+    use super::*;
+
+    /// How long the content must stay as written.
+    pub const STABLE: Duration = Duration::from_secs(10);
+
+    /// The ConfigMap's request-header CA (what the model follows of it) holds the content.
+    pub fn effects(requestheader_ca: Content) -> Vec<Effect> {
+        requestheader_ca
+            .material()
+            .map(|m| Effect::Write {
+                source: trust::configmap(
+                    object::KUBE_SYSTEM,
+                    object::EXTENSION_APISERVER_AUTHENTICATION,
+                ),
+                material: m,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// Back to what it held before this step.
+    pub fn undo(
+        content: (Content, Content),
+        prior: (Content, Content),
+        rank: u32,
+    ) -> Vec<Compensation<Action>> {
+        let back = Action::SetAuthenticationCas {
+            client_ca: prior.0,
+            requestheader_ca: prior.1,
+            prior: content,
+        };
+        vec![compensation(back, rank, None)]
+    }
+
+    /// Writes them, then waits until the apiservers' republishing leaves them as written.
+    pub async fn apply<N: Node>(
+        r: &Rotation<N>,
+        client_ca: Content,
+        requestheader_ca: Content,
+    ) -> Result<Summary, Error> {
+        let want = (text(r.resolve(client_ca)?), text(r.resolve(requestheader_ca)?));
+        let same = |pem: &Option<String>, want: &str| -> Result<bool, Error> {
+            let Some(pem) = pem else { return Ok(false) };
+            let key = |text: &str| -> Result<BTreeSet<Vec<u8>>, Error> {
+                Ok(pki::split_pem(text, "extension-apiserver-authentication")?
+                    .iter()
+                    .map(|c| c.der().to_vec())
+                    .collect())
+            };
+            Ok(key(pem)? == key(want)?)
+        };
+        let api = r.api().await?;
+        let deadline = tokio::time::Instant::now() + r.wait;
+        let mut writes = 0;
+        'write: loop {
+            api.set_authentication_cas(&want.0, &want.1).await?;
+            writes += 1;
+            let since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (client, header) = api.authentication_cas().await?;
+                if !(same(&client, &want.0)? && same(&header, &want.1)?) {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::transient(format!(
+                            "kube-system/extension-apiserver-authentication: an apiserver keeps \
+                             merging back CAs kubeca removed (client-ca-file holds {}, \
+                             requestheader-client-ca-file {} certificates): it still loads a \
+                             file that holds them; check every apiserver's --client-ca-file and \
+                             --requestheader-client-ca-file, then run kubeca again",
+                            count(&client),
+                            count(&header)
+                        )));
+                    }
+                    continue 'write;
+                }
+                if since.elapsed() >= STABLE {
+                    break 'write;
+                }
+            }
+        }
+        Ok(Summary::new()
+            .with("client-ca", Hash::of(want.0.as_bytes()).to_hex())
+            .with("requestheader-ca", Hash::of(want.1.as_bytes()).to_hex())
+            .with("writes", writes.to_string()))
+    }
+
+    fn count(pem: &Option<String>) -> usize {
+        pem.as_deref().map_or(0, |p| p.matches("BEGIN CERTIFICATE").count())
     }
 }
 

@@ -245,6 +245,17 @@ pub enum Action {
         /// What it held before this step (a rollback puts that back).
         prior: Content,
     },
+    /// Replace the CAs of `kube-system/extension-apiserver-authentication` (which every
+    /// apiserver merges its CAs into, never removing one) and wait until the apiservers'
+    /// republishing keeps them so.
+    SetAuthenticationCas {
+        /// `client-ca-file`.
+        client_ca: Content,
+        /// `requestheader-client-ca-file`.
+        requestheader_ca: Content,
+        /// What they held before this step (a rollback puts that back).
+        prior: (Content, Content),
+    },
     /// Print the new `--discovery-token-ca-cert-hash`.
     PrintDiscoveryHash,
     /// Scan control-plane, kubelet and kube-proxy logs for TLS errors since the switch.
@@ -415,6 +426,9 @@ impl Action {
             Action::SetClusterInfo { content, .. } => {
                 cluster_api::set_cluster_info::effects(*content)
             }
+            Action::SetAuthenticationCas { requestheader_ca, .. } => {
+                cluster_api::set_authentication_cas::effects(*requestheader_ca)
+            }
         }
     }
 
@@ -473,6 +487,13 @@ impl Action {
             Action::SetClusterInfo { content, prior } => {
                 cluster_api::set_cluster_info::undo(*content, *prior, rank)
             }
+            Action::SetAuthenticationCas { client_ca, requestheader_ca, prior } => {
+                cluster_api::set_authentication_cas::undo(
+                    (*client_ca, *requestheader_ca),
+                    *prior,
+                    rank,
+                )
+            }
             Action::RemoveFiles { node, paths, prior } => {
                 files::remove_files::undo(node, paths, prior, rank)
             }
@@ -498,6 +519,7 @@ impl<N: Node> Rotation<N> {
             | Action::WaitRootCa { .. }
             | Action::RollWorkloads { .. }
             | Action::SetClusterInfo { .. }
+            | Action::SetAuthenticationCas { .. }
             | Action::PrintDiscoveryHash
             | Action::CheckLogs
             | Action::CheckEdges
@@ -563,6 +585,10 @@ impl<N: Node> Rotation<N> {
             }
             Action::SetClusterInfo { content, .. } => {
                 cluster_api::set_cluster_info::apply(self, *content).await
+            }
+            Action::SetAuthenticationCas { client_ca, requestheader_ca, .. } => {
+                cluster_api::set_authentication_cas::apply(self, *client_ca, *requestheader_ca)
+                    .await
             }
             Action::PrintDiscoveryHash => ca::print_discovery_hash::apply(self),
             Action::CheckLogs => cluster_api::check_logs::apply(self).await,

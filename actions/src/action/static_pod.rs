@@ -124,8 +124,8 @@ pub mod set_flags {
 pub mod restart_static_pod {
     use super::*;
 
-    /// The component loads what is on disk now; an apiserver republishes its request-header CA
-    /// in `extension-apiserver-authentication` at start.
+    /// The component loads what is on disk now; an apiserver merges its request-header CA into
+    /// `extension-apiserver-authentication` at start.
     pub fn effects(node: &str, component: &str) -> Vec<Effect> {
         let id = ComponentId::on(component, node);
         let mut out = vec![Effect::Restart(id.clone())];
@@ -137,6 +137,7 @@ pub mod restart_static_pod {
                     object::KUBE_SYSTEM,
                     object::EXTENSION_APISERVER_AUTHENTICATION,
                 ),
+                merge: true,
             });
         }
         out

@@ -39,6 +39,15 @@ pub(super) fn steps(plan: &mut Builder, c: &Cluster) -> Result<(), ProcedureErro
     for cp in &c.control_planes {
         control_plane(&mut p, cp);
     }
+    // Every apiserver loads new-only files now: extension-apiserver-authentication, where they
+    // merged both CAs, is replaced with the new ones, or the aggregated servers and the
+    // scheduler would trust the old CAs until they expire.
+    let auth = Action::SetAuthenticationCas {
+        client_ca: Content::NewCert(CaKind::Cluster),
+        requestheader_ca: Content::NewCert(CaKind::FrontProxy),
+        prior: (Content::Bundle(CaKind::Cluster), Content::Bundle(CaKind::FrontProxy)),
+    };
+    p.step("finalize/authentication-cas", Upstream::Step12_2, Kind::Api, auth);
     let ca = Action::SetKubeconfigCa {
         prior: None,
         node: None,

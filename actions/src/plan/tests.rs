@@ -446,6 +446,28 @@ async fn a_plan_missing_the_pod_restart_is_refused_at_the_first_switch() {
     assert!(v.edge.starts_with("pod/"), "{v}");
 }
 
+/// The apiservers merge their CAs into extension-apiserver-authentication and never remove
+/// one: without the step that publishes both CAs before their restarts (and, undone, puts the
+/// old ones back), a rollback leaves the aggregated servers trusting the new front-proxy CA.
+#[tokio::test]
+async fn a_rollback_without_replacing_the_merged_authentication_cas_is_refused() {
+    let (_d, inv, facts) = cluster(2, 1).await;
+    let mut plan = assemble(&inv, &facts, "r1").unwrap();
+    let topo = topology(&inv, &facts);
+    let total = plan.steps().count();
+    assert!(check_rollback(&plan, &topo, total).is_ok());
+    plan.items.retain(|i| !matches!(i, engine::Item::Step(s) if s.id.as_str() == "trust-control-plane/authentication-cas"));
+    let v = check_rollback(&plan, &topo, total - 1).unwrap_err();
+    assert!(v.edge.starts_with("aggregated/"), "{v}");
+    assert!(v.to_string().contains("front-proxy/new"), "{v}");
+    // And finalize replaces them only after every apiserver's flags point back at new-only files.
+    let ids: Vec<String> = plan.steps().map(|s| s.id.to_string()).collect();
+    let replaced = ids.iter().position(|i| i == "finalize/authentication-cas").unwrap();
+    let last_apiserver =
+        ids.iter().rposition(|i| i.starts_with("finalize/") && i.contains("apiserver")).unwrap();
+    assert!(last_apiserver < replaced, "{ids:?}");
+}
+
 /// A cloud-controller-manager run as a static pod, with its `--root-ca-file` at kubeadm's CA
 /// (its kubeconfig, a file of its own on a real node, is left out: kubeca does not rewrite it).
 const CCM_YAML: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cloud-controller-manager\n  \

@@ -22,6 +22,15 @@ pub(super) fn steps(plan: &mut Builder, c: &Cluster) {
         Action::RollWorkloads { only: Vec::new(), round: format!("{}-trust", c.rotation_id) };
     p.step("trust-control-plane/restart-pods", Upstream::Step4, Kind::RollWorkloads, roll)
         .estimate(Duration::from_secs(300));
+    // The apiservers merge their CAs into extension-apiserver-authentication and never remove
+    // one: published now with both, so that a rollback, which undoes this step after every
+    // apiserver is back on its old files, leaves only the old CAs there.
+    let auth = Action::SetAuthenticationCas {
+        client_ca: Content::Bundle(CaKind::Cluster),
+        requestheader_ca: Content::Bundle(CaKind::FrontProxy),
+        prior: (Content::OldCert(CaKind::Cluster), Content::OldCert(CaKind::FrontProxy)),
+    };
+    p.step("trust-control-plane/authentication-cas", Upstream::Step5, Kind::Api, auth);
     for cp in &c.control_planes {
         flags::forward(&mut p, cp, Upstream::Step5);
     }

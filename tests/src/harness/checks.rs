@@ -21,6 +21,8 @@ pub struct Cas {
     pub cluster: String,
     /// The front-proxy CA (`front-proxy-ca.crt`).
     pub front_proxy: String,
+    /// cp-1's front-proxy client pair (certificate, key), signed by `front_proxy`.
+    pub front_proxy_client: (String, String),
 }
 
 impl Cas {
@@ -30,8 +32,48 @@ impl Cas {
             std::fs::read_to_string(tb.node_path("cp-1", &format!("etc-kubernetes/pki/{f}")))
                 .unwrap()
         };
-        Cas { cluster: read("ca.crt"), front_proxy: read("front-proxy-ca.crt") }
+        Cas {
+            cluster: read("ca.crt"),
+            front_proxy: read("front-proxy-ca.crt"),
+            front_proxy_client: (read("front-proxy-client.crt"), read("front-proxy-client.key")),
+        }
     }
+}
+
+/// The certificates (PEM bodies) of `client-ca-file` and `requestheader-client-ca-file` in
+/// kube-system/extension-apiserver-authentication; read with `conf`.
+fn authentication_cas(conf: &Path) -> (Vec<String>, Vec<String>) {
+    let args = ["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication"];
+    let cm: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(conf, &[&args[..], &["-o", "json"]].concat())).unwrap();
+    let get = |key: &str| pem_bodies(cm["data"][key].as_str().unwrap_or(""));
+    (get("client-ca-file"), get("requestheader-client-ca-file"))
+}
+
+/// HTTP status of the aggregated metrics API asked directly (on the metrics-server pod's
+/// address, :4443) with a front-proxy client pair, as the apiserver's front proxy asks it.
+fn aggregated_answers_front_proxy(conf: &Path, pair: &(String, String)) -> u16 {
+    let pods: serde_json::Value = serde_json::from_str(&kubectl_ok(
+        conf,
+        &["get", "pods", "-n", "kube-system", "-o", "json"],
+    ))
+    .unwrap();
+    let Some(pod) = pods["items"].as_array().unwrap().iter().find(|p| {
+        p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("metrics-server"))
+            && p["status"]["phase"] == "Running"
+    }) else {
+        return 0;
+    };
+    let ip = pod["status"]["podIP"].as_str().or(pod["status"]["hostIP"].as_str()).unwrap_or("");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c"), &pair.0).unwrap();
+    std::fs::write(dir.path().join("k"), &pair.1).unwrap();
+    let out = sh(&format!(
+        "curl -sk --max-time 5 -o /dev/null -w '%{{http_code}}' -H 'X-Remote-User: system:admin' \
+         --cert {d}/c --key {d}/k https://{ip}:4443/apis/metrics.k8s.io/v1beta1",
+        d = dir.path().display()
+    ));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
 /// The client certificates embedded in a kubeconfig (`client-certificate-data`), as PEM files.
@@ -249,6 +291,38 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     if exported.contains("PRIVATE KEY") || exported.contains(&key_body[..48]) {
         failures.push("the export holds key material".into());
     }
+    // extension-apiserver-authentication, where the apiservers merged both CAs, holds only
+    // the new ones, and the aggregated API (which watches it) refuses the old front-proxy CA.
+    let new_admin = tb.dir.join("admin.conf");
+    let (new_cluster, new_fp) = (pem_bodies(&new.cluster), pem_bodies(&new.front_proxy));
+    eventually(
+        "extension-apiserver-authentication with the new CAs only",
+        Duration::from_secs(30),
+        || {
+            let (client, header) = authentication_cas(&new_admin);
+            if client == new_cluster && header == new_fp {
+                Ok(())
+            } else {
+                Err(format!(
+                    "client-ca-file holds {} certificates, requestheader-client-ca-file {}",
+                    client.len(),
+                    header.len()
+                ))
+            }
+        },
+    );
+    let new_pair = Cas::read(tb).front_proxy_client;
+    eventually(
+        "the aggregated API refusing the old front-proxy CA",
+        Duration::from_secs(30),
+        || match (
+            aggregated_answers_front_proxy(&new_admin, &old.front_proxy_client),
+            aggregated_answers_front_proxy(&new_admin, &new_pair),
+        ) {
+            (401, 200) => Ok(()),
+            other => Err(format!("(old front-proxy client, new one) answered {other:?}")),
+        },
+    );
     assert!(failures.is_empty(), "after the rotation:\n{}", failures.join("\n"));
 }
 
@@ -315,5 +389,24 @@ pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
     if !out.status.success() {
         failures.push(format!("the aggregated API through the front proxy: {}", text(&out)));
     }
+    // extension-apiserver-authentication back to the old CAs only (the apiservers merged the
+    // new ones in; the rollback replaced them).
+    let (old_cluster, old_fp) = (pem_bodies(&old.cluster), pem_bodies(&old.front_proxy));
+    eventually(
+        "extension-apiserver-authentication with the old CAs only",
+        Duration::from_secs(30),
+        || {
+            let (client, header) = authentication_cas(&admin);
+            if client == old_cluster && header == old_fp {
+                Ok(())
+            } else {
+                Err(format!(
+                    "client-ca-file holds {} certificates, requestheader-client-ca-file {}",
+                    client.len(),
+                    header.len()
+                ))
+            }
+        },
+    );
     assert!(failures.is_empty(), "after the rollback:\n{}", failures.join("\n"));
 }

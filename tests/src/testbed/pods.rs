@@ -18,6 +18,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use super::client::{Client, Credentials, service_account_dir};
+use super::serving::{ClientCert, Reload, Serving};
 use super::{monitor, tls};
 
 /// The API endpoint of a pod, `https://HOST:PORT` from `KUBERNETES_SERVICE_HOST` and
@@ -118,21 +119,52 @@ pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
     })
 }
 
-/// `kubeca-testbed metrics-server`: an aggregated API server on <node address>:4443 that trusts
-/// the request-header CA published in extension-apiserver-authentication (read once at start)
-/// and checks the front proxy's client certificate on every call.
+/// `kubeca-testbed metrics-server`: an aggregated API server on <node address>:4443 that
+/// authenticates the front proxy per request against the request-header CA published in
+/// extension-apiserver-authentication, which it watches, as every `k8s.io/apiserver`-based
+/// server does (`staging/src/k8s.io/apiserver/pkg/server/options/authentication.go`
+/// `DelegatingAuthenticationOptions`, `dynamiccertificates/configmap_cafile_content.go`
+/// `NewDynamicCAFromConfigMapController`: an informer on the ConfigMap; here a read every
+/// [`CONFIGMAP_POLL`]). A front-proxy certificate its CA does not sign is answered 401.
 pub fn metrics_server_main(_args: Vec<String>) -> ExitCode {
     runtime_main("metrics-server", metrics_server())
 }
 
+/// How often the metrics server reads extension-apiserver-authentication (upstream's informer
+/// sees a change at once, and re-reads every minute besides).
+const CONFIGMAP_POLL: Duration = Duration::from_secs(2);
+
+const AUTHENTICATION_CM: &str =
+    "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
+
+/// The request-header CA and allowed names of the ConfigMap, when it has them.
+fn request_header(cm: &Value) -> Option<(String, Vec<String>)> {
+    let ca = cm["data"]["requestheader-client-ca-file"].as_str()?.to_string();
+    let allowed = cm["data"]["requestheader-allowed-names"]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    Some((ca, allowed))
+}
+
+/// Writes `ca` where [`Serving`] reloads it from (by rename: never half a file).
+fn write_ca(path: &std::path::Path, ca: &str) -> Result<()> {
+    let tmp = path.with_extension("crt.tmp");
+    std::fs::write(&tmp, ca).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+}
+
 async fn metrics_server() -> Result<()> {
     let api = in_cluster("metrics-server", "metrics-server->apiserver")?;
-    let cm = loop {
-        match api
-            .get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication")
-            .await
-        {
-            Ok(Some(cm)) => break cm,
+    let (ca, allowed) = loop {
+        match api.get(AUTHENTICATION_CM).await {
+            Ok(Some(cm)) => match request_header(&cm) {
+                Some(found) => break found,
+                None => eprintln!(
+                    "{} metrics-server: extension-apiserver-authentication has no requestheader-client-ca-file",
+                    jiff::Timestamp::now()
+                ),
+            },
             Ok(None) => eprintln!(
                 "{} metrics-server: extension-apiserver-authentication is not published yet",
                 jiff::Timestamp::now()
@@ -141,35 +173,58 @@ async fn metrics_server() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let ca = cm["data"]["requestheader-client-ca-file"]
-        .as_str()
-        .context("extension-apiserver-authentication has no requestheader-client-ca-file")?
-        .to_string();
-    let allowed: Vec<String> = cm["data"]["requestheader-allowed-names"]
-        .as_str()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
     let address =
         std::env::var("KUBECA_TESTBED_ADDRESS").context("KUBECA_TESTBED_ADDRESS is not set")?;
     let dir = PathBuf::from("/run/metrics-server");
     let (crt, key) = tls::self_signed(&dir, "serving", &address)?;
     let ca_path = dir.join("requestheader-client-ca.crt");
-    std::fs::write(&ca_path, &ca).with_context(|| format!("writing {}", ca_path.display()))?;
-    let cfg = tls::server_config(&crt, &key, tls::ClientAuth::Optional(&ca_path))?;
+    write_ca(&ca_path, &ca)?;
+    let serving = Arc::new(Serving::new(
+        "metrics-server",
+        (&crt, &key, Reload::AtStart),
+        Some((&ca_path, Reload::OnChange)),
+        &[b"http/1.1"],
+    )?);
+    let allowed = Arc::new(std::sync::RwLock::new(allowed));
+    let api = Arc::new(api);
+    {
+        // The watch: a changed ConfigMap reaches the CA file, which `serving` reloads.
+        let (api, allowed, ca_path) = (api.clone(), allowed.clone(), ca_path.clone());
+        tokio::spawn(async move {
+            let mut last = ca;
+            loop {
+                tokio::time::sleep(CONFIGMAP_POLL).await;
+                let Ok(Some(cm)) = api.get(AUTHENTICATION_CM).await else { continue };
+                let Some((ca, names)) = request_header(&cm) else { continue };
+                if ca != last {
+                    match write_ca(&ca_path, &ca) {
+                        Ok(()) => {
+                            let n = ca.matches("BEGIN CERTIFICATE").count();
+                            eprintln!(
+                                "{} metrics-server: the request-header CA changed ({n} certificates)",
+                                jiff::Timestamp::now()
+                            );
+                            last = ca;
+                        }
+                        Err(e) => eprintln!("{} metrics-server: {e:#}", jiff::Timestamp::now()),
+                    }
+                }
+                *allowed.write().unwrap_or_else(|p| p.into_inner()) = names;
+            }
+        });
+    }
     let addr: std::net::SocketAddr =
         format!("{address}:4443").parse().context("the node address")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     eprintln!("{} metrics-server: serving on https://{addr}", jiff::Timestamp::now());
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let me = monitor::me("metrics-server");
-    let api = Arc::new(api);
-    let allowed = Arc::new(allowed);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
-        let (me, api, allowed) = (me.clone(), api.clone(), allowed.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
+        let (me, api, allowed, serving) =
+            (me.clone(), api.clone(), allowed.clone(), serving.clone());
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -190,20 +245,15 @@ async fn metrics_server() -> Result<()> {
                     return;
                 }
             };
-            let cn = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| {
-                let (_, cert) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
-                cert.subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .map(str::to_string)
-            });
+            let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (api, allowed, cn) = (api.clone(), allowed.clone(), cn.clone());
+                    let (api, allowed) = (api.clone(), allowed.clone());
+                    let cert = serving.authenticate(presented.as_deref());
                     async move {
+                        let allowed = allowed.read().unwrap_or_else(|p| p.into_inner()).clone();
                         Ok::<_, std::convert::Infallible>(
-                            metrics_answer(&api, &allowed, cn.as_deref(), &req).await,
+                            metrics_answer(&api, &allowed, &cert, &req).await,
                         )
                     }
                 });
@@ -225,9 +275,13 @@ pub fn front_proxy_allowed(allowed: &[String], cn: Option<&str>) -> bool {
 async fn metrics_answer(
     api: &Client,
     allowed: &[String],
-    cn: Option<&str>,
+    cert: &ClientCert,
     req: &hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Full<bytes::Bytes>> {
+    let cn = match cert {
+        ClientCert::User { name, .. } => Some(name.as_str()),
+        _ => None,
+    };
     let reply = |code: u16, v: Value| {
         let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(v.to_string())));
         *r.status_mut() =
@@ -242,11 +296,14 @@ async fn metrics_answer(
     {
         return reply(200, json!("ok"));
     }
-    if !front_proxy_allowed(allowed, cn) || req.headers().get("x-remote-user").is_none() {
-        return reply(
-            401,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401, "message": "Unauthorized: no front-proxy client certificate"}),
+    if let ClientCert::Untrusted(why) = cert {
+        eprintln!(
+            "{} metrics-server: \"Unable to authenticate the request\" err=\"[{why}]\"",
+            jiff::Timestamp::now()
         );
+    }
+    if !front_proxy_allowed(allowed, cn) || req.headers().get("x-remote-user").is_none() {
+        return reply(401, super::serving::unauthorized_status());
     }
     match req.uri().path().trim_end_matches('/') {
         "/apis/metrics.k8s.io/v1beta1" => reply(

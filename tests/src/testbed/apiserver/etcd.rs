@@ -64,14 +64,6 @@ impl Etcd {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no --etcd-servers")))
     }
 
-    pub(super) async fn put(&self, key: &str, value: &Value) -> Result<()> {
-        self.call("put", json!({"key": B64.encode(key), "value": B64.encode(value.to_string())}))
-            .await
-            .map(|_| ())
-    }
-
-    /// Puts `value` only when `key` does not exist (a txn on its create revision), so two
-    /// apiservers creating the same object cannot both succeed.
     pub(super) async fn create(&self, key: &str, value: &Value) -> Result<bool> {
         let k = B64.encode(key);
         let v = self

@@ -127,6 +127,16 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
+        // Then it keeps extension-apiserver-authentication merged with its CAs.
+        loop {
+            tokio::time::sleep(bootstrap::AUTHENTICATION_SYNC).await;
+            if let Err(e) = bootstrap::publish_authentication(&st).await {
+                eprintln!(
+                    "{} kube-apiserver: extension-apiserver-authentication: {e:#}",
+                    jiff::Timestamp::now()
+                );
+            }
+        }
     });
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
