@@ -54,6 +54,16 @@ pub enum NodeError {
         /// Its standard error, trimmed.
         stderr: String,
     },
+    /// A write's content did not arrive whole; the file was left as it was.
+    #[error("node {node}: {what} was interrupted: {detail}")]
+    Interrupted {
+        /// The node.
+        node: String,
+        /// What was being done.
+        what: String,
+        /// What the node said.
+        detail: String,
+    },
     /// A command did not finish in time.
     #[error("node {node}: {what} did not finish within {secs} s")]
     Timeout {
@@ -67,9 +77,15 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    /// Whether trying again later may succeed (the node was unreachable or slow).
+    /// Whether trying again later may succeed (the node was unreachable or slow, or a write's
+    /// content did not arrive whole).
     pub fn is_transient(&self) -> bool {
-        matches!(self, NodeError::Unreachable { .. } | NodeError::Timeout { .. })
+        matches!(
+            self,
+            NodeError::Unreachable { .. }
+                | NodeError::Timeout { .. }
+                | NodeError::Interrupted { .. }
+        )
     }
 }
 
@@ -114,6 +130,20 @@ sync -- "$t"
 mv -f -- "$t" "$p"
 trap - EXIT
 sync -- "$d" 2>/dev/null || sync"#;
+
+/// [`WRITE`]'s exit status when the content that arrived is not the content sent.
+const WRITE_INTERRUPTED: i32 = 4;
+
+/// A write that exited [`WRITE_INTERRUPTED`]: what arrived is not what was sent (the transfer
+/// was cut short or damaged) and the file was left as it was, so sending it again may succeed.
+fn interrupted(e: NodeError) -> NodeError {
+    match e {
+        NodeError::Failed { node, what, status: WRITE_INTERRUPTED, stderr } => {
+            NodeError::Interrupted { node, what, detail: stderr }
+        }
+        other => other,
+    }
+}
 
 /// The script and positional arguments that write `data` to `path` (mode `mode` for a new
 /// file): what [`Node::write`] runs, public so a test can run it through a client it kills.
@@ -237,7 +267,10 @@ pub trait Node: Send + Sync {
         async move {
             let (script, args) = write_command(path, data, mode);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.checked(&format!("write {path}"), script, &args, data).await.map(drop)
+            self.checked(&format!("write {path}"), script, &args, data)
+                .await
+                .map(drop)
+                .map_err(interrupted)
         }
     }
 
@@ -685,6 +718,20 @@ mod tests {
         let out = n.sh("write", script, &args, &data).await.unwrap();
         assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(std::fs::read(pki.join("front-proxy-client.crt")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_write_that_arrived_short_is_transient_and_other_failures_are_not() {
+        let failed = |status| NodeError::Failed {
+            node: "cp-1".into(),
+            what: "write /etc/kubernetes/pki/ca.crt".into(),
+            status,
+            stderr: "received 40000 of 100000 bytes (the sender stopped)".into(),
+        };
+        let e = interrupted(failed(WRITE_INTERRUPTED));
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("node cp-1") && e.to_string().contains("40000"), "{e}");
+        assert!(!interrupted(failed(1)).is_transient(), "a write that failed otherwise stops");
     }
 
     #[tokio::test]

@@ -51,8 +51,8 @@ impl From<Error> for StepError {
     }
 }
 
-/// An unreachable node or a command that timed out may work next time; a command that ran and
-/// failed will fail again.
+/// An unreachable node, a command that timed out or a write whose content did not arrive whole
+/// may work next time; a command that ran and failed will fail again.
 impl From<NodeError> for Error {
     fn from(e: NodeError) -> Error {
         if e.is_transient() { Error::transient(e) } else { Error::terminal(e) }
