@@ -539,6 +539,8 @@ mod tests {
         } else {
             openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", k]);
         }
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let kind = if rsa { "rsa" } else { "ec" };
         let pubf = dir.join(format!("{name}.pub"));
         let derf = dir.join(format!("{name}.der"));

@@ -672,6 +672,8 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let iss = "https://kubernetes.default.svc.cluster.local";
         let mut flags: HashMap<String, String> = [
             ("service-account-issuer", iss),
