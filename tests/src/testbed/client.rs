@@ -1,12 +1,14 @@
 //! A small Kubernetes API client for the simulated components: kubeconfig or in-cluster credentials, JSON objects, one monitored connection per request.
 //!
 //! Credentials and CA are read once when the client is built, as a Go client reads them: a
-//! rotation that changes the files on disk reaches a component only when it restarts.
+//! rotation that changes the files on disk reaches a component only when it restarts. The one
+//! exception is an in-cluster client's token file, re-read about once a minute as client-go's
+//! `BearerTokenFile` is.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -30,6 +32,8 @@ pub struct Credentials {
     pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
     /// A bearer token, when authenticating by token.
     pub token: Option<String>,
+    /// The file the token was read from, when it is to be re-read (an in-cluster client).
+    pub token_file: Option<PathBuf>,
 }
 
 fn b64(s: &str, what: &str) -> Result<Vec<u8>> {
@@ -111,21 +115,65 @@ impl Credentials {
             ),
         };
         let token = user.get("token").and_then(Value::as_str).map(str::to_string);
-        Ok(Credentials { server, ca_pem, client_cert, token })
+        Ok(Credentials { server, ca_pem, client_cert, token, token_file: None })
     }
 
-    /// A pod's credentials: its token and ca.crt files (read now, once) and the server URL.
+    /// A pod's credentials, as client-go's `rest.InClusterConfig` makes them: its ca.crt read
+    /// now, once; its token read now and again by the client about once a minute
+    /// (`BearerTokenFile`); and the server URL.
     pub fn in_cluster(token_file: &Path, ca_file: &Path, server: &str) -> Result<Credentials> {
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("reading token {}", token_file.display()))?;
+        let token = read_token(token_file)?;
         let ca_pem = std::fs::read(ca_file)
             .with_context(|| format!("reading ca.crt {}", ca_file.display()))?;
         Ok(Credentials {
             server: server.to_string(),
             ca_pem,
             client_cert: None,
-            token: Some(token.trim().to_string()),
+            token: Some(token),
+            token_file: Some(token_file.to_path_buf()),
         })
+    }
+}
+
+/// A token file's content, trimmed; an empty file is an error ("read empty token from file",
+/// `staging/src/k8s.io/client-go/transport/token_source.go`, `fileTokenSource.Token`).
+fn read_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("read empty token from file {}", path.display());
+    }
+    Ok(token)
+}
+
+/// How long a token read from a file is used before the file is read again: client-go's
+/// `NewCachedFileTokenSource` gives it a period of one minute and renews it 10 seconds before
+/// (`token_source.go`, `period: time.Minute`, `leeway: 10 * time.Second`).
+const TOKEN_FILE_REREAD: Duration = Duration::from_secs(60 - 10);
+
+/// A token file and the token last read from it, as client-go's `cachingTokenSource` keeps it.
+struct TokenFile {
+    path: PathBuf,
+    cached: Mutex<(String, Instant)>,
+}
+
+impl TokenFile {
+    /// The cached token, re-read first when it is older than [`TOKEN_FILE_REREAD`]; a failed
+    /// read keeps the old one ("Unable to rotate token").
+    fn token(&self) -> String {
+        let mut cached = self.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.1.elapsed() >= TOKEN_FILE_REREAD {
+            match read_token(&self.path) {
+                Ok(t) => *cached = (t, Instant::now()),
+                Err(e) => {
+                    eprintln!("{} Unable to rotate token: {e:#}", jiff::Timestamp::now());
+                    cached.1 = Instant::now();
+                }
+            }
+        }
+        cached.0.clone()
     }
 }
 
@@ -146,6 +194,8 @@ pub struct Client {
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     token: Option<String>,
+    /// Where the token is re-read from, when it is.
+    token_file: Option<Arc<TokenFile>>,
     /// The monitor's client name, e.g. `kube-scheduler@cp-1`.
     pub me: String,
     /// The monitor's purpose, e.g. `scheduler->apiserver`.
@@ -188,6 +238,12 @@ impl Client {
             server_name: ServerName::IpAddress(addr.ip().into()),
             tls,
             token: creds.token.clone(),
+            token_file: creds.token_file.as_ref().map(|path| {
+                Arc::new(TokenFile {
+                    path: path.clone(),
+                    cached: Mutex::new((creds.token.clone().unwrap_or_default(), Instant::now())),
+                })
+            }),
             me: me.to_string(),
             purpose: purpose.to_string(),
             host: hostport.to_string(),
@@ -236,7 +292,11 @@ impl Client {
             if body.is_some() {
                 req = req.header("content-type", content_type.unwrap_or("application/json"));
             }
-            if let Some(t) = &self.token {
+            let token = match &self.token_file {
+                Some(f) => Some(f.token()),
+                None => self.token.clone(),
+            };
+            if let Some(t) = token {
                 req = req.header("authorization", format!("Bearer {t}"));
             }
             let req = req.body(Full::new(Bytes::from(bytes))).context("building the request")?;
@@ -364,6 +424,28 @@ users:
         assert_eq!(c.ca_pem, b"CAPEM");
         assert_eq!(c.client_cert, Some((b"PAIR".to_vec(), b"PAIR".to_vec())));
         assert_eq!(c.token, None);
+    }
+
+    #[test]
+    fn an_in_cluster_token_is_read_again_after_its_period_and_ca_crt_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, ca) = (dir.path().join("token"), dir.path().join("ca.crt"));
+        std::fs::write(&token, "first\n").unwrap();
+        std::fs::write(&ca, "CA").unwrap();
+        let creds = Credentials::in_cluster(&token, &ca, "https://127.0.0.10:6443").unwrap();
+        assert_eq!(creds.token.as_deref(), Some("first"));
+        let file =
+            TokenFile { path: token.clone(), cached: Mutex::new(("first".into(), Instant::now())) };
+        std::fs::write(&token, "second").unwrap();
+        assert_eq!(file.token(), "first");
+        file.cached.lock().unwrap().1 = Instant::now() - TOKEN_FILE_REREAD;
+        assert_eq!(file.token(), "second");
+        // An empty file keeps the last token.
+        std::fs::write(&token, "").unwrap();
+        file.cached.lock().unwrap().1 = Instant::now() - TOKEN_FILE_REREAD;
+        assert_eq!(file.token(), "second");
+        std::fs::write(&token, "").unwrap();
+        assert!(Credentials::in_cluster(&token, &ca, "https://127.0.0.10:6443").is_err());
     }
 
     #[test]

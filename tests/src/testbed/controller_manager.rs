@@ -1,5 +1,5 @@
 //! The simulated kube-controller-manager: kubeadm#1350's refusal of CA bundles, leader election,
-//! kube-root-ca.crt in every namespace, token Secrets' ca.crt, and the workload controllers.
+//! kube-root-ca.crt in every namespace, token Secrets' ca.crt and token, and the workload controllers.
 //!
 //! Every file is read once at start, as the real one does: a rotation reaches it by a restart.
 
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, Credentials};
 use super::component::{leader_lock, parse_flags, require, start_healthz};
-use super::{monitor, tls};
+use super::{jwt, monitor, tls};
 
 /// The controller-manager's entry point: `kubeca-testbed kube-controller-manager --flag=value ...`.
 pub fn main(args: Vec<String>) -> ExitCode {
@@ -58,6 +58,8 @@ fn refuse_bundles(flags: &HashMap<String, String>) -> Result<()> {
 struct Ctl {
     api: Client,
     root_ca: String,
+    /// `--service-account-private-key-file`, which signs legacy token Secrets' tokens.
+    signer: Option<jwt::Signer>,
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
@@ -71,8 +73,14 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         &me,
         "controller-manager->apiserver",
     )?;
+    let signer = match flags.get("service-account-private-key-file") {
+        Some(p) => Some(
+            jwt::Signer::from_file(Path::new(p)).context("--service-account-private-key-file")?,
+        ),
+        None => None,
+    };
     start_healthz(&flags, "kube-controller-manager", 10257)?;
-    let ctl = Ctl { api, root_ca };
+    let ctl = Ctl { api, root_ca, signer };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -154,11 +162,10 @@ impl Ctl {
 
     /// Legacy service-account token Secrets carry ca.crt too: kept equal to --root-ca-file.
     async fn token_secrets(&self) -> Result<()> {
-        let want = base64::engine::general_purpose::STANDARD.encode(self.root_ca.as_bytes());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let want = b64(&self.root_ca);
         for s in self.api.list("/api/v1/secrets").await? {
-            if s["type"] != "kubernetes.io/service-account-token"
-                || s["data"]["ca.crt"].as_str() == Some(want.as_str())
-            {
+            if s["type"] != "kubernetes.io/service-account-token" {
                 continue;
             }
             let (Some(ns), Some(name)) =
@@ -166,11 +173,36 @@ impl Ctl {
             else {
                 continue;
             };
+            let mut data = serde_json::Map::new();
+            if s["data"]["ca.crt"].as_str() != Some(want.as_str()) {
+                data.insert("ca.crt".into(), json!(want));
+            }
+            // A Secret without a token gets one, as the tokens controller
+            // (`pkg/controller/serviceaccount/tokens_controller.go`) signs it with
+            // --service-account-private-key-file: the claims of `pkg/serviceaccount/legacy.go`.
+            let annotations = &s["metadata"]["annotations"];
+            let sa_name = annotations["kubernetes.io/service-account.name"].as_str();
+            if let (Some(signer), Some(sa_name)) = (&self.signer, sa_name)
+                && s["data"]["token"].as_str().is_none_or(str::is_empty)
+            {
+                let sa_uid = match annotations["kubernetes.io/service-account.uid"].as_str() {
+                    Some(u) if !u.is_empty() => u.to_string(),
+                    _ => self
+                        .api
+                        .get(&format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa_name}"))
+                        .await?
+                        .and_then(|sa| sa["metadata"]["uid"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| jwt::service_account_uid(ns, sa_name)),
+                };
+                let token = signer.sign(&jwt::legacy_claims(ns, (sa_name, &sa_uid), name))?;
+                data.insert("token".into(), json!(b64(&token)));
+                data.insert("namespace".into(), json!(b64(ns)));
+            }
+            if data.is_empty() {
+                continue;
+            }
             self.api
-                .patch(
-                    &format!("/api/v1/namespaces/{ns}/secrets/{name}"),
-                    &json!({"data": {"ca.crt": want}}),
-                )
+                .patch(&format!("/api/v1/namespaces/{ns}/secrets/{name}"), &json!({"data": data}))
                 .await?;
         }
         Ok(())

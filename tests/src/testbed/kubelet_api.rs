@@ -174,6 +174,73 @@ struct ApiPod {
     reported: Option<Value>,
     /// The projected service-account directory, whose ca.crt follows kube-root-ca.crt.
     sa_dir: PathBuf,
+    /// The token last written into it; None until the kubelet has obtained one (an adopted
+    /// pod keeps the file a previous kubelet wrote until then).
+    token: Option<IssuedToken>,
+}
+
+/// A token the kubelet obtained through TokenRequest for a pod's projected volume.
+#[derive(Clone)]
+struct IssuedToken {
+    /// The token (never logged).
+    token: String,
+    /// `status.expirationTimestamp`, in seconds since the epoch.
+    expires: i64,
+    /// The `spec.expirationSeconds` it was requested with.
+    expiration_seconds: i64,
+}
+
+/// What the service-account admission plugin asks for in every pod's `kube-api-access`
+/// volume (`plugin/pkg/admission/serviceaccount/admission.go`, `TokenVolumeSource`:
+/// `serviceaccount.WarnOnlyBoundTokenExpirationSeconds`, one hour and seven seconds).
+const TOKEN_EXPIRATION_SECONDS: i64 = 60 * 60 + 7;
+
+/// `requiresRefresh` of `pkg/kubelet/token/token_manager.go`: a token older than 80% of its
+/// requested lifetime or than 24 hours (each less a jitter of up to 10 seconds), or one whose
+/// issue time, `exp - expirationSeconds`, is later than now (the clock went back).
+fn requires_refresh(t: &IssuedToken, now: i64, jitter: i64) -> bool {
+    let iat = t.expires - t.expiration_seconds;
+    now > iat + 24 * 3600 - jitter
+        || now > t.expires - t.expiration_seconds * 20 / 100 - jitter
+        || now < iat
+}
+
+/// Up to 10 seconds (token_manager.go's maxJitter), from the clock's nanoseconds.
+fn jitter() -> i64 {
+    i64::from(jiff::Timestamp::now().subsec_nanosecond().unsigned_abs() % 10)
+}
+
+/// Asks the apiserver for a token of the pod's service account, bound to the pod, as the
+/// kubelet's projected-volume plugin does through its token manager (TokenRequest,
+/// `pkg/registry/core/serviceaccount/storage/token.go`). No audience is named, so the token
+/// is for the API's audiences (the issuer, as kubeadm configures it).
+async fn request_token(client: &Client, spec: &Value) -> Result<IssuedToken> {
+    let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = spec["metadata"]["name"].as_str().context("a pod without a name")?;
+    let uid = spec["metadata"]["uid"].as_str().context("a pod without a uid")?;
+    let sa = spec["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token");
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},
+        },
+    });
+    let answer = client.create(&path, &request).await?;
+    let token = answer["status"]["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .with_context(|| format!("POST {path}: no status.token"))?
+        .to_string();
+    let expires = answer["status"]["expirationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .with_context(|| format!("POST {path}: no status.expirationTimestamp"))?
+        .as_second();
+    let expiration_seconds =
+        answer["spec"]["expirationSeconds"].as_i64().unwrap_or(TOKEN_EXPIRATION_SECONDS);
+    Ok(IssuedToken { token, expires, expiration_seconds })
 }
 
 /// The API pods of this node, by uid.
@@ -224,7 +291,7 @@ impl ApiPods {
                 let next_start = state.pid.is_none().then(Instant::now);
                 pods.insert(
                     state.uid.clone(),
-                    ApiPod { state, child: None, next_start, reported: None, sa_dir },
+                    ApiPod { state, child: None, next_start, reported: None, sa_dir, token: None },
                 );
             }
         }
@@ -284,7 +351,20 @@ impl ApiPods {
                 continue;
             };
             if !self.pods.contains_key(uid) {
-                match start(ctx, spec, ca, 0) {
+                // The projected volume needs its token first: without one the container does
+                // not start (the real kubelet fails the volume's setup and retries).
+                let token = match request_token(client, spec).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!(
+                            "{} kubelet {}: pod {uid}: requesting its service-account token: {e:#}",
+                            jiff::Timestamp::now(),
+                            ctx.node_name
+                        );
+                        continue;
+                    }
+                };
+                match start(ctx, spec, ca, token, 0) {
                     Ok(pod) => {
                         self.pods.insert(uid.clone(), pod);
                     }
@@ -295,12 +375,36 @@ impl ApiPods {
                 }
             }
             let Some(pod) = self.pods.get_mut(uid) else { continue };
-            // The kubelet keeps projected volumes current; the pods read them once at start.
+            // The kubelet keeps projected volumes current; the pods read ca.crt once at start and
+            // their token about once a minute (client.rs).
             let ca_path = pod.sa_dir.join("ca.crt");
             if std::fs::read_to_string(&ca_path).ok().as_deref() != Some(ca.as_str())
                 && let Err(e) = write_atomic(&ca_path, ca.as_bytes())
             {
                 eprintln!("kubelet {}: updating {}: {e}", ctx.node_name, ca_path.display());
+            }
+            // And its token, refreshed as the token manager does; a failed refresh keeps the
+            // old token ("Couldn't update token").
+            let now = jiff::Timestamp::now().as_second();
+            if pod.token.as_ref().is_none_or(|t| requires_refresh(t, now, jitter())) {
+                let token_path = pod.sa_dir.join("token");
+                match request_token(client, spec).await {
+                    Ok(t) => match write_atomic(&token_path, t.token.as_bytes()) {
+                        Ok(()) => pod.token = Some(t),
+                        Err(e) => eprintln!(
+                            "kubelet {}: updating {}: {e}",
+                            ctx.node_name,
+                            token_path.display()
+                        ),
+                    },
+                    Err(e) => eprintln!(
+                        "{} kubelet {}: Couldn't update token for pod {}/{}: {e:#}",
+                        jiff::Timestamp::now(),
+                        ctx.node_name,
+                        pod.state.namespace,
+                        pod.state.name
+                    ),
+                }
             }
             if let Some(code) = exited(pod) {
                 // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
@@ -318,9 +422,11 @@ impl ApiPods {
                 pod.next_start = Some(Instant::now() + backoff);
                 save_state(&pod.state);
             }
-            if pod.next_start.is_some_and(|t| Instant::now() >= t) {
+            if pod.next_start.is_some_and(|t| Instant::now() >= t)
+                && let Some(token) = pod.token.clone()
+            {
                 let restarts = pod.state.restart_count + 1;
-                match start(ctx, spec, ca, restarts) {
+                match start(ctx, spec, ca, token, restarts) {
                     Ok(fresh) => *pod = fresh,
                     Err(e) => {
                         eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name)
@@ -378,7 +484,13 @@ fn pod_status(ctx: &KubeletContext, pod: &ApiPod) -> Value {
 
 /// Starts the container of an API pod: its projected service-account volume (token, ca.crt,
 /// namespace), its log file, and `kubeca-testbed <program>` in its own process group.
-fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Result<ApiPod> {
+fn start(
+    ctx: &KubeletContext,
+    spec: &Value,
+    ca: &str,
+    token: IssuedToken,
+    restart_count: u32,
+) -> Result<ApiPod> {
     let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     let name = spec["metadata"]["name"].as_str().context("a pod without a name")?.to_string();
     let uid = spec["metadata"]["uid"].as_str().context("a pod without a uid")?.to_string();
@@ -397,10 +509,8 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
 
     let dir = sa_dir(&uid);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let sa = spec["spec"]["serviceAccountName"].as_str().unwrap_or("default");
-    // The apiserver accepts any non-empty bearer token: what matters to a CA rotation is the
-    // pod's trust in the apiserver's serving certificate (ca.crt).
-    write_atomic(&dir.join("token"), format!("testbed:{ns}:{sa}:{uid}").as_bytes())
+    // The token the apiserver signed for the pod (request_token), each file written whole.
+    write_atomic(&dir.join("token"), token.token.as_bytes())
         .and_then(|()| write_atomic(&dir.join("ca.crt"), ca.as_bytes()))
         .and_then(|()| write_atomic(&dir.join("namespace"), ns.as_bytes()))
         .with_context(|| format!("writing the service-account volume {}", dir.display()))?;
@@ -452,7 +562,14 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, restart_count: u32) -> Re
         restart_count,
     };
     save_state(&state);
-    Ok(ApiPod { state, child: Some(child), next_start: None, reported: None, sa_dir: dir })
+    Ok(ApiPod {
+        state,
+        child: Some(child),
+        next_start: None,
+        reported: None,
+        sa_dir: dir,
+        token: Some(token),
+    })
 }
 
 /// Whether the pod's container has exited since the last look; its exit status as text.
@@ -505,5 +622,30 @@ mod tests {
         assert_eq!(n["status"]["conditions"][0]["status"], "True");
         assert_eq!(n["status"]["addresses"][0]["address"], "127.0.0.11");
         assert_eq!(n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    }
+
+    #[test]
+    fn a_token_is_refreshed_past_80_percent_of_its_lifetime_or_24_hours() {
+        let issued = 1_800_000_000;
+        let t = IssuedToken {
+            token: String::new(),
+            expires: issued + TOKEN_EXPIRATION_SECONDS,
+            expiration_seconds: TOKEN_EXPIRATION_SECONDS,
+        };
+        // 20% of the lifetime before it expires, in whole seconds as token_manager.go computes.
+        let at_80 = issued + TOKEN_EXPIRATION_SECONDS - TOKEN_EXPIRATION_SECONDS * 20 / 100;
+        assert!(!requires_refresh(&t, issued, 0));
+        assert!(!requires_refresh(&t, at_80, 0));
+        assert!(requires_refresh(&t, at_80 + 1, 0));
+        // The jitter brings it forward by up to 10 s.
+        assert!(requires_refresh(&t, at_80 - 5, 9));
+        // The clock went back before its issue time.
+        assert!(requires_refresh(&t, issued - 1, 0));
+        // A long-lived token: 24 hours at most.
+        let year = 365 * 24 * 3600;
+        let long =
+            IssuedToken { token: String::new(), expires: issued + year, expiration_seconds: year };
+        assert!(!requires_refresh(&long, issued + 24 * 3600 - 1, 0));
+        assert!(requires_refresh(&long, issued + 24 * 3600 + 1, 0));
     }
 }

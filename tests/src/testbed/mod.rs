@@ -13,6 +13,7 @@ pub mod client;
 pub mod component;
 pub mod controller_manager;
 pub mod haproxy;
+pub mod jwt;
 pub mod kubelet;
 pub mod kubelet_api;
 pub mod monitor;

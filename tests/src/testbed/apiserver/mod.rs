@@ -33,6 +33,7 @@ pub use etcd::Etcd;
 pub use objects::merge_patch;
 
 use super::component::{parse_flags, require};
+use super::jwt;
 use super::monitor::{self, Outcome};
 use super::serving::{self, ClientCert, ClientPair, Reload, Serving};
 use super::subnet::Subnet;
@@ -74,6 +75,54 @@ struct State {
     /// The control-plane endpoint (the testbed's load balancer), published in discovery and
     /// in cluster-info as kubeadm's controlPlaneEndpoint.
     endpoint: SocketAddr,
+    /// How bearer tokens are verified and signed.
+    tokens: Tokens,
+}
+
+/// The service-account token settings, read once at start as the real one reads them
+/// (`pkg/kubeapiserver/options/authentication.go`: the key files are parsed once).
+struct Tokens {
+    /// Every key of `--service-account-key-file`.
+    keys: Vec<jwt::PublicKey>,
+    /// `--service-account-issuer`, then the legacy issuer, which the real one always accepts
+    /// (`pkg/kubeapiserver/authenticator/config.go`: a legacy authenticator next to the bound one).
+    issuers: Vec<String>,
+    /// `--api-audiences`, or the issuer when the flag is absent (its default).
+    audiences: Vec<String>,
+    /// `--service-account-signing-key-file`: TokenRequest is served only with it.
+    signer: Option<jwt::Signer>,
+}
+
+impl Tokens {
+    fn from_flags(flags: &HashMap<String, String>) -> Result<Tokens> {
+        let keys = match flags.get("service-account-key-file") {
+            Some(p) => jwt::public_keys_from_file(std::path::Path::new(p))
+                .context("--service-account-key-file")?,
+            None => Vec::new(),
+        };
+        let issuer = flags.get("service-account-issuer").cloned().unwrap_or_default();
+        let mut issuers: Vec<String> = issuer
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let audiences = match flags.get("api-audiences") {
+            Some(a) => {
+                a.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
+            None => issuers.first().cloned().into_iter().collect(),
+        };
+        issuers.push(jwt::LEGACY_ISSUER.to_string());
+        let signer = match flags.get("service-account-signing-key-file") {
+            Some(p) => Some(
+                jwt::Signer::from_file(std::path::Path::new(p))
+                    .context("--service-account-signing-key-file")?,
+            ),
+            None => None,
+        };
+        Ok(Tokens { keys, issuers, audiences, signer })
+    }
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
@@ -110,7 +159,8 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     )?;
     let etcd = Etcd::new(&flags)?;
     let endpoint = Subnet::from_env()?.lb_endpoint();
-    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint });
+    let tokens = Tokens::from_flags(&flags)?;
+    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint, tokens });
     let addr: SocketAddr =
         format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -216,15 +266,33 @@ async fn handle(
     // The authenticators in the real one's order (`pkg/kubeapiserver/authenticator/config.go`:
     // a union of x509 and tokens, wrapped with `union.NewFailOnError(…, anonymous)`): the first
     // that authenticates wins; if none does and one failed (a certificate its client CA did
-    // not sign), 401 even with anonymous access on; with no credential at all, anonymous.
-    // Tokens are not verified yet (any non-empty bearer token authenticates).
-    let authenticated = matches!(cert, ClientCert::User { .. }) || token.is_some();
-    if let ClientCert::Untrusted(why) = &cert
-        && !authenticated
-    {
+    // not sign, a bearer token that does not verify), 401 even with anonymous access on; with
+    // no credential at all, anonymous. A presented token that no authenticator accepts is an
+    // error ("invalid bearer token",
+    // `staging/src/k8s.io/apiserver/pkg/authentication/request/bearertoken/bearertoken.go`).
+    let cert_ok = matches!(cert, ClientCert::User { .. });
+    let token_error = match &token {
+        Some(t) if !cert_ok => {
+            let now = jiff::Timestamp::now().as_second();
+            let tk = &state.tokens;
+            jwt::authenticate(t, &tk.keys, &tk.issuers, &tk.audiences, now).err()
+        }
+        _ => None,
+    };
+    let authenticated = cert_ok || (token.is_some() && token_error.is_none());
+    let mut errors = Vec::new();
+    if let ClientCert::Untrusted(why) = &cert {
+        errors.push(format!("verifying certificate from {peer} failed: {why}"));
+    }
+    if let Some(why) = token_error {
+        errors.push(why);
+    }
+    if !authenticated && !errors.is_empty() {
+        // The reasons only: never the token.
         eprintln!(
-            "{} kube-apiserver: \"Unable to authenticate the request\" err=\"[verifying certificate from {peer} failed: {why}]\"",
-            jiff::Timestamp::now()
+            "{} kube-apiserver: \"Unable to authenticate the request\" err=\"[{}]\"",
+            jiff::Timestamp::now(),
+            errors.join(", ")
         );
         monitor::record(
             &monitor::node_of(&peer.ip().to_string()),
@@ -344,6 +412,13 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
         format!("{}/{}", kind.group, kind.version)
     };
     let ns = t.namespace.as_deref();
+    if method == "POST"
+        && kind.resource == "serviceaccounts"
+        && t.sub.as_deref() == Some("token")
+        && let (Some(ns), Some(name)) = (ns, &t.name)
+    {
+        return token_request(state, ns, name, &body).await;
+    }
     match (method.as_str(), &t.name) {
         ("GET", None) => {
             let prefix = match ns {
@@ -456,9 +531,166 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
     }
 }
 
+/// A stored core object, None when absent.
+async fn get_object(
+    state: &State,
+    resource: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<Value>> {
+    match find_kind("", resource) {
+        Some(k) => state.etcd.get(&key(k, ns, name)).await,
+        None => Ok(None),
+    }
+}
+
+/// The shortest TokenRequest the real one accepts (`pkg/apis/authentication/validation`: "may
+/// not specify a duration less than 10 minutes").
+const MIN_TOKEN_SECONDS: i64 = 600;
+
+/// POST `/api/v1/namespaces/{ns}/serviceaccounts/{name}/token`, as
+/// `pkg/registry/core/serviceaccount/storage/token.go` (`TokenREST.Create`) answers it: a
+/// token for the service account, bound to the pod or Secret of `spec.boundObjectRef`, for
+/// `spec.audiences` (the API audiences when empty) and `spec.expirationSeconds` (3600 by
+/// default), signed with `--service-account-signing-key-file`.
+///
+/// The testbed keeps no ServiceAccount objects (nothing creates them): a name without one
+/// gets a token in any existing namespace, with a stand-in uid.
+async fn token_request(state: &State, ns: &str, name: &str, body: &[u8]) -> Result<Resp> {
+    let Some(signer) = &state.tokens.signer else {
+        // Without a signing key the real one does not install the subresource.
+        return Ok(status(404, "NotFound", "the server could not find the requested resource"));
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return Ok(status(400, "BadRequest", "the body is not a TokenRequest"));
+    };
+    if get_object(state, "namespaces", None, ns).await?.is_none() {
+        return Ok(status(404, "NotFound", &format!("namespaces \"{ns}\" not found")));
+    }
+    let sa_uid = match get_object(state, "serviceaccounts", Some(ns), name).await? {
+        Some(sa) => sa["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+        None => jwt::service_account_uid(ns, name),
+    };
+    let spec = &req["spec"];
+    let expiration = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+    if expiration < MIN_TOKEN_SECONDS {
+        return Ok(status(
+            422,
+            "Invalid",
+            "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+        ));
+    }
+    let audiences: Vec<String> = match spec["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+        _ => state.tokens.audiences.clone(),
+    };
+    let bound = match spec.get("boundObjectRef").filter(|r| !r.is_null()) {
+        None => None,
+        Some(r) => {
+            let bound_kind = r["kind"].as_str().unwrap_or("");
+            let bound_name = r["name"].as_str().unwrap_or("");
+            let resource = match bound_kind {
+                "Pod" => "pods",
+                "Secret" => "secrets",
+                other => {
+                    return Ok(status(
+                        400,
+                        "BadRequest",
+                        &format!("cannot bind token to object of type {other}"),
+                    ));
+                }
+            };
+            let Some(obj) = get_object(state, resource, Some(ns), bound_name).await? else {
+                return Ok(status(
+                    404,
+                    "NotFound",
+                    &format!("{resource} \"{bound_name}\" not found"),
+                ));
+            };
+            if bound_kind == "Pod" {
+                let pod_sa = obj["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+                if pod_sa != name {
+                    return Ok(status(
+                        400,
+                        "BadRequest",
+                        &format!(
+                            "cannot bind token for serviceaccount \"{name}\" to pod running with serviceaccount \"{pod_sa}\""
+                        ),
+                    ));
+                }
+            }
+            let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            if let Some(want) = r["uid"].as_str().filter(|u| !u.is_empty())
+                && want != uid
+            {
+                return Ok(status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {bound_kind} \"{bound_name}\": the UID in the bound object reference ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+                    ),
+                ));
+            }
+            Some(jwt::Bound { kind: bound_kind.to_string(), name: bound_name.to_string(), uid })
+        }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let issuer = state.tokens.issuers.first().map(String::as_str).unwrap_or_default();
+    let claims =
+        jwt::bound_claims(issuer, ns, (name, &sa_uid), bound.as_ref(), &audiences, now, expiration);
+    let token = signer.sign(&claims)?;
+    let expires =
+        jiff::Timestamp::from_second(now + expiration)?.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut spec = spec.clone();
+    if !spec.is_object() {
+        spec = json!({});
+    }
+    spec["audiences"] = json!(audiences);
+    spec["expirationSeconds"] = json!(expiration);
+    Ok(respond(
+        201,
+        json!({
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": expires},
+        }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_flags_default_the_audiences_to_the_issuer_and_accept_legacy_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("sa.key");
+        let out = std::process::Command::new("openssl")
+            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let iss = "https://kubernetes.default.svc.cluster.local";
+        let mut flags: HashMap<String, String> = [
+            ("service-account-issuer", iss),
+            ("service-account-key-file", key.to_str().unwrap()),
+            ("service-account-signing-key-file", key.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let t = Tokens::from_flags(&flags).unwrap();
+        assert_eq!(t.issuers, [iss, jwt::LEGACY_ISSUER]);
+        assert_eq!(t.audiences, [iss]);
+        assert_eq!(t.keys.len(), 1);
+        assert_eq!(t.keys[0].kid(), t.signer.as_ref().unwrap().kid());
+        flags.insert("api-audiences".into(), "a, b".into());
+        assert_eq!(Tokens::from_flags(&flags).unwrap().audiences, ["a", "b"]);
+    }
 
     #[test]
     fn paths_parse_into_targets() {
