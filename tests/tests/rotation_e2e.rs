@@ -339,7 +339,7 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
     assert_eq!(lanes(&select(None, Some("full")).unwrap()).len(), 1, "one scenario, one testbed");
 }
 
-/// Test 1: init, plan, run to the gate, approve, run to completion; zero TLS trust failures
+/// Test 1: init, plan, run to the gate, approve, run to completion; zero trust failures
 /// for the whole rotation; the end state of [`checks::completed_rotation`].
 fn full_rotation(tb: &Testbed) {
     let old_admin = save_admin(tb, "full");
@@ -479,7 +479,7 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
 
 /// Test 3 (and 4 for the rollback from the gate): a rotation stopped in `phase` and rolled
 /// back leaves every file as it was and every component serving and trusting as before, with
-/// zero TLS trust failures.
+/// zero trust failures.
 fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
     let old = Cas::read(tb);
     let before = snapshot(tb);
