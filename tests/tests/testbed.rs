@@ -36,7 +36,8 @@ fn testbed_3_control_planes_2_workers() {
             "report_counts_handshakes_without_failures",
             api::report_counts_handshakes_without_failures,
         ),
-        // After the report's check: it makes trust failures on purpose.
+        // After the report's check: they make trust failures on purpose.
+        ("bearer_tokens_must_verify", api::bearer_tokens_must_verify),
         (
             "kubelet_authenticates_client_certificates_per_request",
             infra::kubelet_authenticates_client_certificates_per_request,

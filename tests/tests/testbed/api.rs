@@ -74,6 +74,40 @@ pub fn report_counts_handshakes_without_failures(tb: &Testbed) {
     );
 }
 
+/// The apiserver verifies bearer tokens as the real one does (`pkg/serviceaccount/jwt.go`): a
+/// made-up token is answered 401, a pod's projected token (signed through TokenRequest,
+/// written by its kubelet) authenticates, and the same token with one byte of its signature
+/// changed is refused.
+pub fn bearer_tokens_must_verify(tb: &Testbed) {
+    let url = format!("https://{}:6443/api", tb.lb());
+    let code = |token: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(code("garbage"), "401", "a made-up bearer token must be refused");
+    let pods = tb.node_path("w-1", "var-lib-kubelet/pods");
+    let token = std::fs::read_dir(&pods)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("volumes/kubernetes.io~projected/kube-api-access/token"))
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_else(|| panic!("no pod on w-1 has a projected token under {}", pods.display()));
+    assert_eq!(token.split('.').count(), 3, "a pod's token is a JWT");
+    assert_eq!(code(token.trim()), "200", "a pod's projected token must authenticate");
+    // One character inside the signature (not its last, whose low bits may be padding).
+    let token = token.trim();
+    let at = token.rfind('.').unwrap() + 5;
+    let was = token.as_bytes()[at];
+    let mut forged = token.to_string();
+    forged.replace_range(at..=at, if was == b'A' { "B" } else { "A" });
+    assert_eq!(code(&forged), "401", "a token whose signature was changed must be refused");
+}
+
 /// With one apiserver killed, kubectl keeps working through haproxy; the kubelet restarts it.
 pub fn killing_one_apiserver_leaves_kubectl_working(tb: &Testbed) {
     let pid = static_pod_pid(tb, "cp-1", "kube-apiserver").expect("the apiserver runs on cp-1");
