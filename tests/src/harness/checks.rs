@@ -50,6 +50,25 @@ fn authentication_cas(conf: &Path) -> (Vec<String>, Vec<String>) {
     (get("client-ca-file"), get("requestheader-client-ca-file"))
 }
 
+/// Waits until extension-apiserver-authentication holds exactly `cas` (the cluster CA as
+/// `client-ca-file`, the front-proxy CA as `requestheader-client-ca-file`); `which` names them.
+fn authentication_cas_become(conf: &Path, cas: &Cas, which: &str) {
+    let want = (pem_bodies(&cas.cluster), pem_bodies(&cas.front_proxy));
+    let what = format!("extension-apiserver-authentication with the {which} CAs only");
+    eventually(&what, Duration::from_secs(30), || {
+        let (client, header) = authentication_cas(conf);
+        if (&client, &header) == (&want.0, &want.1) {
+            Ok(())
+        } else {
+            Err(format!(
+                "client-ca-file holds {} certificates, requestheader-client-ca-file {}",
+                client.len(),
+                header.len()
+            ))
+        }
+    });
+}
+
 /// HTTP status of the aggregated metrics API asked directly (on the metrics-server pod's
 /// address, :4443) with a front-proxy client pair, as the apiserver's front proxy asks it.
 fn aggregated_answers_front_proxy(conf: &Path, pair: &(String, String)) -> u16 {
@@ -294,23 +313,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     // extension-apiserver-authentication, where the apiservers merged both CAs, holds only
     // the new ones, and the aggregated API (which watches it) refuses the old front-proxy CA.
     let new_admin = tb.dir.join("admin.conf");
-    let (new_cluster, new_fp) = (pem_bodies(&new.cluster), pem_bodies(&new.front_proxy));
-    eventually(
-        "extension-apiserver-authentication with the new CAs only",
-        Duration::from_secs(30),
-        || {
-            let (client, header) = authentication_cas(&new_admin);
-            if client == new_cluster && header == new_fp {
-                Ok(())
-            } else {
-                Err(format!(
-                    "client-ca-file holds {} certificates, requestheader-client-ca-file {}",
-                    client.len(),
-                    header.len()
-                ))
-            }
-        },
-    );
+    authentication_cas_become(&new_admin, &new, "new");
     let new_pair = Cas::read(tb).front_proxy_client;
     eventually(
         "the aggregated API refusing the old front-proxy CA",
@@ -391,22 +394,6 @@ pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
     }
     // extension-apiserver-authentication back to the old CAs only (the apiservers merged the
     // new ones in; the rollback replaced them).
-    let (old_cluster, old_fp) = (pem_bodies(&old.cluster), pem_bodies(&old.front_proxy));
-    eventually(
-        "extension-apiserver-authentication with the old CAs only",
-        Duration::from_secs(30),
-        || {
-            let (client, header) = authentication_cas(&admin);
-            if client == old_cluster && header == old_fp {
-                Ok(())
-            } else {
-                Err(format!(
-                    "client-ca-file holds {} certificates, requestheader-client-ca-file {}",
-                    client.len(),
-                    header.len()
-                ))
-            }
-        },
-    );
+    authentication_cas_become(&admin, old, "old");
     assert!(failures.is_empty(), "after the rollback:\n{}", failures.join("\n"));
 }

@@ -97,20 +97,9 @@ async fn serve_healthz(addr: SocketAddr, cfg: Arc<rustls::ServerConfig>, me: Str
         let acceptor = acceptor.clone();
         let me = me.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(outcome) = tls::classify_server_error(&e) {
-                        eprintln!(
-                            "{} http: TLS handshake error from {peer}: {}",
-                            jiff::Timestamp::now(),
-                            tls::go_style(&e)
-                        );
-                        monitor::record(&peer.ip().to_string(), &me, "client->healthz", outcome);
-                    }
-                    return;
-                }
-            };
+            let client = peer.ip().to_string();
+            let edge = (client.as_str(), me.as_str(), "client->healthz");
+            let Some(stream) = tls::accept(&acceptor, tcp, peer, edge).await else { return };
             let service = hyper::service::service_fn(|_req| async {
                 Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                     bytes::Bytes::from_static(b"ok"),

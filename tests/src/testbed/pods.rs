@@ -226,25 +226,9 @@ async fn metrics_server() -> Result<()> {
         let (me, api, allowed, serving) =
             (me.clone(), api.clone(), allowed.clone(), serving.clone());
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(outcome) = tls::classify_server_error(&e) {
-                        eprintln!(
-                            "{} http: TLS handshake error from {peer}: {}",
-                            jiff::Timestamp::now(),
-                            tls::go_style(&e)
-                        );
-                        monitor::record(
-                            &format!("kube-apiserver@{}", peer.ip()),
-                            &me,
-                            "apiserver->metrics-server",
-                            outcome,
-                        );
-                    }
-                    return;
-                }
-            };
+            let client = format!("kube-apiserver@{}", peer.ip());
+            let edge = (client.as_str(), me.as_str(), "apiserver->metrics-server");
+            let Some(stream) = tls::accept(&acceptor, tcp, peer, edge).await else { return };
             let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -213,6 +213,31 @@ pub async fn connect(
     }
 }
 
+/// Completes a server handshake on `tcp`. A failure on trust (not a peer that closed before
+/// its hello, as haproxy's health check does) is logged as Go's http server logs it and
+/// recorded for the monitor as `client` -> `server` for `purpose`; None when it failed.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    (client, server, purpose): (&str, &str, &str),
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match acceptor.accept(tcp).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            if let Some(outcome) = classify_server_error(&e) {
+                eprintln!(
+                    "{} http: TLS handshake error from {peer}: {}",
+                    jiff::Timestamp::now(),
+                    go_style(&e)
+                );
+                super::monitor::record(client, server, purpose, outcome);
+            }
+            None
+        }
+    }
+}
+
 /// A self-signed serving pair for `address`, made with the openssl CLI under `dir` at start, as
 /// kube-controller-manager and kube-scheduler make one in memory when given no certificate.
 pub fn self_signed(

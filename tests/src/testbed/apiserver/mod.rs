@@ -194,25 +194,10 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         let state = state.clone();
         let serving = serving.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(outcome) = tls::classify_server_error(&e) {
-                        eprintln!(
-                            "{} http: TLS handshake error from {peer}: {}",
-                            jiff::Timestamp::now(),
-                            tls::go_style(&e)
-                        );
-                        monitor::record(
-                            &monitor::node_of(&peer.ip().to_string()),
-                            &monitor::me("kube-apiserver"),
-                            "client->apiserver",
-                            outcome,
-                        );
-                    }
-                    return;
-                }
-            };
+            let client = monitor::node_of(&peer.ip().to_string());
+            let me = monitor::me("kube-apiserver");
+            let edge = (client.as_str(), me.as_str(), "client->apiserver");
+            let Some(stream) = tls::accept(&acceptor, tcp, peer, edge).await else { return };
             let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
