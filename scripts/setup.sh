@@ -42,3 +42,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2
   exit 1
 fi
+
+# The testbed's kube-system/api-proxy pod runs a real kubectl of one minor version
+# (tests/src/testbed/kubelet.rs, pinned_kubectl): kubectl.1.31 beside the kubectl on PATH (the
+# machine image's Google Cloud SDK has one per version) or in $KUBECA_TESTBED_KUBECTL_DIR.
+pinned=kubectl.1.31
+found=""
+for d in ${KUBECA_TESTBED_KUBECTL_DIR:-} $(dirname "$(readlink -f "$(command -v kubectl)")"); do
+  if [ -x "$d/$pinned" ]; then found="$d/$pinned"; break; fi
+done
+if [ -z "$found" ]; then
+  echo "setup: no $pinned binary beside $(command -v kubectl) nor in KUBECA_TESTBED_KUBECTL_DIR;" >&2
+  echo "setup: put a kubectl v1.31 binary named $pinned in a directory and set KUBECA_TESTBED_KUBECTL_DIR to it" >&2
+  exit 1
+fi

@@ -22,6 +22,7 @@
 use std::time::{Duration, Instant};
 
 use kubeca_tests::harness::checks::{self, Cas};
+use kubeca_tests::harness::in_cluster;
 use kubeca_tests::harness::kubeca::{Kubeca, field};
 use kubeca_tests::harness::snapshot::{Snapshot, key_material_in, private_key_pieces, snapshot};
 use kubeca_tests::harness::tools::{sh, text};
@@ -361,6 +362,8 @@ fn full_rotation(tb: &Testbed) {
         k.cpu
     );
     assert_eq!(failures, 0, "trust failures during the rotation:\n{report}");
+    let answered = in_cluster::assert_clean_since(tb, &since);
+    println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
     // No private key, old or new, in a command line sampled during the rotation, in anything
     // kubeca printed, or in the journal's exports.
@@ -474,6 +477,8 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
         "FIGURES resumed rotation: {kills} kills, {runs} runs, handshakes {handshakes}, failed {failures}"
     );
     assert_eq!(failures, 0, "trust failures during the resumed rotation:\n{report}");
+    let answered = in_cluster::assert_clean_since(tb, &since);
+    println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
 }
 
@@ -544,6 +549,8 @@ fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
         started_at.elapsed().as_secs_f64()
     );
     assert_eq!(failures, 0, "trust failures around the rollback from {phase}:\n{report}");
+    let answered = in_cluster::assert_clean_since(tb, &since);
+    println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::rolled_back(tb, &before, &old);
 }
 
@@ -878,6 +885,8 @@ fn faults(tb: &Testbed) {
         samples.iter().filter(|s| s.iter().filter(|h| **h).count() < 2).collect();
     assert!(lost.is_empty(), "etcd lost quorum in {} of {} samples", lost.len(), samples.len());
     assert_eq!(failures, 0, "trust failures around the faults:\n{report}");
+    let answered = in_cluster::assert_clean_since(tb, &since);
+    println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::rolled_back(tb, &before, &old);
 
     // No private key (old or new: the new CAs' keys are in the state directory's blobs) in a

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kubeca_tests::harness::Testbed;
 use kubeca_tests::harness::checks::{self, Cas};
+use kubeca_tests::harness::in_cluster;
 use kubeca_tests::harness::kubeca::{Kubeca, field};
 use kubeca_tests::harness::snapshot::snapshot;
 use kubeca_tests::seeded::{self, Rng};
@@ -214,9 +215,10 @@ fn main() {
         crash_through(&mut k, &["run"], points_for(steps, &mut rng), "started", "done", true);
     let (handshakes, failures, report) = tb.report_since(&since);
     checks::completed_rotation(&tb, &old, &old_admin, &mut k);
+    let answered = in_cluster::assert_clean_since(&tb, &since);
     let forward_secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "rotation: {forward:?}, {handshakes} handshakes, {failures} trust failures\n{report}"
+        "rotation: {forward:?}, {handshakes} handshakes, {failures} trust failures, {answered} answers through kubectl proxy\n{report}"
     );
 
     // A rollback from the finalize gate, killed at every point of the rollback.
@@ -240,9 +242,10 @@ fn main() {
     );
     let (rb_handshakes, rb_failures, rb_report) = tb.report_since(&since_rb);
     checks::rolled_back(&tb, &before, &old);
+    let rb_answered = in_cluster::assert_clean_since(&tb, &since_rb);
     let backward_secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "rollback: {backward:?}, {rb_handshakes} handshakes, {rb_failures} trust failures\n{rb_report}"
+        "rollback: {backward:?}, {rb_handshakes} handshakes, {rb_failures} trust failures, {rb_answered} answers through kubectl proxy\n{rb_report}"
     );
 
     println!(

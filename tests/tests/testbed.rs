@@ -38,6 +38,7 @@ fn testbed_3_control_planes_2_workers() {
         ),
         // After the report's check: they make trust failures on purpose.
         ("bearer_tokens_must_verify", api::bearer_tokens_must_verify),
+        ("kubectl_proxy_runs_in_cluster", api::kubectl_proxy_runs_in_cluster),
         (
             "kubelet_authenticates_client_certificates_per_request",
             infra::kubelet_authenticates_client_certificates_per_request,

@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is how a check fails
 
 pub mod checks;
+pub mod in_cluster;
 pub mod kubeca;
 pub mod snapshot;
 pub mod testbed;

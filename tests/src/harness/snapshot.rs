@@ -45,12 +45,14 @@ fn collect(p: &Path, out: &mut Snapshot) {
     } else if meta.file_type().is_symlink() {
         let target = std::fs::read_link(p).unwrap();
         out.insert(p.to_path_buf(), (target.as_os_str().as_encoded_bytes().to_vec(), 0o120000));
-    } else {
+    } else if meta.is_file() {
         out.insert(
             p.to_path_buf(),
             (std::fs::read(p).unwrap(), meta.permissions().mode() & 0o7777),
         );
     }
+    // Sockets and FIFOs (a pod's unix socket in its emptyDir) hold no bytes to compare, and
+    // reading one fails or blocks: no rotation writes such a file.
 }
 
 /// The differences between two snapshots, one line each.

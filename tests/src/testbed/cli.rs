@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use super::node::{self, NodeSpec};
 use super::subnet::{self, Subnet};
-use super::{apiserver, controller_manager, haproxy, kubelet, pki, pods, report, scheduler};
+use super::{
+    apiserver, container, controller_manager, haproxy, kubelet, pki, pods, report, scheduler,
+};
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
 #[derive(Parser, Debug)]
@@ -151,6 +153,7 @@ pub fn main() -> ExitCode {
             "coredns" => Some(pods::coredns_main),
             "kube-proxy" => Some(pods::kube_proxy_main),
             "metrics-server" => Some(pods::metrics_server_main),
+            "container" => Some(container::main),
             "systemctl" => Some(|a| shim(node::systemctl(&a))),
             "journalctl" => Some(|a| shim(node::journalctl(&a))),
             _ => None,

@@ -426,7 +426,7 @@ impl StaticPods {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let (program, args) = program_for(&m.image, &m.command, &self.exe)
-            .with_context(|| format!("{}: no program for image {}", m.path.display(), m.image))?;
+            .with_context(|| format!("{}: image {}", m.path.display(), m.image))?;
         let child = Command::new(&program)
             .args(&args)
             .env("KUBECA_TESTBED_DIR", std::env::var_os("KUBECA_TESTBED_DIR").unwrap_or_default())
@@ -475,12 +475,17 @@ impl StaticPods {
 ///
 /// `registry.k8s.io/etcd:*` runs the real `/usr/bin/etcd`; `kube-apiserver`,
 /// `kube-controller-manager`, `kube-scheduler` images and the testbed's pod programs
-/// (`coredns`, `kube-proxy`, `metrics-server`) run `kubeca-testbed <program>`.
-pub fn program_for(image: &str, command: &[String], exe: &Path) -> Option<(PathBuf, Vec<String>)> {
-    let repo = image.rsplit('/').next()?.split([':', '@']).next()?;
+/// (`coredns`, `kube-proxy`, `metrics-server`) run `kubeca-testbed <program>`;
+/// `registry.k8s.io/kubectl:vX.Y.Z` runs a real kubectl of that minor version
+/// ([`pinned_kubectl`]); `curlimages/curl` and `busybox` run their command from the node's
+/// `PATH` (a shell, curl), as their images hold them.
+pub fn program_for(image: &str, command: &[String], exe: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let repo = last.split([':', '@']).next().unwrap_or(last);
+    let tag = last.split_once(':').map(|(_, t)| t).unwrap_or("");
     let flags = command.get(1..).unwrap_or_default().to_vec();
     match repo {
-        "etcd" => Some((PathBuf::from("/usr/bin/etcd"), flags)),
+        "etcd" => Ok((PathBuf::from("/usr/bin/etcd"), flags)),
         "kube-apiserver"
         | "kube-controller-manager"
         | "kube-scheduler"
@@ -488,10 +493,49 @@ pub fn program_for(image: &str, command: &[String], exe: &Path) -> Option<(PathB
         | "kube-proxy"
         | "metrics-server" => {
             // The image decides the program, as it decides the binary of a real container.
-            Some((exe.to_path_buf(), std::iter::once(repo.to_string()).chain(flags).collect()))
+            Ok((exe.to_path_buf(), std::iter::once(repo.to_string()).chain(flags).collect()))
         }
-        _ => None,
+        "kubectl" => Ok((pinned_kubectl(tag)?, flags)),
+        "curl" | "busybox" => {
+            let program = command.first().context("a command is needed for this image")?;
+            Ok((PathBuf::from(program), flags))
+        }
+        _ => bail!("no program for image {image:?} on the testbed"),
     }
+}
+
+/// The real kubectl binary of the minor version of `tag` (`v1.31.0` → 1.31), so a container
+/// runs one client-go whatever the apiserver's `/version` says: `kubectl.1.31` beside the
+/// kubectl on `PATH` (Google Cloud SDK's layout, whose `kubectl` is a dispatcher that picks a
+/// version by asking the server), or `$KUBECA_TESTBED_KUBECTL_DIR/kubectl.1.31`.
+pub fn pinned_kubectl(tag: &str) -> Result<PathBuf> {
+    let minor: String = {
+        let v = tag.trim_start_matches('v');
+        let mut parts = v.split('.');
+        match (parts.next(), parts.next()) {
+            (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => format!("{a}.{b}"),
+            _ => bail!("image tag {tag:?} names no kubectl version (vMAJOR.MINOR.PATCH)"),
+        }
+    };
+    let name = format!("kubectl.{minor}");
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("KUBECA_TESTBED_KUBECTL_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    for d in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if let Ok(real) = fs::canonicalize(d.join("kubectl"))
+            && let Some(parent) = real.parent()
+        {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()).with_context(|| {
+        format!(
+            "no {name} binary (looked in {}); install kubectl {minor} there or set \
+             KUBECA_TESTBED_KUBECTL_DIR to a directory that holds {name}",
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 fn parse_manifest(path: &Path) -> Result<Manifest> {
@@ -766,18 +810,21 @@ mod tests {
         let exe = Path::new("/x/kubeca-testbed");
         let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            program_for("registry.k8s.io/etcd:3.5.12-0", &cmd(&["etcd", "--name=cp-1"]), exe),
-            Some((PathBuf::from("/usr/bin/etcd"), cmd(&["--name=cp-1"])))
+            program_for("registry.k8s.io/etcd:3.5.12-0", &cmd(&["etcd", "--name=cp-1"]), exe)
+                .unwrap(),
+            (PathBuf::from("/usr/bin/etcd"), cmd(&["--name=cp-1"]))
         );
         assert_eq!(
             program_for(
                 "registry.k8s.io/kube-apiserver:v1.30.6",
                 &cmd(&["kube-apiserver", "--secure-port=6443"]),
                 exe
-            ),
-            Some((exe.to_path_buf(), cmd(&["kube-apiserver", "--secure-port=6443"])))
+            )
+            .unwrap(),
+            (exe.to_path_buf(), cmd(&["kube-apiserver", "--secure-port=6443"]))
         );
-        assert_eq!(program_for("docker.io/nginx:1", &cmd(&["nginx"]), exe), None);
+        assert!(program_for("docker.io/nginx:1", &cmd(&["nginx"]), exe).is_err());
+        assert!(pinned_kubectl("latest").is_err());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The kubelet's API side: node registration and status, and running the pods the API assigns to its node.
 //!
-//! API pods run as `kubeca-testbed <program>` in their own process groups, with a projected
-//! service-account volume (token, and ca.crt kept equal to the namespace's kube-root-ca.crt) in
-//! `/var/lib/kubelet/pods/<uid>/volumes/...`, told to the pod by `KUBECA_SA_DIR`; they outlive a
-//! kubelet restart, and the next kubelet adopts them from `/run/kubelet/api-pods/<uid>.json`.
+//! API pods run their containers each in a process group and a mount namespace of its own
+//! (container.rs), with the pod's projected service-account volume (token, and ca.crt kept
+//! equal to the namespace's kube-root-ca.crt) from `/var/lib/kubelet/pods/<uid>/volumes/...`
+//! mounted at `/var/run/secrets/kubernetes.io/serviceaccount` and its `emptyDir` volumes at
+//! their mount paths; they outlive a kubelet restart, and the next kubelet adopts them from
+//! `/run/kubelet/api-pods/<uid>.json`.
 //!
 //! The kubelet (kubelet.rs) builds a [`KubeletContext`] from its flags and awaits [`run`]
 //! inside its runtime next to its :10250 server. `run` only returns on an error that the kubelet
@@ -12,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, Credentials};
 use super::component::{self, write_atomic};
+use super::container;
 use super::node::{alive, proc_stat, to_pid};
 use super::subnet;
 
@@ -153,8 +156,15 @@ pub struct ApiPodState {
     pub name: String,
     /// The pod's uid (from the API).
     pub uid: String,
+    /// Its containers, in the order of `spec.containers`.
+    pub containers: Vec<ContainerState>,
+}
+
+/// The state of one container of an API pod.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerState {
     /// The container's name.
-    pub container: String,
+    pub name: String,
     /// The running process, when there is one.
     pub pid: Option<u32>,
     /// Its start time in clock ticks since boot, so a reused pid is not mistaken for it.
@@ -167,9 +177,10 @@ pub struct ApiPodState {
 
 struct ApiPod {
     state: ApiPodState,
-    child: Option<Child>,
-    /// When an exited container may start again (CrashLoopBackOff).
-    next_start: Option<Instant>,
+    /// The processes we started, one per container (None for an adopted or exited one).
+    children: Vec<Option<Child>>,
+    /// When each exited container may start again (CrashLoopBackOff).
+    next_start: Vec<Option<Instant>>,
     /// The status last written to the API, so an unchanged one is not written again.
     reported: Option<Value>,
     /// The projected service-account directory, whose ca.crt follows kube-root-ca.crt.
@@ -259,15 +270,82 @@ fn save_state(state: &ApiPodState) {
     }
 }
 
-/// The projected service-account volume of a pod, as the real kubelet lays it out.
+/// A pod's directory on the node, as the real kubelet lays it out
+/// (`pkg/kubelet/kubelet_getters.go`, `getPodDir`).
+fn pod_dir(uid: &str) -> PathBuf {
+    Path::new("/var/lib/kubelet/pods").join(uid)
+}
+
+/// The projected service-account volume of a pod (`kube-api-access`, the volume the
+/// service-account admission plugin adds to every pod).
 fn sa_dir(uid: &str) -> PathBuf {
-    Path::new("/var/lib/kubelet/pods")
-        .join(uid)
-        .join("volumes/kubernetes.io~projected/kube-api-access")
+    pod_dir(uid).join("volumes/kubernetes.io~projected/kube-api-access")
+}
+
+/// Where a container sees its pod's service-account volume: the path the admission plugin
+/// mounts it at (`plugin/pkg/admission/serviceaccount/admission.go`, `DefaultAPITokenMountPath`)
+/// and client-go's `rest.InClusterConfig` reads.
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// An `emptyDir` volume of a pod (`pkg/volume/emptydir/empty_dir.go`, under the pod's
+/// `volumes/kubernetes.io~empty-dir/<name>`), shared by the containers that mount it.
+fn empty_dir(uid: &str, volume: &str) -> PathBuf {
+    pod_dir(uid).join("volumes/kubernetes.io~empty-dir").join(volume)
 }
 
 fn is_running(p: &ApiPod) -> bool {
-    p.state.pid.is_some() && p.next_start.is_none()
+    p.state.containers.iter().zip(&p.next_start).all(|(c, n)| c.pid.is_some() && n.is_none())
+}
+
+/// The mounts of container `c` of pod `spec`: the service-account volume at
+/// [`SERVICE_ACCOUNT_MOUNT`] (unless `automountServiceAccountToken: false`), read-only as the
+/// admission plugin mounts it, and each of its `volumeMounts` of an `emptyDir` volume. A mount of
+/// another kind of volume is refused: the testbed has none.
+fn mounts(spec: &Value, c: &Value, uid: &str) -> Result<Vec<container::Mount>> {
+    let mut out = Vec::new();
+    if spec["spec"]["automountServiceAccountToken"].as_bool() != Some(false) {
+        out.push(container::Mount {
+            source: sa_dir(uid),
+            target: SERVICE_ACCOUNT_MOUNT.into(),
+            read_only: true,
+        });
+    }
+    let volumes = spec["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    for vm in c["volumeMounts"].as_array().into_iter().flatten() {
+        let name = vm["name"].as_str().context("a volumeMount without a name")?;
+        let target = vm["mountPath"].as_str().context("a volumeMount without a mountPath")?;
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .with_context(|| format!("volumeMount {name}: no such volume"))?;
+        if volume.get("emptyDir").is_none() {
+            anyhow::bail!("volume {name}: only emptyDir volumes are built on the testbed");
+        }
+        out.push(container::Mount {
+            source: empty_dir(uid, name),
+            target: target.into(),
+            read_only: vm["readOnly"].as_bool() == Some(true),
+        });
+    }
+    Ok(out)
+}
+
+/// The value of a container's `env` entry: `value`, or the downward API's `fieldRef` for the
+/// fields the kubelet resolves itself (`pkg/kubelet/kubelet_pods.go`, `podFieldSelectorRuntimeValue`).
+fn env_value(ctx: &KubeletContext, spec: &Value, e: &Value) -> Option<String> {
+    if let Some(v) = e["value"].as_str() {
+        return Some(v.to_string());
+    }
+    match e["valueFrom"]["fieldRef"]["fieldPath"].as_str()? {
+        "metadata.name" => spec["metadata"]["name"].as_str().map(String::from),
+        "metadata.namespace" => spec["metadata"]["namespace"].as_str().map(String::from),
+        "spec.nodeName" | "spec.serviceAccountName" => {
+            let f = e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?.trim_start_matches("spec.");
+            spec["spec"][f].as_str().map(String::from)
+        }
+        "status.podIP" | "status.hostIP" => Some(ctx.node_address.clone()),
+        _ => None,
+    }
 }
 
 impl ApiPods {
@@ -279,19 +357,23 @@ impl ApiPods {
             for e in entries.flatten() {
                 let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
                 let Ok(mut state) = serde_json::from_str::<ApiPodState>(&text) else { continue };
-                if !state.pid.is_some_and(|p| alive(p, state.pid_start)) {
-                    state.pid = None;
+                for c in &mut state.containers {
+                    if !c.pid.is_some_and(|p| alive(p, c.pid_start)) {
+                        c.pid = None;
+                    }
                 }
+                let pids: Vec<Option<u32>> = state.containers.iter().map(|c| c.pid).collect();
                 eprintln!(
-                    "kubelet {}: adopting pod {}/{} (pid {:?})",
-                    ctx.node_name, state.namespace, state.name, state.pid
+                    "kubelet {}: adopting pod {}/{} (pids {pids:?})",
+                    ctx.node_name, state.namespace, state.name
                 );
                 let sa_dir = sa_dir(&state.uid);
                 // A dead container restarts at the next sync, counting a restart.
-                let next_start = state.pid.is_none().then(Instant::now);
+                let next_start = pids.iter().map(|p| p.is_none().then(Instant::now)).collect();
+                let children = pids.iter().map(|_| None).collect();
                 pods.insert(
                     state.uid.clone(),
-                    ApiPod { state, child: None, next_start, reported: None, sa_dir, token: None },
+                    ApiPod { state, children, next_start, reported: None, sa_dir, token: None },
                 );
             }
         }
@@ -364,7 +446,7 @@ impl ApiPods {
                         continue;
                     }
                 };
-                match start(ctx, spec, ca, token, 0) {
+                match start(ctx, spec, ca, token) {
                     Ok(pod) => {
                         self.pods.insert(uid.clone(), pod);
                     }
@@ -406,30 +488,37 @@ impl ApiPods {
                     ),
                 }
             }
-            if let Some(code) = exited(pod) {
-                // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
-                let backoff = Duration::from_secs(1 << pod.state.restart_count.min(4))
-                    .min(Duration::from_secs(20));
-                eprintln!(
-                    "{} kubelet {}: pod {}/{} exited ({code}); restarting in {}s",
-                    jiff::Timestamp::now(),
-                    ctx.node_name,
-                    pod.state.namespace,
-                    pod.state.name,
-                    backoff.as_secs()
-                );
-                pod.state.pid = None;
-                pod.next_start = Some(Instant::now() + backoff);
-                save_state(&pod.state);
-            }
-            if pod.next_start.is_some_and(|t| Instant::now() >= t)
-                && let Some(token) = pod.token.clone()
-            {
-                let restarts = pod.state.restart_count + 1;
-                match start(ctx, spec, ca, token, restarts) {
-                    Ok(fresh) => *pod = fresh,
-                    Err(e) => {
-                        eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name)
+            for i in 0..pod.state.containers.len() {
+                if let Some(code) = exited(pod, i) {
+                    // CrashLoopBackOff: 1s, 2s, 4s, … up to 20s (the real kubelet: 10s to 5min).
+                    let c = &mut pod.state.containers[i];
+                    let backoff = Duration::from_secs(1 << c.restart_count.min(4))
+                        .min(Duration::from_secs(20));
+                    eprintln!(
+                        "{} kubelet {}: pod {}/{} container {} exited ({code}); restarting in {}s",
+                        jiff::Timestamp::now(),
+                        ctx.node_name,
+                        pod.state.namespace,
+                        pod.state.name,
+                        c.name,
+                        backoff.as_secs()
+                    );
+                    c.pid = None;
+                    pod.next_start[i] = Some(Instant::now() + backoff);
+                    save_state(&pod.state);
+                }
+                if pod.next_start[i].is_some_and(|t| Instant::now() >= t) && pod.token.is_some() {
+                    let restarts = pod.state.containers[i].restart_count + 1;
+                    match start_container(ctx, spec, i, restarts) {
+                        Ok((state, child)) => {
+                            pod.state.containers[i] = state;
+                            pod.children[i] = Some(child);
+                            pod.next_start[i] = None;
+                            save_state(&pod.state);
+                        }
+                        Err(e) => {
+                            eprintln!("{} kubelet {}: {e:#}", jiff::Timestamp::now(), ctx.node_name)
+                        }
                     }
                 }
             }
@@ -454,59 +543,50 @@ impl ApiPods {
     }
 }
 
-/// The status the kubelet reports for a pod: Running on the node's address, ready while its
-/// container runs.
+/// The status the kubelet reports for a pod: Running on the node's address, ready while all
+/// its containers run.
 fn pod_status(ctx: &KubeletContext, pod: &ApiPod) -> Value {
-    let running = is_running(pod);
-    let ready = if running { "True" } else { "False" };
-    let state = if running {
-        json!({"running": {"startedAt": pod.state.started_at}})
-    } else {
-        json!({"waiting": {"reason": "CrashLoopBackOff"}})
-    };
+    let ready = if is_running(pod) { "True" } else { "False" };
+    let started_at = pod.state.containers.iter().map(|c| c.started_at.as_str()).min();
+    let statuses: Vec<Value> = pod
+        .state
+        .containers
+        .iter()
+        .zip(&pod.next_start)
+        .map(|(c, next)| {
+            let running = c.pid.is_some() && next.is_none();
+            let state = if running {
+                json!({"running": {"startedAt": c.started_at}})
+            } else {
+                json!({"waiting": {"reason": "CrashLoopBackOff"}})
+            };
+            json!({
+                "name": c.name, "ready": running, "restartCount": c.restart_count,
+                "started": running, "state": state,
+            })
+        })
+        .collect();
     json!({
         "phase": "Running",
         "hostIP": ctx.node_address,
         "podIP": ctx.node_address,
         "podIPs": [{"ip": ctx.node_address}],
-        "startTime": pod.state.started_at,
+        "startTime": started_at,
         "conditions": [
             {"type": "Ready", "status": ready},
             {"type": "ContainersReady", "status": ready},
             {"type": "PodScheduled", "status": "True"},
         ],
-        "containerStatuses": [{
-            "name": pod.state.container, "ready": running, "restartCount": pod.state.restart_count,
-            "started": running, "state": state,
-        }],
+        "containerStatuses": statuses,
     })
 }
 
-/// Starts the container of an API pod: its projected service-account volume (token, ca.crt,
-/// namespace), its log file, and `kubeca-testbed <program>` in its own process group.
-fn start(
-    ctx: &KubeletContext,
-    spec: &Value,
-    ca: &str,
-    token: IssuedToken,
-    restart_count: u32,
-) -> Result<ApiPod> {
+/// Starts an API pod: its projected service-account volume (token, ca.crt, namespace), its
+/// `emptyDir` volumes, and each of its containers ([`start_container`]).
+fn start(ctx: &KubeletContext, spec: &Value, ca: &str, token: IssuedToken) -> Result<ApiPod> {
     let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     let name = spec["metadata"]["name"].as_str().context("a pod without a name")?.to_string();
     let uid = spec["metadata"]["uid"].as_str().context("a pod without a uid")?.to_string();
-    let c = &spec["spec"]["containers"][0];
-    let container = c["name"].as_str().unwrap_or(&name).to_string();
-    let image = c["image"].as_str().unwrap_or("");
-    let strings = |k: &str| -> Vec<String> {
-        c[k].as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-            .unwrap_or_default()
-    };
-    let mut command = strings("command");
-    command.extend(strings("args"));
-    let (program, args) = super::kubelet::program_for(image, &command, &ctx.exe)
-        .with_context(|| format!("pod {ns}/{name}: no program for image {image:?}"))?;
-
     let dir = sa_dir(&uid);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The token the apiserver signed for the pod (request_token), each file written whole.
@@ -514,6 +594,84 @@ fn start(
         .and_then(|()| write_atomic(&dir.join("ca.crt"), ca.as_bytes()))
         .and_then(|()| write_atomic(&dir.join("namespace"), ns.as_bytes()))
         .with_context(|| format!("writing the service-account volume {}", dir.display()))?;
+    for v in spec["spec"]["volumes"].as_array().into_iter().flatten() {
+        if let (Some(v), Some(_)) = (v["name"].as_str(), v.get("emptyDir")) {
+            let d = empty_dir(&uid, v);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+    }
+    let count = spec["spec"]["containers"].as_array().map_or(0, Vec::len);
+    if count == 0 {
+        anyhow::bail!("pod {ns}/{name}: no containers");
+    }
+    let mut pod = ApiPod {
+        state: ApiPodState { namespace: ns, name, uid, containers: Vec::new() },
+        children: Vec::new(),
+        next_start: Vec::new(),
+        reported: None,
+        sa_dir: dir,
+        token: Some(token),
+    };
+    for i in 0..count {
+        match start_container(ctx, spec, i, 0) {
+            Ok((state, child)) => {
+                pod.state.containers.push(state);
+                pod.children.push(Some(child));
+                pod.next_start.push(None);
+            }
+            Err(e) => {
+                // The ones started go again; the pod is retried at the next sync.
+                for i in 0..pod.children.len() {
+                    stop_container(&mut pod, i, Duration::ZERO);
+                }
+                return Err(e);
+            }
+        }
+    }
+    save_state(&pod.state);
+    Ok(pod)
+}
+
+/// Starts container `i` of the pod `spec`, in its own process group and mount namespace with
+/// its volumes ([`container`]), its output appended to its log file.
+///
+/// Its environment is what a container runtime gives one: the image's `PATH` (the node's here)
+/// and a `HOME` of its own (an empty directory, so no kubeconfig of the node's is found there),
+/// the `kubernetes` Service's address and the container's `env`; besides, the testbed's own
+/// variables (`KUBECA_TESTBED_*`, `KUBECA_POD_*`), which the testbed's programs read and a real
+/// program ignores.
+fn start_container(
+    ctx: &KubeletContext,
+    spec: &Value,
+    i: usize,
+    restart_count: u32,
+) -> Result<(ContainerState, Child)> {
+    let ns = spec["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = spec["metadata"]["name"].as_str().context("a pod without a name")?;
+    let uid = spec["metadata"]["uid"].as_str().context("a pod without a uid")?;
+    let c = &spec["spec"]["containers"][i];
+    let container = c["name"].as_str().unwrap_or(name).to_string();
+    let image = c["image"].as_str().unwrap_or("");
+    let strings = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c["env"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(v)) = (e["name"].as_str(), env_value(ctx, spec, e)) {
+            env.push((k.to_string(), v));
+        }
+    }
+    // `$(VAR)` in command and args names a variable of the container's env, as the kubelet
+    // expands it (`pkg/kubelet/container/helpers.go`, `ExpandContainerCommandAndArgs`).
+    let expand = |s: String| env.iter().fold(s, |s, (k, v)| s.replace(&format!("$({k})"), v));
+    let mut command: Vec<String> = strings("command").into_iter().map(expand).collect();
+    command.extend(strings("args").into_iter().map(expand));
+    let (program, args) = super::kubelet::program_for(image, &command, &ctx.exe)
+        .with_context(|| format!("pod {ns}/{name} container {container}: image {image:?}"))?;
+    let mounts =
+        mounts(spec, c, uid).with_context(|| format!("pod {ns}/{name} container {container}"))?;
 
     let log_dir = ctx.pod_log_dir.join(format!("{ns}_{name}_{uid}")).join(&container);
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
@@ -523,8 +681,16 @@ fn start(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let child = Command::new(&program)
-        .args(&args)
+    let home = pod_dir(uid).join("containers").join(&container).join("home");
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let child = container::command(&ctx.exe, &mounts, &program, &args)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        )
+        .env("HOME", &home)
+        .env(container::MARK, &ctx.testbed_dir)
         .env("KUBECA_TESTBED_DIR", &ctx.testbed_dir)
         .env("KUBECA_TESTBED_NODE", &ctx.node_name)
         .env("KUBECA_TESTBED_ADDRESS", &ctx.node_address)
@@ -534,9 +700,9 @@ fn start(
         // pkg/kubelet/envvars/envvars.go, FromServices); in-cluster clients read them.
         .env("KUBERNETES_SERVICE_HOST", ctx.api_service.ip().to_string())
         .env("KUBERNETES_SERVICE_PORT", ctx.api_service.port().to_string())
-        .env("KUBECA_SA_DIR", &dir)
-        .env("KUBECA_POD_NAME", &name)
-        .env("KUBECA_POD_NAMESPACE", &ns)
+        .env("KUBECA_POD_NAME", name)
+        .env("KUBECA_POD_NAMESPACE", ns)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -547,57 +713,64 @@ fn start(
         .with_context(|| format!("starting {} for pod {ns}/{name}", program.display()))?;
     let pid = child.id();
     eprintln!(
-        "{} kubelet {}: started pod {ns}/{name} (pid {pid}, uid {uid})",
+        "{} kubelet {}: started pod {ns}/{name} container {container} (pid {pid}, uid {uid})",
         jiff::Timestamp::now(),
         ctx.node_name
     );
-    let state = ApiPodState {
-        namespace: ns,
-        name,
-        uid,
-        container,
+    let state = ContainerState {
+        name: container,
         pid: Some(pid),
         pid_start: proc_stat(pid).map_or(0, |(s, _)| s),
         started_at: jiff::Timestamp::now().to_string(),
         restart_count,
     };
-    save_state(&state);
-    Ok(ApiPod {
-        state,
-        child: Some(child),
-        next_start: None,
-        reported: None,
-        sa_dir: dir,
-        token: Some(token),
-    })
+    Ok((state, child))
 }
 
-/// Whether the pod's container has exited since the last look; its exit status as text.
-fn exited(pod: &mut ApiPod) -> Option<String> {
-    super::kubelet::process_exited(&mut pod.child, pod.state.pid, pod.state.pid_start)
+/// Whether container `i` has exited since the last look; its exit status as text.
+fn exited(pod: &mut ApiPod, i: usize) -> Option<String> {
+    let c = &pod.state.containers[i];
+    super::kubelet::process_exited(&mut pod.children[i], c.pid, c.pid_start)
 }
 
-/// SIGTERM to the pod's process group, SIGKILL after the grace period.
+/// SIGTERM to container `i`'s process group; SIGKILL once `grace` has passed.
+fn stop_container(pod: &mut ApiPod, i: usize, grace: Duration) -> Option<(u32, Instant)> {
+    let c = &pod.state.containers[i];
+    let pid = c.pid?;
+    let p = to_pid(pid)?;
+    let _ = rustix::process::kill_process_group(
+        p,
+        if grace.is_zero() { Signal::KILL } else { Signal::TERM },
+    );
+    Some((pid, Instant::now() + grace))
+}
+
+/// Stops every container of the pod: SIGTERM to each process group, SIGKILL after the grace
+/// period.
 async fn stop(pod: &mut ApiPod) {
-    let Some(pid) = pod.state.pid else { return };
-    let Some(p) = to_pid(pid) else { return };
-    let _ = rustix::process::kill_process_group(p, Signal::TERM);
-    let deadline = Instant::now() + GRACE;
-    loop {
-        if super::kubelet::process_gone(&mut pod.child, pid, pod.state.pid_start) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = rustix::process::kill_process_group(p, Signal::KILL);
-            if let Some(c) = pod.child.as_mut() {
-                let _ = c.wait();
+    let stopping: Vec<(usize, u32, Instant)> = (0..pod.state.containers.len())
+        .filter_map(|i| stop_container(pod, i, GRACE).map(|(pid, d)| (i, pid, d)))
+        .collect();
+    for (i, pid, deadline) in stopping {
+        let start = pod.state.containers[i].pid_start;
+        loop {
+            if super::kubelet::process_gone(&mut pod.children[i], pid, start) {
+                break;
             }
-            break;
+            if Instant::now() >= deadline {
+                if let Some(p) = to_pid(pid) {
+                    let _ = rustix::process::kill_process_group(p, Signal::KILL);
+                }
+                if let Some(c) = pod.children[i].as_mut() {
+                    let _ = c.wait();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        pod.children[i] = None;
+        pod.state.containers[i].pid = None;
     }
-    pod.child = None;
-    pod.state.pid = None;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod component;
+pub mod container;
 pub mod controller_manager;
 pub mod haproxy;
 pub mod jwt;

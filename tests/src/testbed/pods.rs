@@ -1,12 +1,15 @@
 //! The workload pods: a coredns-like and a kube-proxy-like API client, and a metrics-server-like aggregated API server.
 //!
 //! A pod reads its credentials once at start, as client-go's in-cluster config does: the token
-//! and `ca.crt` (from the namespace's kube-root-ca.crt) in its service-account directory. The
-//! kubelet tells a pod where that directory is and who it is through the environment:
-//! `KUBECA_SA_DIR` (default /var/run/secrets/kubernetes.io/serviceaccount), `KUBECA_POD_NAME`,
-//! `KUBECA_POD_NAMESPACE`, plus the testbed's `KUBECA_TESTBED_{DIR,NODE,ADDRESS,SUBNET}`. Where
-//! the API is comes from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, as for a real
-//! pod.
+//! and `ca.crt` (from the namespace's kube-root-ca.crt) in its service-account directory,
+//! `/var/run/secrets/kubernetes.io/serviceaccount` in its own mount namespace (container.rs;
+//! `KUBECA_SA_DIR` overrides it for a program run by hand). The kubelet tells a pod who it is
+//! through `KUBECA_POD_NAME`, `KUBECA_POD_NAMESPACE`, plus the testbed's
+//! `KUBECA_TESTBED_{DIR,NODE,ADDRESS,SUBNET}`. Where the API is comes from
+//! `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, as for a real pod.
+//!
+//! Beside these, kube-system/api-proxy runs real client-go programs no one here wrote: `kubectl
+//! proxy` in-cluster and `curl` calling the API through it (apiserver/bootstrap.rs).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

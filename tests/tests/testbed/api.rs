@@ -7,9 +7,120 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
+use kubeca_tests::harness::in_cluster;
 use kubeca_tests::harness::testbed::static_pod_pid;
 use kubeca_tests::harness::tools::kubectl;
 use kubeca_tests::harness::{Testbed, eventually, testbed_bin, text};
+
+/// kube-system/api-proxy runs real `kubectl proxy` in-cluster: each of its two containers in a
+/// mount namespace of its own, where `/var/run/secrets/kubernetes.io/serviceaccount` is the
+/// pod's projected volume, and its client is answered 200 through the proxy. The same kubectl
+/// run as a container whose volume holds a CA that did not sign the apiserver prints the x509
+/// error the end-to-end tests look for, and is answered once the volume holds the right CA.
+pub fn kubectl_proxy_runs_in_cluster(tb: &Testbed) {
+    let pods: serde_json::Value = serde_json::from_str(&tb.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "k8s-app=api-proxy",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let pod = &pods["items"][0];
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_else(|| panic!("no api-proxy pod: {pods}"));
+    let node = pod["spec"]["nodeName"].as_str().unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(tb.node_path(node, &format!("run/kubelet/api-pods/{uid}.json"))).unwrap(),
+    )
+    .unwrap();
+    let volume = tb.node_path(
+        node,
+        &format!("var-lib-kubelet/pods/{uid}/volumes/kubernetes.io~projected/kube-api-access"),
+    );
+    let node_ns = fs::read_to_string(tb.dir.join("nodes").join(node).join("mntns")).unwrap();
+    let containers = state["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{state}");
+    for c in containers {
+        let pid = c["pid"].as_u64().unwrap();
+        let ns = fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino().to_string()
+        });
+        assert_ne!(
+            ns.unwrap(),
+            node_ns.trim(),
+            "{}: not in a mount namespace of its own",
+            c["name"]
+        );
+        let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let sa = mountinfo
+            .lines()
+            .find(|l| {
+                l.split_whitespace().nth(4) == Some("/run/secrets/kubernetes.io/serviceaccount")
+            })
+            .unwrap_or_else(|| panic!("{}: no service-account mount:\n{mountinfo}", c["name"]));
+        assert!(sa.contains(volume.to_str().unwrap()), "{}: {sa}", c["name"]);
+        assert!(sa.split_whitespace().nth(5).unwrap().starts_with("ro"), "{}: {sa}", c["name"]);
+    }
+    let since = jiff::Timestamp::now().to_string();
+    let answered = in_cluster::assert_clean_since(tb, &since);
+    assert!(answered >= 1, "no answer counted since {since}");
+    assert!(
+        in_cluster::lines(tb)
+            .iter()
+            .any(|l| l.text.starts_with("Starting to serve on /var/run/api-proxy/proxy.sock")),
+        "kubectl proxy did not say where it serves"
+    );
+
+    // By hand, as a container of a pod whose ca.crt is the front-proxy CA, with the pod's token.
+    let work = tempfile::tempdir().unwrap();
+    let sa = work.path().join("sa");
+    fs::create_dir_all(&sa).unwrap();
+    fs::copy(volume.join("token"), sa.join("token")).unwrap();
+    fs::copy(tb.node_path(node, "etc-kubernetes/pki/front-proxy-ca.crt"), sa.join("ca.crt"))
+        .unwrap();
+    let kubectl_bin = kubeca_tests::testbed::kubelet::pinned_kubectl(
+        kubeca_tests::testbed::apiserver::API_PROXY_KUBECTL,
+    )
+    .unwrap();
+    let lb = tb.subnet.lb_endpoint();
+    let run = || {
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(testbed_bin())
+            .args(["container", "--mount"])
+            .arg(format!("{}:/var/run/secrets/kubernetes.io/serviceaccount:ro", sa.display()))
+            .arg("--")
+            .arg(&kubectl_bin)
+            // No other flag: one that changes the client's config (--request-timeout, say)
+            // makes it differ from the default, and kubectl then does not go in-cluster but to
+            // localhost:8080 (client-go's clientcmd/merged_client_builder.go, ClientConfig).
+            .args(["get", "--raw", "/api"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", work.path())
+            .env("KUBERNETES_SERVICE_HOST", lb.ip().to_string())
+            .env("KUBERNETES_SERVICE_PORT", lb.port().to_string())
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    let before = jiff::Timestamp::now().to_string();
+    let (ok, said) = run();
+    assert!(!ok && in_cluster::is_trust_error(&said), "kubectl trusting the wrong CA: {said}");
+    assert!(said.contains("x509"), "{said}");
+    // Its alert reached the apiserver, whose monitor line is a trust failure.
+    eventually("the apiserver recording kubectl's alert", Duration::from_secs(10), || {
+        let (_, failures, report) = tb.report_since(&before);
+        if failures >= 1 { Ok(()) } else { Err(report) }
+    });
+    fs::copy(volume.join("ca.crt"), sa.join("ca.crt")).unwrap();
+    let (ok, said) = run();
+    assert!(ok && said.contains("\"versions\""), "kubectl trusting the root CA: {said}");
+}
 
 /// `kubectl get nodes` shows every node Ready.
 pub fn kubectl_shows_every_node_ready(tb: &Testbed) {
@@ -304,7 +415,7 @@ pub fn api_pods_run_with_the_root_ca_and_are_replaced(tb: &Testbed) {
         &fs::read(tb.node_path(node, &format!("run/kubelet/api-pods/{uid}.json"))).unwrap(),
     )
     .unwrap();
-    let pid = state["pid"].as_u64().unwrap();
+    let pid = state["containers"][0]["pid"].as_u64().unwrap();
     let ca = tb.node_path(
         node,
         &format!(

@@ -5,7 +5,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::etcd::Etcd;
-use super::objects::{meta, new_rv, workload};
+use super::objects::{api_proxy, meta, new_rv, workload};
 use super::{B64, State};
 use crate::testbed::component::require;
 
@@ -45,6 +45,7 @@ pub(super) async fn bootstrap(state: &State) -> Result<()> {
         workload("Deployment", "metrics-server", "metrics-server", Some(1)),
     )
     .await?;
+    put_if_absent(e, "/registry/deployments/kube-system/api-proxy", api_proxy()).await?;
     put_if_absent(
         e,
         "/registry/apiservices/v1beta1.metrics.k8s.io",

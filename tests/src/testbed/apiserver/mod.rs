@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 pub use etcd::Etcd;
-pub use objects::merge_patch;
+pub use objects::{API_PROXY_KUBECTL, API_PROXY_PATH, merge_patch};
 
 use super::component::{parse_flags, require};
 use super::jwt;

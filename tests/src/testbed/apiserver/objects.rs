@@ -106,6 +106,67 @@ pub(super) fn workload(kind: &str, name: &str, program: &str, replicas: Option<u
     json!({"apiVersion": "apps/v1", "kind": kind, "metadata": meta(name, Some("kube-system")), "spec": spec, "status": {}})
 }
 
+/// The real clients no one here wrote: kube-system/api-proxy, a Deployment whose pod runs
+/// `kubectl proxy` in-cluster (client-go's `rest.InClusterConfig` from
+/// `staging/src/k8s.io/client-go/rest/config.go`: `KUBERNETES_SERVICE_HOST`/`PORT`, and the
+/// token and `ca.crt` under `/var/run/secrets/kubernetes.io/serviceaccount`, the CA read once
+/// when the process starts) on a unix socket in an `emptyDir`, and a second container that
+/// calls the API through it with curl every two seconds and prints one line per call: the
+/// time and `200`, or the time, `error:`, the HTTP code and what came back (kubectl proxy
+/// answers a failed upstream call with 500 and the error's text,
+/// `staging/src/k8s.io/kubectl/pkg/proxy/proxy_server.go`, `responder.Error`, and logs it).
+/// Their logs are what the end-to-end tests judge (harness::checks::in_cluster_clients).
+pub(super) fn api_proxy() -> Value {
+    let socket = "/var/run/api-proxy";
+    let mount = json!([{"name": "socket", "mountPath": socket}]);
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": meta("api-proxy", Some("kube-system")),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"k8s-app": "api-proxy"}},
+            "template": {
+                "metadata": {"labels": {"k8s-app": "api-proxy"}, "annotations": {}},
+                "spec": {
+                    "serviceAccountName": "api-proxy",
+                    "containers": [
+                        {"name": "kubectl", "image": format!("registry.k8s.io/kubectl:{API_PROXY_KUBECTL}"),
+                         "command": ["kubectl", "proxy", format!("--unix-socket={socket}/proxy.sock")],
+                         "volumeMounts": mount},
+                        {"name": "client", "image": "curlimages/curl:8.11.1",
+                         "command": ["sh", "-c", API_PROXY_CLIENT],
+                         "env": [{"name": "API_PATH", "value": API_PROXY_PATH}],
+                         "volumeMounts": mount},
+                    ],
+                    "volumes": [{"name": "socket", "emptyDir": {}}],
+                },
+            },
+        },
+        "status": {},
+    })
+}
+
+/// The api-proxy pod's client: one call through the proxy's socket every two seconds.
+const API_PROXY_CLIENT: &str = r#"S=/var/run/api-proxy/proxy.sock; B=/var/run/api-proxy/answer
+while :; do
+  rm -f "$B"
+  if code=$(curl -sS --max-time 10 --unix-socket "$S" -o "$B" -w '%{http_code}' "http://localhost$API_PATH" 2>&1) && [ "$code" = 200 ]; then
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) 200"
+  else
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) error: $code $(head -c 300 "$B" 2>/dev/null | tr '\n' ' ')"
+  fi
+  sleep 2
+done
+"#;
+
+/// The kubectl the api-proxy pod runs: the minor version of the apiserver's `/version`, within
+/// kubectl's supported skew.
+pub const API_PROXY_KUBECTL: &str = "v1.31.9";
+
+/// What api-proxy's client asks for through the proxy: an object only an authenticated
+/// service account may read.
+pub const API_PROXY_PATH: &str = "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,15 +62,26 @@ pub fn running(dir: &Path) -> Vec<(u32, String)> {
     let namespaces = node_namespaces(dir);
     if !namespaces.is_empty() {
         let me = std::process::id();
+        // A pod's container runs in a mount namespace of its own, and may have been reparented
+        // anywhere once its node's supervisor is gone: it carries the container mark instead.
+        let mark = {
+            let mut m = format!("{}=", super::super::container::MARK).into_bytes();
+            m.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+            m
+        };
         for pid in all_pids() {
-            if pid == me || found.contains_key(&pid) {
+            if pid == me || found.contains_key(&pid) || !matches!(proc_stat(pid), Some((_, false)))
+            {
                 continue;
             }
             if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/mnt"))
                 && let Some(node) = namespaces.get(&meta.ino())
-                && matches!(proc_stat(pid), Some((_, false)))
             {
                 found.insert(pid, format!("{} on node {node}", program_name(pid)));
+            } else if fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_slice()))
+            {
+                found.insert(pid, format!("{} in a container", program_name(pid)));
             }
         }
     }
