@@ -276,6 +276,32 @@ pub fn self_signed(
     Ok((crt, key))
 }
 
+/// Which TLS version's handshake signature [`handshake_signature`] checks.
+#[derive(Clone, Copy, Debug)]
+pub enum Tls {
+    /// TLS 1.2.
+    V12,
+    /// TLS 1.3.
+    V13,
+}
+
+/// Checks a handshake signature with `provider`'s algorithms: all that a verifier which leaves
+/// the chain alone (the aggregator's `insecureSkipTLSVerify`, Go's `RequestClientCert`) still
+/// checks, and what proves the peer holds the certificate's key.
+pub fn handshake_signature(
+    provider: &rustls::crypto::CryptoProvider,
+    version: Tls,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let algorithms = &provider.signature_verification_algorithms;
+    match version {
+        Tls::V12 => rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms),
+        Tls::V13 => rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms),
+    }
+}
+
 /// Accepts any server certificate: the aggregator's `insecureSkipTLSVerify: true` toward
 /// metrics-server, whose certificate is self-signed as upstream's default install has it.
 #[derive(Debug)]
@@ -299,12 +325,7 @@ impl rustls::client::danger::ServerCertVerifier for SkipServerVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        handshake_signature(&self.0, Tls::V12, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -313,12 +334,7 @@ impl rustls::client::danger::ServerCertVerifier for SkipServerVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        handshake_signature(&self.0, Tls::V13, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
