@@ -15,7 +15,7 @@
 //! volumes: tests/TESTBED.md lists that among the differences.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
@@ -59,12 +59,7 @@ impl Mount {
 }
 
 /// The command line that runs `program args` as a container with `mounts`, through `unshare`.
-pub fn command(
-    exe: &std::path::Path,
-    mounts: &[Mount],
-    program: &PathBuf,
-    args: &[String],
-) -> Command {
+pub fn command(exe: &Path, mounts: &[Mount], program: &Path, args: &[String]) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--"]).arg(exe).arg("container");
     for m in mounts {

@@ -156,6 +156,10 @@ pub struct ApiPodState {
     pub name: String,
     /// The pod's uid (from the API).
     pub uid: String,
+    /// When the kubelet started the pod (RFC 3339): its `status.startTime`, which does not change
+    /// when a container restarts (`pkg/kubelet/status/status_manager.go`,
+    /// `updateStatusInternal`: "ensure that the start time does not change across updates").
+    pub started_at: String,
     /// Its containers, in the order of `spec.containers`.
     pub containers: Vec<ContainerState>,
 }
@@ -339,10 +343,8 @@ fn env_value(ctx: &KubeletContext, spec: &Value, e: &Value) -> Option<String> {
     match e["valueFrom"]["fieldRef"]["fieldPath"].as_str()? {
         "metadata.name" => spec["metadata"]["name"].as_str().map(String::from),
         "metadata.namespace" => spec["metadata"]["namespace"].as_str().map(String::from),
-        "spec.nodeName" | "spec.serviceAccountName" => {
-            let f = e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?.trim_start_matches("spec.");
-            spec["spec"][f].as_str().map(String::from)
-        }
+        "spec.nodeName" => spec["spec"]["nodeName"].as_str().map(String::from),
+        "spec.serviceAccountName" => spec["spec"]["serviceAccountName"].as_str().map(String::from),
         "status.podIP" | "status.hostIP" => Some(ctx.node_address.clone()),
         _ => None,
     }
@@ -547,7 +549,6 @@ impl ApiPods {
 /// its containers run.
 fn pod_status(ctx: &KubeletContext, pod: &ApiPod) -> Value {
     let ready = if is_running(pod) { "True" } else { "False" };
-    let started_at = pod.state.containers.iter().map(|c| c.started_at.as_str()).min();
     let statuses: Vec<Value> = pod
         .state
         .containers
@@ -571,7 +572,7 @@ fn pod_status(ctx: &KubeletContext, pod: &ApiPod) -> Value {
         "hostIP": ctx.node_address,
         "podIP": ctx.node_address,
         "podIPs": [{"ip": ctx.node_address}],
-        "startTime": started_at,
+        "startTime": pod.state.started_at,
         "conditions": [
             {"type": "Ready", "status": ready},
             {"type": "ContainersReady", "status": ready},
@@ -605,7 +606,13 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, token: IssuedToken) -> Re
         anyhow::bail!("pod {ns}/{name}: no containers");
     }
     let mut pod = ApiPod {
-        state: ApiPodState { namespace: ns, name, uid, containers: Vec::new() },
+        state: ApiPodState {
+            namespace: ns,
+            name,
+            uid,
+            started_at: jiff::Timestamp::now().to_string(),
+            containers: Vec::new(),
+        },
         children: Vec::new(),
         next_start: Vec::new(),
         reported: None,
@@ -622,7 +629,10 @@ fn start(ctx: &KubeletContext, spec: &Value, ca: &str, token: IssuedToken) -> Re
             Err(e) => {
                 // The ones started go again; the pod is retried at the next sync.
                 for i in 0..pod.children.len() {
-                    stop_container(&mut pod, i, Duration::ZERO);
+                    signal_container(&pod, i, Signal::KILL);
+                    if let Some(c) = pod.children[i].as_mut() {
+                        let _ = c.wait();
+                    }
                 }
                 return Err(e);
             }
@@ -733,34 +743,28 @@ fn exited(pod: &mut ApiPod, i: usize) -> Option<String> {
     super::kubelet::process_exited(&mut pod.children[i], c.pid, c.pid_start)
 }
 
-/// SIGTERM to container `i`'s process group; SIGKILL once `grace` has passed.
-fn stop_container(pod: &mut ApiPod, i: usize, grace: Duration) -> Option<(u32, Instant)> {
-    let c = &pod.state.containers[i];
-    let pid = c.pid?;
-    let p = to_pid(pid)?;
-    let _ = rustix::process::kill_process_group(
-        p,
-        if grace.is_zero() { Signal::KILL } else { Signal::TERM },
-    );
-    Some((pid, Instant::now() + grace))
+/// Sends `signal` to container `i`'s process group; its pid when it has a process.
+fn signal_container(pod: &ApiPod, i: usize, signal: Signal) -> Option<u32> {
+    let pid = pod.state.containers[i].pid?;
+    let _ = rustix::process::kill_process_group(to_pid(pid)?, signal);
+    Some(pid)
 }
 
 /// Stops every container of the pod: SIGTERM to each process group, SIGKILL after the grace
 /// period.
 async fn stop(pod: &mut ApiPod) {
-    let stopping: Vec<(usize, u32, Instant)> = (0..pod.state.containers.len())
-        .filter_map(|i| stop_container(pod, i, GRACE).map(|(pid, d)| (i, pid, d)))
+    let deadline = Instant::now() + GRACE;
+    let stopping: Vec<(usize, u32)> = (0..pod.state.containers.len())
+        .filter_map(|i| signal_container(pod, i, Signal::TERM).map(|pid| (i, pid)))
         .collect();
-    for (i, pid, deadline) in stopping {
+    for (i, pid) in stopping {
         let start = pod.state.containers[i].pid_start;
         loop {
             if super::kubelet::process_gone(&mut pod.children[i], pid, start) {
                 break;
             }
             if Instant::now() >= deadline {
-                if let Some(p) = to_pid(pid) {
-                    let _ = rustix::process::kill_process_group(p, Signal::KILL);
-                }
+                signal_container(pod, i, Signal::KILL);
                 if let Some(c) = pod.children[i].as_mut() {
                     let _ = c.wait();
                 }
@@ -795,6 +799,75 @@ mod tests {
         assert_eq!(n["status"]["conditions"][0]["status"], "True");
         assert_eq!(n["status"]["addresses"][0]["address"], "127.0.0.11");
         assert_eq!(n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    }
+
+    fn context() -> KubeletContext {
+        KubeletContext {
+            node_name: "w-1".into(),
+            node_address: "127.0.0.14".into(),
+            kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
+            exe: "/bin/true".into(),
+            testbed_dir: "/tmp".into(),
+            pod_log_dir: "/var/log/pods".into(),
+            kubelet_port: 10250,
+            control_plane: false,
+            api_service: "127.0.0.10:6443".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_pod_keeps_its_start_time_and_is_ready_only_while_every_container_runs() {
+        let container = |name: &str, pid: Option<u32>, at: &str, restarts: u32| ContainerState {
+            name: name.into(),
+            pid,
+            pid_start: 0,
+            started_at: at.into(),
+            restart_count: restarts,
+        };
+        let mut pod = ApiPod {
+            state: ApiPodState {
+                namespace: "kube-system".into(),
+                name: "api-proxy-x".into(),
+                uid: "u".into(),
+                started_at: "2026-12-02T16:00:00Z".into(),
+                containers: vec![
+                    container("kubectl", Some(10), "2026-12-02T16:00:00Z", 0),
+                    container("client", Some(11), "2026-12-02T16:05:00Z", 1),
+                ],
+            },
+            children: vec![None, None],
+            next_start: vec![None, None],
+            reported: None,
+            sa_dir: "/nonexistent".into(),
+            token: None,
+        };
+        let s = pod_status(&context(), &pod);
+        assert_eq!(s["startTime"], "2026-12-02T16:00:00Z");
+        assert_eq!(s["conditions"][0]["status"], "True");
+        assert_eq!(s["containerStatuses"][1]["restartCount"], 1);
+        // The client waits out its back-off: the pod is not ready, its start time unchanged.
+        pod.state.containers[1].pid = None;
+        pod.next_start[1] = Some(Instant::now());
+        let s = pod_status(&context(), &pod);
+        assert_eq!(s["conditions"][0]["status"], "False");
+        assert_eq!(s["containerStatuses"][0]["ready"], true);
+        assert_eq!(s["containerStatuses"][1]["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(s["startTime"], "2026-12-02T16:00:00Z");
+    }
+
+    #[test]
+    fn env_takes_values_and_the_fields_the_kubelet_resolves() {
+        let spec = json!({"metadata": {"name": "p", "namespace": "ns"},
+                          "spec": {"nodeName": "w-1", "serviceAccountName": "sa"}});
+        let field = |f: &str| json!({"name": "X", "valueFrom": {"fieldRef": {"fieldPath": f}}});
+        let v = |e: &Value| env_value(&context(), &spec, e);
+        assert_eq!(v(&json!({"name": "X", "value": "1"})).as_deref(), Some("1"));
+        assert_eq!(v(&field("metadata.name")).as_deref(), Some("p"));
+        assert_eq!(v(&field("metadata.namespace")).as_deref(), Some("ns"));
+        assert_eq!(v(&field("spec.nodeName")).as_deref(), Some("w-1"));
+        assert_eq!(v(&field("spec.serviceAccountName")).as_deref(), Some("sa"));
+        assert_eq!(v(&field("status.podIP")).as_deref(), Some("127.0.0.14"));
+        assert_eq!(v(&field("metadata.labels['a']")), None);
     }
 
     #[test]
