@@ -143,7 +143,7 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// The address blocks of the two testbeds the scenarios are spread over.
-const BLOCKS: [&str; 2] = ["127.0.0.0/24", "127.0.1.0/24"];
+const BLOCKS: [&str; 2] = ["198.18.0.0/24", "198.18.1.0/24"];
 
 /// The scenarios to run: those `only` names (`KUBECA_E2E_SCENARIOS`, comma-separated), else
 /// those of `tier` (`KUBECA_E2E_TIER`: `test`, the default, or `matrix`). An unknown scenario or

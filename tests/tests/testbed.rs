@@ -29,6 +29,10 @@ fn testbed_3_control_planes_2_workers() {
         ("ssh_reaches_each_node_and_its_own_files", infra::ssh_reaches_each_node_and_its_own_files),
         ("openssl_verifies_every_certificate", infra::openssl_verifies_every_certificate),
         ("etcd_cluster_is_healthy_with_mutual_tls", infra::etcd_cluster_is_healthy_with_mutual_tls),
+        (
+            "nodes_bind_their_own_loopback_as_kubeadm_does",
+            infra::nodes_bind_their_own_loopback_as_kubeadm_does,
+        ),
         ("kubectl_shows_every_node_ready", api::kubectl_shows_every_node_ready),
         ("every_kubeconfig_works", api::every_kubeconfig_works),
         ("aggregated_api_through_the_front_proxy", api::aggregated_api_through_the_front_proxy),

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use super::node::{self, NodeSpec};
 use super::subnet::{self, Subnet};
 use super::{
-    apiserver, container, controller_manager, haproxy, kubelet, pki, pods, report, scheduler,
+    apiserver, container, controller_manager, haproxy, kubelet, net, pki, pods, report, scheduler,
 };
 
 /// A local kubeadm-style HA cluster for kubeca's end-to-end tests and `make demo`.
@@ -34,13 +34,14 @@ enum Cmd {
     /// Example: kubeca-testbed up --dir /tmp/tb --control-planes 3 --workers 2
     ///
     /// Two testbeds run side by side in two DIRs on two blocks:
-    /// kubeca-testbed up --dir /tmp/tb2 --subnet 127.0.1.0/24
+    /// kubeca-testbed up --dir /tmp/tb2 --subnet 198.18.1.0/24
     Up {
         /// The testbed's directory (created when missing).
         #[arg(long)]
         dir: PathBuf,
-        /// The address block on 127.0.0.0/8 (/8 to /24) the testbed listens on: the load
-        /// balancer at its address + 10, the nodes from + 11.
+        /// The address block in 198.18.0.0/15 (/15 to /24) the testbed listens on, on a bridge
+        /// of its own: this machine at its address + 1, the load balancer at + 10, the nodes
+        /// (each a network namespace) from + 11.
         #[arg(long, default_value = subnet::DEFAULT)]
         subnet: Subnet,
         /// Number of control-plane nodes (etcd members, apiservers).
@@ -276,18 +277,16 @@ fn up(dir: &Path, spec: &Spec, wait: Wait, timeout: Duration) -> Result<PathBuf>
             dir.display()
         );
     }
-    // Another testbed (in another DIR) on the same addresses would answer in place of this one.
+    // Another testbed (in another DIR) on the same block would answer in place of this one:
+    // its bridge has the nodes' links on it. (Connecting to the addresses proves nothing while
+    // the bridge is absent: the block would then follow this machine's default route.)
     let nodes = node::topology(subnet, spec.control_planes, spec.workers)?;
-    let endpoints = std::iter::once(subnet.lb_endpoint()).chain(
-        nodes.iter().filter_map(|n| Some(std::net::SocketAddr::new(n.address.parse().ok()?, 22))),
-    );
-    for sock in endpoints {
-        if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
-            bail!(
-                "{sock} is already in use (another testbed? `kubeca-testbed down --dir` it \
-                 first, or give this one another --subnet than {subnet})"
-            );
-        }
+    if let Some(links) = net::bridge_in_use(subnet) {
+        bail!(
+            "{subnet} is in use: bridge {} links {links} running nodes (another testbed? \
+             `kubeca-testbed down --dir` it first, or give this one another --subnet)",
+            subnet.bridge()
+        );
     }
     for stale in MADE_BY_UP {
         let p = dir.join(stale);
@@ -303,9 +302,10 @@ fn up(dir: &Path, spec: &Spec, wait: Wait, timeout: Duration) -> Result<PathBuf>
     let admin = node::node_dir(&dir, "cp-1").join("etc-kubernetes/admin.conf");
     fs::copy(&admin, dir.join("admin.conf")).context("copying admin.conf to DIR")?;
     write_inventory(&dir, subnet, &nodes)?;
+    net::bridge_up(&dir, subnet)?;
     haproxy::start(&dir, subnet, &nodes)?;
-    for n in &nodes {
-        node::start(&dir, subnet, n, &exe)?;
+    for (i, n) in nodes.iter().enumerate() {
+        node::start(&dir, subnet, i, n, &exe)?;
     }
 
     let deadline = Instant::now() + timeout;
@@ -495,6 +495,9 @@ fn down(dir: &Path) -> Result<()> {
             bail!("umount {target}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
     }
+    // The nodes' namespaces and veth pairs went with their last processes; the bridge is the
+    // host's.
+    net::bridge_down(&dir)?;
     if stopped.is_empty() {
         println!("nothing running in {}", dir.display());
     } else {

@@ -399,7 +399,7 @@ kind: Config
 clusters:
 - cluster:
     certificate-authority-data: Q0FQRU0=
-    server: https://127.0.0.10:6443
+    server: https://198.18.0.10:6443
   name: kubernetes
 contexts:
 - context:
@@ -420,7 +420,7 @@ users:
         std::fs::create_dir(dir.path().join("pki")).unwrap();
         std::fs::write(dir.path().join("pki/kubelet-client-current.pem"), b"PAIR").unwrap();
         let c = Credentials::parse_kubeconfig(KUBECONFIG, dir.path(), "kubelet.conf").unwrap();
-        assert_eq!(c.server, "https://127.0.0.10:6443");
+        assert_eq!(c.server, "https://198.18.0.10:6443");
         assert_eq!(c.ca_pem, b"CAPEM");
         assert_eq!(c.client_cert, Some((b"PAIR".to_vec(), b"PAIR".to_vec())));
         assert_eq!(c.token, None);
@@ -432,7 +432,7 @@ users:
         let (token, ca) = (dir.path().join("token"), dir.path().join("ca.crt"));
         std::fs::write(&token, "first\n").unwrap();
         std::fs::write(&ca, "CA").unwrap();
-        let creds = Credentials::in_cluster(&token, &ca, "https://127.0.0.10:6443").unwrap();
+        let creds = Credentials::in_cluster(&token, &ca, "https://198.18.0.10:6443").unwrap();
         assert_eq!(creds.token.as_deref(), Some("first"));
         let file =
             TokenFile { path: token.clone(), cached: Mutex::new(("first".into(), Instant::now())) };
@@ -445,7 +445,7 @@ users:
         file.cached.lock().unwrap().1 = Instant::now() - TOKEN_FILE_REREAD;
         assert_eq!(file.token(), "second");
         std::fs::write(&token, "").unwrap();
-        assert!(Credentials::in_cluster(&token, &ca, "https://127.0.0.10:6443").is_err());
+        assert!(Credentials::in_cluster(&token, &ca, "https://198.18.0.10:6443").is_err());
     }
 
     #[test]
@@ -459,7 +459,7 @@ users:
     fn apiserver_names_for_the_monitor() {
         // The default block, as the testbed's processes are told it.
         let name = |a: &str| Subnet::default().apiserver_name(&a.parse().unwrap());
-        assert_eq!(name("127.0.0.10:6443"), "lb");
-        assert_eq!(name("127.0.0.12:6443"), "kube-apiserver@cp-2");
+        assert_eq!(name("198.18.0.10:6443"), "lb");
+        assert_eq!(name("198.18.0.12:6443"), "kube-apiserver@cp-2");
     }
 }

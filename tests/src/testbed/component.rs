@@ -48,18 +48,9 @@ pub fn require<'a>(flags: &'a HashMap<String, String>, k: &str) -> Result<&'a st
 /// client certificates verified against `--client-ca-file` when one is presented).
 ///
 /// Without `--bind-address` upstream listens on 0.0.0.0 (`NewSecureServingOptions` in
-/// k8s.io/apiserver/pkg/server/options/serving.go); the testbed's nodes share one network
-/// namespace, so it listens on the node's address (KUBECA_TESTBED_ADDRESS) instead, never on an
-/// address another node or testbed shares. An error when neither is given.
+/// k8s.io/apiserver/pkg/server/options/serving.go): every address of the node's namespace.
 pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) -> Result<()> {
-    let address = match flags.get("bind-address") {
-        Some(a) => a.clone(),
-        None => std::env::var("KUBECA_TESTBED_ADDRESS").map_err(|_| {
-            anyhow::anyhow!(
-                "{name}: --bind-address is not set and neither is KUBECA_TESTBED_ADDRESS"
-            )
-        })?,
-    };
+    let address = flags.get("bind-address").cloned().unwrap_or_else(|| "0.0.0.0".into());
     let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
     let me = monitor::me(name);
     let name = name.to_string();

@@ -115,7 +115,7 @@ pub struct KubeletConfig {
 
 impl KubeletConfig {
     /// Reads a KubeletConfiguration file.
-    pub fn load(path: &Path, node_ip: &str) -> Result<KubeletConfig> {
+    pub fn load(path: &Path) -> Result<KubeletConfig> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let v: Value = serde_yaml_ng::from_str(&text)
@@ -140,7 +140,8 @@ impl KubeletConfig {
                 .and_then(|a| a.get("enabled"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            address: s("address").unwrap_or_else(|| node_ip.to_string()),
+            // 0.0.0.0 unless set (`pkg/kubelet/apis/config/v1beta1/defaults.go`).
+            address: s("address").unwrap_or_else(|| "0.0.0.0".to_string()),
             port: v
                 .get("port")
                 .and_then(Value::as_u64)
@@ -169,7 +170,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args)?;
-    let mut config = KubeletConfig::load(&flags.config, &flags.node_ip)?;
+    let mut config = KubeletConfig::load(&flags.config)?;
     if let Some(flag) = &flags.client_ca_file {
         eprintln!(
             "kubelet: --client-ca-file={} overrides clientCAFile {} of {}",

@@ -34,7 +34,7 @@ use super::subnet;
 pub struct KubeletContext {
     /// The node's name (`--hostname-override`, e.g. `cp-1`, `w-2`).
     pub node_name: String,
-    /// The node's address (`--node-ip`, e.g. `127.0.0.11`): the node's InternalIP, and the
+    /// The node's address (`--node-ip`, e.g. `198.18.0.11`): the node's InternalIP, and the
     /// address pods assigned to this node listen on.
     pub node_address: String,
     /// `--kubeconfig` (normally `/etc/kubernetes/kubelet.conf`), read once at start.
@@ -785,33 +785,33 @@ mod tests {
     fn a_control_plane_node_is_ready_with_its_role_and_address() {
         let ctx = KubeletContext {
             node_name: "cp-1".into(),
-            node_address: "127.0.0.11".into(),
+            node_address: "198.18.0.11".into(),
             kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
             exe: "/bin/true".into(),
             testbed_dir: "/tmp".into(),
             pod_log_dir: "/var/log/pods".into(),
             kubelet_port: 10250,
             control_plane: true,
-            api_service: "127.0.0.10:6443".parse().unwrap(),
+            api_service: "198.18.0.10:6443".parse().unwrap(),
         };
         let n = node_object(&ctx);
         assert!(n["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_some());
         assert_eq!(n["status"]["conditions"][0]["status"], "True");
-        assert_eq!(n["status"]["addresses"][0]["address"], "127.0.0.11");
+        assert_eq!(n["status"]["addresses"][0]["address"], "198.18.0.11");
         assert_eq!(n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
     }
 
     fn context() -> KubeletContext {
         KubeletContext {
             node_name: "w-1".into(),
-            node_address: "127.0.0.14".into(),
+            node_address: "198.18.0.14".into(),
             kubeconfig: "/etc/kubernetes/kubelet.conf".into(),
             exe: "/bin/true".into(),
             testbed_dir: "/tmp".into(),
             pod_log_dir: "/var/log/pods".into(),
             kubelet_port: 10250,
             control_plane: false,
-            api_service: "127.0.0.10:6443".parse().unwrap(),
+            api_service: "198.18.0.10:6443".parse().unwrap(),
         }
     }
 
@@ -866,7 +866,7 @@ mod tests {
         assert_eq!(v(&field("metadata.namespace")).as_deref(), Some("ns"));
         assert_eq!(v(&field("spec.nodeName")).as_deref(), Some("w-1"));
         assert_eq!(v(&field("spec.serviceAccountName")).as_deref(), Some("sa"));
-        assert_eq!(v(&field("status.podIP")).as_deref(), Some("127.0.0.14"));
+        assert_eq!(v(&field("status.podIP")).as_deref(), Some("198.18.0.14"));
         assert_eq!(v(&field("metadata.labels['a']")), None);
     }
 

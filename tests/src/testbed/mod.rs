@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod kubelet;
 pub mod kubelet_api;
 pub mod monitor;
+pub mod net;
 pub mod node;
 pub mod pki;
 pub mod pods;

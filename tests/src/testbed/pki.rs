@@ -257,9 +257,9 @@ fn node_files(
         write_secret(&manifests.join("kube-apiserver.yaml"), apiserver_manifest(node).as_bytes())?;
         write_secret(
             &manifests.join("kube-controller-manager.yaml"),
-            controller_manager_manifest(node).as_bytes(),
+            controller_manager_manifest().as_bytes(),
         )?;
-        write_secret(&manifests.join("kube-scheduler.yaml"), scheduler_manifest(node).as_bytes())?;
+        write_secret(&manifests.join("kube-scheduler.yaml"), scheduler_manifest().as_bytes())?;
     }
 
     // The kubelet: client certificate as the kubelet's rotation leaves it (one dated PEM with
@@ -284,7 +284,7 @@ fn node_files(
 
     let kubelet_conf = kubeconfig_files(&read(&ca.0)?, &lb_server);
     write_secret(&etc.join("kubelet.conf"), kubelet_conf.as_bytes())?;
-    write(&kubelet_dir.join("config.yaml"), kubelet_config(node).as_bytes())?;
+    write(&kubelet_dir.join("config.yaml"), kubelet_config().as_bytes())?;
     write(
         &kubelet_dir.join("kubeadm-flags.env"),
         format!(
@@ -488,11 +488,12 @@ fn kubeconfig_files(ca: &str, server: &str) -> String {
     )
 }
 
-/// /var/lib/kubelet/config.yaml as kubeadm writes it, with the node's own listen address.
-fn kubelet_config(node: &NodeSpec) -> String {
+/// /var/lib/kubelet/config.yaml as kubeadm writes it: no `address` (the kubelet serves :10250
+/// on 0.0.0.0, `pkg/kubelet/apis/config/v1beta1/defaults.go`) and its healthz on 127.0.0.1
+/// (`cmd/kubeadm/app/componentconfigs/kubelet.go`: `kubeletHealthzBindAddress`).
+fn kubelet_config() -> String {
     format!(
         "apiVersion: kubelet.config.k8s.io/v1beta1
-address: {addr}
 authentication:
   anonymous:
     enabled: false
@@ -514,7 +515,7 @@ containerRuntimeEndpoint: \"\"
 cpuManagerReconcilePeriod: 0s
 evictionPressureTransitionPeriod: 0s
 fileCheckFrequency: 0s
-healthzBindAddress: {addr}
+healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 httpCheckFrequency: 0s
 imageMaximumGCAge: 0s
@@ -537,8 +538,7 @@ staticPodPath: /etc/kubernetes/manifests
 streamingConnectionIdleTimeout: 0s
 syncFrequency: 0s
 volumeStatsAggPeriod: 0s
-",
-        addr = node.address
+"
     )
 }
 
@@ -643,8 +643,10 @@ fn flags(program: &str, flags: &[(&str, String)]) -> Vec<String> {
         .collect()
 }
 
-/// kube-apiserver.yaml with kubeadm's flags. Every listener binds the node address (never
-/// 127.0.0.1, which all nodes share), so etcd is reached on the node address.
+/// kube-apiserver.yaml with kubeadm's flags (`cmd/kubeadm/app/phases/controlplane/manifests.go`,
+/// `getAPIServerCommand`): no `--bind-address` (it serves on 0.0.0.0), and a stacked apiserver
+/// reaches only its own etcd member, `--etcd-servers=https://127.0.0.1:2379`, so an etcd restart
+/// takes its node's apiserver down with it, as on a real control plane.
 /// `--kubelet-certificate-authority` is set (kubeadm leaves it out unless kubelet serving
 /// certificates are CA-signed, as they are here) so the apiserver→kubelet edge is checked.
 fn apiserver_manifest(node: &NodeSpec) -> String {
@@ -656,14 +658,13 @@ fn apiserver_manifest(node: &NodeSpec) -> String {
             ("advertise-address", a.clone()),
             ("allow-privileged", "true".into()),
             ("authorization-mode", "Node,RBAC".into()),
-            ("bind-address", a.clone()),
             ("client-ca-file", format!("{p}/ca.crt")),
             ("enable-admission-plugins", "NodeRestriction".into()),
             ("enable-bootstrap-token-auth", "true".into()),
             ("etcd-cafile", format!("{p}/etcd/ca.crt")),
             ("etcd-certfile", format!("{p}/apiserver-etcd-client.crt")),
             ("etcd-keyfile", format!("{p}/apiserver-etcd-client.key")),
-            ("etcd-servers", format!("https://{a}:2379")),
+            ("etcd-servers", "https://127.0.0.1:2379".into()),
             ("kubelet-certificate-authority", format!("{p}/ca.crt")),
             ("kubelet-client-certificate", format!("{p}/apiserver-kubelet-client.crt")),
             ("kubelet-client-key", format!("{p}/apiserver-kubelet-client.key")),
@@ -701,8 +702,9 @@ fn apiserver_manifest(node: &NodeSpec) -> String {
     .render()
 }
 
-/// kube-controller-manager.yaml with kubeadm's flags (bind address: the node's).
-fn controller_manager_manifest(node: &NodeSpec) -> String {
+/// kube-controller-manager.yaml with kubeadm's flags (`getControllerManagerCommand`): its
+/// secure port on the node's loopback only, and kubeadm's probe there.
+fn controller_manager_manifest() -> String {
     let p = "/etc/kubernetes/pki";
     let conf = "/etc/kubernetes/controller-manager.conf";
     let command = flags(
@@ -711,7 +713,7 @@ fn controller_manager_manifest(node: &NodeSpec) -> String {
             ("allocate-node-cidrs", "true".into()),
             ("authentication-kubeconfig", conf.into()),
             ("authorization-kubeconfig", conf.into()),
-            ("bind-address", node.address.clone()),
+            ("bind-address", "127.0.0.1".into()),
             ("client-ca-file", format!("{p}/ca.crt")),
             ("cluster-cidr", "10.244.0.0/16".into()),
             ("cluster-name", "kubernetes".into()),
@@ -743,7 +745,7 @@ fn controller_manager_manifest(node: &NodeSpec) -> String {
         command,
         annotations: vec![],
         volumes,
-        probe: Some((&node.address, 10257, "/healthz")),
+        probe: Some(("127.0.0.1", 10257, "/healthz")),
         cpu: "200m",
     }
     .render()
@@ -752,14 +754,14 @@ fn controller_manager_manifest(node: &NodeSpec) -> String {
 /// kube-scheduler.yaml with kubeadm's flags. `--client-ca-file` is explicit (kubeadm lets the
 /// scheduler read it from extension-apiserver-authentication) so the rotation's step that
 /// bundles it has a flag to change, as the upstream procedure describes.
-fn scheduler_manifest(node: &NodeSpec) -> String {
+fn scheduler_manifest() -> String {
     let conf = "/etc/kubernetes/scheduler.conf";
     let command = flags(
         "kube-scheduler",
         &[
             ("authentication-kubeconfig", conf.into()),
             ("authorization-kubeconfig", conf.into()),
-            ("bind-address", node.address.clone()),
+            ("bind-address", "127.0.0.1".into()),
             ("client-ca-file", "/etc/kubernetes/pki/ca.crt".into()),
             ("kubeconfig", conf.into()),
             ("leader-elect", "true".into()),
@@ -774,13 +776,15 @@ fn scheduler_manifest(node: &NodeSpec) -> String {
             ("k8s-certs", "/etc/kubernetes/pki", "/etc/kubernetes/pki", "DirectoryOrCreate", true),
             ("kubeconfig", conf, conf, "FileOrCreate", true),
         ],
-        probe: Some((&node.address, 10259, "/healthz")),
+        probe: Some(("127.0.0.1", 10259, "/healthz")),
         cpu: "100m",
     }
     .render()
 }
 
-/// etcd.yaml with kubeadm's flags: peer and client mutual TLS, one member per control plane.
+/// etcd.yaml with kubeadm's flags (`cmd/kubeadm/app/phases/etcd/local.go`, `getEtcdCommand`):
+/// peer and client mutual TLS, one member per control plane, clients on the node's loopback and
+/// address, metrics (and kubeadm's probe) on the loopback only.
 /// All members start together with `--initial-cluster-state=new` (kubeadm adds them one by one;
 /// the resulting cluster is the same).
 fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec]) -> String {
@@ -802,8 +806,8 @@ fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec]) -> String {
             ("initial-cluster-state", "new".into()),
             ("initial-cluster-token", "kubeca-testbed".into()),
             ("key-file", format!("{p}/server.key")),
-            ("listen-client-urls", format!("https://{a}:2379")),
-            ("listen-metrics-urls", format!("http://{a}:2381")),
+            ("listen-client-urls", format!("https://127.0.0.1:2379,https://{a}:2379")),
+            ("listen-metrics-urls", "http://127.0.0.1:2381".into()),
             ("listen-peer-urls", format!("https://{a}:2380")),
             ("name", node.name.clone()),
             ("peer-cert-file", format!("{p}/peer.crt")),
@@ -826,7 +830,7 @@ fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec]) -> String {
             ("etcd-certs", p, p, "DirectoryOrCreate", false),
             ("etcd-data", "/var/lib/etcd", "/var/lib/etcd", "DirectoryOrCreate", false),
         ],
-        probe: Some((a, 2381, "/health?exclude=NOSPACE&serializable=true")),
+        probe: Some(("127.0.0.1", 2381, "/health?exclude=NOSPACE&serializable=true")),
         cpu: "100m",
     }
     .render()

@@ -237,14 +237,23 @@ pub fn editing_a_manifest_restarts_the_component(tb: &Testbed) {
 }
 
 /// Moving a manifest away stops its pod; moving it back starts it again.
+///
+/// A stacked apiserver reaches only its own member (`--etcd-servers=https://127.0.0.1:2379`), so
+/// while cp-2's etcd is away cp-2's apiserver is not ready and cp-1's is; both are again after.
 pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     let before = static_pod_pid(tb, "cp-2", "etcd").expect("etcd runs on cp-2");
     let manifest = tb.node_path("cp-2", "etc-kubernetes/manifests/etcd.yaml");
     let away = tb.node_path("cp-2", "etc-kubernetes/etcd.yaml.away");
+    let readyz = |node: &str| readyz_status(tb.address(node));
+    assert_eq!(readyz("cp-2"), "200", "cp-2's apiserver before its etcd went away");
     fs::rename(&manifest, &away).unwrap();
     eventually("etcd on cp-2 to stop", Duration::from_secs(20), || {
         static_pod_pid(tb, "cp-2", "etcd").is_none()
     });
+    eventually("cp-2's apiserver to be unready without its etcd", Duration::from_secs(20), || {
+        readyz("cp-2") == "500"
+    });
+    assert_eq!(readyz("cp-1"), "200", "cp-1's apiserver talks to its own etcd, which is up");
     fs::rename(&away, &manifest).unwrap();
     eventually("etcd on cp-2 to start again", Duration::from_secs(20), || {
         static_pod_pid(tb, "cp-2", "etcd").is_some_and(|p| p != before)
@@ -252,6 +261,85 @@ pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     eventually("a healthy etcd cluster again", Duration::from_secs(30), || {
         etcd_health(tb, true).status.success()
     });
+    eventually("cp-2's apiserver ready again", Duration::from_secs(30), || readyz("cp-2") == "200");
+}
+
+/// The HTTP status of an anonymous `GET /readyz` on the apiserver at `address`, by curl from
+/// this machine ("000" when nothing answers).
+fn readyz_status(address: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{address}:6443/readyz"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Each node is a network namespace of its own, as a real node is: its own `lo` and one link on
+/// the testbed's bridge, nothing of this machine's interfaces. The manifests carry kubeadm's
+/// own binds (`manifests.go`, `etcd/local.go`), and the components listen where the flags say:
+/// the controller-manager, the scheduler and etcd's metrics answer on the node's 127.0.0.1 and
+/// refuse connections on its address from here; the apiserver, etcd's clients and the
+/// kubelet answer on the node's address.
+pub fn nodes_bind_their_own_loopback_as_kubeadm_does(tb: &Testbed) {
+    let cp = tb.address("cp-1");
+    let manifest = |name: &str| tb.ssh_ok(cp, &format!("cat /etc/kubernetes/manifests/{name}"));
+    let apiserver = manifest("kube-apiserver.yaml");
+    assert!(apiserver.contains("- --etcd-servers=https://127.0.0.1:2379\n"), "{apiserver}");
+    assert!(!apiserver.contains("--bind-address"), "kubeadm sets none: {apiserver}");
+    for m in ["kube-controller-manager.yaml", "kube-scheduler.yaml"] {
+        let text = manifest(m);
+        assert!(text.contains("- --bind-address=127.0.0.1\n"), "{m}: {text}");
+        assert!(text.contains("host: 127.0.0.1"), "{m}: kubeadm's probe host: {text}");
+    }
+    let etcd = manifest("etcd.yaml");
+    assert!(
+        etcd.contains(&format!(
+            "- --listen-client-urls=https://127.0.0.1:2379,https://{cp}:2379\n"
+        )),
+        "{etcd}"
+    );
+    assert!(etcd.contains("- --listen-metrics-urls=http://127.0.0.1:2381\n"), "{etcd}");
+    let kubelet = tb.ssh_ok(cp, "cat /var/lib/kubelet/config.yaml");
+    assert!(kubelet.contains("healthzBindAddress: 127.0.0.1\n"), "{kubelet}");
+    assert!(!kubelet.contains("\naddress:"), "kubeadm writes no address: {kubelet}");
+
+    // The node's interfaces: lo and eth0 only, with 127.0.0.1 and the node's address.
+    let addrs = tb.ssh_ok(cp, "ip -o -4 addr show | awk '{print $2, $4}'");
+    let mut got: Vec<&str> = addrs.lines().collect();
+    got.sort();
+    assert_eq!(got, ["eth0 ".to_string() + cp + "/24", "lo 127.0.0.1/8".into()], "{addrs}");
+
+    // From the node: the loopback-bound components answer.
+    for (port, scheme, path) in
+        [(10257, "https", "/healthz"), (10259, "https", "/healthz"), (2381, "http", "/health")]
+    {
+        let code = tb.ssh_ok(
+            cp,
+            &format!(
+                "curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' {scheme}://127.0.0.1:{port}{path}"
+            ),
+        );
+        assert_eq!(code.trim(), "200", "127.0.0.1:{port} on cp-1");
+    }
+    // From here: refused on the node's address (the bridge delivers the reset: nothing listens).
+    for port in [10257, 10259, 2381] {
+        let addr: std::net::SocketAddr = format!("{cp}:{port}").parse().unwrap();
+        let err = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect_err(&format!("{addr} answers from outside the node"));
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}: {err}");
+    }
+    for port in [6443, 2379, 10250] {
+        let addr: std::net::SocketAddr = format!("{cp}:{port}").parse().unwrap();
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{addr} does not answer from here: {e}"));
+    }
+    // This machine's own loopback is not the node's: nothing of the node listens on it.
+    let host = std::net::SocketAddr::from(([127, 0, 0, 1], 10257));
+    assert!(
+        std::net::TcpStream::connect_timeout(&host, Duration::from_millis(500)).is_err(),
+        "a node's controller-manager answers on this machine's loopback"
+    );
 }
 
 /// `ssh <node> systemctl restart kubelet` restarts the kubelet (a new pid, running) and leaves
@@ -292,12 +380,20 @@ pub fn up_on_a_live_dir_names_the_pids(tb: &Testbed) {
         err.contains("already up") && err.contains("(haproxy)") && err.contains("(node cp-1)"),
         "{err}"
     );
-    // A second testbed in another DIR would collide on the addresses: refused, naming one.
+    // A second testbed in another DIR would collide on the block: refused, naming the bridge
+    // whose node links say a testbed runs there.
     let other = tb.dir.with_file_name("testbed-collision");
     let out = Command::new(testbed_bin()).arg("up").arg("--dir").arg(&other).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:6443 is already in use", tb.lb())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} is in use: bridge {} links 5 running nodes",
+            tb.subnet,
+            tb.subnet.bridge()
+        )),
+        "{err}"
+    );
     assert!(err.contains("another --subnet"), "the refusal must say how to run both: {err}");
     assert!(!other.join("nodes").exists(), "the refused up made files");
 }
@@ -338,7 +434,7 @@ pub fn down_leaves_nothing(tb: &Testbed) {
 }
 
 /// The block of the second testbed of [`down_stops_only_its_own_testbed`].
-const SIDE_SUBNET: &str = "127.0.1.0/24";
+const SIDE_SUBNET: &str = "198.18.1.0/24";
 
 /// Processes of a testbed that run as long as it is up: node supervisors, haproxy, and each
 /// node's kubelet, etcd and apiserver (not the short-lived ones, such as ssh sessions).
@@ -365,7 +461,7 @@ fn report(dir: &std::path::Path, since: Option<&str>) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report: {e}: {}", text(&out)))
 }
 
-/// A second testbed on another block (1 control plane + 1 worker on 127.0.1.0/24) runs beside
+/// A second testbed on another block (1 control plane + 1 worker on 198.18.1.0/24) runs beside
 /// this one with its own addresses, host keys, inventory and monitor, its pods reaching its own
 /// load balancer, and no TLS failure on either; this testbed's `down` then stops this one only
 /// (every lasting process of the other still runs, and it still answers), and the other's
@@ -374,17 +470,17 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
     let since = jiff::Timestamp::now().to_string();
     let subnet = kubeca_tests::testbed::subnet::Subnet::parse(SIDE_SUBNET).unwrap();
     let side = Testbed::up_on("testbed-side", subnet, 1, 1, &[]);
-    assert_eq!(side.lb(), "127.0.1.10");
+    assert_eq!(side.lb(), "198.18.1.10");
     assert_ne!(side.dir, tb.dir);
 
     // Its own inventory and host keys, naming its own addresses only.
     let inv = fs::read_to_string(side.dir.join("inventory.toml")).unwrap();
-    assert!(inv.contains("api_endpoint = \"https://127.0.1.10:6443\""), "{inv}");
-    assert!(inv.contains("address = \"127.0.1.11\"") && inv.contains("address = \"127.0.1.12\""));
-    assert!(!inv.contains("127.0.0."), "the other block's inventory names this one's: {inv}");
+    assert!(inv.contains("api_endpoint = \"https://198.18.1.10:6443\""), "{inv}");
+    assert!(inv.contains("address = \"198.18.1.11\"") && inv.contains("address = \"198.18.1.12\""));
+    assert!(!inv.contains("198.18.0."), "the other block's inventory names this one's: {inv}");
     let kh = fs::read_to_string(side.dir.join("known_hosts")).unwrap();
     assert_eq!(kh.lines().count(), 2, "{kh}");
-    assert!(kh.lines().all(|l| l.starts_with("127.0.1.")), "{kh}");
+    assert!(kh.lines().all(|l| l.starts_with("198.18.1.")), "{kh}");
     assert_eq!(side.ssh_ok(side.address("w-1"), "hostname").trim(), "w-1");
     // This testbed's known_hosts does not vouch for the other's nodes.
     let out = ssh_with(&side.dir, &tb.dir.join("known_hosts"), side.address("cp-1"), "true");
@@ -399,7 +495,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
         .count();
     assert_eq!(ready, 2, "{}", text(&out));
     let admin = fs::read_to_string(side.dir.join("admin.conf")).unwrap();
-    assert!(admin.contains("server: https://127.0.1.10:6443"), "{admin}");
+    assert!(admin.contains("server: https://198.18.1.10:6443"), "{admin}");
 
     // Its own monitor: its pods (told the API's address by their kubelet) reached its load
     // balancer, which its components name "lb"; no TLS failure on either testbed, so nothing of
@@ -414,7 +510,7 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
         "no pod of the other testbed reached its load balancer: {r}"
     );
     assert!(
-        !edges.iter().any(|e| e["server"].as_str().is_some_and(|s| s.contains("127.0.0."))),
+        !edges.iter().any(|e| e["server"].as_str().is_some_and(|s| s.contains("198.18.0."))),
         "the other testbed dialed this one's addresses: {r}"
     );
     let mine = report(&tb.dir, Some(&since));

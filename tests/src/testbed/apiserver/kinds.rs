@@ -188,10 +188,10 @@ mod tests {
 
     #[test]
     fn discovery_lists_core_and_apps() {
-        let endpoint: SocketAddr = "127.0.1.10:6443".parse().unwrap();
+        let endpoint: SocketAddr = "198.18.1.10:6443".parse().unwrap();
         let discovery = |p: &str| discovery(p, &endpoint);
         let api = discovery("/api").unwrap();
-        assert_eq!(api["serverAddressByClientCIDRs"][0]["serverAddress"], "127.0.1.10:6443");
+        assert_eq!(api["serverAddressByClientCIDRs"][0]["serverAddress"], "198.18.1.10:6443");
         let core = discovery("/api/v1").unwrap();
         assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "nodes"));
         let apps = discovery("/apis/apps/v1").unwrap();
@@ -203,7 +203,7 @@ mod tests {
     fn leases_are_served_namespaced_for_leader_election() {
         let lease = find_kind("coordination.k8s.io", "leases").unwrap();
         assert_eq!((lease.kind, lease.version, lease.namespaced), ("Lease", "v1", true));
-        let endpoint: SocketAddr = "127.0.0.10:6443".parse().unwrap();
+        let endpoint: SocketAddr = "198.18.0.10:6443".parse().unwrap();
         let list = discovery("/apis/coordination.k8s.io/v1", &endpoint).unwrap();
         let leases = &list["resources"][0];
         assert_eq!(

@@ -127,7 +127,6 @@ impl Tokens {
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
     let get = |k: &str| require(&flags, k);
-    let address = get("advertise-address")?;
     let port = flags.get("secure-port").cloned().unwrap_or_else(|| "6443".into());
     let client_ca = PathBuf::from(get("client-ca-file")?);
     // Reloaded when they change, as `dynamiccertificates` does for the apiserver's
@@ -161,8 +160,11 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     let endpoint = Subnet::from_env()?.lb_endpoint();
     let tokens = Tokens::from_flags(&flags)?;
     let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint, tokens });
+    // Without --bind-address the real one serves on every address (0.0.0.0,
+    // `staging/src/k8s.io/apiserver/pkg/server/options/serving.go`); kubeadm sets none.
+    let bind = flags.get("bind-address").cloned().unwrap_or_else(|| "0.0.0.0".into());
     let addr: SocketAddr =
-        format!("{address}:{port}").parse().context("--advertise-address:--secure-port")?;
+        format!("{bind}:{port}").parse().context("--bind-address:--secure-port")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;

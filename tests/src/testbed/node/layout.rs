@@ -14,7 +14,7 @@ use crate::testbed::subnet::{self, Subnet};
 pub struct NodeSpec {
     /// `cp-<i>` or `w-<i>`; also the node's hostname.
     pub name: String,
-    /// The testbed's block + 11 + i (`127.0.0.11` up by default); every listener of the node
+    /// The testbed's block + 11 + i (`198.18.0.11` up by default); every listener of the node
     /// binds it.
     pub address: String,
     /// Whether the node runs etcd and the control-plane static pods.
@@ -167,16 +167,16 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("cp-1", "127.0.0.11", true),
-                ("cp-2", "127.0.0.12", true),
-                ("cp-3", "127.0.0.13", true),
-                ("w-1", "127.0.0.14", false),
-                ("w-2", "127.0.0.15", false),
+                ("cp-1", "198.18.0.11", true),
+                ("cp-2", "198.18.0.12", true),
+                ("cp-3", "198.18.0.13", true),
+                ("w-1", "198.18.0.14", false),
+                ("w-2", "198.18.0.15", false),
             ]
         );
-        let other = topology(&Subnet::parse("127.0.1.0/24").unwrap(), 1, 1).unwrap();
-        assert_eq!(other[0].address, "127.0.1.11");
-        assert_eq!(other[1].address, "127.0.1.12");
+        let other = topology(&Subnet::parse("198.18.1.0/24").unwrap(), 1, 1).unwrap();
+        assert_eq!(other[0].address, "198.18.1.11");
+        assert_eq!(other[1].address, "198.18.1.12");
         let err = topology(&Subnet::default(), 200, 41).unwrap_err();
         assert!(err.to_string().contains("at most 240 nodes"), "{err}");
     }

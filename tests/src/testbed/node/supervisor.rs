@@ -1,4 +1,4 @@
-//! The node supervisor, the part systemd plays on a real node: started in new mount and UTS namespaces, it sets the hostname and the bind mounts, runs sshd and the kubelet, restarts them, keeps the kubelet's journal and reaps orphans.
+//! The node supervisor, the part systemd plays on a real node: started in new mount, UTS and network namespaces, it sets the hostname and the bind mounts, runs sshd and the kubelet, restarts them, keeps the kubelet's journal and reaps orphans.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write as _};
@@ -13,6 +13,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 
 use super::layout::{BIND_MOUNTS, NodeSpec, node_dir};
 use super::processes::{all_pids, program_name, read_pid, record_pid, to_pid};
+use crate::testbed::net;
 use crate::testbed::subnet::{self, Subnet};
 
 /// The kubelet's command line, as kubeadm's systemd drop-in starts it
@@ -41,12 +42,21 @@ fn kubeadm_args(env_file: &str) -> Vec<String> {
 /// shorter here so a crashed kubelet does not stall the tests).
 const KUBELET_RESTART_DELAY: Duration = Duration::from_secs(2);
 
-/// Starts node `node` (its supervisor in new mount and UTS namespaces) and records its pid.
-pub fn start(dir: &Path, subnet: &Subnet, node: &NodeSpec, exe: &Path) -> Result<u32> {
+/// Starts node `node`, the testbed's `index`th (its supervisor in new mount, UTS and network
+/// namespaces, linked to the testbed's bridge) and records its pid.
+pub fn start(
+    dir: &Path,
+    subnet: &Subnet,
+    index: usize,
+    node: &NodeSpec,
+    exe: &Path,
+) -> Result<u32> {
     let root = node_dir(dir, &node.name);
     let log = fs::File::create(root.join("node.log"))?;
+    // Without --fork, unshare calls unshare(2) and execs the supervisor: one pid, whose network
+    // namespace `attach` waits for.
     let child = Command::new("unshare")
-        .args(["--mount", "--uts", "--propagation", "private", "--"])
+        .args(["--mount", "--uts", "--net", "--propagation", "private", "--"])
         .arg(exe)
         .arg("node")
         .arg(format!("--dir={}", dir.display()))
@@ -62,6 +72,8 @@ pub fn start(dir: &Path, subnet: &Subnet, node: &NodeSpec, exe: &Path) -> Result
         .context("starting unshare (install util-linux: scripts/setup.sh)")?;
     let pid = child.id();
     record_pid(dir, pid, &format!("node {}", node.name))?;
+    net::attach(subnet, index, &node.address, pid)
+        .with_context(|| format!("linking node {} to the testbed's bridge", node.name))?;
     Ok(pid)
 }
 
@@ -90,6 +102,9 @@ pub fn supervise(dir: &Path, name: &str, address: &str, subnet: &Subnet) -> Resu
     fs::write(root.join("mntns"), format!("{ns}\n"))?;
     fs::create_dir_all("/run/sshd")?;
     fs::write("/run/kubeca-node.pid", format!("{}\n", std::process::id()))?;
+    // `up` links the namespace to the bridge after it exists: sshd and the kubelet bind the
+    // node's address, so they start once it is there.
+    net::wait_for_address(address, Duration::from_secs(20))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -310,11 +325,11 @@ mod tests {
 
     #[test]
     fn kubeadm_flags_are_the_words_of_the_env_file_as_systemd_passes_them() {
-        let env = "# written by kubeadm\nKUBELET_KUBEADM_ARGS=\"--node-ip=127.0.0.11 --hostname-override=cp-1  --client-ca-file=/etc/kubernetes/pki/ca.crt\"\n";
+        let env = "# written by kubeadm\nKUBELET_KUBEADM_ARGS=\"--node-ip=198.18.0.11 --hostname-override=cp-1  --client-ca-file=/etc/kubernetes/pki/ca.crt\"\n";
         assert_eq!(
             kubeadm_args(env),
             [
-                "--node-ip=127.0.0.11",
+                "--node-ip=198.18.0.11",
                 "--hostname-override=cp-1",
                 "--client-ca-file=/etc/kubernetes/pki/ca.crt"
             ]
