@@ -101,15 +101,15 @@ pub fn bridge_in_use(subnet: &Subnet) -> Option<usize> {
 /// The interface of this namespace that has `addr`, if one has.
 fn interface_with(addr: &str) -> Result<Option<String>> {
     let out = Command::new("ip")
-        .args(["-o", "-4", "addr", "show"])
+        .args(["-o", "-4", "addr", "show", "to", &format!("{addr}/32")])
         .output()
         .context("running ip (install iproute2: scripts/setup.sh)")?;
+    if !out.status.success() {
+        bail!("ip addr show to {addr}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    // `<index>: <interface>    inet <addr>/<prefix> ...`
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let has = f.windows(2).any(|w| w[0] == "inet" && w[1].split('/').next() == Some(addr));
-        has.then(|| f.get(1).unwrap_or(&"?").to_string())
-    }))
+    Ok(text.lines().find_map(|l| l.split_whitespace().nth(1)).map(String::from))
 }
 
 /// The network namespace of process `pid` (its `/proc/<pid>/ns/net` link).

@@ -492,8 +492,7 @@ fn kubeconfig_files(ca: &str, server: &str) -> String {
 /// on 0.0.0.0, `pkg/kubelet/apis/config/v1beta1/defaults.go`) and its healthz on 127.0.0.1
 /// (`cmd/kubeadm/app/componentconfigs/kubelet.go`: `kubeletHealthzBindAddress`).
 fn kubelet_config() -> String {
-    format!(
-        "apiVersion: kubelet.config.k8s.io/v1beta1
+    "apiVersion: kubelet.config.k8s.io/v1beta1
 authentication:
   anonymous:
     enabled: false
@@ -527,7 +526,7 @@ logging:
     json:
       infoBufferSize: \"0\"
   verbosity: 0
-memorySwap: {{}}
+memorySwap: {}
 nodeStatusReportFrequency: 0s
 nodeStatusUpdateFrequency: 0s
 rotateCertificates: true
@@ -539,7 +538,7 @@ streamingConnectionIdleTimeout: 0s
 syncFrequency: 0s
 volumeStatsAggPeriod: 0s
 "
-    )
+    .to_string()
 }
 
 /// A static pod manifest in kubeadm's shape: one container, hostNetwork, hostPath volumes.

@@ -239,12 +239,13 @@ pub fn editing_a_manifest_restarts_the_component(tb: &Testbed) {
 /// Moving a manifest away stops its pod; moving it back starts it again.
 ///
 /// A stacked apiserver reaches only its own member (`--etcd-servers=https://127.0.0.1:2379`), so
-/// while cp-2's etcd is away cp-2's apiserver is not ready and cp-1's is; both are again after.
+/// while cp-2's etcd is away cp-2's apiserver is neither ready nor live (the real one's etcd
+/// check feeds both) and cp-1's is; both are again after.
 pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     let before = static_pod_pid(tb, "cp-2", "etcd").expect("etcd runs on cp-2");
     let manifest = tb.node_path("cp-2", "etc-kubernetes/manifests/etcd.yaml");
     let away = tb.node_path("cp-2", "etc-kubernetes/etcd.yaml.away");
-    let readyz = |node: &str| readyz_status(tb.address(node));
+    let readyz = |node: &str| health_status(tb.address(node), "/readyz");
     assert_eq!(readyz("cp-2"), "200", "cp-2's apiserver before its etcd went away");
     fs::rename(&manifest, &away).unwrap();
     eventually("etcd on cp-2 to stop", Duration::from_secs(20), || {
@@ -253,6 +254,7 @@ pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     eventually("cp-2's apiserver to be unready without its etcd", Duration::from_secs(20), || {
         readyz("cp-2") == "500"
     });
+    assert_eq!(health_status(tb.address("cp-2"), "/livez"), "500", "cp-2's /livez without etcd");
     assert_eq!(readyz("cp-1"), "200", "cp-1's apiserver talks to its own etcd, which is up");
     fs::rename(&away, &manifest).unwrap();
     eventually("etcd on cp-2 to start again", Duration::from_secs(20), || {
@@ -264,12 +266,12 @@ pub fn moving_a_manifest_away_and_back(tb: &Testbed) {
     eventually("cp-2's apiserver ready again", Duration::from_secs(30), || readyz("cp-2") == "200");
 }
 
-/// The HTTP status of an anonymous `GET /readyz` on the apiserver at `address`, by curl from
-/// this machine ("000" when nothing answers).
-fn readyz_status(address: &str) -> String {
+/// The HTTP status of an anonymous `GET path` on the apiserver at `address`, by curl from this
+/// machine ("000" when nothing answers).
+fn health_status(address: &str, path: &str) -> String {
     let out = Command::new("curl")
         .args(["-sk", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("https://{address}:6443/readyz"))
+        .arg(format!("https://{address}:6443{path}"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()

@@ -292,9 +292,12 @@ async fn handle(
     if !authenticated && !anonymous {
         return respond(401, serving::unauthorized_status());
     }
-    if path == "/readyz" {
-        // Like the real one: ready only while its etcd answers (kubeadm's stacked etcd is the
-        // node's own member, so a stopped member makes this apiserver unready).
+    if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        // Like the real one: healthy, live and ready only while its etcd answers. The etcd
+        // check is added with `AddHealthChecks`, which feeds /healthz, /livez and /readyz alike
+        // (`addEtcdHealthEndpoint` in staging/src/k8s.io/apiserver/pkg/server/options/etcd.go);
+        // kubeadm's stacked etcd is the node's own member, so a stopped member fails all three
+        // on this apiserver only.
         let check = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             state.etcd.get("/registry/readyz-check"),
@@ -307,7 +310,8 @@ async fn handle(
         };
         if let Some(why) = failed {
             let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(format!(
-                "[-]etcd failed: {why}\nreadyz check failed\n"
+                "[-]etcd failed: {why}\n{} check failed\n",
+                path.trim_start_matches('/')
             ))));
             *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
             r.headers_mut()

@@ -14,8 +14,8 @@ use crate::testbed::subnet::{self, Subnet};
 pub struct NodeSpec {
     /// `cp-<i>` or `w-<i>`; also the node's hostname.
     pub name: String,
-    /// The testbed's block + 11 + i (`198.18.0.11` up by default); every listener of the node
-    /// binds it.
+    /// The testbed's block + 11 + i (`198.18.0.11` up by default): the address of the node's
+    /// `eth0`, its InternalIP and where sshd listens.
     pub address: String,
     /// Whether the node runs etcd and the control-plane static pods.
     pub control_plane: bool,
