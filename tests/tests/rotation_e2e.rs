@@ -4,18 +4,19 @@
 //! time, and rollbacks from every phase (one of them killed halfway and run again), each
 //! checked against the live cluster with openssl, curl and kubectl.
 //!
-//! Two tiers (CONTRIBUTING.md): `make test` runs the scenarios of [`Tier::Test`] (the window
-//! pause with the seeded kills and resume, and rollbacks from the phases whose rollback differs);
-//! `make e2e-matrix` (`KUBECA_E2E_TIER=matrix`) runs every scenario. `KUBECA_E2E_SCENARIOS=a,b`
-//! runs only those, whatever their tier; a name that is not a scenario fails, naming the known
-//! ones.
+//! Two tiers (CONTRIBUTING.md): `make test` runs the scenarios of [`Tier::Test`] (a full
+//! rotation on every testbed profile, one of them with a window pause, seeded kills and resume,
+//! and rollbacks from prepare and from finalize); `make e2e-matrix` (`KUBECA_E2E_TIER=matrix`)
+//! runs every scenario. `KUBECA_E2E_SCENARIOS=a,b` runs only those, whatever their tier; a name
+//! that is not a scenario fails, naming the known ones.
 //!
-//! The scenarios are spread over two testbeds running side by side on two address blocks
-//! ([`BLOCKS`]), balanced by how long each takes; a testbed runs its share in the order of
-//! [`SCENARIOS`], each rotation starting from the CAs the previous one left (a completed
-//! rotation's new CA is the next one's old CA; a rollback leaves the old). The seed of the kill
-//! points is printed; `KUBECA_E2E_SEED=N` replays it: each scenario draws from its own
-//! generator, seeded from N and its name, on whichever testbed it runs.
+//! The scenarios are spread over two testbeds running side by side on two address blocks, one
+//! of kubeadm's default layout and one of the custom profile ([`LANES`]); a scenario pinned to a
+//! profile runs on its testbed, the others where there is the least work. A testbed runs its
+//! share in the order of [`SCENARIOS`], each rotation starting from the CAs the previous one
+//! left (a completed rotation's new CA is the next one's old CA; a rollback leaves the old). The
+//! seed of the kill points is printed; `KUBECA_E2E_SEED=N` replays it: each scenario draws from
+//! its own generator, seeded from N and its name, on whichever testbed it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -29,6 +30,7 @@ use kubeca_tests::harness::tools::{sh, text};
 use kubeca_tests::harness::watch::{CmdlineSampler, EtcdWatch};
 use kubeca_tests::harness::{Testbed, eventually, testbed_bin};
 use kubeca_tests::seeded::{self, Rng};
+use kubeca_tests::testbed::profile::Profile;
 use kubeca_tests::testbed::subnet::Subnet;
 
 /// A copy of the operator's kubeconfig (the inventory's, which kubeca rewrites during the
@@ -88,62 +90,90 @@ struct Scenario {
     /// About how long it takes on a 3+2 testbed, in seconds (measured; only used to balance
     /// the two testbeds).
     secs: u32,
+    /// The testbed profile it must run on, if any (the other scenarios go where there is room).
+    profile: Option<Profile>,
     run: fn(&Testbed, &mut Rng),
 }
 
 /// Every scenario, in the order a testbed runs its share.
 ///
-/// `make test` rolls back from the phases whose rollback differs: from prepare (files restored,
-/// nothing restarted), from the gate (every forward step's compensation with the restarts they
-/// owe, and the rollback itself killed halfway and resumed), and from the middle of finalize (the
+/// `make test` rotates every profile in full: kubeadm's with a window pause, seeded kills and
+/// resumes, the custom one uninterrupted. It rolls back from the phases whose rollback differs
+/// most: from prepare (files restored, nothing restarted) and from the middle of finalize (the
 /// inverse of finalize's rewrites, a step left possibly done, kubeca back on the operator's
-/// old-CA credentials). The rollbacks after trust-control-plane, trust-nodes and mid-switch undo
-/// a prefix of what the gate's rollback undoes; they, the uninterrupted rotation and the faults
+/// old-CA credentials, then every forward step's compensation with the restarts they owe). The
+/// rollbacks after trust-control-plane, trust-nodes, mid-switch and from the gate (killed
+/// halfway and resumed) undo a prefix of what finalize's rollback undoes; they and the faults
 /// are in the matrix.
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "full", tier: Tier::Matrix, secs: 210, run: |tb, _| full_rotation(tb) },
-    Scenario { name: "resume", tier: Tier::Test, secs: 330, run: window_and_kills },
+    Scenario {
+        name: "full",
+        tier: Tier::Test,
+        secs: 210,
+        profile: Some(Profile::Custom),
+        run: |tb, _| full_rotation(tb),
+    },
+    Scenario {
+        name: "resume",
+        tier: Tier::Test,
+        secs: 330,
+        profile: Some(Profile::Kubeadm),
+        run: window_and_kills,
+    },
     Scenario {
         name: "rollback-prepare",
         tier: Tier::Test,
         secs: 20,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "prepare", rng),
     },
     Scenario {
         name: "rollback-trust-control-plane",
         tier: Tier::Matrix,
         secs: 155,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "trust-control-plane", rng),
     },
     Scenario {
         name: "rollback-trust-nodes",
         tier: Tier::Matrix,
         secs: 170,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "trust-nodes", rng),
     },
     Scenario {
         name: "rollback-switch",
         tier: Tier::Matrix,
         secs: 175,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "switch", rng),
     },
     Scenario {
         name: "rollback-gate",
-        tier: Tier::Test,
+        tier: Tier::Matrix,
         secs: 235,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "gate", rng),
     },
     Scenario {
         name: "rollback-finalize",
         tier: Tier::Test,
         secs: 320,
+        profile: None,
         run: |tb, rng| rollback_from(tb, "finalize", rng),
     },
-    Scenario { name: "faults", tier: Tier::Matrix, secs: 300, run: |tb, _| faults(tb) },
+    Scenario {
+        name: "faults",
+        tier: Tier::Matrix,
+        secs: 300,
+        profile: None,
+        run: |tb, _| faults(tb),
+    },
 ];
 
-/// The address blocks of the two testbeds the scenarios are spread over.
-const BLOCKS: [&str; 2] = ["198.18.0.0/24", "198.18.1.0/24"];
+/// The two testbeds the scenarios are spread over: an address block and a profile each.
+const LANES: [(&str, Profile); 2] =
+    [("198.18.0.0/24", Profile::Kubeadm), ("198.18.1.0/24", Profile::Custom)];
 
 /// The scenarios to run: those `only` names (`KUBECA_E2E_SCENARIOS`, comma-separated), else
 /// those of `tier` (`KUBECA_E2E_TIER`: `test`, the default, or `matrix`). An unknown scenario or
@@ -181,12 +211,20 @@ fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenari
     Ok(SCENARIOS.iter().filter(|s| matrix || s.tier == Tier::Test).collect())
 }
 
-/// Spreads `scenarios` over the testbeds: longest first, each to the testbed with the least
-/// work so far; each testbed's share keeps the order of [`SCENARIOS`]. Only testbeds with work.
-fn lanes(scenarios: &[&'static Scenario]) -> Vec<Vec<&'static Scenario>> {
-    let mut by_length = scenarios.to_vec();
+/// Spreads `scenarios` over the testbeds ([`LANES`]): each pinned one to its profile's
+/// testbed, then the others longest first, each to the testbed with the least work so far; each
+/// testbed's share keeps the order of [`SCENARIOS`]. Only testbeds with work, as (index into
+/// [`LANES`], share).
+fn lanes(scenarios: &[&'static Scenario]) -> Vec<(usize, Vec<&'static Scenario>)> {
+    let mut lanes: Vec<(u32, Vec<&'static Scenario>)> = vec![(0, Vec::new()); LANES.len()];
+    let (pinned, free): (Vec<_>, Vec<_>) = scenarios.iter().partition(|s| s.profile.is_some());
+    for s in pinned {
+        let i = LANES.iter().position(|l| Some(l.1) == s.profile).unwrap();
+        lanes[i].0 += s.secs;
+        lanes[i].1.push(s);
+    }
+    let mut by_length = free;
     by_length.sort_by_key(|s| std::cmp::Reverse(s.secs));
-    let mut lanes: Vec<(u32, Vec<&'static Scenario>)> = vec![(0, Vec::new()); BLOCKS.len()];
     for s in by_length {
         let lane = lanes.iter_mut().min_by_key(|l| l.0).unwrap();
         lane.0 += s.secs;
@@ -195,11 +233,12 @@ fn lanes(scenarios: &[&'static Scenario]) -> Vec<Vec<&'static Scenario>> {
     let order = |s: &&Scenario| SCENARIOS.iter().position(|x| x.name == s.name);
     lanes
         .into_iter()
-        .map(|(_, mut l)| {
+        .enumerate()
+        .map(|(i, (_, mut l))| {
             l.sort_by_key(order);
-            l
+            (i, l)
         })
-        .filter(|l| !l.is_empty())
+        .filter(|(_, l)| !l.is_empty())
         .collect()
 }
 
@@ -222,11 +261,13 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Brings a testbed up on `block` and runs `lane` on it in order; stops at the first failure
 /// (the testbed may be left in any state). The failures, with the scenarios not run after them.
-fn run_lane(index: usize, block: &str, lane: &[&'static Scenario], seed: u64) -> Vec<String> {
+fn run_lane(index: usize, lane: &[&'static Scenario], seed: u64) -> Vec<String> {
+    let (block, profile) = LANES[index];
     let subnet = Subnet::parse(block).unwrap();
     let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
-    let up =
-        std::panic::catch_unwind(|| Testbed::up_on(&format!("e2e-3-2-{index}"), subnet, 3, 2, &[]));
+    let name = format!("e2e-3-2-{index}");
+    let profile_arg = format!("--profile={profile}");
+    let up = std::panic::catch_unwind(|| Testbed::up_on(&name, subnet, 3, 2, &[&profile_arg]));
     let tb = match up {
         Ok(tb) => tb,
         Err(p) => {
@@ -244,8 +285,14 @@ fn run_lane(index: usize, block: &str, lane: &[&'static Scenario], seed: u64) ->
         }));
         let secs = started.elapsed().as_secs_f64();
         let verdict = if result.is_ok() { "ok  " } else { "FAIL" };
-        eprintln!("{verdict} {} on testbed {index} ({block}) in {secs:.0} s", scenario.name);
-        println!("FIGURES scenario {} on testbed {index}: {secs:.0} s", scenario.name);
+        eprintln!(
+            "{verdict} {} on testbed {index} ({block}, {profile} profile) in {secs:.0} s",
+            scenario.name
+        );
+        println!(
+            "FIGURES scenario {} on testbed {index} ({profile} profile): {secs:.0} s",
+            scenario.name
+        );
         if let Err(p) = result {
             return vec![format!(
                 "{} on testbed {index} ({block}): {}; not run after it: {:?}",
@@ -265,19 +312,18 @@ fn rotation_end_to_end_3_control_planes_2_workers() {
     let selected = select(tier.as_deref(), only.as_deref()).unwrap_or_else(|e| panic!("{e}"));
     let seed = seeded::seed("KUBECA_E2E_SEED", "end-to-end rotation");
     let lanes = lanes(&selected);
-    for (i, lane) in lanes.iter().enumerate() {
+    for (i, lane) in &lanes {
         let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
-        println!("testbed {i} ({}): {}", BLOCKS[i], names.join(", "));
+        println!("testbed {i} ({}, {} profile): {}", LANES[*i].0, LANES[*i].1, names.join(", "));
     }
     let started = Instant::now();
     let failures: Vec<String> = std::thread::scope(|s| {
         let running: Vec<_> = lanes
             .iter()
-            .enumerate()
             .map(|(i, lane)| {
                 std::thread::Builder::new()
                     .name(format!("testbed-{i}"))
-                    .spawn_scoped(s, move || run_lane(i, BLOCKS[i], lane, seed))
+                    .spawn_scoped(s, move || run_lane(*i, lane, seed))
                     .unwrap()
             })
             .collect();
@@ -317,17 +363,26 @@ fn an_unknown_scenario_fails_naming_it_and_the_known_ones() {
     );
 }
 
-/// `make test` runs its tier, the matrix every scenario, and each testbed gets a share.
+/// `make test` runs its tier, the matrix every scenario, and each testbed gets a share; a full
+/// rotation runs on every profile.
 #[test]
 fn the_tiers_cover_every_scenario_over_two_testbeds() {
     let names = |v: &[&Scenario]| v.iter().map(|s| s.name).collect::<Vec<_>>();
     let test = select(None, None).unwrap();
-    assert_eq!(names(&test), ["resume", "rollback-prepare", "rollback-gate", "rollback-finalize"]);
+    assert_eq!(names(&test), ["full", "resume", "rollback-prepare", "rollback-finalize"]);
     let matrix = select(Some("matrix"), None).unwrap();
     assert_eq!(matrix.len(), SCENARIOS.len());
     for selected in [test, matrix] {
         let lanes = lanes(&selected);
         assert_eq!(lanes.len(), 2);
+        for (i, lane) in &lanes {
+            let rotates = lane.iter().any(|s| matches!(s.name, "full" | "resume"));
+            assert!(rotates, "no full rotation on the {} profile: {:?}", LANES[*i].1, names(lane));
+            for s in lane {
+                assert!(s.profile.is_none_or(|p| p == LANES[*i].1), "{} off its profile", s.name);
+            }
+        }
+        let lanes: Vec<Vec<&Scenario>> = lanes.into_iter().map(|(_, l)| l).collect();
         let mut spread: Vec<&str> = lanes.iter().flat_map(|l| names(l)).collect();
         spread.sort_unstable();
         let mut want = names(&selected);

@@ -34,6 +34,10 @@ fn testbed_3_control_planes_2_workers() {
             infra::nodes_bind_their_own_loopback_as_kubeadm_does,
         ),
         ("kubectl_shows_every_node_ready", api::kubectl_shows_every_node_ready),
+        (
+            "kubelets_serve_self_signed_pairs_the_apiservers_do_not_verify",
+            infra::kubelets_serve_self_signed_pairs_the_apiservers_do_not_verify,
+        ),
         ("every_kubeconfig_works", api::every_kubeconfig_works),
         ("aggregated_api_through_the_front_proxy", api::aggregated_api_through_the_front_proxy),
         (
@@ -42,6 +46,10 @@ fn testbed_3_control_planes_2_workers() {
         ),
         // After the report's check: they make trust failures on purpose.
         ("bearer_tokens_must_verify", api::bearer_tokens_must_verify),
+        (
+            "scheduler_follows_the_client_ca_of_extension_apiserver_authentication",
+            infra::scheduler_follows_the_client_ca_of_extension_apiserver_authentication,
+        ),
         ("kubectl_proxy_runs_in_cluster", api::kubectl_proxy_runs_in_cluster),
         (
             "kubelet_authenticates_client_certificates_per_request",
@@ -104,7 +112,10 @@ fn ecdsa_pki_verifies_with_openssl() {
     use kubeca_tests::testbed::{node, pki};
     let dir = tempfile::tempdir().unwrap();
     let nodes = node::topology(&kubeca_tests::testbed::subnet::Subnet::default(), 1, 1).unwrap();
-    pki::generate(dir.path(), &Default::default(), &nodes, pki::KeyAlgorithm::Ecdsa).unwrap();
+    // The custom profile: every certificate, the kubelet's serving one included, is of a CA.
+    let profile = kubeca_tests::testbed::profile::Profile::Custom;
+    pki::generate(dir.path(), &Default::default(), &nodes, pki::KeyAlgorithm::Ecdsa, profile)
+        .unwrap();
     for n in &nodes {
         let root = node::node_dir(dir.path(), &n.name);
         // Paths inside the node, read from the host: /etc/kubernetes and /var/lib/kubelet.
@@ -119,7 +130,7 @@ fn ecdsa_pki_verifies_with_openssl() {
             }
             std::path::PathBuf::from(p)
         };
-        for (cert, ca) in pki::certificates_and_cas(n.control_plane) {
+        for (cert, ca) in pki::certificates_and_cas(n.control_plane, profile) {
             let out = std::process::Command::new("openssl")
                 .arg("verify")
                 .arg("-CAfile")

@@ -187,7 +187,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     let work = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for (name, _, cp) in &tb.nodes {
-        for (cert, ca) in crate::testbed::pki::certificates_and_cas(*cp) {
+        for (cert, ca) in crate::testbed::pki::certificates_and_cas(*cp, tb.profile) {
             let (new_ca, old_ca) = match ca {
                 "/etc/kubernetes/pki/ca.crt" => (&new.cluster, &old.cluster),
                 "/etc/kubernetes/pki/front-proxy-ca.crt" => (&new.front_proxy, &old.front_proxy),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::testbed_bin;
 use super::tools::{kubectl, kubectl_ok, text};
 use crate::testbed::monitor;
+use crate::testbed::profile::Profile;
 use crate::testbed::subnet::Subnet;
 
 /// A testbed brought up for this test binary; `down` runs when it is dropped, also when a check
@@ -20,6 +21,8 @@ pub struct Testbed {
     pub nodes: Vec<(String, String, bool)>,
     /// The address block it listens on.
     pub subnet: Subnet,
+    /// How its nodes are laid out (`up --profile`).
+    pub profile: Profile,
 }
 
 impl Testbed {
@@ -49,7 +52,7 @@ impl Testbed {
             .into_iter()
             .map(|n| (n.name, n.address, n.control_plane))
             .collect();
-        let tb = Testbed { dir, nodes, subnet };
+        let tb = Testbed { dir, nodes, subnet, profile: Profile::from_args(extra) };
         let started = Instant::now();
         let out = Command::new(testbed_bin())
             .args(["up", "--dir"])

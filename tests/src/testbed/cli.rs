@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::node::{self, NodeSpec};
+use super::profile::Profile;
 use super::subnet::{self, Subnet};
 use super::{
     apiserver, container, controller_manager, haproxy, kubelet, net, pki, pods, report, scheduler,
@@ -50,6 +51,9 @@ enum Cmd {
         /// Number of worker nodes.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Which real cluster the nodes are laid out as (TESTBED.md: what each mirrors).
+        #[arg(long, value_enum, default_value_t = Profile::Kubeadm)]
+        profile: Profile,
         /// Private key algorithm of the initial PKI.
         #[arg(long, value_enum, default_value_t = pki::KeyAlgorithm::Rsa)]
         key: pki::KeyAlgorithm,
@@ -182,7 +186,7 @@ fn shim(r: Result<ExitCode>) -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Up { dir, subnet, control_planes, workers, key, wait, timeout } => {
+        Cmd::Up { dir, subnet, control_planes, workers, profile, key, wait, timeout } => {
             if control_planes == 0 || control_planes + workers > subnet::MAX_NODES {
                 // The first and last node addresses of the block, for the message.
                 let first = subnet.node(0).map(|a| a.to_string()).unwrap_or_default();
@@ -195,11 +199,11 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 );
             }
             let started = Instant::now();
-            let spec = Spec { subnet, control_planes, workers, key };
+            let spec = Spec { subnet, control_planes, workers, profile, key };
             let dir = up(&dir, &spec, wait, Duration::from_secs(timeout))?;
             println!(
-                "testbed up in {:.1}s: {control_planes} control planes + {workers} workers on \
-                 {subnet} (load balancer {}); inventory {}/inventory.toml, kubeconfig {}/admin.conf",
+                "testbed up in {:.1}s: {control_planes} control planes + {workers} workers \
+                 ({profile} profile) on {subnet} (load balancer {}); inventory {}/inventory.toml, kubeconfig {}/admin.conf",
                 started.elapsed().as_secs_f64(),
                 subnet.lb_endpoint(),
                 dir.display(),
@@ -255,11 +259,12 @@ const MADE_BY_UP: [&str; 11] = [
     "id_ed25519.pub",
 ];
 
-/// What `up` makes: the address block, the nodes, the key algorithm.
+/// What `up` makes: the address block, the nodes, their layout, the key algorithm.
 struct Spec {
     subnet: Subnet,
     control_planes: usize,
     workers: usize,
+    profile: Profile,
     key: pki::KeyAlgorithm,
 }
 
@@ -297,7 +302,7 @@ fn up(dir: &Path, spec: &Spec, wait: Wait, timeout: Duration) -> Result<PathBuf>
         }
     }
     let exe = std::env::current_exe().context("finding the kubeca-testbed binary")?;
-    pki::generate(&dir, subnet, &nodes, spec.key)?;
+    pki::generate(&dir, subnet, &nodes, spec.key, spec.profile)?;
     node::prepare(&dir, &nodes, &exe)?;
     let admin = node::node_dir(&dir, "cp-1").join("etc-kubernetes/admin.conf");
     fs::copy(&admin, dir.join("admin.conf")).context("copying admin.conf to DIR")?;

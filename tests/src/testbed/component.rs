@@ -45,47 +45,116 @@ pub fn require<'a>(flags: &'a HashMap<String, String>, k: &str) -> Result<&'a st
 // The health endpoint.
 
 /// Starts the TLS health endpoint of a control-plane component (self-signed pair, as upstream;
-/// client certificates verified against `--client-ca-file` when one is presented).
+/// client certificates verified against the client CA when one is presented).
 ///
 /// Without `--bind-address` upstream listens on 0.0.0.0 (`NewSecureServingOptions` in
 /// k8s.io/apiserver/pkg/server/options/serving.go): every address of the node's namespace.
+///
+/// The client CA is `--client-ca-file`, read once at start. Without it, a component given an
+/// `--authentication-kubeconfig` reads it from the `client-ca-file` key of
+/// kube-system/extension-apiserver-authentication and follows its changes, as
+/// `DelegatingAuthenticationOptions.ApplyTo` sets up
+/// (staging/src/k8s.io/apiserver/pkg/server/options/authentication.go:
+/// `NewDynamicCAFromConfigMapController("client-ca", …, "client-ca-file", client)`): kubeadm
+/// gives kube-scheduler no `--client-ca-file` (`getSchedulerCommand`,
+/// cmd/kubeadm/app/phases/controlplane/manifests.go). Until the first read no client
+/// certificate authenticates (`VerifyOptions` reports none, dynamiccertificates/
+/// configmap_cafile_content.go).
 pub fn start_healthz(flags: &HashMap<String, String>, name: &str, default_port: u16) -> Result<()> {
     let address = flags.get("bind-address").cloned().unwrap_or_else(|| "0.0.0.0".into());
     let port = flags.get("secure-port").and_then(|p| p.parse().ok()).unwrap_or(default_port);
     let me = monitor::me(name);
     let name = name.to_string();
-    let client_ca = flags.get("client-ca-file").cloned();
+    let (crt, key) = tls::self_signed(Path::new("/run/kubernetes"), &name, &address)?;
+    // --client-ca-file authenticates callers of the secure port; health checks may come
+    // without a certificate.
+    let initial = match flags.get("client-ca-file") {
+        Some(ca) => tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?,
+        None => tls::server_config(&crt, &key, tls::ClientAuth::None)?,
+    };
+    let current = Arc::new(std::sync::RwLock::new(initial));
+    if !flags.contains_key("client-ca-file")
+        && let Some(conf) = flags.get("authentication-kubeconfig")
+    {
+        let creds = super::client::Credentials::from_kubeconfig(Path::new(conf))?;
+        let api = Client::new(&creds, &me, &format!("{name}->apiserver (authentication)"))?;
+        let (current, name) = (current.clone(), name.clone());
+        tokio::spawn(async move {
+            follow_client_ca(&api, &crt, &key, &current, &name).await;
+        });
+    }
+    let addr = format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
     tokio::spawn(async move {
-        let r = async {
-            let (crt, key) = tls::self_signed(Path::new("/run/kubernetes"), &name, &address)?;
-            // --client-ca-file authenticates callers of the secure port, read once at start;
-            // health checks may come without a certificate.
-            let cfg = match &client_ca {
-                Some(ca) => {
-                    tls::server_config(&crt, &key, tls::ClientAuth::Optional(Path::new(ca)))?
-                }
-                None => tls::server_config(&crt, &key, tls::ClientAuth::None)?,
-            };
-            let addr =
-                format!("{address}:{port}").parse().context("--bind-address:--secure-port")?;
-            serve_healthz(addr, cfg, me).await
-        };
-        if let Err(e) = r.await {
+        if let Err(e) = serve_healthz(addr, current, me).await {
             eprintln!("{} {name}: health endpoint: {e:#}", jiff::Timestamp::now());
         }
     });
     Ok(())
 }
 
+/// How often the delegated client CA is read again. Upstream watches the ConfigMap (changes
+/// arrive at once) and re-reads it every minute besides (`FileRefreshDuration`); the testbed
+/// polls instead of watching.
+const CLIENT_CA_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Follows the `client-ca-file` of extension-apiserver-authentication: each new value becomes
+/// the endpoint's client CA; one that cannot be read or parsed leaves the last good one (as
+/// `RunOnce` ignores a load error).
+async fn follow_client_ca(
+    api: &Client,
+    crt: &Path,
+    key: &Path,
+    current: &std::sync::RwLock<Arc<rustls::ServerConfig>>,
+    name: &str,
+) {
+    let path = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
+    let mut last: Option<String> = None;
+    loop {
+        let seen = match api.get(path).await {
+            Ok(Some(cm)) => cm["data"]["client-ca-file"].as_str().map(str::to_string),
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("{} {name}: reading the client CA: {e:#}", jiff::Timestamp::now());
+                last.clone()
+            }
+        };
+        if seen != last {
+            let what = "extension-apiserver-authentication client-ca-file";
+            let built = match &seen {
+                Some(pem) => {
+                    tls::server_config(crt, key, tls::ClientAuth::OptionalPem(pem.as_bytes(), what))
+                }
+                // Deleted: no client certificate authenticates any more.
+                None => tls::server_config(crt, key, tls::ClientAuth::None),
+            };
+            match built {
+                Ok(cfg) => {
+                    if let Ok(mut slot) = current.write() {
+                        *slot = cfg;
+                    }
+                    last = seen;
+                }
+                Err(e) => eprintln!("{} {name}: {what}: {e:#}", jiff::Timestamp::now()),
+            }
+        }
+        tokio::time::sleep(CLIENT_CA_POLL).await;
+    }
+}
+
 /// Serves `GET /healthz` = ok over TLS on `addr` (the probes of the kubelet and of kubeca).
-async fn serve_healthz(addr: SocketAddr, cfg: Arc<rustls::ServerConfig>, me: String) -> Result<()> {
+/// Each connection is served with the configuration current when it arrives.
+async fn serve_healthz(
+    addr: SocketAddr,
+    cfg: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
+    me: String,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let acceptor = acceptor.clone();
+        let Ok(current) = cfg.read().map(|c| c.clone()) else { continue };
+        let acceptor = tokio_rustls::TlsAcceptor::from(current);
         let me = me.clone();
         tokio::spawn(async move {
             let client = peer.ip().to_string();

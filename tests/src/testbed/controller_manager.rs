@@ -82,12 +82,20 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     start_healthz(&flags, "kube-controller-manager", 10257)?;
     let ctl = Ctl { api, root_ca, signer };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
         match leader_lock(&ctl.api, "kube-controller-manager", &me).await {
             Ok(true) => {
                 if let Err(e) = ctl.sync().await {
                     eprintln!("{} kube-controller-manager: {e:#}", jiff::Timestamp::now());
+                }
+                if round % NODE_MONITOR_PERIOD_SECS == 0
+                    && let Err(e) = ctl.node_lifecycle(jiff::Timestamp::now()).await
+                {
+                    eprintln!(
+                        "{} kube-controller-manager: node lifecycle: {e:#}",
+                        jiff::Timestamp::now()
+                    );
                 }
             }
             Ok(false) => {}
@@ -97,6 +105,24 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// `--node-monitor-period`, 5 s, and `--node-monitor-grace-period`, 40 s
+/// (`RecommendedDefaultNodeLifecycleControllerConfiguration`,
+/// pkg/controller/nodelifecycle/config/v1alpha1/defaults.go).
+const NODE_MONITOR_PERIOD_SECS: u64 = 5;
+const NODE_MONITOR_GRACE_SECS: i64 = 40;
+
+/// Whether a node whose Lease was last renewed at `renewed` (and whose status was last
+/// reported at `heartbeat`) has gone quiet for longer than the grace period at `now`.
+fn silent_too_long(
+    renewed: Option<jiff::Timestamp>,
+    heartbeat: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> bool {
+    let last = renewed.into_iter().chain(heartbeat).max();
+    last.is_none_or(|t| now.duration_since(t).as_secs() > NODE_MONITOR_GRACE_SECS)
 }
 
 /// A short stable hash of a pod template (FNV-1a), as pod-template-hash.
@@ -141,12 +167,61 @@ impl Ctl {
         Ok(())
     }
 
-    /// kube-root-ca.crt (key ca.crt) in every namespace, equal to --root-ca-file.
+    /// The node lifecycle controller's health check (`tryUpdateNodeHealth`,
+    /// pkg/controller/nodelifecycle/node_lifecycle_controller.go): a node whose kubelet renewed
+    /// neither its Lease nor its status within the grace period gets its Ready condition set to
+    /// Unknown ("Kubelet stopped posting node status."). Upstream measures the silence from when
+    /// it last saw either change; the testbed from the times they carry (one clock here).
+    async fn node_lifecycle(&self, now: jiff::Timestamp) -> Result<()> {
+        let leases: HashMap<String, jiff::Timestamp> = self
+            .api
+            .list("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                let name = l["metadata"]["name"].as_str()?.to_string();
+                Some((name, l["spec"]["renewTime"].as_str()?.parse().ok()?))
+            })
+            .collect();
+        for node in self.api.list("/api/v1/nodes").await? {
+            let Some(name) = node["metadata"]["name"].as_str() else { continue };
+            let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let Some(ready) = conditions.iter().find(|c| c["type"] == "Ready") else { continue };
+            if ready["status"] != "True" {
+                continue;
+            }
+            let heartbeat = ready["lastHeartbeatTime"].as_str().and_then(|t| t.parse().ok());
+            if !silent_too_long(leases.get(name).copied(), heartbeat, now) {
+                continue;
+            }
+            let mut unknown = ready.clone();
+            unknown["status"] = json!("Unknown");
+            unknown["reason"] = json!("NodeStatusUnknown");
+            unknown["message"] = json!("Kubelet stopped posting node status.");
+            unknown["lastTransitionTime"] = json!(now.to_string());
+            let path = format!("/api/v1/nodes/{name}/status");
+            self.api.patch(&path, &json!({"status": {"conditions": [unknown]}})).await?;
+            eprintln!("{now} kube-controller-manager: node {name} is NotReady (Unknown): silent");
+        }
+        Ok(())
+    }
+
+    /// kube-root-ca.crt (key ca.crt) in every namespace, equal to --root-ca-file. The real
+    /// publisher (`pkg/controller/certificates/rootcacertpublisher/publisher.go`) reacts to
+    /// informer events on namespaces and ConfigMaps; the testbed lists both once a round.
     async fn root_ca_maps(&self) -> Result<()> {
+        let maps: HashMap<String, Value> = self
+            .api
+            .list("/api/v1/configmaps")
+            .await?
+            .into_iter()
+            .filter(|cm| cm["metadata"]["name"] == "kube-root-ca.crt")
+            .filter_map(|cm| Some((cm["metadata"]["namespace"].as_str()?.to_string(), cm)))
+            .collect();
         for ns in self.api.list("/api/v1/namespaces").await? {
             let Some(ns) = ns["metadata"]["name"].as_str() else { continue };
             let path = format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt");
-            match self.api.get(&path).await? {
+            match maps.get(ns) {
                 None => {
                     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns}, "data": {"ca.crt": self.root_ca}});
                     self.api.create(&format!("/api/v1/namespaces/{ns}/configmaps"), &cm).await?;
@@ -337,6 +412,17 @@ impl Ctl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_silent_after_40_seconds_without_lease_or_status() {
+        let t = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
+        let now: jiff::Timestamp = "2026-12-03T12:00:41Z".parse().unwrap();
+        assert!(silent_too_long(t("2026-12-03T12:00:00Z"), t("2026-12-03T11:55:00Z"), now));
+        assert!(!silent_too_long(t("2026-12-03T12:00:01Z"), t("2026-12-03T11:55:00Z"), now));
+        // A status report counts as much as a renewal; nothing at all is silence.
+        assert!(!silent_too_long(None, t("2026-12-03T12:00:30Z"), now));
+        assert!(silent_too_long(None, None, now));
+    }
 
     #[test]
     fn a_template_change_changes_the_hash() {

@@ -111,6 +111,9 @@ pub struct KubeletConfig {
     pub tls_cert_file: PathBuf,
     /// `tlsPrivateKeyFile`, `/var/lib/kubelet/pki/kubelet.key` by default.
     pub tls_private_key_file: PathBuf,
+    /// Whether the configuration names the serving pair (`tlsCertFile` or
+    /// `tlsPrivateKeyFile`); when it does not, the kubelet makes its own (`InitializeTLS`).
+    pub tls_given: bool,
 }
 
 impl KubeletConfig {
@@ -153,6 +156,7 @@ impl KubeletConfig {
             tls_private_key_file: s("tlsPrivateKeyFile")
                 .unwrap_or("/var/lib/kubelet/pki/kubelet.key".into())
                 .into(),
+            tls_given: s("tlsCertFile").is_some() || s("tlsPrivateKeyFile").is_some(),
         })
     }
 }
@@ -187,6 +191,9 @@ fn run(args: &[String]) -> Result<()> {
         config.address,
         config.port
     );
+    if !config.tls_given {
+        self_signed_serving_pair(&config, &flags.hostname)?;
+    }
     let serving = Arc::new(serving(&config)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -681,6 +688,38 @@ fn uid_hash(uid: &str) -> Option<u64> {
 
 // ---------------------------------------------------------------------------------------------
 // :10250
+
+/// The serving pair of a kubelet whose configuration names none, as `InitializeTLS`
+/// (cmd/kubelet/app/server.go) makes it: `<cert dir>/kubelet.crt` and `kubelet.key`, used as
+/// they are when both can be read, else a new self-signed pair for the hostname
+/// (`certutil.GenerateSelfSignedCertKey`) written there first. Nothing renews it.
+fn self_signed_serving_pair(config: &KubeletConfig, hostname: &str) -> Result<()> {
+    let (crt, key) = (&config.tls_cert_file, &config.tls_private_key_file);
+    if fs::read(crt).is_ok() && fs::read(key).is_ok() {
+        return Ok(());
+    }
+    let pair = super::certutil::self_signed_serving(hostname, jiff::Timestamp::now())?;
+    if let Some(dir) = crt.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // certutil.WriteCert writes 0644, keyutil.WriteKey 0600.
+    for (path, bytes, mode) in
+        [(crt, pair.cert_pem.as_bytes(), 0o644), (key, pair.key_pem.as_bytes(), 0o600)]
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("kubelet: wrote a self-signed serving pair {} for {hostname}", crt.display());
+    Ok(())
+}
 
 /// The kubelet's :10250 files, reloaded as the real kubelet reloads them: `clientCAFile` through
 /// `dynamiccertificates.NewDynamicCAContentFromFile("client-ca-bundle", …)`

@@ -75,7 +75,7 @@ pub fn node_object(ctx: &KubeletContext) -> Value {
     })
 }
 
-/// The node status reported every second (the heartbeat is the Ready condition's time).
+/// The node status the kubelet reports (the heartbeat is the Ready condition's time).
 pub fn status(ctx: &KubeletContext) -> Value {
     let now = jiff::Timestamp::now().to_string();
     json!({
@@ -93,27 +93,123 @@ pub fn status(ctx: &KubeletContext) -> Value {
     })
 }
 
-/// Registers the node, reports its status every second and runs the pods the API assigns to
-/// this node, all through the kubeconfig (read once, here). Returns only when the kubeconfig
-/// cannot be used.
+/// How often the kubelet computes its node's status: `nodeStatusUpdateFrequency`, 10 s
+/// (pkg/kubelet/apis/config/v1beta1/defaults.go).
+pub const STATUS_UPDATE: Duration = Duration::from_secs(10);
+
+/// How often an unchanged status is reported all the same: `nodeStatusReportFrequency`, 5 min
+/// when `nodeStatusUpdateFrequency` is not set (same file).
+pub const STATUS_REPORT: Duration = Duration::from_secs(300);
+
+/// The node Lease's `leaseDurationSeconds`: `nodeLeaseDurationSeconds`, 40 (same file).
+pub const LEASE_DURATION_SECONDS: i64 = 40;
+
+/// How often the Lease is renewed: a quarter of its duration (`nodeLeaseRenewIntervalFraction`,
+/// pkg/kubelet/kubelet.go), 10 s.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// Registers the node, renews its Lease and reports its status as the real kubelet does, and
+/// runs the pods the API assigns to this node, all through the kubeconfig (read once, here).
+/// Returns only when the kubeconfig cannot be used.
+///
+/// At start it renews the Lease and reports the status at once (the lease controller's
+/// `JitterUntil` runs immediately; `tryUpdateNodeStatus` reports when nothing was reported
+/// yet); then the Lease every 10 s (`staging/src/k8s.io/component-helpers/apimachinery/lease/
+/// controller.go`) and the status when it changed or 5 minutes passed
+/// (`kubelet_node_status.go`: `changed || since(lastStatusReportTime) >= nodeStatusReportFrequency`).
 pub async fn run(ctx: KubeletContext) -> Result<()> {
     let creds = Credentials::from_kubeconfig(&ctx.kubeconfig)
         .with_context(|| format!("kubelet {}: reading its kubeconfig", ctx.node_name))?;
     let client = Client::new(&creds, &format!("kubelet@{}", ctx.node_name), "kubelet->apiserver")?;
     let path = format!("/api/v1/nodes/{}", ctx.node_name);
     let mut pods = ApiPods::adopt(&ctx);
-    // Pods are synced twice a second (the real kubelet watches them), the node status posted
-    // once a second.
-    for round in 0u64.. {
-        if round % 2 == 0
-            && let Err(e) = heartbeat(&client, &ctx, &path).await
-        {
-            eprintln!("{} kubelet {}: node status: {e:#}", jiff::Timestamp::now(), ctx.node_name);
+    let (mut renewed, mut computed, mut reported): (
+        Option<Instant>,
+        Option<Instant>,
+        Option<Instant>,
+    ) = (None, None, None);
+    let mut last_status: Option<Value> = None;
+    // Pods are synced twice a second (the real kubelet watches them).
+    loop {
+        let due = |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
+        if due(renewed, LEASE_RENEW) {
+            match renew_lease(&client, &ctx).await {
+                Ok(()) => renewed = Some(Instant::now()),
+                Err(e) => {
+                    eprintln!(
+                        "{} kubelet {}: node lease: {e:#}",
+                        jiff::Timestamp::now(),
+                        ctx.node_name
+                    )
+                }
+            }
+        }
+        if due(computed, STATUS_UPDATE) {
+            computed = Some(Instant::now());
+            let now = status_without_times(&status(&ctx));
+            if last_status.as_ref() != Some(&now) || due(reported, STATUS_REPORT) {
+                match heartbeat(&client, &ctx, &path).await {
+                    Ok(()) => {
+                        reported = Some(Instant::now());
+                        last_status = Some(now);
+                    }
+                    Err(e) => eprintln!(
+                        "{} kubelet {}: node status: {e:#}",
+                        jiff::Timestamp::now(),
+                        ctx.node_name
+                    ),
+                }
+            }
         }
         if let Err(e) = pods.sync(&client, &ctx).await {
             eprintln!("{} kubelet {}: pods: {e:#}", jiff::Timestamp::now(), ctx.node_name);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The status with its times taken out: what "changed" compares.
+fn status_without_times(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(conditions) = s["conditions"].as_array_mut() {
+        for c in conditions {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("lastHeartbeatTime");
+                c.remove("lastTransitionTime");
+            }
+        }
+    }
+    s
+}
+
+/// A MicroTime as the API writes it (`2006-01-02T15:04:05.000000Z07:00`).
+pub fn micro_time(t: jiff::Timestamp) -> String {
+    format!("{}.{:06}Z", t.strftime("%Y-%m-%dT%H:%M:%S"), t.subsec_microsecond())
+}
+
+/// Renews the node's Lease kube-node-lease/<node>, creating it when there is none, as
+/// `backoffEnsureLease` and `renewLease` do (holder: the node's name).
+async fn renew_lease(client: &Client, ctx: &KubeletContext) -> Result<()> {
+    let collection = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let path = format!("{collection}/{}", ctx.node_name);
+    let spec = json!({
+        "holderIdentity": ctx.node_name,
+        "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+        "renewTime": micro_time(jiff::Timestamp::now()),
+    });
+    match client.get(&path).await? {
+        None => {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": ctx.node_name, "namespace": "kube-node-lease"}, "spec": spec});
+            client.create(collection, &lease).await?;
+        }
+        Some(mut lease) => {
+            lease["spec"] = spec;
+            let r = client.request("PUT", &path, Some("application/json"), Some(&lease)).await?;
+            if !(200..=299).contains(&r.status) {
+                anyhow::bail!("PUT {path}: HTTP {}", r.status);
+            }
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! `component`.
 
 pub mod apiserver;
+pub mod certutil;
 pub mod cli;
 pub mod client;
 pub mod component;
@@ -22,6 +23,7 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod pods;
+pub mod profile;
 pub mod report;
 pub mod scheduler;
 pub mod serving;

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 
 use super::node::{NodeSpec, node_dir};
+use super::profile::Profile;
 use super::subnet::Subnet;
 
 /// Kubernetes version whose kubeadm layout and flags the testbed copies.
@@ -69,7 +70,13 @@ impl CertSpec {
 /// and copied to every control-plane node, as `kubeadm join --control-plane` does with uploaded
 /// certificates; every node gets its own leaf certificates. The control-plane endpoint (in the
 /// apiservers' SANs, admin.conf and kubelet.conf) is the load balancer of `subnet`.
-pub fn generate(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec], algo: KeyAlgorithm) -> Result<()> {
+pub fn generate(
+    dir: &Path,
+    subnet: &Subnet,
+    nodes: &[NodeSpec],
+    algo: KeyAlgorithm,
+    profile: Profile,
+) -> Result<()> {
     let lb = subnet.lb().to_string();
     let work = dir.join("openssl");
     let shared = work.join("shared");
@@ -77,17 +84,11 @@ pub fn generate(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec], algo: KeyAlgori
         .with_context(|| format!("creating {}", shared.display()))?;
     let ossl = Openssl { algo, work: work.clone() };
 
-    // The CAs and the service-account key, made once.
-    let cas = [
-        ("ca", CertSpec::new("kubernetes", &[], Usage::Ca)),
-        ("front-proxy-ca", CertSpec::new("front-proxy-ca", &[], Usage::Ca)),
-        ("etcd/ca", CertSpec::new("etcd-ca", &[], Usage::Ca)),
-    ];
+    // The CAs (as kubeadm's Go code makes them) and the service-account key, made once.
+    let cas = [("ca", "kubernetes"), ("front-proxy-ca", "front-proxy-ca"), ("etcd/ca", "etcd-ca")];
     std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = cas
-            .iter()
-            .map(|(name, spec)| s.spawn(|| ossl.key_and_cert(&shared, name, spec, None, &shared)))
-            .collect();
+        let handles: Vec<_> =
+            cas.iter().map(|(name, cn)| s.spawn(|| kubeadm_ca(&shared, name, cn, algo))).collect();
         ossl.key(&shared.join("sa.key"))?;
         for h in handles {
             h.join().map_err(|_| anyhow::anyhow!("openssl worker thread panicked"))??;
@@ -120,7 +121,7 @@ pub fn generate(dir: &Path, subnet: &Subnet, nodes: &[NodeSpec], algo: KeyAlgori
                             Err(_) => return Ok(()),
                         };
                         let Some(node) = next else { return Ok(()) };
-                        node_files(dir, &ossl, &shared, &lb, node, &control_planes)
+                        node_files(dir, &ossl, &shared, &lb, node, &control_planes, profile)
                             .with_context(|| format!("making the files of node {}", node.name))?;
                     }
                 })
@@ -142,6 +143,7 @@ fn node_files(
     lb: &str,
     node: &NodeSpec,
     control_planes: &[&NodeSpec],
+    profile: Profile,
 ) -> Result<()> {
     let root = node_dir(dir, &node.name);
     let etc = root.join("etc-kubernetes");
@@ -254,17 +256,24 @@ fn node_files(
         // kubeadm writes static pod manifests 0600.
         let manifests = etc.join("manifests");
         write_secret(&manifests.join("etcd.yaml"), etcd_manifest(node, control_planes).as_bytes())?;
-        write_secret(&manifests.join("kube-apiserver.yaml"), apiserver_manifest(node).as_bytes())?;
+        write_secret(
+            &manifests.join("kube-apiserver.yaml"),
+            apiserver_manifest(node, profile).as_bytes(),
+        )?;
         write_secret(
             &manifests.join("kube-controller-manager.yaml"),
             controller_manager_manifest().as_bytes(),
         )?;
-        write_secret(&manifests.join("kube-scheduler.yaml"), scheduler_manifest().as_bytes())?;
+        write_secret(
+            &manifests.join("kube-scheduler.yaml"),
+            scheduler_manifest(profile).as_bytes(),
+        )?;
     }
 
     // The kubelet: client certificate as the kubelet's rotation leaves it (one dated PEM with
-    // certificate and key, and the `-current` symlink), serving certificate signed by the
-    // cluster CA so that the apiserver's --kubelet-certificate-authority can check it.
+    // certificate and key, and the `-current` symlink). Its serving pair: in kubeadm's layout
+    // the self-signed one the kubelet makes at its first start (kubelet.rs); in the custom
+    // profile one signed by the cluster CA, for the apiservers' --kubelet-certificate-authority.
     let kpki = kubelet_dir.join("pki");
     let spec =
         CertSpec::new(&format!("system:node:{}", node.name), &["system:nodes"], Usage::Client);
@@ -277,10 +286,12 @@ fn node_files(
     // Absolute inside the node, as the kubelet makes it; it dangles when read from the host.
     symlink(format!("/var/lib/kubelet/pki/{dated}"), &current)
         .with_context(|| format!("linking {}", current.display()))?;
-    let mut serving = CertSpec::new(&node.name, &[], Usage::Server);
-    serving.dns = vec![node.name.clone()];
-    serving.ips = vec![addr.into()];
-    ossl.key_and_cert(&kpki, "kubelet", &serving, Some((&shared_ca.0, &shared_ca.1)), &work)?;
+    if profile.kubelet_serving_signed() {
+        let mut serving = CertSpec::new(&node.name, &[], Usage::Server);
+        serving.dns = vec![node.name.clone()];
+        serving.ips = vec![addr.into()];
+        ossl.key_and_cert(&kpki, "kubelet", &serving, Some((&shared_ca.0, &shared_ca.1)), &work)?;
+    }
 
     let kubelet_conf = kubeconfig_files(&read(&ca.0)?, &lb_server);
     write_secret(&etc.join("kubelet.conf"), kubelet_conf.as_bytes())?;
@@ -314,9 +325,8 @@ pub fn control_plane_core(
     fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
     let work = tempfile::tempdir().context("a scratch directory for openssl")?;
     let ossl = Openssl { algo, work: work.path().to_path_buf() };
-    ossl.key_and_cert(&pki, "ca", &CertSpec::new("kubernetes", &[], Usage::Ca), None, work.path())?;
-    let fp = CertSpec::new("front-proxy-ca", &[], Usage::Ca);
-    ossl.key_and_cert(&pki, "front-proxy-ca", &fp, None, work.path())?;
+    kubeadm_ca(&pki, "ca", "kubernetes", algo)?;
+    kubeadm_ca(&pki, "front-proxy-ca", "front-proxy-ca", algo)?;
     let ca = (pki.join("ca.crt"), pki.join("ca.key"));
     let mut apiserver = CertSpec::new("kube-apiserver", &[], Usage::Server);
     apiserver.dns =
@@ -646,44 +656,45 @@ fn flags(program: &str, flags: &[(&str, String)]) -> Vec<String> {
 /// `getAPIServerCommand`): no `--bind-address` (it serves on 0.0.0.0), and a stacked apiserver
 /// reaches only its own etcd member, `--etcd-servers=https://127.0.0.1:2379`, so an etcd restart
 /// takes its node's apiserver down with it, as on a real control plane.
-/// `--kubelet-certificate-authority` is set (kubeadm leaves it out unless kubelet serving
-/// certificates are CA-signed, as they are here) so the apiserver→kubelet edge is checked.
-fn apiserver_manifest(node: &NodeSpec) -> String {
+/// kubeadm sets no `--kubelet-certificate-authority`: the custom profile does, its kubelet
+/// serving certificates being signed by the cluster CA, so the apiserver→kubelet edge is checked.
+fn apiserver_manifest(node: &NodeSpec, profile: Profile) -> String {
     let a = &node.address;
     let p = "/etc/kubernetes/pki";
-    let command = flags(
-        "kube-apiserver",
-        &[
-            ("advertise-address", a.clone()),
-            ("allow-privileged", "true".into()),
-            ("authorization-mode", "Node,RBAC".into()),
-            ("client-ca-file", format!("{p}/ca.crt")),
-            ("enable-admission-plugins", "NodeRestriction".into()),
-            ("enable-bootstrap-token-auth", "true".into()),
-            ("etcd-cafile", format!("{p}/etcd/ca.crt")),
-            ("etcd-certfile", format!("{p}/apiserver-etcd-client.crt")),
-            ("etcd-keyfile", format!("{p}/apiserver-etcd-client.key")),
-            ("etcd-servers", "https://127.0.0.1:2379".into()),
-            ("kubelet-certificate-authority", format!("{p}/ca.crt")),
-            ("kubelet-client-certificate", format!("{p}/apiserver-kubelet-client.crt")),
-            ("kubelet-client-key", format!("{p}/apiserver-kubelet-client.key")),
-            ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname".into()),
-            ("proxy-client-cert-file", format!("{p}/front-proxy-client.crt")),
-            ("proxy-client-key-file", format!("{p}/front-proxy-client.key")),
-            ("requestheader-allowed-names", "front-proxy-client".into()),
-            ("requestheader-client-ca-file", format!("{p}/front-proxy-ca.crt")),
-            ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
-            ("requestheader-group-headers", "X-Remote-Group".into()),
-            ("requestheader-username-headers", "X-Remote-User".into()),
-            ("secure-port", "6443".into()),
-            ("service-account-issuer", "https://kubernetes.default.svc.cluster.local".into()),
-            ("service-account-key-file", format!("{p}/sa.pub")),
-            ("service-account-signing-key-file", format!("{p}/sa.key")),
-            ("service-cluster-ip-range", "10.96.0.0/12".into()),
-            ("tls-cert-file", format!("{p}/apiserver.crt")),
-            ("tls-private-key-file", format!("{p}/apiserver.key")),
-        ],
-    );
+    let mut args = vec![
+        ("advertise-address", a.clone()),
+        ("allow-privileged", "true".into()),
+        ("authorization-mode", "Node,RBAC".into()),
+        ("client-ca-file", format!("{p}/ca.crt")),
+        ("enable-admission-plugins", "NodeRestriction".into()),
+        ("enable-bootstrap-token-auth", "true".into()),
+        ("etcd-cafile", format!("{p}/etcd/ca.crt")),
+        ("etcd-certfile", format!("{p}/apiserver-etcd-client.crt")),
+        ("etcd-keyfile", format!("{p}/apiserver-etcd-client.key")),
+        ("etcd-servers", "https://127.0.0.1:2379".into()),
+        ("kubelet-client-certificate", format!("{p}/apiserver-kubelet-client.crt")),
+        ("kubelet-client-key", format!("{p}/apiserver-kubelet-client.key")),
+        ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname".into()),
+        ("proxy-client-cert-file", format!("{p}/front-proxy-client.crt")),
+        ("proxy-client-key-file", format!("{p}/front-proxy-client.key")),
+        ("requestheader-allowed-names", "front-proxy-client".into()),
+        ("requestheader-client-ca-file", format!("{p}/front-proxy-ca.crt")),
+        ("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
+        ("requestheader-group-headers", "X-Remote-Group".into()),
+        ("requestheader-username-headers", "X-Remote-User".into()),
+        ("secure-port", "6443".into()),
+        ("service-account-issuer", "https://kubernetes.default.svc.cluster.local".into()),
+        ("service-account-key-file", format!("{p}/sa.pub")),
+        ("service-account-signing-key-file", format!("{p}/sa.key")),
+        ("service-cluster-ip-range", "10.96.0.0/12".into()),
+        ("tls-cert-file", format!("{p}/apiserver.crt")),
+        ("tls-private-key-file", format!("{p}/apiserver.key")),
+    ];
+    if profile.kubelet_serving_signed() {
+        args.push(("kubelet-certificate-authority", format!("{p}/ca.crt")));
+        args.sort();
+    }
+    let command = flags("kube-apiserver", &args);
     let mut volumes = CA_CERT_VOLUMES.to_vec();
     volumes.push(("k8s-certs", p, p, "DirectoryOrCreate", true));
     StaticPod {
@@ -750,22 +761,22 @@ fn controller_manager_manifest() -> String {
     .render()
 }
 
-/// kube-scheduler.yaml with kubeadm's flags. `--client-ca-file` is explicit (kubeadm lets the
-/// scheduler read it from extension-apiserver-authentication) so the rotation's step that
-/// bundles it has a flag to change, as the upstream procedure describes.
-fn scheduler_manifest() -> String {
+/// kube-scheduler.yaml with kubeadm's flags (`getSchedulerCommand`,
+/// cmd/kubeadm/app/phases/controlplane/manifests.go): no `--client-ca-file`, so the scheduler
+/// reads its client CA from extension-apiserver-authentication and follows it (upstream step 6
+/// has no flag to change). The custom profile gives it one.
+fn scheduler_manifest(profile: Profile) -> String {
     let conf = "/etc/kubernetes/scheduler.conf";
-    let command = flags(
-        "kube-scheduler",
-        &[
-            ("authentication-kubeconfig", conf.into()),
-            ("authorization-kubeconfig", conf.into()),
-            ("bind-address", "127.0.0.1".into()),
-            ("client-ca-file", "/etc/kubernetes/pki/ca.crt".into()),
-            ("kubeconfig", conf.into()),
-            ("leader-elect", "true".into()),
-        ],
-    );
+    let mut args = vec![
+        ("authentication-kubeconfig", conf.into()),
+        ("authorization-kubeconfig", conf.into()),
+        ("bind-address", "127.0.0.1".into()),
+    ];
+    if profile.scheduler_client_ca_file() {
+        args.push(("client-ca-file", "/etc/kubernetes/pki/ca.crt".into()));
+    }
+    args.extend([("kubeconfig", conf.into()), ("leader-elect", "true".into())]);
+    let command = flags("kube-scheduler", &args);
     StaticPod {
         name: "kube-scheduler",
         image: format!("registry.k8s.io/kube-scheduler:{KUBERNETES_VERSION}"),
@@ -879,16 +890,19 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Every certificate of a node and the CA file that must verify it, as paths inside the node
-/// (`/etc/kubernetes/...`, `/var/lib/kubelet/...`); used by the tests' `openssl verify`.
-pub fn certificates_and_cas(control_plane: bool) -> Vec<(&'static str, &'static str)> {
+/// (`/etc/kubernetes/...`, `/var/lib/kubelet/...`); used by the tests' `openssl verify`. The
+/// kubelet's self-signed serving pair (kubeadm's layout) has no CA of the cluster's.
+pub fn certificates_and_cas(
+    control_plane: bool,
+    profile: Profile,
+) -> Vec<(&'static str, &'static str)> {
     let ca = "/etc/kubernetes/pki/ca.crt";
     let fp = "/etc/kubernetes/pki/front-proxy-ca.crt";
     let etcd = "/etc/kubernetes/pki/etcd/ca.crt";
-    let mut v = vec![
-        (ca, ca),
-        ("/var/lib/kubelet/pki/kubelet-client-current.pem", ca),
-        ("/var/lib/kubelet/pki/kubelet.crt", ca),
-    ];
+    let mut v = vec![(ca, ca), ("/var/lib/kubelet/pki/kubelet-client-current.pem", ca)];
+    if profile.kubelet_serving_signed() {
+        v.push(("/var/lib/kubelet/pki/kubelet.crt", ca));
+    }
     if control_plane {
         v.extend([
             (fp, fp),
@@ -903,4 +917,15 @@ pub fn certificates_and_cas(control_plane: bool) -> Vec<(&'static str, &'static 
         ]);
     }
     v
+}
+
+/// `<dir>/<name>.crt` and `.key`: a CA as kubeadm makes it (`certutil::kubeadm_ca`).
+fn kubeadm_ca(dir: &Path, name: &str, common_name: &str, algo: KeyAlgorithm) -> Result<()> {
+    let spec = match algo {
+        KeyAlgorithm::Rsa => actions::pki::KeySpec::Rsa { bits: 2048 },
+        KeyAlgorithm::Ecdsa => actions::pki::KeySpec::EcdsaP256,
+    };
+    let ca = super::certutil::kubeadm_ca(common_name, spec, jiff::Timestamp::now())?;
+    write(&dir.join(format!("{name}.crt")), ca.cert_pem.as_bytes())?;
+    write_secret(&dir.join(format!("{name}.key")), ca.key_pem.as_bytes())
 }

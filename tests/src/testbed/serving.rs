@@ -230,8 +230,11 @@ type PairStamp = (Option<Stamp>, Option<Stamp>);
 /// client-go's certificate rotation, `staging/src/k8s.io/client-go/transport/cert_rotation.go`;
 /// `--kubelet-certificate-authority` is not). Every call opens a new connection here, so a
 /// change is used from the next call on, as upstream closes its connections on a change.
+/// Without a CA the server is not verified: `transportConfig` in
+/// pkg/kubelet/client/kubelet_client.go sets `TLS.Insecure` when no
+/// `--kubelet-certificate-authority` is given, as on kubeadm's clusters.
 pub struct ClientPair {
-    ca_pem: Vec<u8>,
+    ca_pem: Option<Vec<u8>>,
     ca_what: String,
     cert: PathBuf,
     key: PathBuf,
@@ -239,9 +242,15 @@ pub struct ClientPair {
 }
 
 impl ClientPair {
-    /// Loads the pair; the CA bundle `ca_pem` (named `ca_what` in errors) is kept as given.
-    pub fn new(ca_pem: Vec<u8>, ca_what: &str, cert: &Path, key: &Path) -> Result<ClientPair> {
-        let config = client(&ca_pem, ca_what, cert, key)?;
+    /// Loads the pair; the CA bundle `ca_pem` (named `ca_what` in errors), when given, is kept
+    /// as given.
+    pub fn new(
+        ca_pem: Option<Vec<u8>>,
+        ca_what: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<ClientPair> {
+        let config = client(ca_pem.as_deref(), ca_what, cert, key)?;
         Ok(ClientPair {
             ca_pem,
             ca_what: ca_what.to_string(),
@@ -258,7 +267,7 @@ impl ClientPair {
         let now = (stamp(&self.cert), stamp(&self.key));
         if now != l.0 {
             l.0 = now;
-            match client(&self.ca_pem, &self.ca_what, &self.cert, &self.key) {
+            match client(self.ca_pem.as_deref(), &self.ca_what, &self.cert, &self.key) {
                 Ok(c) => l.1 = c,
                 Err(e) => eprintln!(
                     "{} keeping the client certificate loaded before: {e:#}",
@@ -271,12 +280,16 @@ impl ClientPair {
 }
 
 fn client(
-    ca_pem: &[u8],
+    ca_pem: Option<&[u8]>,
     ca_what: &str,
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<rustls::ClientConfig>> {
-    tls::client_config(ca_pem, ca_what, Some((tls::load_certs(cert)?, tls::load_key(key)?)))
+    let identity = (tls::load_certs(cert)?, tls::load_key(key)?);
+    match ca_pem {
+        Some(ca) => tls::client_config(ca, ca_what, Some(identity)),
+        None => tls::client_config_skip_verify(identity),
+    }
 }
 
 fn build(

@@ -67,6 +67,8 @@ pub enum ClientAuth<'a> {
     /// A client certificate is verified against this CA bundle when one is presented; clients
     /// without one may still authenticate otherwise (bearer tokens, anonymous health checks).
     Optional(&'a Path),
+    /// As `Optional`, with the bundle given as PEM (`what` names where it came from).
+    OptionalPem(&'a [u8], &'a str),
 }
 
 /// A server config with the serving pair from files and client verification per `auth`.
@@ -78,11 +80,17 @@ pub fn server_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?;
-    let builder = match auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+    let roots = match auth {
+        ClientAuth::None => None,
         ClientAuth::Optional(ca) => {
             let pem = fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            let roots = roots_from_pem(&pem, &ca.display().to_string())?;
+            Some(roots_from_pem(&pem, &ca.display().to_string())?)
+        }
+        ClientAuth::OptionalPem(pem, what) => Some(roots_from_pem(pem, what)?),
+    };
+    let builder = match roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
@@ -303,7 +311,8 @@ pub fn handshake_signature(
 }
 
 /// Accepts any server certificate: the aggregator's `insecureSkipTLSVerify: true` toward
-/// metrics-server, whose certificate is self-signed as upstream's default install has it.
+/// metrics-server, whose certificate is self-signed as upstream's default install has it, and
+/// the apiserver toward kubelets when it has no `--kubelet-certificate-authority`.
 #[derive(Debug)]
 struct SkipServerVerification(Arc<rustls::crypto::CryptoProvider>);
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kubeca_tests::harness::testbed::{etcd_health, ssh_with, static_pod_pid};
 use kubeca_tests::harness::{Testbed, eventually, testbed_bin, text};
+use kubeca_tests::testbed::profile::Profile;
 
 /// Every node answers ssh with its own host key (strict checking against DIR/known_hosts) and
 /// sees its own /etc/kubernetes: its kubelet serving certificate names it, and a control
@@ -21,7 +22,15 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
         );
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some(name.as_str()), "hostname of {address}");
-        assert!(lines.next().unwrap_or("").ends_with(&format!("CN = {name}")), "{out}");
+        // The kubelet's own self-signed pair names it `<hostname>@<unix time>` (client-go's
+        // GenerateSelfSignedCertKey); a CA-signed one (custom profile) `CN=<node>`.
+        let subject = lines.next().unwrap_or("");
+        match tb.profile {
+            Profile::Kubeadm => {
+                assert!(subject.starts_with(&format!("subject=CN = {name}@")), "{out}")
+            }
+            Profile::Custom => assert!(subject.ends_with(&format!("CN = {name}")), "{out}"),
+        }
         let manifests: Vec<&str> = lines.collect();
         if *cp {
             assert_eq!(
@@ -66,7 +75,7 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
 /// kubelet-client-current.pem resolves as the kubelet resolves it); keys and kubeconfigs 0600.
 pub fn openssl_verifies_every_certificate(tb: &Testbed) {
     for (name, address, cp) in &tb.nodes {
-        let pairs = kubeca_tests::testbed::pki::certificates_and_cas(*cp);
+        let pairs = kubeca_tests::testbed::pki::certificates_and_cas(*cp, tb.profile);
         let script: Vec<String> =
             pairs.iter().map(|(cert, ca)| format!("openssl verify -CAfile {ca} {cert}")).collect();
         let out = tb.ssh_ok(address, &script.join(" && "));
@@ -122,12 +131,25 @@ pub fn etcd_cluster_is_healthy_with_mutual_tls(tb: &Testbed) {
 /// kubeadm-flags.env overrides the configuration's clientCAFile at its next start.
 pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
     let pki = tb.node_path("cp-1", "etc-kubernetes/pki");
-    let url = format!("https://{}:10250/healthz", tb.address("cp-1"));
+    // The kubelet's serving certificate is checked: against the cluster CA where it signed it,
+    // else against the one-off CA of the kubelet's self-signed pair (in the same file), whose
+    // only name is the node's hostname.
+    let (url, serving_ca) = match tb.profile {
+        Profile::Custom => {
+            (format!("https://{}:10250/healthz", tb.address("cp-1")), pki.join("ca.crt"))
+        }
+        Profile::Kubeadm => (
+            "https://cp-1:10250/healthz".to_string(),
+            tb.node_path("cp-1", "var-lib-kubelet/pki/kubelet.crt"),
+        ),
+    };
+    let resolve = format!("cp-1:10250:{}", tb.address("cp-1"));
     // (HTTP status, body) of GET /healthz with a client pair of cp-1's pki directory.
     let get = |cert: Option<&str>| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
-            .arg(pki.join("ca.crt"));
+        c.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--resolve", &resolve])
+            .arg("--cacert")
+            .arg(&serving_ca);
         if let Some(name) = cert {
             c.arg("--cert").arg(pki.join(format!("{name}.crt")));
             c.arg("--key").arg(pki.join(format!("{name}.key")));
@@ -275,6 +297,105 @@ fn health_status(address: &str, path: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// kubeadm's kubelet serves the self-signed pair it made at its first start (`InitializeTLS`,
+/// cmd/kubelet/app/server.go): a leaf for its hostname and the one-off CA that signed it, key
+/// 0600, which the cluster CA does not verify; and kubeadm's apiservers, without
+/// `--kubelet-certificate-authority`, reach it all the same (`transportConfig`,
+/// pkg/kubelet/client/kubelet_client.go: no CA, no verification): logs come through.
+pub fn kubelets_serve_self_signed_pairs_the_apiservers_do_not_verify(tb: &Testbed) {
+    assert_eq!(tb.profile, Profile::Kubeadm, "a check of kubeadm's layout");
+    for (name, address, _) in &tb.nodes {
+        let out = tb.ssh_ok(
+            address,
+            "openssl crl2pkcs7 -nocrl -certfile /var/lib/kubelet/pki/kubelet.crt \
+               | openssl pkcs7 -print_certs -noout; \
+             stat -c %a /var/lib/kubelet/pki/kubelet.key; \
+             openssl verify -CAfile /etc/kubernetes/pki/ca.crt /var/lib/kubelet/pki/kubelet.crt \
+               >/dev/null 2>&1 && echo verified-by-the-cluster-ca || echo not-the-cluster-ca",
+        );
+        let subjects: Vec<&str> = out.lines().filter(|l| l.starts_with("subject=")).collect();
+        assert_eq!(subjects.len(), 2, "{name}: the leaf, then its CA: {out}");
+        assert!(subjects[0].starts_with(&format!("subject=CN = {name}@")), "{out}");
+        assert!(subjects[1].starts_with(&format!("subject=CN = {name}-ca@")), "{out}");
+        assert!(out.lines().any(|l| l == "600"), "{name}: kubelet.key not 0600: {out}");
+        assert!(out.lines().any(|l| l == "not-the-cluster-ca"), "{name}: {out}");
+        let manifest =
+            tb.ssh_ok(address, "cat /etc/kubernetes/manifests/kube-apiserver.yaml || true");
+        assert!(!manifest.contains("--kubelet-certificate-authority"), "{name}: {manifest}");
+    }
+    // The apiserver reads a pod's log through its node's kubelet on :10250.
+    let pods = tb.kubectl_ok(&["get", "pods", "-n", "kube-system", "--no-headers"]);
+    let pods: Vec<&str> = pods
+        .lines()
+        .filter(|l| l.starts_with("kube-proxy-"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!pods.is_empty(), "no kube-proxy pods");
+    for pod in pods {
+        let out = tb.kubectl(&["logs", "-n", "kube-system", pod, "--tail=1"]);
+        assert!(out.status.success(), "logs of {pod} through its kubelet: {}", text(&out));
+    }
+}
+
+/// kubeadm's kube-scheduler has no `--client-ca-file` (`getSchedulerCommand`,
+/// cmd/kubeadm/app/phases/controlplane/manifests.go): it authenticates client certificates with
+/// the `client-ca-file` of kube-system/extension-apiserver-authentication and follows that
+/// ConfigMap (`NewDynamicCAFromConfigMapController`,
+/// staging/src/k8s.io/apiserver/pkg/server/options/authentication.go). A client certificate
+/// of the cluster CA is taken on :10259; one of the front-proxy CA is not, until that CA is
+/// published there.
+pub fn scheduler_follows_the_client_ca_of_extension_apiserver_authentication(tb: &Testbed) {
+    assert_eq!(tb.profile, Profile::Kubeadm, "a check of kubeadm's layout");
+    let cp = tb.address("cp-1");
+    let manifest = tb.ssh_ok(cp, "cat /etc/kubernetes/manifests/kube-scheduler.yaml");
+    assert!(!manifest.contains("--client-ca-file"), "{manifest}");
+    let p = "/etc/kubernetes/pki";
+    let with = |pair: &str| {
+        tb.ssh_ok(
+            cp,
+            &format!(
+                "curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' --cert {p}/{pair}.crt \
+                 --key {p}/{pair}.key https://127.0.0.1:10259/healthz || true"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(with("apiserver-kubelet-client"), "200", "a client certificate of the cluster CA");
+    assert_eq!(with("front-proxy-client"), "000", "one of the front-proxy CA must be refused");
+
+    let cm = ["-n", "kube-system", "get", "configmap", "extension-apiserver-authentication"];
+    let jsonpath = "-o=jsonpath={.data.client-ca-file}";
+    let before = tb.kubectl_ok(&[cm[0], cm[1], cm[2], cm[3], cm[4], jsonpath]);
+    let front_proxy =
+        std::fs::read_to_string(tb.node_path("cp-1", "etc-kubernetes/pki/front-proxy-ca.crt"))
+            .unwrap();
+    let set = |value: &str| {
+        let patch = serde_json::json!({"data": {"client-ca-file": value}}).to_string();
+        tb.kubectl_ok(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "configmap",
+            "extension-apiserver-authentication",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    };
+    set(&format!("{}\n{}", before.trim_end(), front_proxy.trim_end()));
+    eventually(
+        "the scheduler to take the front-proxy CA's client",
+        Duration::from_secs(20),
+        || with("front-proxy-client") == "200",
+    );
+    set(&before);
+    eventually("the scheduler to drop it again", Duration::from_secs(20), || {
+        with("front-proxy-client") == "000"
+    });
+    assert_eq!(with("apiserver-kubelet-client"), "200");
 }
 
 /// Each node is a network namespace of its own, as a real node is: its own `lo` and one link on

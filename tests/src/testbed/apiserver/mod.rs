@@ -146,8 +146,8 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     // kube-apiserver's --anonymous-auth defaults to true, and kubeadm leaves it so.
     let anonymous = flags.get("anonymous-auth").is_none_or(|v| v != "false");
     let kubelet_ca = match flags.get("kubelet-certificate-authority") {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {p}"))?,
-        None => std::fs::read(&client_ca)?,
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
+        None => None,
     };
     // The kubelet client pair is reloaded when it changes, the CA read once (serving.rs).
     let kubelet_tls = ClientPair::new(
