@@ -175,25 +175,36 @@ impl ClusterApi {
         Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
     }
 
-    /// Whether node `name` reports Ready with a heartbeat at or after `since` (its kubelet came
-    /// back and reached the apiserver).
-    pub async fn node_ready_since(
+    /// Whether node `name`'s kubelet is back since `since`, a time read off the node's own clock
+    /// (so the operator's clock, however skewed, plays no part): its Lease in kube-node-lease
+    /// was renewed after `since` (a kubelet renews it at start, then every 10 s:
+    /// `nodeLeaseRenewIntervalFraction` of the 40 s `leaseDurationSeconds`,
+    /// pkg/kubelet/kubelet.go) and the node's Ready condition is True. A cluster without node
+    /// leases falls back to the Ready condition's heartbeat, which a kubelet posts at start.
+    pub async fn node_back_since(
         &self,
         name: &str,
         since: jiff::Timestamp,
     ) -> Result<bool, ApiError> {
+        use k8s_openapi::api::coordination::v1::Lease;
         use k8s_openapi::api::core::v1::Node;
         let api: Api<Node> = Api::all(self.client.clone());
         let Some(node) = api.get_opt(name).await.map_err(call(format!("get node {name}")))? else {
             return Ok(false);
         };
-        Ok(node.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| {
-            c.type_ == "Ready"
-                && c.status == "True"
-                && c.last_heartbeat_time
-                    .as_ref()
-                    .is_some_and(|t| t.0.as_second() >= since.as_second())
-        }))
+        let conditions = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        let Some(ready) = conditions.iter().find(|c| c.type_ == "Ready") else {
+            return Ok(false);
+        };
+        if ready.status != "True" {
+            return Ok(false);
+        }
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let lease = leases.get_opt(name).await.map_err(call(format!("get lease {name}")))?;
+        Ok(match lease.and_then(|l| l.spec).and_then(|s| s.renew_time) {
+            Some(renewed) => renewed.0 > since,
+            None => ready.last_heartbeat_time.as_ref().is_some_and(|t| t.0 >= since),
+        })
     }
 
     /// Every node's name, as the cluster lists them.

@@ -125,12 +125,14 @@ pub mod new_ca {
             NewCa::Generate(_) => {
                 let algorithm: KeyAlgorithm = r.inventory.rotation.key_algorithm.parse()?;
                 let spec = algorithm.resolve(&old)?;
-                let name = match ca {
+                // kubeadm's names, stamped: the new CA is told from the old by its subject.
+                let default = match ca {
                     CaKind::Cluster => "kubernetes",
                     CaKind::FrontProxy => "front-proxy-ca",
                 };
+                let name = Ca::successor_common_name(&old, default, now);
                 let days = r.inventory.rotation.validity_days;
-                Ca::generate(name, spec, days, now, &mut rand_core::OsRng)?
+                Ca::generate(&name, spec, days, now, &mut rand_core::OsRng)?
             }
         };
         let cert = r.blobs.put(new.cert_pem().as_bytes())?;

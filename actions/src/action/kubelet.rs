@@ -215,8 +215,20 @@ impl<N: Node> Rotation<N> {
     async fn restart_kubelet(&self, node: &str, trusts_new: bool) -> Result<Summary, Error> {
         let n = self.node(node)?;
         let identity = if trusts_new { Some(self.new_ca_client()?) } else { None };
-        let started = jiff::Timestamp::now();
-        n.run("restart kubelet", "systemctl restart kubelet").await?;
+        // The node's own clock, read just before the restart: readiness is judged by times the
+        // node reports, so a skewed clock on either side cannot pass an old heartbeat as new
+        // or wait forever for one.
+        let out = n
+            .run("restart kubelet", "date -u +%Y-%m-%dT%H:%M:%S.%NZ && systemctl restart kubelet")
+            .await?;
+        let clock = out.stdout_text();
+        let started: jiff::Timestamp =
+            clock.lines().next().unwrap_or("").trim().parse().map_err(|e| {
+                Error::terminal(format!(
+                    "node {node}: `date -u` printed {clock:?}, not a time ({e}); kubeca reads \
+                     the node's clock to tell its kubelet's heartbeats from older ones"
+                ))
+            })?;
         let address = self.inventory.node(node).map(|x| x.address.clone()).unwrap_or_default();
         let port = self.topology.layout(node).kubelet.port;
         let deadline = tokio::time::Instant::now() + self.wait;
@@ -237,7 +249,7 @@ impl<N: Node> Rotation<N> {
                 (Seen::Down, None) => false,
             };
             let ready = match (&self.api, ok) {
-                (Some(api), true) => api.node_ready_since(node, started).await.unwrap_or(false),
+                (Some(api), true) => api.node_back_since(node, started).await.unwrap_or(false),
                 (None, true) => true,
                 (_, false) => false,
             };

@@ -78,6 +78,30 @@ impl Ca {
         Ok(Ca { cert, key })
     }
 
+    /// The common name of the CA that succeeds `old`: its name without an earlier rotation's
+    /// `@<unix time>` suffix (or `default` when it has none), then `@<now as unix time>`, as
+    /// client-go names its self-signed CAs (`<host>-ca@<unix>`). A name of its own tells a
+    /// client, a log and an auditor which `CN=kubernetes` signed a certificate; the subject key
+    /// identifier (rcgen writes one on every CA) tells a verifier.
+    pub fn successor_common_name(old: &Cert, default: &str, now: Timestamp) -> String {
+        let parsed = old.parsed();
+        let cn = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let base = match cn.rsplit_once('@') {
+            Some((b, stamp)) if !stamp.is_empty() && stamp.bytes().all(|c| c.is_ascii_digit()) => {
+                b.to_owned()
+            }
+            _ => cn,
+        };
+        let base = if base.is_empty() { default.to_owned() } else { base };
+        format!("{base}@{}", now.as_second())
+    }
+
     /// A CA that already exists (the cluster's current one): refused unless `cert` is a CA
     /// that can sign certificates and `key` is its private key. Key size is not judged here,
     /// so that a weak old CA can still be rotated away from.
@@ -175,6 +199,31 @@ mod tests {
             ca.check("2026-12-05T01:54:59Z".parse().unwrap()),
             Err(PkiError::NotYetValid { .. })
         ));
+    }
+
+    #[test]
+    fn a_successor_has_a_name_of_its_own_and_a_key_identifier() {
+        let now: Timestamp = "2026-12-05T02:00:00Z".parse().unwrap();
+        let old = ec_ca("kubernetes", 10, now);
+        let name = Ca::successor_common_name(old.cert(), "kubernetes", now);
+        assert_eq!(name, format!("kubernetes@{}", now.as_second()));
+        let new = ec_ca(&name, 10, now);
+        assert_ne!(new.cert().subject(), old.cert().subject());
+        // A second rotation replaces the first one's stamp instead of adding another.
+        let later = now + SignedDuration::from_secs(86400);
+        let again = Ca::successor_common_name(new.cert(), "kubernetes", later);
+        assert_eq!(again, format!("kubernetes@{}", later.as_second()));
+        // A name whose '@' is not a stamp is kept whole.
+        let odd = ec_ca("ops@example", 1, now);
+        let name = Ca::successor_common_name(odd.cert(), "kubernetes", now);
+        assert_eq!(name, format!("ops@example@{}", now.as_second()));
+        let ski = new.cert().parsed().extensions().iter().any(|e| {
+            matches!(
+                e.parsed_extension(),
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(_)
+            )
+        });
+        assert!(ski, "the new CA carries a subject key identifier");
     }
 
     #[test]
