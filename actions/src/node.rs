@@ -5,13 +5,22 @@
 //! stdin, never on a command line, so no key material appears in any process list. A write is
 //! atomic: a temporary file in the same directory, fsync, rename, fsync of the directory, keeping
 //! the owner and mode of the file it replaces.
+//!
+//! A node also makes TCP connections for kubeca ([`Node::connect_tcp`]): a component bound to
+//! the node's loopback is probed from the node itself. Over SSH that is a local forward through
+//! the master connection, whose Unix socket lives in a private directory under the control
+//! directory ([`Forwarded`] says how a connection the node could not make reads).
 
 use std::future::Future;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// What a node operation returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +83,24 @@ pub enum NodeError {
         /// The limit.
         secs: u64,
     },
+    /// A connection from the node to a port could not be set up: the forward through the ssh
+    /// master was refused or failed, or the node's sshd refused to forward the connection.
+    #[error("node {node}: cannot connect to {target} from the node: {detail}")]
+    Forwarding {
+        /// The node.
+        node: String,
+        /// The host and port, as the node sees them (`127.0.0.1:10257`).
+        target: String,
+        /// What ssh or the node said, and what to do about it.
+        detail: String,
+    },
 }
 
 impl NodeError {
     /// Whether trying again later may succeed (the node was unreachable or slow, or a write's
-    /// content did not arrive whole).
+    /// content did not arrive whole). A forward that could not be set up is not transient: ssh
+    /// or the node's sshd refused it, and will again until its configuration changes (a lost
+    /// master connection, which the next attempt makes again, is [`NodeError::Unreachable`]).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -185,8 +207,25 @@ const REMOVE: &str = r#"rm -f -- "$1""#;
 /// Where the node operations of kubeca go. Implemented over SSH ([`SshNode`]) and on a directory
 /// or the local machine ([`LocalNode`]).
 pub trait Node: Send + Sync {
+    /// A TCP connection made from the node ([`Node::connect_tcp`]).
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
     /// The node's name (as in the inventory).
     fn name(&self) -> &str;
+
+    /// Opens a TCP connection to `host:port` as seen from the node (`127.0.0.1` is the node's
+    /// own loopback): how a component that only the node reaches is probed. `Ok(None)` when the
+    /// node could not connect: refused (nothing listens there), or no way there at all.
+    ///
+    /// Over SSH ([`SshNode`]) the node tries only after the stream is returned, so the same
+    /// outcome arrives as a stream that ends before the far end sent anything ([`Forwarded`]); a
+    /// TLS handshake over it ([`crate::probe::probe_over`]) reads that as Down, as it reads
+    /// `Ok(None)`. A forward that cannot be set up is [`NodeError::Forwarding`].
+    fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Option<Self::Stream>, NodeError>> + Send;
 
     /// Runs `script` with `sh -c`, positional arguments `args`, and `stdin` as its input.
     fn sh(
@@ -328,6 +367,59 @@ pub struct SshNode {
     opts: SshOptions,
     /// The master connection; `None` after it was lost, until the next command reconnects.
     session: std::sync::Mutex<Option<std::sync::Arc<openssh::Session>>>,
+    /// The local forwards made through the master connection; dropped with it ([`Self::lost`]).
+    forwards: std::sync::Mutex<Option<Forwards>>,
+    /// One forward request at a time: two requests for one target would make two forwards.
+    forwarding: tokio::sync::Mutex<()>,
+}
+
+/// At most this many forwards stand per master connection; making another cancels the least
+/// recently used one.
+///
+/// A forward request does not hold a session channel open. The openssh crate makes it with
+/// `ssh -fNT -L` through the master, which openssh's mux client sends as a forward request and
+/// then a session request (`mux.c`, `SSHMUX_COMMAND_OPEN`; `-O forward` would be the forward
+/// alone): the node's sshd opens a session and runs the user's shell with no input, which exits
+/// at once (as sshd's debug log shows: `req shell`, then `Close session`). What stays for as
+/// long as a forward stands is the master's listening socket here; each connection through it
+/// is a channel while it lasts. A node has at most four components kubeca probes from it, each
+/// on one port, so a rotation stays well under the cap; it bounds what a long run could gather.
+const MAX_FORWARDS: usize = 8;
+
+/// The local ends of the forwards through one master connection: Unix sockets named by number
+/// in a private directory under the control directory, one per target. They go with the master
+/// ([`SshNode::lost`] drops them), so a new master starts with none.
+struct Forwards {
+    /// `CONTROL_DIR/kubeca-fwd.XXXXXX`, mode 0700; removed with its sockets when dropped.
+    dir: tempfile::TempDir,
+    /// The forwards made, least recently used first.
+    made: Vec<Forward>,
+    /// The number that names the next socket.
+    next: u32,
+}
+
+/// A forward: its target as the node sees it, and its socket here (mode 0600).
+struct Forward {
+    host: String,
+    port: u16,
+    socket: PathBuf,
+}
+
+impl Forwards {
+    /// No forwards yet, in a new private directory under `control_dir`.
+    fn new(control_dir: &Path) -> io::Result<Forwards> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("kubeca-fwd.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(control_dir)?;
+        Ok(Forwards { dir, made: Vec::new(), next: 0 })
+    }
+}
+
+/// `host:port` as ssh and people write it: an IPv6 address in brackets.
+pub(crate) fn target(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 impl std::fmt::Debug for SshNode {
@@ -370,6 +462,8 @@ impl SshNode {
             port,
             opts: opts.clone(),
             session: std::sync::Mutex::new(Some(std::sync::Arc::new(session))),
+            forwards: std::sync::Mutex::new(None),
+            forwarding: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -422,14 +516,124 @@ impl SshNode {
         Ok(s)
     }
 
+    /// Forgets the master connection (the next command makes a new one) and the forwards made
+    /// through it: their sockets and directory go now, their listeners with the master.
     fn lost(&self) {
         if let Ok(mut slot) = self.session.lock() {
             *slot = None;
         }
+        *self.forwards_slot() = None;
+    }
+
+    /// The forwards table. A panic while it was held cannot leave it half changed (each change is
+    /// one assignment or one `Vec` operation), so a poisoned lock is taken as it is.
+    fn forwards_slot(&self) -> std::sync::MutexGuard<'_, Option<Forwards>> {
+        self.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The local socket of a forward to `host:port` through `session`: the one made before, or
+    /// a new one (cancelling the least recently used when [`MAX_FORWARDS`] stand).
+    async fn forward(
+        &self,
+        session: &Arc<openssh::Session>,
+        host: &str,
+        port: u16,
+    ) -> Result<PathBuf, NodeError> {
+        use openssh::{ForwardType, Socket};
+        let _one_at_a_time = self.forwarding.lock().await;
+        let failed = |detail: String| NodeError::Forwarding {
+            node: self.name.clone(),
+            target: target(host, port),
+            detail,
+        };
+        let (socket, evicted) = {
+            let mut slot = self.forwards_slot();
+            let forwards = match slot.take() {
+                Some(f) => f,
+                None => Forwards::new(&self.opts.control_dir).map_err(|e| {
+                    failed(format!(
+                        "cannot make a private directory for forward sockets in {}: {e}",
+                        self.opts.control_dir.display()
+                    ))
+                })?,
+            };
+            let forwards = slot.insert(forwards);
+            if let Some(i) = forwards.made.iter().position(|f| f.host == host && f.port == port) {
+                let used = forwards.made.remove(i);
+                let socket = used.socket.clone();
+                forwards.made.push(used);
+                return Ok(socket);
+            }
+            let evicted = (forwards.made.len() >= MAX_FORWARDS).then(|| forwards.made.remove(0));
+            let socket = forwards.dir.path().join(forwards.next.to_string());
+            forwards.next += 1;
+            (socket, evicted)
+        };
+        // ssh reads `-L PATH:HOST:PORT` at its colons.
+        if socket.as_os_str().as_encoded_bytes().contains(&b':') {
+            return Err(failed(format!(
+                "the forward socket's path {} has a ':', which ssh cannot take in a forward; \
+                 use a state directory whose path has none",
+                socket.display()
+            )));
+        }
+        let remote = |host: &str, port| {
+            Socket::new(
+                if host.contains(':') { format!("[{host}]") } else { host.to_owned() },
+                port,
+            )
+        };
+        if let Some(old) = evicted {
+            // Best effort: a forward that cannot be cancelled stands until its master goes.
+            let cancel = session.close_port_forward(
+                ForwardType::Local,
+                old.socket.as_path(),
+                remote(&old.host, old.port),
+            );
+            let _ = tokio::time::timeout(self.opts.timeout, cancel).await;
+            let _ = std::fs::remove_file(&old.socket);
+        }
+        let request =
+            session.request_port_forward(ForwardType::Local, socket.as_path(), remote(host, port));
+        match tokio::time::timeout(self.opts.timeout, request).await {
+            Err(_) => {
+                return Err(NodeError::Timeout {
+                    node: self.name.clone(),
+                    what: format!("forward to {}", target(host, port)),
+                    secs: self.opts.timeout.as_secs(),
+                });
+            }
+            Ok(Err(e)) => {
+                // A master that is gone refuses every request: the next one reconnects.
+                if session.check().await.is_err() {
+                    self.lost();
+                    return Err(self.unreachable(&e));
+                }
+                return Err(failed(format!(
+                    "ssh refused the forward from {}: {}",
+                    socket.display(),
+                    error_chain(&e)
+                )));
+            }
+            Ok(Ok(())) => {}
+        }
+        // ssh makes it 0600 (its StreamLocalBindMask, 0177 unless ssh_config says otherwise);
+        // 0600 whatever the configuration, in a directory only this user enters.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| failed(format!("chmod 0600 {}: {e}", socket.display())))?;
+        }
+        // Unless the master was lost meanwhile, and its forwards with it.
+        if let Some(forwards) = self.forwards_slot().as_mut() {
+            forwards.made.push(Forward { host: host.to_owned(), port, socket: socket.clone() });
+        }
+        Ok(socket)
     }
 
     /// Closes the master connection.
     pub async fn close(self) {
+        *self.forwards_slot() = None;
         let session = self.session.lock().ok().and_then(|mut s| s.take());
         if let Some(s) = session.and_then(|s| std::sync::Arc::try_unwrap(s).ok()) {
             let _ = s.close().await;
@@ -449,8 +653,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Node for SshNode {
+    type Stream = Forwarded;
+
     fn name(&self) -> &str {
         &self.name
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<Option<Forwarded>, NodeError> {
+        let session = self.session().await?;
+        let socket = self.forward(&session, host, port).await?;
+        // The master logs why a connection it forwarded ended; what it logs from here on is
+        // about this one. The openssh crate starts the master with `-E DIR/log` beside its
+        // control socket `DIR/master`; without that log a refusal reads as Down.
+        let log = session.control_socket().with_file_name("log");
+        let from = std::fs::metadata(&log).map_or(0, |m| m.len());
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(stream) => Ok(Some(Forwarded {
+                stream,
+                answered: false,
+                refusal: Some(RefusalCheck { target: target(host, port), log, from }),
+            })),
+            Err(e) => {
+                // Nothing accepts on the forward's socket: its master is gone.
+                self.lost();
+                Err(NodeError::Unreachable {
+                    node: self.name.clone(),
+                    detail: format!(
+                        "the ssh master's forward to {} is gone ({e})",
+                        target(host, port)
+                    ),
+                })
+            }
+        }
     }
 
     async fn sh(
@@ -512,6 +746,141 @@ impl SshNode {
     }
 }
 
+/// A TCP connection made from a node over SSH ([`SshNode`]'s [`Node::connect_tcp`]): a
+/// connection to the Unix socket of a local forward through the node's master connection.
+///
+/// ssh accepts on the socket first and only then asks the node's sshd to connect, so whether the
+/// node could connect shows afterwards. When it could not (nothing listens there: the master
+/// logs `open failed: connect failed: Connection refused`), the master closes the socket, and
+/// this stream ends before the far end sent anything: what a TLS handshake over it
+/// ([`crate::probe::probe_over`]) reads as Down, as it reads a refused connect. When the node's
+/// sshd refused to forward at all (the master logs `open failed: administratively prohibited`:
+/// `AllowTcpForwarding`, `DisableForwarding`, `PermitOpen`, the key's `no-port-forwarding`), the
+/// component may well be up: the stream then fails, where it would have ended, with an error of
+/// kind [`io::ErrorKind::PermissionDenied`] that says so, which
+/// [`crate::probe::probe_over_as`] returns, so that a node kubeca cannot probe from is not taken
+/// for a component that is down. A master that dies ends its connections unanswered as well; a
+/// caller to whom a Down matters confirms it with a command over the same connection, which
+/// then fails (the restart of a static pod does, before it takes the pod for stopped).
+#[derive(Debug)]
+pub struct Forwarded {
+    stream: tokio::net::UnixStream,
+    /// Whether the far end has sent anything yet.
+    answered: bool,
+    /// Where to look, once, if the stream ends or fails before the far end said anything.
+    refusal: Option<RefusalCheck>,
+}
+
+/// How to tell, once a forwarded connection ended unanswered, whether the node's sshd refused it.
+#[derive(Debug)]
+struct RefusalCheck {
+    /// The connection's target, for the message.
+    target: String,
+    /// The master's log.
+    log: PathBuf,
+    /// The log's length when the connection was made. What follows is about this connection, or
+    /// about another one made through the same master meanwhile, which would be refused for the
+    /// same reason in practice: sshd forbids forwarding altogether, or everywhere but the
+    /// targets `PermitOpen` names, and kubeca probes each node's components one at a time.
+    from: u64,
+}
+
+impl RefusalCheck {
+    /// The error to raise in place of the end of the stream, when the master logged since the
+    /// connection was made that the node's sshd refused to open it.
+    fn refused(self) -> Option<io::Error> {
+        use std::io::{Read, Seek};
+        let mut log = std::fs::File::open(&self.log).ok()?;
+        log.seek(io::SeekFrom::Start(self.from)).ok()?;
+        let mut since = Vec::new();
+        log.read_to_end(&mut since).ok()?;
+        let since = String::from_utf8_lossy(&since);
+        let line =
+            since.lines().find(|l| l.contains("open failed: administratively prohibited"))?;
+        Some(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the node's sshd refused to forward a connection to {} (ssh: {}); allow kubeca's \
+                 SSH user TCP forwarding on the node (sshd_config AllowTcpForwarding, \
+                 DisableForwarding, PermitOpen; no no-port-forwarding or permitopen on its key)",
+                self.target,
+                line.trim()
+            ),
+        ))
+    }
+}
+
+impl Forwarded {
+    /// The refusal to raise when the stream ends or fails before the far end said anything, if
+    /// the node's sshd refused it (looked for once).
+    fn refusal(&mut self) -> Option<io::Error> {
+        if self.answered {
+            return None;
+        }
+        self.refusal.take().and_then(RefusalCheck::refused)
+    }
+}
+
+/// The far end closing or resetting the connection.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+impl AsyncRead for Forwarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.answered = true;
+                Poll::Ready(Ok(()))
+            }
+            // End of stream.
+            Poll::Ready(Ok(())) if room => match this.refusal() {
+                Some(refused) => Poll::Ready(Err(refused)),
+                None => Poll::Ready(Ok(())),
+            },
+            Poll::Ready(Err(e)) if is_closed(&e) => Poll::Ready(Err(this.refusal().unwrap_or(e))),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Forwarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if is_closed(&e) => Poll::Ready(Err(this.refusal().unwrap_or(e))),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// How long [`LocalNode::connect_tcp`] waits for a connection: as long as a probe waits for
+/// its whole answer.
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A node that is a directory on this machine (`root` stands for `/`), or the machine itself
 /// with `root = "/"`. Scripts run locally with absolute paths mapped under `root`.
 #[derive(Debug, Clone)]
@@ -538,8 +907,30 @@ impl LocalNode {
 }
 
 impl Node for LocalNode {
+    type Stream = tokio::net::TcpStream;
+
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Connects from this machine, which is the node. Refused, no way there (no route, no such
+    /// name) or not connected within 3 s is `Ok(None)`: what a node over
+    /// SSH reports as a connection that ends unanswered, and what a probe from here reads as
+    /// Down.
+    async fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<tokio::net::TcpStream>, NodeError> {
+        let connect = tokio::net::TcpStream::connect((host, port));
+        match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(node = %self.name, "connect to {}: {e}", target(host, port));
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     async fn sh(
@@ -744,6 +1135,96 @@ mod tests {
         let link = std::fs::symlink_metadata(pki.join("client-current.pem")).unwrap();
         assert!(link.file_type().is_symlink(), "the link is kept");
         assert_eq!(std::fs::read(pki.join("client-2026.pem")).unwrap(), b"new");
+    }
+
+    #[tokio::test]
+    async fn a_directory_node_connects_from_this_machine_and_a_probe_runs_over_it() {
+        use crate::pki::{Ca, KeySpec};
+        use crate::probe::{Seen, probe_over};
+        let (_dir, n) = node();
+        let now = jiff::Timestamp::now();
+        let ca = Ca::generate("served", KeySpec::EcdsaP256, 1, now, &mut rand_core::OsRng).unwrap();
+        let identity = (ca.cert().der().to_vec(), ca.key_pem().to_string());
+        let port = crate::fixtures::tls_server("127.0.0.1", identity, None).await;
+        let stream = n.connect_tcp("127.0.0.1", port).await.unwrap().expect("a listener there");
+        let seen = probe_over(stream, "127.0.0.1", "/healthz", Duration::from_secs(5)).await;
+        assert_eq!(
+            seen,
+            Seen::Up { cert: ca.cert().der().to_vec(), status: 200, detail: "ok".into() }
+        );
+        let nobody =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(n.connect_tcp("127.0.0.1", nobody).await.unwrap().is_none(), "refused: None");
+    }
+
+    /// A forwarded connection whose log says `logged` after it was made, and the far end.
+    fn forwarded(dir: &Path, logged: &str) -> (Forwarded, tokio::net::UnixStream) {
+        let log = dir.join("log");
+        // What the master logged before the connection is about other connections.
+        let before = "channel 1: open failed: administratively prohibited: open failed\n";
+        std::fs::write(&log, format!("{before}{logged}")).unwrap();
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let refusal =
+            RefusalCheck { target: "127.0.0.1:10257".into(), log, from: before.len() as u64 };
+        (Forwarded { stream: ours, answered: false, refusal: Some(refusal) }, theirs)
+    }
+
+    const PROHIBITED: &str = "channel 3: open failed: administratively prohibited: open failed\n";
+
+    #[tokio::test]
+    async fn a_forward_the_nodes_sshd_refused_fails_where_it_would_have_ended() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = [0u8; 16];
+        // Nothing listens on the node: the connection just ends.
+        let refused = "channel 3: open failed: connect failed: Connection refused\n";
+        let (mut stream, far) = forwarded(dir.path(), refused);
+        drop(far);
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+        // The node's sshd refused to forward it: an error that says so, read or written.
+        let (mut stream, far) = forwarded(dir.path(), PROHIBITED);
+        drop(far);
+        let e = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("127.0.0.1:10257") && text.contains("AllowTcpForwarding"), "{text}");
+        let (mut stream, far) = forwarded(dir.path(), PROHIBITED);
+        drop(far);
+        let e = stream.write_all(&[0u8; 1 << 16]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // Closed with what was sent to it unread (a TLS client's hello): a reset, read as the
+        // refusal too.
+        let (mut stream, far) = forwarded(dir.path(), PROHIBITED);
+        stream.write_all(b"client hello").await.unwrap();
+        drop(far);
+        let e = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // Once the far end has answered, its end is the end.
+        let (mut stream, mut far) = forwarded(dir.path(), PROHIBITED);
+        far.write_all(b"x").await.unwrap();
+        drop(far);
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_probe_over_a_refused_forward_returns_the_refusal_and_not_down() {
+        use crate::probe::{Seen, probe_over, probe_over_as};
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        let (stream, far) = forwarded(dir.path(), PROHIBITED);
+        drop(far);
+        let e = probe_over_as(stream, "127.0.0.1", "/healthz", t, None).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("refused to forward"), "{e}");
+        // probe_over reads every failure as Down; a plain end is Down for both.
+        let (stream, far) = forwarded(dir.path(), PROHIBITED);
+        drop(far);
+        assert_eq!(probe_over(stream, "127.0.0.1", "/healthz", t).await, Seen::Down);
+        let (stream, far) = forwarded(dir.path(), "");
+        drop(far);
+        let seen = probe_over_as(stream, "127.0.0.1", "/healthz", t, None).await.unwrap();
+        assert_eq!(seen, Seen::Down);
     }
 
     #[tokio::test]

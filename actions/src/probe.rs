@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What a probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,40 +99,78 @@ pub async fn probe_as(
     timeout: Duration,
     client: Option<&ClientIdentity>,
 ) -> Seen {
-    match tokio::time::timeout(timeout, attempt(host, port, path, client)).await {
-        Ok(Some(seen)) => seen,
-        _ => Seen::Down,
+    // `timeout` bounds the whole probe, the connect included.
+    let start = tokio::time::Instant::now();
+    let connect = tokio::net::TcpStream::connect((host, port));
+    let Ok(Ok(tcp)) = tokio::time::timeout(timeout, connect).await else {
+        return Seen::Down;
+    };
+    let left = timeout.saturating_sub(start.elapsed());
+    probe_over_as(tcp, host, path, left, client).await.unwrap_or(Seen::Down)
+}
+
+/// The TLS and HTTP half of [`probe`], over a connection the caller opened (one made from a
+/// node, [`crate::node::Node::connect_tcp`]). `host` is the server's address as the far end of
+/// `stream` sees it: the name the TLS client gives and the request's `Host`. Down when the
+/// handshake does not complete within `timeout`: the far end closed (nothing listens there),
+/// reset, or stayed silent.
+pub async fn probe_over<S>(stream: S, host: &str, path: &str, timeout: Duration) -> Seen
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    probe_over_as(stream, host, path, timeout, None).await.unwrap_or(Seen::Down)
+}
+
+/// As [`probe_over`], presenting `client`, and telling a connection that was refused on its way
+/// from a server that is down: an error of kind [`std::io::ErrorKind::PermissionDenied`] that
+/// `stream` itself raises before the handshake completes is returned, not read as Down. That is
+/// how a connection forwarded through a node's sshd says the sshd refused to forward it
+/// ([`crate::node::Forwarded`]); every other failure is Down, as in [`probe_over`].
+pub async fn probe_over_as<S>(
+    stream: S,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    client: Option<&ClientIdentity>,
+) -> std::io::Result<Seen>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, attempt(stream, host, path, client)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(e),
+        Ok(Ok(seen)) => Ok(seen),
+        Ok(Err(_)) | Err(_) => Ok(Seen::Down),
     }
 }
 
-async fn attempt(
+/// A TLS handshake over `stream` and `GET path`: what answered, or the I/O error that ended the
+/// handshake (a client identity that cannot be used, or a server that presents no
+/// certificate, is Down).
+async fn attempt<S>(
+    stream: S,
     host: &str,
-    port: u16,
     path: &str,
     client: Option<&ClientIdentity>,
-) -> Option<Seen> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
+) -> std::io::Result<Seen>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let capture = Arc::new(Capture(Mutex::new(None)));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(capture.clone());
-    let config = match client {
-        Some((cert, key)) => {
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).ok()?;
-            builder.with_client_auth_cert(vec![CertificateDer::from(cert.clone())], key).ok()?
-        }
-        None => builder.with_no_client_auth(),
+    let (Some(connector), Ok(name)) =
+        (connector(capture.clone(), client), ServerName::try_from(host.to_owned()))
+    else {
+        return Ok(Seen::Down);
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-    let name = ServerName::try_from(host.to_owned()).ok()?;
-    let mut tls = connector.connect(name, tcp).await.ok()?;
-    let cert = capture.0.lock().ok()?.clone()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let mut tls = connector.connect(name, stream).await?;
+    let Some(cert) = capture.0.lock().ok().and_then(|c| c.clone()) else {
+        return Ok(Seen::Down);
+    };
+    // An IPv6 address is bracketed in a Host header (RFC 9110, 7.2; RFC 3986, 3.2.2).
+    let authority = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]"),
+        Err(_) => host.to_owned(),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     let mut status = 0;
     let mut detail = String::new();
     if tls.write_all(request.as_bytes()).await.is_ok() {
@@ -162,7 +200,31 @@ async fn attempt(
                 body.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(300).collect();
         }
     }
-    Some(Seen::Up { cert, status, detail })
+    Ok(Seen::Up { cert, status, detail })
+}
+
+/// A TLS client that records the server's certificate in `capture` and presents `client`, or
+/// `None` when `client` cannot be used.
+fn connector(
+    capture: Arc<Capture>,
+    client: Option<&ClientIdentity>,
+) -> Option<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(capture);
+    let config = match client {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).ok()?;
+            builder.with_client_auth_cert(vec![CertificateDer::from(cert.clone())], key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]

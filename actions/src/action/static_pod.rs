@@ -7,6 +7,7 @@
 //! taken down only while every other control plane's apiserver is ready.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use engine::{Compensation, FollowUp, Summary};
@@ -21,9 +22,9 @@ use crate::kubeadm::component::{
 };
 use crate::kubeadm::file::PARKING;
 use crate::kubeadm::{object, outcome, slot};
-use crate::node::Node;
+use crate::node::{Node, NodeError, target};
 use crate::pki::Cert;
-use crate::probe::{Seen, probe, probe_as};
+use crate::probe::{ClientIdentity, Seen, probe, probe_as, probe_over_as};
 use crate::trust::{self, ComponentId, Effect, Source};
 
 /// The restart that makes `component` on `node` load what a rollback restored. Its key names
@@ -155,66 +156,184 @@ pub mod restart_static_pod {
     }
 }
 
+/// Where a component is probed from, and the address it is probed at there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Vantage {
+    /// From this machine, at the node's address in the inventory.
+    Here(String),
+    /// From the node itself ([`Node::connect_tcp`]), at this address as the node sees it.
+    Node(String),
+}
+
+/// Where to probe a component whose flag names `bound` as its address (`--bind-address`, the
+/// apiserver's `--advertise-address`; `None` when its manifest names none) on a node that the
+/// inventory reaches at `inventory`:
+/// - the inventory's address: from here, as kubeca reaches the node;
+/// - loopback, every address (`0.0.0.0`, `::`) or none: from the node, on its loopback. kubeadm
+///   binds the controller-manager and the scheduler to 127.0.0.1
+///   (`cmd/kubeadm/app/phases/controlplane/manifests.go`:
+///   `{Name: "bind-address", Value: "127.0.0.1"}`), where only the node reaches them. A component
+///   bound to every address (which both default to without the flag) answers on the node's
+///   loopback too, whereas `0.0.0.0` is no address to connect to from here, and the node's
+///   address may be firewalled from here. A loopback address is probed as it is (a component
+///   bound to 127.0.0.2 answers only there), every address at `127.0.0.1`, or `::1` for `::`;
+/// - any other address: from the node, at that address (one of the node's own that this
+///   machine may not reach: a second network, a private one behind the inventory's address).
+pub(super) fn vantage(bound: Option<&str>, inventory: &str) -> Vantage {
+    let ip = |text: &str| text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+    let Some(bound) = bound.map(str::trim) else {
+        return Vantage::Node("127.0.0.1".to_owned());
+    };
+    if bound == inventory || ip(bound).is_ok_and(|b| ip(inventory).is_ok_and(|i| i == b)) {
+        return Vantage::Here(inventory.to_owned());
+    }
+    match ip(bound) {
+        Ok(IpAddr::V4(a)) if a.is_unspecified() => Vantage::Node("127.0.0.1".to_owned()),
+        Ok(IpAddr::V6(a)) if a.is_unspecified() => Vantage::Node("::1".to_owned()),
+        Ok(a) => Vantage::Node(a.to_string()),
+        Err(_) => Vantage::Node(bound.to_owned()),
+    }
+}
+
+/// Where a static pod is probed: the vantage, its port (0: nothing to probe), and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Endpoint {
+    /// From where, at which address.
+    pub(super) vantage: Vantage,
+    /// The port.
+    pub(super) port: u16,
+    /// The health endpoint probed.
+    pub(super) path: &'static str,
+}
+
+impl Endpoint {
+    /// Where it is probed, for a message: `10.0.0.11:6443`, or `127.0.0.1:10257 (from cp-1)`.
+    fn place(&self, node: &str) -> String {
+        match &self.vantage {
+            Vantage::Here(host) => target(host, self.port),
+            Vantage::Node(host) => format!("{} (from {node})", target(host, self.port)),
+        }
+    }
+}
+
 impl<N: Node> Rotation<N> {
-    /// Where a static pod listens and how to reach it: (host, port, path probed). The manifest
-    /// being started says; where it names no port, the one discovered at `init` stands.
+    /// Where a static pod listens and how to reach it. The manifest being started says (its
+    /// address flag, through [`vantage`], and its `--secure-port`); where it names no port, the
+    /// one discovered at `init` stands.
     pub(super) async fn endpoint(
         &self,
         node: &str,
         component: &str,
         manifest: &Manifest,
-    ) -> (String, u16, &'static str) {
+    ) -> Endpoint {
         let address = self.inventory.node(node).map(|n| n.address.clone()).unwrap_or_default();
         let layout = self.topology.layout(node);
         let port = |discovered: u16| {
             manifest.flag("--secure-port").and_then(|p| p.parse().ok()).unwrap_or(discovered)
         };
-        match component {
-            APISERVER => (
-                manifest.flag("--advertise-address").unwrap_or(address),
-                port(layout.apiserver.port),
-                "/readyz",
-            ),
-            CONTROLLER_MANAGER => (
-                manifest.flag("--bind-address").unwrap_or(address),
-                port(layout.controller_manager.port),
-                "/healthz",
-            ),
-            SCHEDULER => (
-                manifest.flag("--bind-address").unwrap_or(address),
-                port(layout.scheduler.port),
-                "/healthz",
-            ),
+        let (bound, port, path) = match component {
+            APISERVER => {
+                (manifest.flag("--advertise-address"), port(layout.apiserver.port), "/readyz")
+            }
+            CONTROLLER_MANAGER => {
+                (manifest.flag("--bind-address"), port(layout.controller_manager.port), "/healthz")
+            }
+            SCHEDULER => (manifest.flag("--bind-address"), port(layout.scheduler.port), "/healthz"),
             // Nothing discovers its port: its own flag, else the cloud provider's default.
             CLOUD_CONTROLLER_MANAGER => (
-                manifest.flag("--bind-address").unwrap_or(address),
+                manifest.flag("--bind-address"),
                 port(crate::kubeadm::port::CLOUD_CONTROLLER_MANAGER),
                 "/healthz",
             ),
-            _ => (address, 0, "/healthz"),
-        }
+            _ => (Some(address.clone()), 0, "/healthz"),
+        };
+        Endpoint { vantage: vantage(bound.as_deref(), &address), port, path }
     }
 
-    /// Probes a component from where it can be reached: a loopback bind from the node itself
-    /// (over the node's shell), anything else from here.
-    async fn observe(&self, node: &str, host: &str, port: u16, path: &str) -> Result<Seen, Error> {
-        if port == 0 {
+    /// Probes a component from its vantage, presenting `client` when given: from here, or from
+    /// the node through [`Node::connect_tcp`]. A connection the node refuses, or that ends
+    /// before the handshake, is Down; one the node's sshd refuses to forward is an error
+    /// ([`NodeError::Forwarding`]): kubeca cannot see the component from there, up or down.
+    async fn observe(
+        &self,
+        node: &str,
+        at: &Endpoint,
+        client: Option<&ClientIdentity>,
+    ) -> Result<Seen, Error> {
+        const TIMEOUT: Duration = Duration::from_secs(3);
+        if at.port == 0 {
             return Ok(Seen::Down);
         }
-        if host.starts_with("127.") && self.inventory.node(node).is_none_or(|n| n.address != host) {
-            // kubeadm binds the controller-manager and scheduler to 127.0.0.1 on the node.
-            let script =
-                r#"curl -sk -o /dev/null -w '%{http_code}' --max-time 3 "https://$1:$2$3" || true"#;
-            let out =
-                self.node(node)?.sh("probe", script, &[host, &port.to_string(), path], b"").await?;
-            let code: u16 = out.stdout_text().trim().parse().unwrap_or(0);
-            return Ok(if code == 0 {
-                Seen::Down
-            } else {
-                Seen::Up { cert: Vec::new(), status: code, detail: String::new() }
-            });
+        let host = match &at.vantage {
+            Vantage::Here(host) => {
+                return Ok(probe_as(host, at.port, at.path, TIMEOUT, client).await);
+            }
+            Vantage::Node(host) => host,
+        };
+        let Some(stream) = self.node(node)?.connect_tcp(host, at.port).await? else {
+            return Ok(Seen::Down);
+        };
+        probe_over_as(stream, host, at.path, TIMEOUT, client).await.map_err(|e| {
+            Error::from(NodeError::Forwarding {
+                node: node.to_owned(),
+                target: target(host, at.port),
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    /// That a Down seen from the node was the node's answer: a connection through an ssh
+    /// master that died meanwhile ends unanswered too ([`crate::node::Forwarded`]), and read as
+    /// "stopped" it would move the manifest back before the kubelet stopped the pod. A command
+    /// over the same connection fails (transient) if it is gone; from here there is nothing to
+    /// confirm.
+    async fn still_connected(&self, n: &N, at: &Endpoint) -> Result<(), Error> {
+        if let Vantage::Node(_) = at.vantage {
+            n.run("check the connection a probe went through", "true").await?;
         }
-        Ok(probe(host, port, path, Duration::from_secs(3)).await)
+        Ok(())
+    }
+
+    /// Puts a parked manifest back in place with `text`, so that the component is not left
+    /// stopped. Written over the parked file, then moved back: the manifest keeps its mode
+    /// (kubeadm's 0600, or whatever the operator chose), and the kubelet never sees half a
+    /// file.
+    async fn unpark(
+        &self,
+        n: &N,
+        parked: &str,
+        manifest_path: &str,
+        text: &str,
+    ) -> Result<(), Error> {
+        n.write(parked, text.as_bytes(), 0o600).await?;
+        n.rename(parked, manifest_path).await?;
+        Ok(())
+    }
+
+    /// `cause`, once the parked manifest is back in place; if it cannot be put back, `cause`
+    /// and why, naming where it is parked (a run again puts it back: `manifest_text` reads it
+    /// from there, and the restart moves it back).
+    async fn put_back_after(
+        &self,
+        n: &N,
+        parked: &str,
+        manifest_path: &str,
+        text: &str,
+        cause: Error,
+    ) -> Error {
+        match self.unpark(n, parked, manifest_path, text).await {
+            Ok(()) => cause,
+            Err(e) => Error {
+                message: format!(
+                    "{}; and its manifest could not be put back ({}): it is parked at {}:{parked} \
+                     until kubeca runs again",
+                    cause.message,
+                    e.message,
+                    n.name()
+                ),
+                transient: cause.transient || e.transient,
+            },
+        }
     }
 
     /// A static pod's manifest, from its place or, when a crash left it parked, from there.
@@ -239,34 +358,49 @@ impl<N: Node> Rotation<N> {
     ) -> Result<Summary, Error> {
         let n = self.node(node)?;
         let manifest = Manifest::parse(&format!("{node}:{manifest_path}"), text)?;
-        let (host, port, path) = self.endpoint(node, component, &manifest).await;
+        let at = self.endpoint(node, component, &manifest).await;
         if component == APISERVER {
             self.apiservers_ready_for_restart_of(node).await?;
         }
         let name = manifest_path.rsplit('/').next().unwrap_or(component);
         let parked = format!("{PARKING}/{name}");
+        // Probe once from where the restart is watched, before anything stops: a vantage kubeca
+        // cannot probe from (a node whose sshd does not forward) fails the step here, with the
+        // component still running, not once it is stopped. A manifest a crash left parked is
+        // put back rather than left so.
+        if let Err(e) = self.observe(node, &at, None).await {
+            if n.read(manifest_path).await?.is_none() && n.read(&parked).await?.is_some() {
+                return Err(self.put_back_after(n, &parked, manifest_path, text, e).await);
+            }
+            return Err(e);
+        }
         n.sh("prepare parking", r#"mkdir -p -- "$1""#, &[PARKING], b"").await?;
         if n.read(manifest_path).await?.is_some() {
             n.rename(manifest_path, &parked).await?;
         }
-        // Wait until the kubelet has stopped it, so what answers next is the new process.
+        // Wait until the kubelet has stopped it, so what answers next is the new process. Put
+        // the manifest back before giving up, whatever the reason: never leave a component
+        // stopped.
         let deadline = tokio::time::Instant::now() + self.wait;
-        while self.observe(node, &host, port, path).await? != Seen::Down {
-            if tokio::time::Instant::now() >= deadline {
-                // Put the manifest back before giving up: never leave a component stopped.
-                n.write(&parked, text.as_bytes(), 0o600).await?;
-                n.rename(&parked, manifest_path).await?;
-                return Err(Error::transient(format!(
+        loop {
+            let why = match self.observe(node, &at, None).await {
+                Ok(Seen::Down) => match self.still_connected(n, &at).await {
+                    Ok(()) => break,
+                    Err(e) => e,
+                },
+                Ok(Seen::Up { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(Seen::Up { .. }) => Error::transient(format!(
                     "node {node}: {component} did not stop within {} s",
                     self.wait.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+                )),
+                Err(e) => e,
+            };
+            return Err(self.put_back_after(n, &parked, manifest_path, text, why).await);
         }
-        // Written over the parked file, then moved back: the manifest keeps its mode (kubeadm's
-        // 0600, or whatever the operator chose), and the kubelet never sees half a file.
-        n.write(&parked, text.as_bytes(), 0o600).await?;
-        n.rename(&parked, manifest_path).await?;
+        self.unpark(n, &parked, manifest_path, text).await?;
         let expected = match component {
             APISERVER => match manifest.flag("--tls-cert-file") {
                 Some(f) => {
@@ -288,15 +422,15 @@ impl<N: Node> Rotation<N> {
         let healthy =
             |status: u16| if component == APISERVER { status == 200 } else { status != 0 };
         let mut last = Seen::Down;
+        let place = at.place(node);
         loop {
-            match self.observe(node, &host, port, path).await? {
+            match self.observe(node, &at, None).await? {
                 Seen::Up { cert, status, .. }
                     if healthy(status) && expected.as_ref().is_none_or(|e| *e == cert) =>
                 {
                     let authenticated = match &new_ca_client {
                         Some(id) => {
-                            let seen =
-                                probe_as(&host, port, path, Duration::from_secs(3), Some(id)).await;
+                            let seen = self.observe(node, &at, Some(id)).await?;
                             let ok = seen.authenticated();
                             last = seen;
                             ok
@@ -313,17 +447,17 @@ impl<N: Node> Rotation<N> {
             }
             if tokio::time::Instant::now() >= deadline {
                 let seen = match &last {
-                    Seen::Down => format!("nothing answers on {host}:{port}"),
+                    Seen::Down => format!("nothing answers on {place}"),
                     Seen::Up { status: 401, .. } if new_ca_client.is_some() => format!(
-                        "{host}:{port} answers 401 Unauthorized to a client certificate of the new \
-                         CA although its --client-ca-file holds that CA: the process does not \
-                         load the file its manifest names"
+                        "{place} answers 401 Unauthorized to a client certificate of the new CA \
+                         although its --client-ca-file holds that CA: the process does not load \
+                         the file its manifest names"
                     ),
                     Seen::Up { cert, .. } if expected.as_ref().is_some_and(|e| e != cert) => {
-                        format!("{host}:{port} presents another certificate than the one on disk")
+                        format!("{place} presents another certificate than the one on disk")
                     }
                     Seen::Up { status, detail, .. } => {
-                        format!("{path} on {host}:{port} answered HTTP {status}: {detail}")
+                        format!("{} on {place} answered HTTP {status}: {detail}", at.path)
                     }
                 };
                 return Err(Error::transient(format!(
@@ -392,8 +526,223 @@ fn pem_der(pem: &str) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::testing::{APISERVER_YAML, runner, serve, with_new_ca};
+    use crate::action::testing::{APISERVER_YAML, runner, runner_of, serve, with_new_ca};
     use crate::fixtures;
+    use crate::node::{LocalNode, Output};
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn each_bind_is_probed_from_where_it_answers() {
+        let here = |h: &str| Vantage::Here(h.to_owned());
+        let node = |h: &str| Vantage::Node(h.to_owned());
+        let table = [
+            // The node's own address in the inventory: from here, as kubeca reaches the node.
+            (Some("10.0.0.11"), "10.0.0.11", here("10.0.0.11")),
+            (Some("fd00:0::11"), "fd00::11", here("fd00::11")),
+            (Some("cp-1.example"), "cp-1.example", here("cp-1.example")),
+            (Some("127.0.0.1"), "127.0.0.1", here("127.0.0.1")),
+            // kubeadm's controller-manager and scheduler: the node's loopback, from the node.
+            (Some("127.0.0.1"), "10.0.0.11", node("127.0.0.1")),
+            (Some("127.0.0.2"), "10.0.0.11", node("127.0.0.2")),
+            (Some("::1"), "10.0.0.11", node("::1")),
+            // Every address, or no flag (every address by default): the node's loopback.
+            (Some("0.0.0.0"), "10.0.0.11", node("127.0.0.1")),
+            (Some("::"), "10.0.0.11", node("::1")),
+            (Some("[::]"), "10.0.0.11", node("::1")),
+            (None, "10.0.0.11", node("127.0.0.1")),
+            // Another address of the node's: from the node, at that address.
+            (Some("192.168.7.11"), "10.0.0.11", node("192.168.7.11")),
+            (Some("10.0.0.11"), "cp-1.example", node("10.0.0.11")),
+            (Some("cp-1.internal"), "10.0.0.11", node("cp-1.internal")),
+        ];
+        for (bound, inventory, expected) in table {
+            assert_eq!(vantage(bound, inventory), expected, "{bound:?} on a node at {inventory}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_says_where_its_component_is_probed_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner(dir.path(), true).await;
+        let cm = |text: &str| Manifest::parse("m", text).unwrap();
+        let kubeadm = cm(include_str!("../../testdata/kubeadm/kube-controller-manager.yaml"));
+        // cp-2 is at 127.0.0.2: kubeadm's 127.0.0.1 is its own loopback, reached from it.
+        let at = runner.endpoint("cp-2", CONTROLLER_MANAGER, &kubeadm).await;
+        assert_eq!(at.vantage, Vantage::Node("127.0.0.1".into()));
+        assert_eq!(
+            (at.port, at.path),
+            (runner.topology.layout("cp-2").controller_manager.port, "/healthz")
+        );
+        assert_eq!(at.place("cp-2"), format!("127.0.0.1:{} (from cp-2)", at.port));
+        let everywhere =
+            cm(&kubeadm.text().replace("--bind-address=127.0.0.1", "--bind-address=::"));
+        let at = runner.endpoint("cp-2", CONTROLLER_MANAGER, &everywhere).await;
+        assert_eq!(at.vantage, Vantage::Node("::1".into()));
+        let own =
+            cm(&kubeadm.text().replace("--bind-address=127.0.0.1", "--bind-address=127.0.0.2"));
+        let at = runner.endpoint("cp-2", CONTROLLER_MANAGER, &own).await;
+        assert_eq!(at.vantage, Vantage::Here("127.0.0.2".into()));
+        assert_eq!(at.place("cp-2"), format!("127.0.0.2:{}", at.port));
+    }
+
+    #[tokio::test]
+    async fn a_component_on_the_nodes_loopback_is_probed_from_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner(dir.path(), true).await;
+        let now = jiff::Timestamp::now();
+        let ca = crate::pki::Ca::generate(
+            "served",
+            crate::pki::KeySpec::EcdsaP256,
+            1,
+            now,
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+        let port = serve("127.0.0.1", (ca.cert().der().to_vec(), ca.key_pem().to_string())).await;
+        let at = Endpoint { vantage: Vantage::Node("127.0.0.1".into()), port, path: "/healthz" };
+        // The directory node connects (connect_tcp), the probe runs over that connection.
+        let seen = runner.observe("cp-2", &at, None).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            seen,
+            Seen::Up { cert: ca.cert().der().to_vec(), status: 200, detail: "ok".into() }
+        );
+        let nobody =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let at = Endpoint { port: nobody, ..at };
+        assert_eq!(runner.observe("cp-2", &at, None).await.unwrap(), Seen::Down);
+    }
+
+    /// A directory node whose connections from it find nothing listening (Down) `allowed`
+    /// times, then are refused by its sshd; when `master_gone`, the check that its connection
+    /// still stands fails, as it does over an ssh master that died.
+    struct Fake {
+        node: LocalNode,
+        allowed: usize,
+        master_gone: bool,
+        tried: AtomicUsize,
+    }
+
+    impl Node for Fake {
+        type Stream = tokio::net::TcpStream;
+
+        fn name(&self) -> &str {
+            self.node.name()
+        }
+
+        async fn sh(
+            &self,
+            what: &str,
+            script: &str,
+            args: &[&str],
+            stdin: &[u8],
+        ) -> Result<Output, NodeError> {
+            if self.master_gone && script == "true" {
+                let detail = "ssh failed: Control socket connect: Connection refused".into();
+                return Err(NodeError::Unreachable { node: self.name().to_owned(), detail });
+            }
+            self.node.sh(what, script, args, stdin).await
+        }
+
+        async fn connect_tcp(
+            &self,
+            host: &str,
+            port: u16,
+        ) -> Result<Option<tokio::net::TcpStream>, NodeError> {
+            if self.tried.fetch_add(1, Ordering::SeqCst) < self.allowed {
+                return Ok(None);
+            }
+            Err(NodeError::Forwarding {
+                node: self.name().to_owned(),
+                target: target(host, port),
+                detail: "administratively prohibited".into(),
+            })
+        }
+    }
+
+    fn fake(allowed: usize, master_gone: bool) -> impl Fn(LocalNode) -> Fake {
+        move |node| Fake { node, allowed, master_gone, tried: 0.into() }
+    }
+
+    fn no_forwarding(allowed: usize) -> impl Fn(LocalNode) -> Fake {
+        fake(allowed, false)
+    }
+
+    /// The controller-manager's manifest, where the test nodes keep it.
+    fn cm_manifest() -> String {
+        format!("{}/kube-controller-manager.yaml", fixtures::STATIC_POD_PATH)
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_forward_fails_the_restart_before_anything_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner_of(dir.path(), true, no_forwarding(0)).await;
+        let root = dir.path().join("cp-2");
+        let on_disk = root.join(cm_manifest().trim_start_matches('/'));
+        let before = std::fs::read_to_string(&on_disk).unwrap();
+        let inode = std::fs::metadata(&on_disk).unwrap().ino();
+        let err = restart_static_pod::apply(&runner, "cp-2", CONTROLLER_MANAGER, &cm_manifest())
+            .await
+            .unwrap_err();
+        let port = runner.topology.layout("cp-2").controller_manager.port;
+        assert!(err.message.contains("node cp-2"), "{}", err.message);
+        assert!(err.message.contains(&format!("127.0.0.1:{port}")), "{}", err.message);
+        assert!(!err.transient, "a refused forward stays refused: {}", err.message);
+        assert_eq!(runner.nodes["cp-2"].tried.load(Ordering::SeqCst), 1, "one probe, then stop");
+        // Nothing was stopped: the manifest is the file it was (never moved away and back), and
+        // the parking directory was never made.
+        assert_eq!(std::fs::read_to_string(&on_disk).unwrap(), before);
+        assert_eq!(std::fs::metadata(&on_disk).unwrap().ino(), inode, "the manifest never moved");
+        assert!(!root.join(PARKING.trim_start_matches('/')).exists());
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_fails_once_the_pod_is_stopped_puts_its_manifest_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // The probe before the restart finds nothing listening (Down), the next one is refused.
+        let runner = runner_of(dir.path(), true, no_forwarding(1)).await;
+        let root = dir.path().join("cp-2");
+        let on_disk = root.join(cm_manifest().trim_start_matches('/'));
+        let before = std::fs::read_to_string(&on_disk).unwrap();
+        let mut flags = BTreeMap::new();
+        flags.insert("--root-ca-file".to_owned(), "/srv/k8s/pki/ca-bundle.crt".to_owned());
+        let err = set_flags::apply(&runner, "cp-2", CONTROLLER_MANAGER, &cm_manifest(), &flags)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("node cp-2"), "{}", err.message);
+        assert_eq!(runner.nodes["cp-2"].tried.load(Ordering::SeqCst), 2);
+        // The manifest is back in place, with the flag it was being restarted with.
+        let after = std::fs::read_to_string(&on_disk).unwrap();
+        assert_ne!(after, before);
+        assert!(after.contains("--root-ca-file=/srv/k8s/pki/ca-bundle.crt"), "{after}");
+        let parked =
+            root.join(PARKING.trim_start_matches('/')).join("kube-controller-manager.yaml");
+        assert!(!parked.exists(), "nothing is left parked");
+    }
+
+    /// Regression guard: a connection through an ssh master that died ends unanswered, as one
+    /// to a stopped component does. Taken for "stopped", it would move the manifest back
+    /// before the kubelet stopped the pod, and the old process would pass for the new one.
+    #[tokio::test]
+    async fn a_down_seen_through_a_lost_connection_is_not_taken_for_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runner = runner_of(dir.path(), true, fake(usize::MAX, true)).await;
+        // Taken for stopped, the restart would wait this long for a component never seen back.
+        runner.wait = Duration::from_secs(2);
+        let root = dir.path().join("cp-2");
+        let on_disk = root.join(cm_manifest().trim_start_matches('/'));
+        let before = std::fs::read_to_string(&on_disk).unwrap();
+        let err = restart_static_pod::apply(&runner, "cp-2", CONTROLLER_MANAGER, &cm_manifest())
+            .await
+            .unwrap_err();
+        assert!(err.transient, "a lost connection is worth another try: {}", err.message);
+        assert!(err.message.contains("node cp-2: cannot connect"), "{}", err.message);
+        // Not left stopped: the manifest is back in place.
+        assert_eq!(std::fs::read_to_string(&on_disk).unwrap(), before);
+        let parked =
+            root.join(PARKING.trim_start_matches('/')).join("kube-controller-manager.yaml");
+        assert!(!parked.exists());
+    }
 
     #[tokio::test]
     async fn components_are_reached_on_the_ports_discovery_found() {
@@ -402,10 +751,10 @@ mod tests {
         // A manifest that names no port: the discovered one stands; one that does: it wins.
         let bare =
             Manifest::parse("m", &APISERVER_YAML.replace("- --secure-port=6443\n", "")).unwrap();
-        let (_, port, _) = runner.endpoint("cp-1", APISERVER, &bare).await;
-        assert_eq!(port, fixtures::APISERVER_PORT);
+        let at = runner.endpoint("cp-1", APISERVER, &bare).await;
+        assert_eq!(at.port, fixtures::APISERVER_PORT);
         let named = Manifest::parse("m", &APISERVER_YAML.replace("=6443", "=7443")).unwrap();
-        assert_eq!(runner.endpoint("cp-1", APISERVER, &named).await.1, 7443);
+        assert_eq!(runner.endpoint("cp-1", APISERVER, &named).await.port, 7443);
 
         // Each apiserver is probed on its own port: the readiness gate before a restart and
         // the final check of the served certificates.

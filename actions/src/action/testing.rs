@@ -11,7 +11,7 @@ use super::Rotation;
 use crate::fixtures::{self, elsewhere};
 use crate::inventory::Inventory;
 use crate::kubeadm::{outcome, step};
-use crate::node::LocalNode;
+use crate::node::{LocalNode, Node};
 use crate::pki::Ca;
 use crate::pki::KeySpec;
 use crate::trust::Topology;
@@ -34,6 +34,15 @@ pub(super) fn put_elsewhere(root: &Path, path: &str, text: &str) {
 /// directory laid out as [`elsewhere`] says, with their layouts as discovered when
 /// `discovered`.
 pub(super) async fn runner(dir: &Path, discovered: bool) -> Rotation<LocalNode> {
+    runner_of(dir, discovered, |node| node).await
+}
+
+/// As [`runner`], over the nodes `wrap` makes of the directory nodes (discovered as they are).
+pub(super) async fn runner_of<N: Node>(
+    dir: &Path,
+    discovered: bool,
+    wrap: impl Fn(LocalNode) -> N,
+) -> Rotation<N> {
     for f in ["admin.conf", "id", "known_hosts"] {
         std::fs::write(dir.join(f), "x").unwrap();
     }
@@ -56,7 +65,7 @@ pub(super) async fn runner(dir: &Path, discovered: bool) -> Rotation<LocalNode> 
         let facts = crate::discovery::discover(&node).await.unwrap();
         topology.control_planes.push(name.into());
         topology.layouts.insert(name.into(), facts.layout());
-        nodes.insert(name.to_owned(), node);
+        nodes.insert(name.to_owned(), wrap(node));
     }
     let state = dir.join("state");
     journal::create_private_dir(&state).unwrap();

@@ -1,4 +1,6 @@
-//! Node effects over a real sshd on this machine: strict host keys, atomic writes, reads.
+//! Node effects over a real sshd on this machine: strict host keys, atomic writes, reads, and
+//! connections made from the node through the ssh master (a TLS server, `openssl s_server`,
+//! standing for a component bound to the node's loopback).
 //!
 //! Each test starts its own `sshd` on a loopback address with a fresh host key and client key,
 //! exactly as kubeca meets a node: `ssh` with a known_hosts file and an identity file.
@@ -39,6 +41,11 @@ fn free_port(addr: &str) -> u16 {
 const ADDR: &str = "127.0.0.2";
 
 fn sshd() -> Sshd {
+    sshd_with("")
+}
+
+/// An sshd whose configuration ends with `extra`.
+fn sshd_with(extra: &str) -> Sshd {
     let sshd_bin = ["/usr/sbin/sshd", "/usr/bin/sshd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -56,7 +63,7 @@ fn sshd() -> Sshd {
     let config = format!(
         "ListenAddress {ADDR}:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-         PidFile {}\nLogLevel ERROR\n",
+         PidFile {}\nLogLevel ERROR\n{extra}",
         d.join("host_key").display(),
         d.join("authorized_keys").display(),
         d.join("sshd.pid").display(),
@@ -313,4 +320,218 @@ fn a_client_killed_in_the_middle_of_a_write_leaves_the_old_file_intact() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(std::fs::read(&target).unwrap(), b"old certificate", "the old file is intact");
+}
+
+/// `openssl s_server` on 127.0.0.1 with a fresh self-signed certificate, answering each request
+/// with its status page (`-www`, HTTP 200): a component on the node's loopback (the node is this
+/// machine). Killed when dropped.
+struct TlsServer {
+    child: Child,
+    port: u16,
+    /// The certificate it presents (DER).
+    cert: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_server() -> TlsServer {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(
+        &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+            .into_iter()
+            .chain(["-keyout", "key.pem", "-out", "cert.pem", "-days", "1", "-subj", "/CN=probe"])
+            .collect::<Vec<_>>(),
+    );
+    openssl(&["x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der"]);
+    let cert = std::fs::read(dir.path().join("cert.der")).unwrap();
+    let port = free_port("127.0.0.1");
+    #[allow(clippy::zombie_processes)] // TlsServer's Drop kills and waits for it
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-cert", "cert.pem", "-key", "key.pem", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return TlsServer { child, port, cert, _dir: dir };
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("openssl s_server did not start listening on 127.0.0.1:{port}");
+}
+
+/// The forward directories under a control directory: `(path, mode)`.
+fn forward_dirs(control_dir: &Path) -> Vec<(PathBuf, u32)> {
+    std::fs::read_dir(control_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kubeca-fwd."))
+        .map(|e| (e.path(), e.metadata().unwrap().permissions().mode() & 0o777))
+        .collect()
+}
+
+/// The sockets in a forward directory: `(name, mode)`, each checked to be a socket.
+fn sockets(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            assert!(meta.file_type().is_socket(), "{:?} is not a socket", e.path());
+            (e.file_name().to_string_lossy().into_owned(), meta.permissions().mode() & 0o777)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const PROBE: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_port_on_the_nodes_loopback_is_probed_through_the_ssh_master() {
+    use actions::probe::{Seen, probe_over};
+    let s = sshd();
+    let server = tls_server();
+    let node =
+        SshNode::connect("cp-1", ADDR, s.port, &options(&s, s.dir.path().join("known_hosts")))
+            .await
+            .unwrap();
+    for _ in 0..2 {
+        let stream = node.connect_tcp("127.0.0.1", server.port).await.unwrap().unwrap();
+        let seen = probe_over(stream, "127.0.0.1", "/healthz", PROBE).await;
+        match seen {
+            Seen::Up { cert, status, .. } => {
+                assert_eq!(cert, server.cert, "the certificate openssl serves");
+                assert_eq!(status, 200);
+            }
+            Seen::Down => {
+                panic!("s_server on the node's 127.0.0.1:{} was not reached", server.port)
+            }
+        }
+    }
+    // One forward for both connections: a socket of 0600 in a private directory of 0700 under
+    // the control directory.
+    let dirs = forward_dirs(s.dir.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(dirs[0].1, 0o700);
+    assert_eq!(sockets(&dirs[0].0), [("0".to_owned(), 0o600)]);
+    node.close().await;
+    assert!(forward_dirs(s.dir.path()).is_empty(), "closing the node removes its forwards");
+}
+
+#[tokio::test]
+async fn a_port_nobody_listens_on_reads_as_down_through_the_ssh_master() {
+    use actions::probe::{Seen, probe_over_as};
+    let s = sshd();
+    let node =
+        SshNode::connect("cp-1", ADDR, s.port, &options(&s, s.dir.path().join("known_hosts")))
+            .await
+            .unwrap();
+    let nobody = free_port("127.0.0.1");
+    // The master accepts the connection before the node tries: it ends unanswered, Down, not an
+    // error (the node's sshd forwards; nothing listens there).
+    let stream = node.connect_tcp("127.0.0.1", nobody).await.unwrap().unwrap();
+    let seen = probe_over_as(stream, "127.0.0.1", "/healthz", PROBE, None).await;
+    assert_eq!(seen.unwrap(), Seen::Down);
+    // And once something listens there, the same forward reaches it.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", nobody)).unwrap();
+    let mut stream = node.connect_tcp("127.0.0.1", nobody).await.unwrap().unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    std::io::Write::write_all(&mut accepted, b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    node.close().await;
+}
+
+/// A node whose sshd forwards nothing (`AllowTcpForwarding no`, as hardening guides advise):
+/// its component may well be up, so the probe is an error that says what to change, not Down.
+#[tokio::test]
+async fn a_node_whose_sshd_forwards_nothing_is_an_error_not_a_component_down() {
+    use actions::probe::probe_over_as;
+    let s = sshd_with("AllowTcpForwarding no\n");
+    let server = tls_server();
+    let node =
+        SshNode::connect("cp-1", ADDR, s.port, &options(&s, s.dir.path().join("known_hosts")))
+            .await
+            .unwrap();
+    let stream = node.connect_tcp("127.0.0.1", server.port).await.unwrap().unwrap();
+    let e = probe_over_as(stream, "127.0.0.1", "/healthz", PROBE, None).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{}", server.port)), "{text}");
+    assert!(text.contains("administratively prohibited"), "ssh's own words: {text}");
+    node.close().await;
+}
+
+/// At most eight forwards stand per master; a lost master takes its forwards with it, and the
+/// next connection makes them again through the new one.
+#[tokio::test]
+async fn forwards_are_capped_per_master_and_go_with_a_lost_master() {
+    use actions::probe::{Seen, probe_over};
+    let s = sshd();
+    let server = tls_server();
+    let node =
+        SshNode::connect("w-2", ADDR, s.port, &options(&s, s.dir.path().join("known_hosts")))
+            .await
+            .unwrap();
+    // Nine targets (eight nobody listens on, then the server): eight sockets stand.
+    for _ in 0..8 {
+        let nobody = free_port("127.0.0.1");
+        assert!(node.connect_tcp("127.0.0.1", nobody).await.unwrap().is_some());
+    }
+    let stream = node.connect_tcp("127.0.0.1", server.port).await.unwrap().unwrap();
+    assert!(matches!(probe_over(stream, "127.0.0.1", "/", PROBE).await, Seen::Up { .. }));
+    let dirs = forward_dirs(s.dir.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let names: Vec<String> = sockets(&dirs[0].0).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(!names.contains(&"0".to_owned()), "the least recently used went: {names:?}");
+
+    // The master dies (sshd drops the connection): the forward's socket leads nowhere.
+    let killed =
+        Command::new("pkill").args(["-KILL", "-P", &s.child.id().to_string()]).status().unwrap();
+    assert!(killed.success(), "there was a session process to kill");
+    // A connection made while the master is still going down ends unanswered (Down); then the
+    // master is gone (a transient error), then a new one forwards again.
+    let mut saw_transient = false;
+    let mut recovered = false;
+    for _ in 0..10 {
+        match node.connect_tcp("127.0.0.1", server.port).await {
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                assert!(e.to_string().contains("node w-2"), "{e}");
+                saw_transient = true;
+            }
+            Ok(stream) => match probe_over(stream.unwrap(), "127.0.0.1", "/", PROBE).await {
+                Seen::Up { .. } => {
+                    recovered = true;
+                    break;
+                }
+                Seen::Down => assert!(!saw_transient, "Down through the new master"),
+            },
+        }
+    }
+    assert!(saw_transient, "the lost master was noticed");
+    assert!(recovered, "a later connection went through a new master");
+    let now = forward_dirs(s.dir.path());
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].0, dirs[0].0, "the lost master's forwards went with it");
+    assert_eq!(sockets(&now[0].0).len(), 1);
+    node.close().await;
 }
