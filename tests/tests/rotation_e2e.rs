@@ -217,7 +217,8 @@ fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenari
 /// [`LANES`], share).
 fn lanes(scenarios: &[&'static Scenario]) -> Vec<(usize, Vec<&'static Scenario>)> {
     let mut lanes: Vec<(u32, Vec<&'static Scenario>)> = vec![(0, Vec::new()); LANES.len()];
-    let (pinned, free): (Vec<_>, Vec<_>) = scenarios.iter().partition(|s| s.profile.is_some());
+    let (pinned, free): (Vec<&'static Scenario>, Vec<&'static Scenario>) =
+        scenarios.iter().partition(|s| s.profile.is_some());
     for s in pinned {
         let i = LANES.iter().position(|l| Some(l.1) == s.profile).unwrap();
         lanes[i].0 += s.secs;
