@@ -43,8 +43,14 @@ pub mod preflight {
             tracing::warn!("{caution}");
             s = s.with("warning", "single apiserver: downtime during its restarts");
         }
+        // Every node answers, and its clock is near enough to this machine's that the new
+        // certificates (valid from 5 minutes before they are made, here) are valid there.
         for n in &r.inventory.nodes {
-            r.node(&n.name)?.run("reach", "true").await?;
+            let before = jiff::Timestamp::now();
+            let out = r.node(&n.name)?.run("read the clock", "date -u +%s.%N").await?;
+            let after = jiff::Timestamp::now();
+            let offset = clock_offset(&n.name, before, &out.stdout_text(), after)?;
+            s = s.with(format!("clock-offset/{}", n.name), format!("{:+.3}s", offset.as_secs_f64()));
         }
         // Whatever is wrong with the old CAs, retrying will not fix it.
         let checked = check_old_cas(r.node(node)?, cas, now).await.map_err(Error::terminal)?;
@@ -53,6 +59,50 @@ pub mod preflight {
         }
         Ok(s)
     }
+}
+
+/// How far a node's clock is from this machine's: its `date -u +%s.%N` (`node_says`) against the
+/// middle of the time the command took (`before`..`after`). Refused when the node is behind by
+/// more than the certificates' backdating ([`pki::BACKDATE`]) plus the measuring error: a
+/// certificate kubeca makes would start in that node's future, and its components would refuse
+/// it until the clock caught up.
+pub fn clock_offset(
+    node: &str,
+    before: jiff::Timestamp,
+    node_says: &str,
+    after: jiff::Timestamp,
+) -> Result<jiff::SignedDuration, Error> {
+    let text = node_says.trim();
+    let (secs, nanos) = text.split_once('.').unwrap_or((text, "0"));
+    let parsed = secs.parse::<i64>().ok().zip(format!("{nanos:0<9}")[..9].parse::<i32>().ok());
+    let Some(node_time) = parsed.and_then(|(s, n)| jiff::Timestamp::new(s, n).ok()) else {
+        return Err(Error::terminal(format!(
+            "node {node}: `date -u +%s.%N` printed {text:?}, not a time; kubeca compares each \
+             node's clock with this machine's before it makes certificates"
+        )));
+    };
+    let error = after.duration_since(before) / 2;
+    let middle = before + error;
+    let offset = node_time.duration_since(middle);
+    if -offset > pki::BACKDATE + error {
+        return Err(Error::terminal(format!(
+            "node {node}: its clock is {:.0} s behind this machine's (give or take {:.1} s); \
+             certificates kubeca makes start {} s before they are made, so they would not be \
+             valid yet on {node}. Set its clock (chrony or systemd-timesyncd) and run kubeca \
+             again",
+            -offset.as_secs_f64(),
+            error.as_secs_f64(),
+            pki::BACKDATE.as_secs()
+        )));
+    }
+    if offset.abs() > jiff::SignedDuration::from_secs(30) {
+        tracing::warn!(
+            node,
+            offset_s = offset.as_secs_f64(),
+            "the node's clock is more than 30 s from this machine's"
+        );
+    }
+    Ok(offset)
 }
 
 /// Checks the old CAs on `node`: each (certificate, key) pair must parse, the key must be the
@@ -282,4 +332,37 @@ pub(super) fn renewed(leaf: &Cert, ca: &Ca, now: jiff::Timestamp) -> Result<Opti
     }
     let new = pki::reissue(leaf, ca, KeyPolicy::Keep, now, &mut rand_core::OsRng)?;
     Ok(Some(new.cert))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_node_clock_is_measured_against_the_middle_of_the_command() {
+        let (before, after) = (at("2026-12-03T12:00:00Z"), at("2026-12-03T12:00:02Z"));
+        let node = at("2026-12-03T12:00:03.5Z").as_second().to_string() + ".5";
+        let offset = clock_offset("w-1", before, &node, after).unwrap();
+        assert_eq!(offset, jiff::SignedDuration::from_millis(2500));
+        // Ahead is harmless; behind within the backdating too.
+        let ahead = at("2026-12-03T13:00:00Z").as_second().to_string();
+        assert!(clock_offset("w-1", before, &ahead, after).is_ok());
+        let behind = at("2026-12-03T11:56:00Z").as_second().to_string();
+        assert!(clock_offset("w-1", before, &behind, after).is_ok());
+    }
+
+    #[test]
+    fn a_node_behind_by_more_than_the_backdating_is_refused_naming_it() {
+        let (before, after) = (at("2026-12-03T12:00:00Z"), at("2026-12-03T12:00:00.2Z"));
+        let behind = at("2026-12-03T11:54:00Z").as_second().to_string() + ".000000000";
+        let err = clock_offset("w-2", before, &behind, after).unwrap_err();
+        assert!(err.message.contains("node w-2: its clock is 360 s behind"), "{}", err.message);
+        assert!(err.message.contains("not be valid yet on w-2"), "{}", err.message);
+        let err = clock_offset("w-2", before, "Thu Dec  3\n", after).unwrap_err();
+        assert!(err.message.contains("not a time"), "{}", err.message);
+    }
 }
