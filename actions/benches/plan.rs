@@ -91,6 +91,7 @@ fn facts(name: &str, control_plane: bool) -> NodeFacts {
             port: 10250,
         }),
         cert_files: BTreeMap::new(),
+        other_static_pods: BTreeMap::new(),
     }
 }
 

@@ -74,6 +74,26 @@ pub enum DiscoveryError {
         /// What names it.
         by: String,
     },
+    /// A static pod kubeca does not rotate mounts a kubeconfig kubeca rewrites.
+    #[error(
+        "node {node}: the static pod {manifest} ({image}) mounts {mounted}, and kubeca rewrites \
+         {kubeconfig}; restarting such a pod after the rewrite is not built yet, and left running \
+         it would keep the old CA's credentials and fail once finalize drops the old CA. Move \
+         its manifest out of the static pod directory for the rotation (and back after it), or \
+         point it at a kubeconfig of its own"
+    )]
+    MountsRewrittenKubeconfig {
+        /// The node.
+        node: String,
+        /// The manifest.
+        manifest: String,
+        /// Its image.
+        image: String,
+        /// The host path it mounts.
+        mounted: String,
+        /// The kubeconfig under it.
+        kubeconfig: String,
+    },
 }
 
 /// A static pod as its manifest describes it.
@@ -85,6 +105,42 @@ pub struct StaticPod {
     pub image: Option<String>,
     /// Every flag, last value wins.
     pub flags: BTreeMap<String, String>,
+}
+
+/// A static pod that is not a control-plane component kubeca rotates (kube-vip, the kubeadm HA
+/// guide's haproxy and keepalived): noted with what it mounts from the host, left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherStaticPod {
+    /// Manifest path.
+    pub manifest: String,
+    /// Container image.
+    pub image: Option<String>,
+    /// The `hostPath` paths of its volumes.
+    pub host_paths: Vec<String>,
+}
+
+/// The `path:` of every `hostPath:` volume of a manifest (line-based, as the manifests kubeadm
+/// and the HA guide write them).
+fn host_paths(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        // `hostPath:` alone or as a list item (`- hostPath:`); its keys are indented past it.
+        if l.trim_start().trim_start_matches("- ") != "hostPath:" {
+            continue;
+        }
+        let indent = l.find("hostPath:").unwrap_or(0);
+        for next in &lines[i + 1..] {
+            let body = next.trim_start();
+            if next.len() - body.len() <= indent {
+                break;
+            }
+            if let Some(p) = body.strip_prefix("path:") {
+                out.push(p.trim().trim_matches(|c| c == '"' || c == '\'').to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// Where a kubeconfig's CA and client credentials are.
@@ -144,6 +200,9 @@ pub struct NodeFacts {
     pub kubelet: Option<KubeletFacts>,
     /// Every certificate file named by a flag or config: path → what names it.
     pub cert_files: BTreeMap<String, Vec<String>>,
+    /// Static pods kubeca does not rotate, by manifest path.
+    #[serde(default)]
+    pub other_static_pods: BTreeMap<String, OtherStaticPod>,
 }
 
 impl NodeFacts {
@@ -274,6 +333,7 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
         kubeconfigs: BTreeMap::new(),
         kubelet: None,
         cert_files: BTreeMap::new(),
+        other_static_pods: BTreeMap::new(),
     };
 
     // The kubelet: its config, kubeconfig, certificate directory and port come from its drop-in
@@ -352,7 +412,22 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
         }
         let path = format!("{static_pod_path}/{file}");
         let Some(bytes) = node.read(&path).await? else { continue };
-        let manifest = Manifest::parse(&format!("{name}:{path}"), &text(bytes))?;
+        let body = text(bytes);
+        // A pod without a command list (the HA guide's haproxy and keepalived run their image's
+        // entrypoint; kube-vip passes `args:`) is not a component whose flags kubeca changes.
+        if !body.lines().any(|l| l.trim_start().trim_start_matches("- ").starts_with("command:")) {
+            let image = body.lines().find_map(|l| {
+                let item = l.trim_start().trim_start_matches("- ");
+                item.strip_prefix("image:").map(|v| v.trim().trim_matches('"').to_owned())
+            });
+            tracing::info!(node = %name, manifest = %path, image = ?image, "static pod not rotated");
+            facts.other_static_pods.insert(
+                path.clone(),
+                OtherStaticPod { manifest: path, image, host_paths: host_paths(&body) },
+            );
+            continue;
+        }
+        let manifest = Manifest::parse(&format!("{name}:{path}"), &body)?;
         let component = component_of(&manifest, &file);
         let flags: BTreeMap<String, String> = manifest.flags().into_iter().collect();
         if let Some((_, cert_flags)) = CERT_FLAGS.iter().find(|(c, _)| *c == component) {
@@ -378,6 +453,33 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
     if facts.runs_apiserver() {
         for conf in path::CONTROL_PLANE_KUBECONFIGS {
             kubeconfig_paths.entry(conf.to_owned()).or_insert_with(|| "kubeadm".into());
+        }
+    }
+
+    // A pod kubeca leaves alone must not hold a kubeconfig kubeca rewrites (kube-vip mounts
+    // admin.conf or super-admin.conf, the HA guide's way).
+    for pod in facts.other_static_pods.values() {
+        for mounted in &pod.host_paths {
+            let under = |conf: &str| {
+                conf == mounted
+                    || conf
+                        .strip_prefix(mounted.trim_end_matches('/'))
+                        .is_some_and(|r| r.starts_with('/'))
+            };
+            let rewritten = kubeconfig_paths
+                .keys()
+                .map(String::as_str)
+                .chain(path::CONTROL_PLANE_KUBECONFIGS.iter().copied())
+                .find(|c| under(c));
+            if let Some(conf) = rewritten {
+                return Err(DiscoveryError::MountsRewrittenKubeconfig {
+                    node: name,
+                    manifest: pod.manifest.clone(),
+                    image: pod.image.clone().unwrap_or_else(|| "no image".into()),
+                    mounted: mounted.clone(),
+                    kubeconfig: conf.to_owned(),
+                });
+            }
         }
     }
 
@@ -636,5 +738,85 @@ mod tests {
         assert!(!f.runs_apiserver());
         assert!(!f.kubelet.unwrap().rotates_client_cert, "no kubelet-client-current.pem");
         assert_eq!(f.kubeconfigs.len(), 1);
+    }
+
+    /// The kubeadm HA guide's static pods (kubernetes/kubeadm `docs/ha-considerations.md`):
+    /// haproxy and keepalived run their image's entrypoint (no `command:`); kube-vip passes
+    /// `args:` and mounts admin.conf as a single-file hostPath.
+    const HAPROXY: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: haproxy
+  namespace: kube-system
+spec:
+  containers:
+  - image: haproxy:2.1.4
+    name: haproxy
+    volumeMounts:
+    - mountPath: /usr/local/etc/haproxy/haproxy.cfg
+      name: haproxyconf
+      readOnly: true
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: /etc/haproxy/haproxy.cfg
+      type: FileOrCreate
+    name: haproxyconf
+";
+
+    const KUBE_VIP: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-vip
+  namespace: kube-system
+spec:
+  containers:
+  - args:
+    - manager
+    image: ghcr.io/kube-vip/kube-vip:v0.4.0
+    name: kube-vip
+    volumeMounts:
+    - mountPath: /etc/kubernetes/admin.conf
+      name: kubeconfig
+  hostNetwork: true
+  volumes:
+  - hostPath:
+      path: /etc/kubernetes/admin.conf
+    name: kubeconfig
+";
+
+    #[tokio::test]
+    async fn static_pods_without_a_command_are_noted_and_left_alone() {
+        let (dir, node) = control_plane();
+        put(dir.path(), "/etc/kubernetes/manifests/haproxy.yaml", HAPROXY);
+        let f = discover(&node).await.unwrap();
+        let pod = &f.other_static_pods["/etc/kubernetes/manifests/haproxy.yaml"];
+        assert_eq!(pod.image.as_deref(), Some("haproxy:2.1.4"));
+        assert_eq!(pod.host_paths, ["/etc/haproxy/haproxy.cfg"]);
+        assert_eq!(f.static_pods.len(), 3, "the control plane is found as before");
+    }
+
+    #[tokio::test]
+    async fn a_pod_kubeca_leaves_alone_that_mounts_a_kubeconfig_it_rewrites_is_refused() {
+        let (dir, node) = control_plane();
+        put(dir.path(), "/etc/kubernetes/manifests/kube-vip.yaml", KUBE_VIP);
+        let e = discover(&node).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("node cp-1: the static pod /etc/kubernetes/manifests/kube-vip.yaml")
+                && e.contains("ghcr.io/kube-vip/kube-vip:v0.4.0")
+                && e.contains("mounts /etc/kubernetes/admin.conf")
+                && e.contains("Move its manifest out"),
+            "{e}"
+        );
+        // A mount of the whole directory holds it too.
+        let whole = KUBE_VIP.replace("path: /etc/kubernetes/admin.conf", "path: /etc/kubernetes/");
+        put(dir.path(), "/etc/kubernetes/manifests/kube-vip.yaml", &whole);
+        let e = discover(&node).await.unwrap_err().to_string();
+        assert!(e.contains("mounts /etc/kubernetes/, and kubeca rewrites"), "{e}");
+        // /etc/kubernetes-other is not under /etc/kubernetes.
+        let other =
+            KUBE_VIP.replace("path: /etc/kubernetes/admin.conf", "path: /etc/kubernetes-other");
+        put(dir.path(), "/etc/kubernetes/manifests/kube-vip.yaml", &other);
+        assert!(discover(&node).await.is_ok());
     }
 }

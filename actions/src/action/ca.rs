@@ -50,7 +50,8 @@ pub mod preflight {
             let out = r.node(&n.name)?.run("read the clock", "date -u +%s.%N").await?;
             let after = jiff::Timestamp::now();
             let offset = clock_offset(&n.name, before, &out.stdout_text(), after)?;
-            s = s.with(format!("clock-offset/{}", n.name), format!("{:+.3}s", offset.as_secs_f64()));
+            s = s
+                .with(format!("clock-offset/{}", n.name), format!("{:+.3}s", offset.as_secs_f64()));
         }
         // Whatever is wrong with the old CAs, retrying will not fix it.
         let checked = check_old_cas(r.node(node)?, cas, now).await.map_err(Error::terminal)?;
