@@ -111,6 +111,10 @@ pub struct KubeletConfig {
     pub tls_cert_file: PathBuf,
     /// `tlsPrivateKeyFile`, `/var/lib/kubelet/pki/kubelet.key` by default.
     pub tls_private_key_file: PathBuf,
+    /// `healthzBindAddress`, 127.0.0.1 by default.
+    pub healthz_bind_address: String,
+    /// `healthzPort`, 10248 by default; 0 turns the endpoint off.
+    pub healthz_port: u16,
     /// Whether the configuration names the serving pair (`tlsCertFile` or
     /// `tlsPrivateKeyFile`); when it does not, the kubelet makes its own (`InitializeTLS`).
     pub tls_given: bool,
@@ -157,6 +161,13 @@ impl KubeletConfig {
                 .unwrap_or("/var/lib/kubelet/pki/kubelet.key".into())
                 .into(),
             tls_given: s("tlsCertFile").is_some() || s("tlsPrivateKeyFile").is_some(),
+            // The v1beta1 defaults (pkg/kubelet/apis/config/v1beta1/defaults.go).
+            healthz_bind_address: s("healthzBindAddress").unwrap_or_else(|| "127.0.0.1".into()),
+            healthz_port: v
+                .get("healthzPort")
+                .and_then(Value::as_u64)
+                .and_then(|p| p.try_into().ok())
+                .unwrap_or(10248),
         })
     }
 }
@@ -222,6 +233,14 @@ fn run(args: &[String]) -> Result<()> {
             .await
             .with_context(|| format!("binding {}:{}", config.address, config.port))?;
         tokio::spawn(serve(listener, serving, config.anonymous));
+        if config.healthz_port > 0 {
+            let addr = (config.healthz_bind_address.clone(), config.healthz_port);
+            tokio::spawn(async move {
+                if let Err(e) = serve_healthz(addr).await {
+                    eprintln!("kubelet: healthz server: {e:#}");
+                }
+            });
+        }
         // The API side (node registration and status, API pods): kubelet_api.rs (COMPONENTS).
         let ctx = super::kubelet_api::KubeletContext {
             node_name: flags.hostname.clone(),
@@ -688,6 +707,39 @@ fn uid_hash(uid: &str) -> Option<u64> {
 
 // ---------------------------------------------------------------------------------------------
 // :10250
+
+/// The kubelet's plain-HTTP health endpoint, `GET /healthz` = ok: `run` in
+/// cmd/kubelet/app/server.go serves `healthz.InstallHandler` with `http.ListenAndServe` on
+/// `healthzBindAddress:healthzPort` when the port is not 0 ("the port of the localhost healthz
+/// endpoint", pkg/kubelet/apis/config/types.go). kubeadm leaves it on 127.0.0.1:10248, where its
+/// `kubeadm init` waits for the kubelet.
+async fn serve_healthz(addr: (String, u16)) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((addr.0.as_str(), addr.1))
+        .await
+        .with_context(|| format!("binding {}:{}", addr.0, addr.1))?;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let (status, body) = if req.uri().path() == "/healthz" {
+                        (200, "ok")
+                    } else {
+                        (404, "404 page not found\n")
+                    };
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(body.as_bytes()),
+                    ));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
 
 /// The serving pair of a kubelet whose configuration names none, as `InitializeTLS`
 /// (cmd/kubelet/app/server.go) makes it: `<cert dir>/kubelet.crt` and `kubelet.key`, used as

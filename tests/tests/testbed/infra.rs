@@ -434,9 +434,12 @@ pub fn nodes_bind_their_own_loopback_as_kubeadm_does(tb: &Testbed) {
     assert_eq!(got, ["eth0 ".to_string() + cp + "/24", "lo 127.0.0.1/8".into()], "{addrs}");
 
     // From the node: the loopback-bound components answer.
-    for (port, scheme, path) in
-        [(10257, "https", "/healthz"), (10259, "https", "/healthz"), (2381, "http", "/health")]
-    {
+    for (port, scheme, path) in [
+        (10257, "https", "/healthz"),
+        (10259, "https", "/healthz"),
+        (2381, "http", "/health"),
+        (10248, "http", "/healthz"),
+    ] {
         let code = tb.ssh_ok(
             cp,
             &format!(
@@ -446,7 +449,7 @@ pub fn nodes_bind_their_own_loopback_as_kubeadm_does(tb: &Testbed) {
         assert_eq!(code.trim(), "200", "127.0.0.1:{port} on cp-1");
     }
     // From here: refused on the node's address (the bridge delivers the reset: nothing listens).
-    for port in [10257, 10259, 2381] {
+    for port in [10257, 10259, 2381, 10248] {
         let addr: std::net::SocketAddr = format!("{cp}:{port}").parse().unwrap();
         let err = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .expect_err(&format!("{addr} answers from outside the node"));
