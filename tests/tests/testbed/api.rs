@@ -29,7 +29,13 @@ pub fn kubectl_proxy_runs_in_cluster(tb: &Testbed) {
         "json",
     ]))
     .unwrap();
-    let pod = &pods["items"][0];
+    // The Deployment's running pod: a replaced one may still be listed while it terminates.
+    let pod = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .unwrap_or_else(|| panic!("no running api-proxy pod: {pods}"));
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_else(|| panic!("no api-proxy pod: {pods}"));
     let node = pod["spec"]["nodeName"].as_str().unwrap();
     let state: serde_json::Value = serde_json::from_slice(
