@@ -86,7 +86,8 @@ pub fn kubectl_proxy_runs_in_cluster(tb: &Testbed) {
     let sa = work.path().join("sa");
     fs::create_dir_all(&sa).unwrap();
     fs::copy(volume.join("token"), sa.join("token")).unwrap();
-    fs::copy(tb.node_path(node, "etc-kubernetes/pki/front-proxy-ca.crt"), sa.join("ca.crt"))
+    // From a control plane: the pod may run on a worker, which has no front-proxy CA.
+    fs::copy(tb.node_path("cp-1", "etc-kubernetes/pki/front-proxy-ca.crt"), sa.join("ca.crt"))
         .unwrap();
     let kubectl_bin = kubeca_tests::testbed::kubelet::pinned_kubectl(
         kubeca_tests::testbed::apiserver::API_PROXY_KUBECTL,
