@@ -62,6 +62,18 @@ pub mod preflight {
     }
 }
 
+/// A node's clock as `date -u +%s.%N` prints it: the time, and whether it came to the
+/// nanosecond. busybox's `date` (minimal node images) knows no `%N` and prints it as is, or
+/// nothing after the dot: the time is then read to the second (`precise` false).
+pub fn node_clock(text: &str) -> Option<(jiff::Timestamp, bool)> {
+    let text = text.lines().next().unwrap_or("").trim();
+    let (secs, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let secs = secs.parse::<i64>().ok()?;
+    let precise = !fraction.is_empty() && fraction.bytes().all(|b| b.is_ascii_digit());
+    let nanos = if precise { format!("{fraction:0<9}")[..9].parse::<i32>().ok()? } else { 0 };
+    Some((jiff::Timestamp::new(secs, nanos).ok()?, precise))
+}
+
 /// How far a node's clock is from this machine's: its `date -u +%s.%N` (`node_says`) against the
 /// middle of the time the command took (`before`..`after`). Refused when the node is behind by
 /// more than the certificates' backdating ([`pki::BACKDATE`]) plus the measuring error: a
@@ -74,15 +86,15 @@ pub fn clock_offset(
     after: jiff::Timestamp,
 ) -> Result<jiff::SignedDuration, Error> {
     let text = node_says.trim();
-    let (secs, nanos) = text.split_once('.').unwrap_or((text, "0"));
-    let parsed = secs.parse::<i64>().ok().zip(format!("{nanos:0<9}")[..9].parse::<i32>().ok());
-    let Some(node_time) = parsed.and_then(|(s, n)| jiff::Timestamp::new(s, n).ok()) else {
+    let Some((node_time, precise)) = node_clock(text) else {
         return Err(Error::terminal(format!(
             "node {node}: `date -u +%s.%N` printed {text:?}, not a time; kubeca compares each \
              node's clock with this machine's before it makes certificates"
         )));
     };
-    let error = after.duration_since(before) / 2;
+    // A clock read to the second (busybox's date has no %N) is up to a second behind.
+    let resolution = if precise { 0 } else { 1 };
+    let error = after.duration_since(before) / 2 + jiff::SignedDuration::from_secs(resolution);
     let middle = before + error;
     let offset = node_time.duration_since(middle);
     if -offset > pki::BACKDATE + error {
@@ -365,5 +377,22 @@ mod tests {
         assert!(err.message.contains("not be valid yet on w-2"), "{}", err.message);
         let err = clock_offset("w-2", before, "Thu Dec  3\n", after).unwrap_err();
         assert!(err.message.contains("not a time"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_clock_without_nanoseconds_is_read_to_the_second() {
+        let t = at("2026-12-03T12:00:00Z").as_second();
+        assert_eq!(
+            node_clock(&format!("{t}.250000000\n")),
+            Some((at("2026-12-03T12:00:00.25Z"), true))
+        );
+        // busybox: `%N` printed as is.
+        assert_eq!(node_clock(&format!("{t}.%N")), Some((at("2026-12-03T12:00:00Z"), false)));
+        assert_eq!(node_clock(&t.to_string()), Some((at("2026-12-03T12:00:00Z"), false)));
+        assert_eq!(node_clock("later"), None);
+        // Read to the second, a clock 5 min + 0.5 s behind is within the measuring error.
+        let (before, after) = (at("2026-12-03T12:00:00Z"), at("2026-12-03T12:00:00Z"));
+        let behind = (t - 300).to_string() + ".%N";
+        assert!(clock_offset("w-1", before, &behind, after).is_ok());
     }
 }

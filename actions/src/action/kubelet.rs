@@ -218,17 +218,17 @@ impl<N: Node> Rotation<N> {
         // The node's own clock, read just before the restart: readiness is judged by times the
         // node reports, so a skewed clock on either side cannot pass an old heartbeat as new
         // or wait forever for one.
-        let out = n
-            .run("restart kubelet", "date -u +%Y-%m-%dT%H:%M:%S.%NZ && systemctl restart kubelet")
-            .await?;
+        let out = n.run("restart kubelet", "date -u +%s.%N && systemctl restart kubelet").await?;
         let clock = out.stdout_text();
-        let started: jiff::Timestamp =
-            clock.lines().next().unwrap_or("").trim().parse().map_err(|e| {
-                Error::terminal(format!(
-                    "node {node}: `date -u` printed {clock:?}, not a time ({e}); kubeca reads \
-                     the node's clock to tell its kubelet's heartbeats from older ones"
-                ))
-            })?;
+        let Some((read, precise)) = super::ca::node_clock(&clock) else {
+            return Err(Error::terminal(format!(
+                "node {node}: `date -u +%s.%N` printed {clock:?}, not a time; kubeca reads the \
+                 node's clock to tell its kubelet's heartbeats from older ones"
+            )));
+        };
+        // Read to the second only, the restart may have come up to a second later: count from
+        // the next second, so that no renewal of the old kubelet passes for the new one's.
+        let started = if precise { read } else { read + jiff::SignedDuration::from_secs(1) };
         let address = self.inventory.node(node).map(|x| x.address.clone()).unwrap_or_default();
         let port = self.topology.layout(node).kubelet.port;
         let deadline = tokio::time::Instant::now() + self.wait;
