@@ -67,6 +67,10 @@ fn testbed_3_control_planes_2_workers() {
         ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
         ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
         (
+            "kubelets_renew_client_certificates_through_the_csr_api",
+            api::kubelets_renew_client_certificates_through_the_csr_api,
+        ),
+        (
             "api_pods_run_with_the_root_ca_and_are_replaced",
             api::api_pods_run_with_the_root_ca_and_are_replaced,
         ),

@@ -1,6 +1,7 @@
 //! Certificates made the way the Go components make them, not the way openssl's CLI does:
-//! kubeadm's CAs (`NewSelfSignedCACert`) and the kubelet's self-signed serving pair
-//! (client-go's `GenerateSelfSignedCertKey`).
+//! kubeadm's CAs (`NewSelfSignedCACert`), the kubelet's self-signed serving pair (client-go's
+//! `GenerateSelfSignedCertKey`), the kubelet's certificate signing requests (client-go's
+//! certificate manager) and the controller-manager's signing of them (`authority.Sign`).
 //!
 //! What Go's `crypto/x509` does that these copy: names are PrintableString when every
 //! character allows it, else UTF8String (`encoding/asn1`'s choice for a Go string); a CA gets
@@ -8,7 +9,7 @@
 //! 1.15+), and a certificate signed by a parent with one carries it as its authority key
 //! identifier; serials are random in [1, 2^63-1).
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use jiff::{SignedDuration, Timestamp};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
@@ -82,6 +83,103 @@ pub fn self_signed_serving(host: &str, now: Timestamp) -> Result<Pair> {
     Ok(Pair { cert_pem: format!("{}{}", cert.pem(), ca_cert.pem()), key_pem: key.to_pem() })
 }
 
+/// A certificate signing request and its new private key, both PEM.
+pub struct Request {
+    /// `CERTIFICATE REQUEST`.
+    pub csr_pem: String,
+    /// The key, `EC PRIVATE KEY`: secret.
+    pub key_pem: String,
+}
+
+/// The kubelet's client certificate request: a new P-256 key every attempt
+/// (`generateCSR`, staging/src/k8s.io/client-go/util/certificate/certificate_manager.go) and
+/// the template of `NewKubeletClientCertificateManager` (pkg/kubelet/certificate/kubelet.go):
+/// `CN=system:node:<node>, O=system:nodes`, no alternative names, no extensions.
+pub fn node_client_request(node: &str) -> Result<Request> {
+    let key = SecretKey::generate(KeySpec::EcdsaP256, "kubelet client key")?;
+    let pair = rcgen_pair(&key)?;
+    let mut params = CertificateParams::default();
+    // Go writes a name's attributes in a fixed order, O before CN (`pkix.Name.ToRDNSequence`).
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, printable_or_utf8("system:nodes"));
+    dn.push(DnType::CommonName, printable_or_utf8(&format!("system:node:{node}")));
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&pair).context("making the kubelet's CSR")?;
+    Ok(Request { csr_pem: csr.pem().context("encoding the CSR")?, key_pem: key.to_pem() })
+}
+
+/// The signing policy's `Backdate` and `Short` (pkg/controller/certificates/signer/signer.go:
+/// `PermissiveSigningPolicy{…, Backdate: 5 * time.Minute, Short: 8 * time.Hour}`).
+const SIGNER_BACKDATE: SignedDuration = SignedDuration::from_mins(5);
+const SIGNER_SHORT: SignedDuration = SignedDuration::from_hours(8);
+
+/// The controller-manager's signature over an approved request (`authority.Sign` and
+/// `PermissiveSigningPolicy.apply`, pkg/controller/certificates/authority/): the request's
+/// signature checked; subject and alternative names copied, its extensions dropped; key and
+/// extended key usages from `usages` (the CSR's `spec.usages`); a random 128-bit serial; valid
+/// from `now` − 5 min until `now` + `ttl` (− 5 min when `ttl` is 8 h or more), never past the
+/// CA; the leaf alone, PEM.
+pub fn sign_request(
+    csr_pem: &str,
+    usages: &[String],
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    ttl: SignedDuration,
+    now: Timestamp,
+) -> Result<String> {
+    let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| anyhow!("the request does not parse or its signature is wrong: {e}"))?;
+    let ca_der = x509_parser::pem::Pem::iter_from_buffer(ca_cert_pem.as_bytes())
+        .filter_map(Result::ok)
+        .find(|p| p.label == "CERTIFICATE")
+        .ok_or_else(|| anyhow!("the signing certificate holds no CERTIFICATE"))?
+        .contents;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+        .map_err(|e| anyhow!("the signing certificate does not parse: {e}"))?;
+    let ca_until = Timestamp::from_second(ca.validity().not_after.timestamp())?;
+    if now >= ca_until {
+        bail!("refusing to sign a certificate that expired in the past");
+    }
+    let p = &mut req.params;
+    p.key_usages.clear();
+    p.extended_key_usages.clear();
+    for u in usages {
+        match u.as_str() {
+            "digital signature" => p.key_usages.push(KeyUsagePurpose::DigitalSignature),
+            "key encipherment" => p.key_usages.push(KeyUsagePurpose::KeyEncipherment),
+            "client auth" => p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth),
+            "server auth" => p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth),
+            other => bail!("unsupported key usage: {other}"),
+        }
+    }
+    p.custom_extensions.clear();
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.use_authority_key_identifier_extension = true;
+    let mut serial = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial);
+    serial[0] &= 0x7f;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let not_before = now - SIGNER_BACKDATE;
+    let mut not_after = if ttl < SIGNER_SHORT { now + ttl } else { now + ttl - SIGNER_BACKDATE };
+    if not_after >= ca_until {
+        not_after = ca_until;
+    }
+    set_validity(p, not_before, not_after)?;
+    let ca_key = SecretKey::from_pem(ca_key_pem, "the signing key")?;
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.clone().into(), rcgen_pair(&ca_key)?)
+        .map_err(|e| anyhow!("the signing certificate: {e}"))?;
+    let cert = req.signed_by(&issuer).context("signing the request")?;
+    Ok(cert.pem())
+}
+
+/// A name value as Go's `encoding/asn1` writes a string: PrintableString when it can.
+fn printable_or_utf8(v: &str) -> DnValue {
+    match rcgen::string::PrintableString::try_from(v) {
+        Ok(p) => DnValue::PrintableString(p),
+        Err(_) => DnValue::Utf8String(v.to_string()),
+    }
+}
+
 /// A CA's parameters as Go's `x509.CreateCertificate` writes them from kubeadm's and
 /// client-go's templates.
 fn ca_params(
@@ -110,11 +208,7 @@ fn ca_params(
 /// `CN=common_name`, PrintableString where Go would choose it.
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
-    let value = match rcgen::string::PrintableString::try_from(common_name) {
-        Ok(p) => DnValue::PrintableString(p),
-        Err(_) => DnValue::Utf8String(common_name.to_string()),
-    };
-    dn.push(DnType::CommonName, value);
+    dn.push(DnType::CommonName, printable_or_utf8(common_name));
     dn
 }
 
@@ -186,6 +280,42 @@ mod tests {
                 .unwrap()
                 .matches(&actions::pki::Cert::from_der(ders[0].clone(), "ca").unwrap())
         );
+    }
+
+    #[test]
+    fn a_signed_node_request_keeps_its_subject_and_takes_the_signers_policy() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let ca = kubeadm_ca("kubernetes", KeySpec::Rsa { bits: 2048 }, now).unwrap();
+        let req = node_client_request("w-1").unwrap();
+        let usages = vec!["digital signature".to_string(), "client auth".to_string()];
+        let ten_min = SignedDuration::from_mins(10);
+        let pem =
+            sign_request(&req.csr_pem, &usages, &ca.cert_pem, &ca.key_pem, ten_min, now).unwrap();
+        let ders = parsed(&pem);
+        assert_eq!(ders.len(), 1, "the leaf alone");
+        let (_, leaf) = X509Certificate::from_der(&ders[0]).unwrap();
+        let ca_ders = parsed(&ca.cert_pem);
+        let (_, issuer) = X509Certificate::from_der(&ca_ders[0]).unwrap();
+        assert_eq!(leaf.subject().to_string(), "O=system:nodes, CN=system:node:w-1");
+        assert_eq!(leaf.issuer().as_raw(), issuer.subject().as_raw());
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+        // Short: from now − 5 min to now + ttl; long: ttl exactly.
+        assert_eq!(leaf.validity().not_before.timestamp(), now.as_second() - 300);
+        assert_eq!(leaf.validity().not_after.timestamp(), now.as_second() + 600);
+        let year = SignedDuration::from_hours(8760);
+        let pem =
+            sign_request(&req.csr_pem, &usages, &ca.cert_pem, &ca.key_pem, year, now).unwrap();
+        let long_ders = parsed(&pem);
+        let (_, long) = X509Certificate::from_der(&long_ders[0]).unwrap();
+        let v = long.validity();
+        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 8760 * 3600);
+        assert!(!long.is_ca());
+        let eku = long.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let bad =
+            sign_request(&req.csr_pem, &["signing".into()], &ca.cert_pem, &ca.key_pem, year, now);
+        assert!(bad.unwrap_err().to_string().contains("unsupported key usage"));
+        assert!(req.key_pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
     }
 
     #[test]

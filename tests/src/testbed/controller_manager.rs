@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, Credentials};
 use super::component::{leader_lock, parse_flags, require, start_healthz};
-use super::{jwt, monitor, tls};
+use super::{csr_controllers, jwt, monitor, tls};
 
 /// The controller-manager's entry point: `kubeca-testbed kube-controller-manager --flag=value ...`.
 pub fn main(args: Vec<String>) -> ExitCode {
@@ -60,6 +60,8 @@ struct Ctl {
     root_ca: String,
     /// `--service-account-private-key-file`, which signs legacy token Secrets' tokens.
     signer: Option<jwt::Signer>,
+    /// What the csrsigning controllers sign with.
+    signing: Option<csr_controllers::Signing>,
 }
 
 async fn run(flags: HashMap<String, String>) -> Result<()> {
@@ -79,8 +81,24 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         ),
         None => None,
     };
+    // The csrsigning controllers sign with --cluster-signing-cert-file/-key-file; without them
+    // they are skipped ("no csr cert/key was specified").
+    let signing =
+        match (flags.get("cluster-signing-cert-file"), flags.get("cluster-signing-key-file")) {
+            (Some(c), Some(k)) => Some(csr_controllers::Signing {
+                cert_file: c.clone(),
+                key_file: k.clone(),
+                duration: match flags.get("cluster-signing-duration") {
+                    Some(d) => {
+                        csr_controllers::go_duration(d).context("--cluster-signing-duration")?
+                    }
+                    None => csr_controllers::DEFAULT_SIGNING_DURATION,
+                },
+            }),
+            _ => None,
+        };
     start_healthz(&flags, "kube-controller-manager", 10257)?;
-    let ctl = Ctl { api, root_ca, signer };
+    let ctl = Ctl { api, root_ca, signer, signing };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     for round in 0u64.. {
         tick.tick().await;
@@ -149,6 +167,9 @@ impl Ctl {
     async fn sync(&self) -> Result<()> {
         self.root_ca_maps().await?;
         self.token_secrets().await?;
+        if let Err(e) = csr_controllers::round(&self.api, self.signing.as_ref()).await {
+            eprintln!("{} kube-controller-manager: certificates: {e:#}", jiff::Timestamp::now());
+        }
         for (kind, res) in [
             ("Deployment", "deployments"),
             ("DaemonSet", "daemonsets"),

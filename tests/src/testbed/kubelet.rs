@@ -60,6 +60,9 @@ pub struct Flags {
     /// `authentication.x509.clientCAFile`, as every kubelet flag overrides the file
     /// (`cmd/kubelet/app/server.go` `kubeletConfigFlagPrecedence`, kubernetes#56171).
     pub client_ca_file: Option<PathBuf>,
+    /// `--cert-dir`, `/var/lib/kubelet/pki` by default: where it keeps the certificates it
+    /// rotates.
+    pub cert_dir: PathBuf,
 }
 
 impl Flags {
@@ -69,6 +72,7 @@ impl Flags {
         let mut node_ip = std::env::var("KUBECA_TESTBED_ADDRESS").ok();
         let mut hostname = std::env::var("KUBECA_TESTBED_NODE").ok();
         let mut client_ca_file = None;
+        let mut cert_dir = PathBuf::from("/var/lib/kubelet/pki");
         for a in args {
             let Some((k, v)) = a.split_once('=') else {
                 bail!("kubelet: flags are --name=value, got {a:?}");
@@ -79,6 +83,7 @@ impl Flags {
                 "--node-ip" => node_ip = Some(v.to_string()),
                 "--hostname-override" => hostname = Some(v.to_string()),
                 "--client-ca-file" => client_ca_file = Some(PathBuf::from(v)),
+                "--cert-dir" => cert_dir = PathBuf::from(v),
                 // Flags of kubeadm-flags.env that mean nothing here.
                 _ => {}
             }
@@ -89,6 +94,7 @@ impl Flags {
             node_ip: node_ip.context("kubelet: --node-ip is required")?,
             hostname: hostname.context("kubelet: --hostname-override is required")?,
             client_ca_file,
+            cert_dir,
         })
     }
 }
@@ -118,6 +124,8 @@ pub struct KubeletConfig {
     /// Whether the configuration names the serving pair (`tlsCertFile` or
     /// `tlsPrivateKeyFile`); when it does not, the kubelet makes its own (`InitializeTLS`).
     pub tls_given: bool,
+    /// `rotateCertificates`: false unless set (v1beta1 defaults); kubeadm writes true.
+    pub rotate_certificates: bool,
 }
 
 impl KubeletConfig {
@@ -161,6 +169,10 @@ impl KubeletConfig {
                 .unwrap_or("/var/lib/kubelet/pki/kubelet.key".into())
                 .into(),
             tls_given: s("tlsCertFile").is_some() || s("tlsPrivateKeyFile").is_some(),
+            rotate_certificates: v
+                .get("rotateCertificates")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             // The v1beta1 defaults (pkg/kubelet/apis/config/v1beta1/defaults.go).
             healthz_bind_address: s("healthzBindAddress").unwrap_or_else(|| "127.0.0.1".into()),
             healthz_port: v
@@ -254,6 +266,7 @@ fn run(args: &[String]) -> Result<()> {
             kubelet_port: config.port,
             api_service: Subnet::from_env()?.lb_endpoint(),
             control_plane: config.static_pod_path.join("kube-apiserver.yaml").exists(),
+            rotate_client_cert: config.rotate_certificates.then(|| flags.cert_dir.clone()),
         };
         tokio::spawn(async move {
             if let Err(e) = super::kubelet_api::run(ctx).await {

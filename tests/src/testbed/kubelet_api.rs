@@ -54,6 +54,9 @@ pub struct KubeletContext {
     /// KUBERNETES_SERVICE_PORT: the testbed's load balancer, standing in for the `kubernetes`
     /// Service (the testbed has no Service addresses).
     pub api_service: std::net::SocketAddr,
+    /// `rotateCertificates: true`: the `--cert-dir` whose `kubelet-client-current.pem` it
+    /// renews through the CSR API (`kubelet_certs`).
+    pub rotate_client_cert: Option<PathBuf>,
 }
 
 /// The Node object this kubelet registers: Ready, with its address and kubelet port.
@@ -120,7 +123,23 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 pub async fn run(ctx: KubeletContext) -> Result<()> {
     let creds = Credentials::from_kubeconfig(&ctx.kubeconfig)
         .with_context(|| format!("kubelet {}: reading its kubeconfig", ctx.node_name))?;
-    let client = Client::new(&creds, &format!("kubelet@{}", ctx.node_name), "kubelet->apiserver")?;
+    let me = format!("kubelet@{}", ctx.node_name);
+    let mut client = Client::new(&creds, &me, "kubelet->apiserver")?;
+    // The client certificate manager, when it rotates: it starts from the certificate the
+    // kubeconfig loaded and sends each new one.
+    let mut rotated = match (&ctx.rotate_client_cert, &creds.client_cert) {
+        (Some(dir), Some(pair)) => {
+            let (tx, rx) = tokio::sync::watch::channel(pair.clone());
+            tokio::spawn(super::kubelet_certs::run(
+                ctx.node_name.clone(),
+                dir.clone(),
+                creds.clone(),
+                tx,
+            ));
+            Some(rx)
+        }
+        _ => None,
+    };
     let path = format!("/api/v1/nodes/{}", ctx.node_name);
     let mut pods = ApiPods::adopt(&ctx);
     let (mut renewed, mut computed, mut reported): (
@@ -131,6 +150,23 @@ pub async fn run(ctx: KubeletContext) -> Result<()> {
     let mut last_status: Option<Value> = None;
     // Pods are synced twice a second (the real kubelet watches them).
     loop {
+        if let Some(rx) = &mut rotated
+            && rx.has_changed().unwrap_or(false)
+        {
+            let pair = rx.borrow_and_update().clone();
+            match Client::new(
+                &Credentials { client_cert: Some(pair), ..creds.clone() },
+                &me,
+                "kubelet->apiserver",
+            ) {
+                Ok(c) => client = c,
+                Err(e) => eprintln!(
+                    "{} kubelet {}: the rotated certificate: {e:#}",
+                    jiff::Timestamp::now(),
+                    ctx.node_name
+                ),
+            }
+        }
         let due = |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
         if due(renewed, LEASE_RENEW) {
             match renew_lease(&client, &ctx).await {
@@ -889,6 +925,7 @@ mod tests {
             kubelet_port: 10250,
             control_plane: true,
             api_service: "198.18.0.10:6443".parse().unwrap(),
+            rotate_client_cert: None,
         };
         let n = node_object(&ctx);
         assert!(n["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_some());
@@ -908,6 +945,7 @@ mod tests {
             kubelet_port: 10250,
             control_plane: false,
             api_service: "198.18.0.10:6443".parse().unwrap(),
+            rotate_client_cert: None,
         }
     }
 

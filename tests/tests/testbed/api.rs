@@ -496,3 +496,106 @@ pub fn root_ca_maps_everywhere_and_template_changes_roll_pods(tb: &Testbed) {
                 .all(|l| l.split_whitespace().nth(2) == Some("Running"))
     });
 }
+
+/// A kubelet with `rotateCertificates: true` renews its client certificate through the CSR
+/// API once past its rotation deadline (client-go's certificate manager): given a certificate
+/// of ten minutes with one minute left, the restarted kubelet on w-2 asks at once, the
+/// controller-manager approves the node's own request (`AutoApproved`) and signs it with
+/// `--cluster-signing-cert-file` for the default 8760h, and the kubelet stores it as a dated
+/// file that `kubelet-client-current.pem` links to, and goes on renewing its Lease with it.
+pub fn kubelets_renew_client_certificates_through_the_csr_api(tb: &Testbed) {
+    use kubeca_tests::testbed::certutil;
+    let node = "w-2";
+    let addr = tb.address(node).to_string();
+    let ca_crt = tb.host_path("cp-1", "/etc/kubernetes/pki/ca.crt");
+    let ca = fs::read_to_string(&ca_crt).unwrap();
+    let ca_key = fs::read_to_string(tb.host_path("cp-1", "/etc/kubernetes/pki/ca.key")).unwrap();
+    let current = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+    let link_before = tb.ssh_ok(&addr, &format!("readlink {current}")).trim().to_string();
+    let req = certutil::node_client_request(node).unwrap();
+    let usages = ["digital signature".to_string(), "client auth".to_string()];
+    let ten_min = jiff::SignedDuration::from_mins(10);
+    let issued_at = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(9);
+    let short =
+        certutil::sign_request(&req.csr_pem, &usages, &ca, &ca_key, ten_min, issued_at).unwrap();
+    fs::write(tb.host_path(node, current), format!("{short}{}", req.key_pem)).unwrap();
+    let restarted = jiff::Timestamp::now();
+    tb.ssh_ok(&addr, "systemctl restart kubelet");
+    let user = format!("system:node:{node}");
+    let mut issued = String::new();
+    eventually("w-2's renewed client certificate", Duration::from_secs(60), || {
+        let list = tb.kubectl_ok(&["get", "csr", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        let found = list["items"].as_array().unwrap().iter().find(|c| {
+            c["spec"]["username"] == user.as_str()
+                && c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| t.as_second() >= restarted.as_second() - 1)
+                && c["status"]["certificate"].as_str().is_some_and(|s| !s.is_empty())
+        });
+        match found {
+            Some(c) => {
+                let conds = &c["status"]["conditions"];
+                assert_eq!(conds[0]["type"], "Approved", "{c}");
+                assert_eq!(conds[0]["reason"], "AutoApproved", "{c}");
+                assert_eq!(c["spec"]["signerName"], "kubernetes.io/kube-apiserver-client-kubelet");
+                assert_eq!(c["spec"]["groups"][0], "system:nodes", "{c}");
+                issued = c["status"]["certificate"].as_str().unwrap().to_string();
+                Ok(())
+            }
+            None => Err(format!("no issued request of {user} since the restart")),
+        }
+    });
+    let link = || tb.ssh_ok(&addr, &format!("readlink {current}")).trim().to_string();
+    eventually("kubelet-client-current.pem links to the new file", Duration::from_secs(10), || {
+        let now = link();
+        if now != link_before && now.starts_with("/var/lib/kubelet/pki/kubelet-client-20") {
+            Ok(())
+        } else {
+            Err(format!("it links to {now}"))
+        }
+    });
+    let file = link();
+    let mode = tb.ssh_ok(&addr, &format!("stat -c %a {file}"));
+    assert_eq!(mode.trim(), "600", "{file}");
+    let stored = fs::read_to_string(tb.host_path(node, current)).unwrap();
+    use base64::Engine;
+    let issued_pem =
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(issued).unwrap())
+            .unwrap();
+    assert!(stored.starts_with(&issued_pem), "the stored file begins with the issued certificate");
+    assert!(stored.contains("-----BEGIN EC PRIVATE KEY-----"), "then its new P-256 key");
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = dir.path().join("leaf.pem");
+    fs::write(&leaf, &issued_pem).unwrap();
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ca_crt)
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let der = x509_parser::pem::Pem::iter_from_buffer(issued_pem.as_bytes()).next().unwrap();
+    let der = der.unwrap().contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(cert.subject().to_string(), "O=system:nodes, CN=system:node:w-2");
+    let v = cert.validity();
+    assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 8760 * 3600, "{v:?}");
+    // The kubelet goes on with the new certificate: its Lease is renewed after it was stored.
+    let stored_at = jiff::Timestamp::now();
+    eventually("w-2's Lease renewed with the new certificate", Duration::from_secs(30), || {
+        let out = tb.kubectl_ok(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ]);
+        let renewed: jiff::Timestamp = out.trim().parse().map_err(|e| format!("{out}: {e}"))?;
+        if renewed > stored_at { Ok(()) } else { Err(format!("renewed at {renewed}")) }
+    });
+}

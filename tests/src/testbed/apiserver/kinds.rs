@@ -113,6 +113,16 @@ const KINDS: &[Kind] = &[
         namespaced: false,
         short: &[],
     },
+    // The kubelets renew their client certificates through it and the controller-manager
+    // approves and signs them (`pkg/apis/certificates`, `pkg/registry/certificates`).
+    Kind {
+        group: "certificates.k8s.io",
+        version: "v1",
+        resource: "certificatesigningrequests",
+        kind: "CertificateSigningRequest",
+        namespaced: false,
+        short: &["csr"],
+    },
 ];
 
 pub(super) fn find_kind(group: &str, resource: &str) -> Option<&'static Kind> {
@@ -163,8 +173,11 @@ pub(super) fn discovery(path: &str, endpoint: &SocketAddr) -> Option<Value> {
                 .flat_map(|k| {
                     let verbs = json!(["create", "delete", "get", "list", "patch", "update"]);
                     let mut r = vec![json!({"name": k.resource, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind, "verbs": verbs, "shortNames": k.short})];
-                    if matches!(k.resource, "nodes" | "pods" | "deployments" | "daemonsets" | "statefulsets") {
+                    if matches!(k.resource, "nodes" | "pods" | "deployments" | "daemonsets" | "statefulsets" | "certificatesigningrequests") {
                         r.push(json!({"name": format!("{}/status", k.resource), "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+                    }
+                    if k.resource == "certificatesigningrequests" {
+                        r.push(json!({"name": "certificatesigningrequests/approval", "namespaced": false, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
                     }
                     if k.resource == "pods" {
                         r.push(json!({"name": "pods/log", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));

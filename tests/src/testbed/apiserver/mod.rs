@@ -11,6 +11,7 @@
 //! pod logs and the aggregated metrics API, `bootstrap` the objects of a new cluster.
 
 mod bootstrap;
+mod csr;
 mod etcd;
 mod kinds;
 mod objects;
@@ -258,11 +259,27 @@ async fn handle(
     // error ("invalid bearer token",
     // `staging/src/k8s.io/apiserver/pkg/authentication/request/bearertoken/bearertoken.go`).
     let cert_ok = matches!(cert, ClientCert::User { .. });
+    let mut requester = match &cert {
+        ClientCert::User { name, groups } => Some(csr::Requester::new(name, groups)),
+        _ => None,
+    };
     let token_error = match &token {
         Some(t) if !cert_ok => {
             let now = jiff::Timestamp::now().as_second();
             let tk = &state.tokens;
-            jwt::authenticate(t, &tk.keys, &tk.issuers, &tk.audiences, now).err()
+            match jwt::authenticate(t, &tk.keys, &tk.issuers, &tk.audiences, now) {
+                Ok(id) => {
+                    // A service account's groups (`serviceaccount.UserInfo`).
+                    let ns = id.user.split(':').nth(2).unwrap_or_default();
+                    let groups = [
+                        "system:serviceaccounts".to_string(),
+                        format!("system:serviceaccounts:{ns}"),
+                    ];
+                    requester = Some(csr::Requester::new(&id.user, &groups));
+                    None
+                }
+                Err(e) => Some(e),
+            }
         }
         _ => None,
     };
@@ -334,7 +351,7 @@ async fn handle(
             &format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""),
         );
     }
-    match route(state, req).await {
+    match route(state, requester.as_ref(), req).await {
         Ok(r) => r,
         Err(e) => status(500, "InternalError", &format!("{e:#}")),
     }
@@ -372,7 +389,11 @@ fn parse_target(path: &str) -> Option<Target> {
     Some(Target { group, resource, namespace, name, sub })
 }
 
-async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Result<Resp> {
+async fn route(
+    state: &State,
+    who: Option<&csr::Requester>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Resp> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().as_str().to_string();
@@ -447,9 +468,24 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
         }
         ("POST", None) => {
             let mut obj: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+            // `generateName`: the prefix and five random characters (`names.SimpleNameGenerator`,
+            // staging/src/k8s.io/apiserver/pkg/storage/names/generate.go).
+            if obj["metadata"]["name"].as_str().is_none_or(str::is_empty)
+                && let Some(prefix) = obj["metadata"]["generateName"].as_str()
+            {
+                obj["metadata"]["name"] = json!(format!("{prefix}{}", objects::random_suffix()));
+            }
             let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
                 return Ok(status(422, "Invalid", "metadata.name: Required value"));
             };
+            if kind.resource == "certificatesigningrequests" {
+                let who =
+                    who.cloned().unwrap_or_else(|| csr::Requester::new("system:anonymous", &[]));
+                obj = match csr::prepare_create(obj, &who) {
+                    Ok(o) => o,
+                    Err(why) => return Ok(status(422, "Invalid", &why)),
+                };
+            }
             let k = key(kind, ns, &name);
             stamp(&mut obj, kind, &api_version, ns, true);
             if !state.etcd.create(&k, &obj).await? {
@@ -478,7 +514,17 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
             if stale(&obj, &old) {
                 return Ok(conflict());
             }
-            if t.sub.as_deref() == Some("status") {
+            if kind.resource == "certificatesigningrequests" {
+                let update = match t.sub.as_deref() {
+                    Some("approval") => csr::approval_update(&old, &obj),
+                    Some("status") => csr::status_update(&old, &obj),
+                    _ => Ok(csr::main_update(&old, &obj)),
+                };
+                obj = match update {
+                    Ok(o) => o,
+                    Err(why) => return Ok(status(422, "Invalid", &why)),
+                };
+            } else if t.sub.as_deref() == Some("status") {
                 let mut merged = old.clone();
                 merged["status"] = obj["status"].clone();
                 obj = merged;
@@ -501,6 +547,17 @@ async fn route(state: &State, req: hyper::Request<hyper::body::Incoming>) -> Res
                 let Some(old) = state.etcd.get(&k).await? else { return Ok(not_found(kind, name)) };
                 let mut obj = old.clone();
                 merge_patch(&mut obj, &patch);
+                if kind.resource == "certificatesigningrequests" {
+                    let update = match t.sub.as_deref() {
+                        Some("approval") => csr::approval_update(&old, &obj),
+                        Some("status") => csr::status_update(&old, &obj),
+                        _ => Ok(csr::main_update(&old, &obj)),
+                    };
+                    obj = match update {
+                        Ok(o) => o,
+                        Err(why) => return Ok(status(422, "Invalid", &why)),
+                    };
+                }
                 stamp(&mut obj, kind, &api_version, ns, false);
                 if state.etcd.swap(&k, &old, &obj).await? {
                     return Ok(respond(200, obj));

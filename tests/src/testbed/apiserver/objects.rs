@@ -25,6 +25,15 @@ fn uid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// Five characters for a `generateName`, from the real generator's alphabet (no vowels, no
+/// look-alikes: `utilrand.String`, staging/src/k8s.io/apimachinery/pkg/util/rand/rand.go).
+pub(super) fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char).collect()
+}
+
 /// Whether an update carrying `obj` is refused with 409 Conflict: it names a resourceVersion
 /// other than the stored object's (optimistic concurrency, which the leader-election leases of
 /// `component::leader_lock` rely on); an update without one is not checked.
