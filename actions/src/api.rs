@@ -22,6 +22,21 @@ use crate::kubeadm::object;
 /// The annotation that restarts a workload's pods (upstream 9.4 uses `ca-rotation`).
 pub const ROTATION_ANNOTATION: &str = "kubeca.io/rotation";
 
+/// An issued certificate signing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCsr {
+    /// Its name.
+    pub name: String,
+    /// Who asked (`spec.username`).
+    pub requester: String,
+    /// `spec.signerName`.
+    pub signer: String,
+    /// When it was approved.
+    pub approved_at: String,
+    /// `status.certificate`, PEM.
+    pub certificate: String,
+}
+
 /// Why an API effect failed. Each names the object and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -499,6 +514,47 @@ impl ClusterApi {
         Ok(crate::edit::Kubeconfig::parse("cluster-info", &text)
             .ok()
             .and_then(|k| k.ca_data().ok().flatten()))
+    }
+
+    /// The certificate signing requests with a certificate whose approval is at or after
+    /// `since` (the controller-manager's cleaner keeps issued ones an hour after approval,
+    /// `pkg/controller/certificates/cleaner/cleaner.go`).
+    pub async fn issued_csrs_since(
+        &self,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<IssuedCsr>, ApiError> {
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(call("list certificatesigningrequests"))?;
+        let mut out = Vec::new();
+        for csr in list.items {
+            let Some(status) = csr.status else { continue };
+            let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) else { continue };
+            let conditions = status.conditions.unwrap_or_default();
+            let Some(approved) = conditions.iter().find(|c| c.type_ == "Approved") else {
+                continue;
+            };
+            let at = approved
+                .last_update_time
+                .as_ref()
+                .or(approved.last_transition_time.as_ref())
+                .map(|t| t.0)
+                .or(csr.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            if at.is_some_and(|t| t < since) {
+                continue;
+            }
+            out.push(IssuedCsr {
+                name: csr.metadata.name.unwrap_or_default(),
+                requester: csr.spec.username.unwrap_or_default(),
+                signer: csr.spec.signer_name,
+                approved_at: at.map(|t| t.to_string()).unwrap_or_else(|| "an unknown time".into()),
+                certificate: String::from_utf8_lossy(&cert.0).into_owned(),
+            });
+        }
+        Ok(out)
     }
 
     /// Pods started before `since` (they hold what they read at start in memory).

@@ -407,6 +407,19 @@ fn full_rotation(tb: &Testbed) {
     let sampler = CmdlineSampler::start();
     k.expect(&["init", "--inventory", &inventory(tb)], 0);
     k.expect(&["plan"], 0);
+    // A node's client certificate approved and signed by the old CA since the rotation began
+    // (a kubelet renewing before the switch, a node joining): the gate's check refuses it by
+    // name in verify; once the request is dealt with, `run` checks again and goes on.
+    let csr = node_client_request_signed(tb, "w-2");
+    let out = k.expect(&["run"], 1);
+    let said = text(&out);
+    assert!(
+        said.contains("step verify/client-certs")
+            && said.contains(&format!("certificate signing request {csr} of system:node:w-2"))
+            && said.contains("signed by the old CA"),
+        "the refusal must name the step and the request: {said}"
+    );
+    tb.kubectl_ok(&["delete", "csr", &csr]);
     k.expect(&["run"], 75); // the finalize gate
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
@@ -445,6 +458,52 @@ fn full_rotation(tb: &Testbed) {
     );
     assert!(pieces.len() > 10, "only {} keys found", pieces.len());
     assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
+}
+
+/// Makes `node`'s kubelet ask for a client certificate now, as its certificate manager does
+/// (a new P-256 key; `CN=system:node:<node>, O=system:nodes`; authenticated with its current
+/// certificate), with openssl and curl; waits until the controller-manager approved and signed
+/// it. The request's name.
+fn node_client_request_signed(tb: &Testbed, node: &str) -> String {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = format!(
+        "cd {} && umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+         -nodes -keyout key.pem -subj '/O=system:nodes/CN=system:node:{node}' -out req.pem",
+        d.display()
+    );
+    let out = sh(&keygen);
+    assert!(out.status.success(), "openssl req: {}", text(&out));
+    let req = std::fs::read(d.join("req.pem")).unwrap();
+    let body = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "csr-"},
+        "spec": {"signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                 "usages": ["digital signature", "client auth"],
+                 "request": base64::engine::general_purpose::STANDARD.encode(req)}});
+    std::fs::write(d.join("body.json"), body.to_string()).unwrap();
+    let pair = tb.host_path(node, "/var/lib/kubelet/pki/kubelet-client-current.pem");
+    let ca = tb.host_path("cp-1", "/etc/kubernetes/pki/ca.crt");
+    let post = format!(
+        "curl -sS --fail-with-body --cacert {} --cert {p} --key {p} -H 'Content-Type: \
+         application/json' --data @{}/body.json \
+         https://{}/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        ca.display(),
+        d.display(),
+        tb.subnet.lb_endpoint(),
+        p = pair.display(),
+    );
+    let out = sh(&post);
+    assert!(out.status.success(), "creating a CSR as {node}: {}", text(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = made["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(made["spec"]["username"], format!("system:node:{node}"), "{made}");
+    eventually("the controller-manager signs the node's request", Duration::from_secs(30), || {
+        let cert = tb.kubectl_ok(&["get", "csr", &name, "-o", "jsonpath={.status.certificate}"]);
+        !cert.trim().is_empty()
+    });
+    name
 }
 
 /// Tests 5 and 2: a window that closes mid-run pauses with exit 75 at a safe point; then

@@ -33,6 +33,7 @@ use crate::node::Node;
 use crate::trust::{self, Effect, Material, Topology};
 
 mod ca;
+mod client_certs;
 mod cluster_api;
 mod error;
 mod files;
@@ -264,6 +265,9 @@ pub enum Action {
     CheckEdges,
     /// List pods started before the switch (they hold the old CA in memory).
     ListStalePods,
+    /// The finalize gate's check: no kubelet's current client certificate and no certificate
+    /// approved since the rotation began is of the old CA.
+    CheckClientCerts,
     /// Remove files the rotation no longer needs (bundles, copies).
     RemoveFiles {
         /// The node.
@@ -395,6 +399,7 @@ impl Action {
             | Action::CheckLogs
             | Action::CheckEdges
             | Action::ListStalePods
+            | Action::CheckClientCerts
             | Action::RemoveFiles { .. } => Vec::new(),
             // What a restore brings back depends on the world before the rotation:
             // [`Action::rollback_effects`].
@@ -463,6 +468,7 @@ impl Action {
             | Action::CheckLogs
             | Action::CheckEdges
             | Action::ListStalePods
+            | Action::CheckClientCerts
             | Action::RestoreFiles { .. } => Vec::new(),
             Action::PutFiles { node, files, loaded_by } => {
                 files::put_files::undo(node, files, loaded_by, rank)
@@ -524,6 +530,7 @@ impl<N: Node> Rotation<N> {
             | Action::CheckLogs
             | Action::CheckEdges
             | Action::ListStalePods
+            | Action::CheckClientCerts
             | Action::RestoreFiles { .. } => Ok(None),
             Action::PutFiles { node, files, .. } => {
                 files::put_files::check(self, node, files).await
@@ -594,6 +601,7 @@ impl<N: Node> Rotation<N> {
             Action::CheckLogs => cluster_api::check_logs::apply(self).await,
             Action::CheckEdges => ca::check_edges::apply(self).await,
             Action::ListStalePods => cluster_api::list_stale_pods::apply(self).await,
+            Action::CheckClientCerts => client_certs::check_client_certs::apply(self).await,
             Action::RemoveFiles { node, paths, .. } => {
                 files::remove_files::apply(self, node, paths).await
             }

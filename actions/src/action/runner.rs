@@ -127,7 +127,7 @@ impl<N: Node> Rotation<N> {
         Ok(self.blobs.get(&digest)?)
     }
 
-    fn old_cert(&self, kind: CaKind) -> Result<String, Error> {
+    pub(super) fn old_cert(&self, kind: CaKind) -> Result<String, Error> {
         let o = self.outcome(new_ca_step(kind))?;
         Ok(text(self.blob(o.0.get(outcome::OLD_CERT).map(String::as_str).unwrap_or_default())?))
     }

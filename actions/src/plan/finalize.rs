@@ -24,6 +24,10 @@ const GATE_NOTE: &str = "Clients outside the cluster (CI systems, users' kubecon
 pub(super) fn steps(plan: &mut Builder, c: &Cluster) -> Result<(), ProcedureError> {
     plan.finalize_gate(GATE_NOTE);
     let mut p = plan.phase(Phase::Finalize);
+    // The gate refuses while a client certificate of the old CA is in use or was issued since
+    // the rotation began: days may pass between verify and the approval, and kubelets renew
+    // on their own.
+    p.step("finalize/client-certs", Upstream::Step12, Kind::Verify, Action::CheckClientCerts);
     canonical_ca(&mut p, c)?;
     // The controller-manager first: kube-root-ca.crt holds only the new CA before the pods
     // restart (12.1).
