@@ -342,10 +342,17 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
     let mut kubelet_kubeconfig = path::KUBELET_CONF.to_owned();
     let mut cert_dir = path::KUBELET_CERT_DIR.to_owned();
     let mut port_flag: Option<u16> = None;
+    let mut config_dir: Option<String> = None;
     let mut kubelet_installed = false;
-    for file in path::KUBELET_DROPINS.iter().chain([&path::KUBELET_FLAGS_ENV]) {
+    // In the order kubeadm's drop-in passes them (`ExecStart=… $KUBELET_KUBEADM_ARGS
+    // $KUBELET_EXTRA_ARGS`): a later flag wins, as in the kubelet's flag parsing.
+    let flag_files = path::KUBELET_DROPINS
+        .iter()
+        .chain([&path::KUBELET_FLAGS_ENV])
+        .chain(&path::KUBELET_EXTRA_ARGS_FILES);
+    for file in flag_files {
         if let Some(bytes) = node.read(file).await? {
-            kubelet_installed = true;
+            kubelet_installed |= !path::KUBELET_EXTRA_ARGS_FILES.contains(file);
             for line in text(bytes).lines() {
                 if let Some(v) = flag_in(line, "--config") {
                     kubelet_config = v;
@@ -359,37 +366,70 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
                 if let Some(v) = flag_in(line, "--port").and_then(|p| p.parse().ok()) {
                     port_flag = Some(v);
                 }
+                if let Some(v) = flag_in(line, "--config-dir") {
+                    config_dir = Some(v.trim_end_matches('/').to_owned());
+                }
             }
         }
     }
     let mut static_pod_path = path::STATIC_POD_PATH.to_owned();
     if let Some(bytes) = node.read(&kubelet_config).await? {
         let config = KubeletConfig::parse(&format!("{name}:{kubelet_config}"), &text(bytes))?;
-        if let Some(dir) = config_value(&config, "staticPodPath") {
+        // `--config-dir`: its `*.conf` files, in lexical order, override the config file field
+        // by field (`cmd/kubelet/app/server.go` `mergeKubeletConfigurations`).
+        let mut layers = vec![(kubelet_config.clone(), config)];
+        if let Some(dir) = &config_dir {
+            let mut files: Vec<String> = node
+                .list(dir)
+                .await?
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f.ends_with(".conf"))
+                .collect();
+            files.sort();
+            for f in files {
+                let p = format!("{dir}/{f}");
+                let Some(bytes) = node.read(&p).await? else { continue };
+                layers
+                    .push((p.clone(), KubeletConfig::parse(&format!("{name}:{p}"), &text(bytes))?));
+            }
+        }
+        // The value of the last layer that sets it, and that layer's file.
+        let last = |get: &dyn Fn(&KubeletConfig) -> Option<String>| {
+            layers.iter().rev().find_map(|(p, c)| get(c).map(|v| (p.clone(), v)))
+        };
+        if let Some((_, dir)) = last(&|c| config_value(c, "staticPodPath")) {
             static_pod_path = dir;
         }
-        let client_ca_file = config.client_ca_file();
+        let client_ca = last(&|c| c.client_ca_file());
+        // The file kubeca edits is the one whose clientCAFile the kubelet uses.
+        let config_file =
+            client_ca.as_ref().map(|(p, _)| p.clone()).unwrap_or_else(|| kubelet_config.clone());
+        let client_ca_file = client_ca.map(|(_, v)| v);
         if let Some(ca) = &client_ca_file {
             facts
                 .cert_files
                 .entry(ca.clone())
                 .or_default()
-                .push(format!("kubelet {kubelet_config} clientCAFile"));
+                .push(format!("kubelet {config_file} clientCAFile"));
         }
+        let rotates =
+            last(&|c| config_value(c, "rotateCertificates")).is_some_and(|(_, v)| v == "true");
         let rotating = format!("{cert_dir}/{}", path::KUBELET_CLIENT_CURRENT_FILE);
         let current = node.read(&rotating).await?.is_some();
         facts.kubelet = Some(KubeletFacts {
-            config: kubelet_config.clone(),
+            config: config_file,
             kubeconfig: kubelet_kubeconfig.clone(),
             client_ca_file,
-            rotates_client_cert: config.rotates_certificates() && current,
+            rotates_client_cert: rotates && current,
             static_pod_path: static_pod_path.clone(),
-            serving_cert: config_value(&config, "tlsCertFile")
+            serving_cert: last(&|c| config_value(c, "tlsCertFile"))
+                .map(|(_, v)| v)
                 .unwrap_or_else(|| format!("{cert_dir}/{}", path::KUBELET_SERVING_FILE)),
             // Until its kubeconfig is read below: the certificate it rotates.
             client_cert: rotating,
             port: port_flag
-                .or_else(|| config_value(&config, "port").and_then(|p| p.parse().ok()))
+                .or_else(|| last(&|c| config_value(c, "port")).and_then(|(_, p)| p.parse().ok()))
                 .unwrap_or(port::KUBELET),
             cert_dir,
         });
@@ -636,6 +676,56 @@ mod tests {
         assert_eq!(f.static_pods.keys().collect::<Vec<_>>(), ["kube-scheduler"]);
         assert!(f.kubeconfigs.contains_key("/etc/kubelet/sched.conf"));
         assert!(f.kubeconfigs.contains_key("/etc/kubelet/kubelet.conf"));
+    }
+
+    /// `--config-dir` drop-ins override the config file field by field, in lexical order, and
+    /// `KUBELET_EXTRA_ARGS` (`/etc/default/kubelet`) wins over `kubeadm-flags.env`; kubeca then
+    /// edits the drop-in whose `clientCAFile` the kubelet uses.
+    #[tokio::test]
+    async fn kubelet_drop_ins_and_extra_args_win_in_the_kubelets_own_order() {
+        let (dir, node) = control_plane();
+        let r = dir.path();
+        put(
+            r,
+            "/var/lib/kubelet/kubeadm-flags.env",
+            "KUBELET_KUBEADM_ARGS=\"--port=10251 --config-dir=/etc/kubelet.d\"\n",
+        );
+        put(
+            r,
+            "/etc/default/kubelet",
+            "KUBELET_EXTRA_ARGS=\"--port=10252 --config-dir=/etc/kubernetes/kubelet.conf.d\"\n",
+        );
+        let d = "/etc/kubernetes/kubelet.conf.d";
+        let doc = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+        put(
+            r,
+            &format!("{d}/10-ca.conf"),
+            &format!(
+                "{doc}authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/first.crt\n"
+            ),
+        );
+        put(
+            r,
+            &format!("{d}/20-ca.conf"),
+            &format!(
+                "{doc}authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/kubelet-ca.crt\nstaticPodPath: /etc/kubernetes/pods\n"
+            ),
+        );
+        put(
+            r,
+            &format!("{d}/30-serving.conf"),
+            &format!(
+                "{doc}tlsCertFile: /etc/kubernetes/pki/kubelet.crt\nrotateCertificates: false\n"
+            ),
+        );
+        put(r, &format!("{d}/99-ignored.yaml"), &format!("{doc}port: 1\n"));
+        let k = discover(&node).await.unwrap().kubelet.unwrap();
+        assert_eq!(k.config, format!("{d}/20-ca.conf"), "the drop-in that sets clientCAFile last");
+        assert_eq!(k.client_ca_file.as_deref(), Some("/etc/kubernetes/pki/kubelet-ca.crt"));
+        assert_eq!(k.static_pod_path, "/etc/kubernetes/pods");
+        assert_eq!(k.serving_cert, "/etc/kubernetes/pki/kubelet.crt");
+        assert!(!k.rotates_client_cert, "a drop-in turned rotation off");
+        assert_eq!(k.port, 10252, "KUBELET_EXTRA_ARGS is passed last");
     }
 
     #[tokio::test]

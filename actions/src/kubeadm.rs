@@ -80,6 +80,11 @@ pub mod path {
         "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
         "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
     ];
+    /// The files of `KUBELET_EXTRA_ARGS`, which kubeadm's drop-in passes last (so its flags win):
+    /// `EnvironmentFile=-/etc/default/kubelet` (deb) and `-/etc/sysconfig/kubelet` (rpm), in
+    /// kubernetes/release `cmd/krel/templates/latest/kubeadm/10-kubeadm.conf`.
+    pub const KUBELET_EXTRA_ARGS_FILES: [&str; 2] =
+        ["/etc/default/kubelet", "/etc/sysconfig/kubelet"];
     /// The kubelet's certificate directory (`--cert-dir`).
     pub const KUBELET_CERT_DIR: &str = "/var/lib/kubelet/pki";
     /// The kubelet's rotating client certificate, in its certificate directory.

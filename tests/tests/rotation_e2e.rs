@@ -421,8 +421,30 @@ fn full_rotation(tb: &Testbed) {
     );
     tb.kubectl_ok(&["delete", "csr", &csr]);
     k.expect(&["run"], 75); // the finalize gate
+    let drop_in = "/etc/kubernetes/kubelet.conf.d/50-client-ca.conf";
+    let client_ca = |node: &str, file: &str| {
+        let text = std::fs::read_to_string(tb.host_path(node, file)).unwrap();
+        let line = text.lines().find(|l| l.trim_start().starts_with("clientCAFile:")).unwrap();
+        line.trim_start().trim_start_matches("clientCAFile:").trim().to_string()
+    };
+    if tb.profile.kubelet_config_dir() {
+        // The kubelet takes clientCAFile from its --config-dir drop-in: kubeca edited that one
+        // (to both CAs) and left config.yaml, which the drop-in overrides, alone.
+        for (node, _, _) in &tb.nodes {
+            let named = client_ca(node, drop_in);
+            let bundle = std::fs::read_to_string(tb.host_path(node, &named)).unwrap();
+            assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{node}: {named}");
+            let base = client_ca(node, "/var/lib/kubelet/config.yaml");
+            assert_eq!(base, "/etc/kubernetes/pki/ca.crt", "{node}: config.yaml untouched");
+        }
+    }
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
+    if tb.profile.kubelet_config_dir() {
+        for (node, _, _) in &tb.nodes {
+            assert_eq!(client_ca(node, drop_in), "/etc/kubernetes/pki/ca.crt", "{node}");
+        }
+    }
     let wall = started_at.elapsed().as_secs_f64();
     let (cmdlines, rounds) = sampler.stop();
     let (handshakes, failures, report) = tb.report_since(&since);

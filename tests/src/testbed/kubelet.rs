@@ -63,6 +63,8 @@ pub struct Flags {
     /// `--cert-dir`, `/var/lib/kubelet/pki` by default: where it keeps the certificates it
     /// rotates.
     pub cert_dir: PathBuf,
+    /// `--config-dir`: drop-ins that override `--config` field by field.
+    pub config_dir: Option<PathBuf>,
 }
 
 impl Flags {
@@ -73,6 +75,7 @@ impl Flags {
         let mut hostname = std::env::var("KUBECA_TESTBED_NODE").ok();
         let mut client_ca_file = None;
         let mut cert_dir = PathBuf::from("/var/lib/kubelet/pki");
+        let mut config_dir = None;
         for a in args {
             let Some((k, v)) = a.split_once('=') else {
                 bail!("kubelet: flags are --name=value, got {a:?}");
@@ -84,6 +87,7 @@ impl Flags {
                 "--hostname-override" => hostname = Some(v.to_string()),
                 "--client-ca-file" => client_ca_file = Some(PathBuf::from(v)),
                 "--cert-dir" => cert_dir = PathBuf::from(v),
+                "--config-dir" => config_dir = Some(PathBuf::from(v)),
                 // Flags of kubeadm-flags.env that mean nothing here.
                 _ => {}
             }
@@ -95,6 +99,7 @@ impl Flags {
             hostname: hostname.context("kubelet: --hostname-override is required")?,
             client_ca_file,
             cert_dir,
+            config_dir,
         })
     }
 }
@@ -129,12 +134,34 @@ pub struct KubeletConfig {
 }
 
 impl KubeletConfig {
-    /// Reads a KubeletConfiguration file.
-    pub fn load(path: &Path) -> Result<KubeletConfig> {
+    /// Reads a KubeletConfiguration file and the `*.conf` drop-ins of `config_dir`, which
+    /// override it field by field in lexical order (`cmd/kubelet/app/server.go`:
+    /// `mergeKubeletConfigurations` over the files `--config-dir` holds with the `.conf`
+    /// suffix; each must be a KubeletConfiguration).
+    pub fn load(path: &Path, config_dir: Option<&Path>) -> Result<KubeletConfig> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: Value = serde_yaml_ng::from_str(&text)
+        let mut merged: serde_json::Value = serde_yaml_ng::from_str(&text)
             .with_context(|| format!("{} is not YAML", path.display()))?;
+        if let Some(dir) = config_dir {
+            let mut files: Vec<PathBuf> = fs::read_dir(dir)
+                .with_context(|| format!("reading --config-dir {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .collect();
+            files.sort();
+            for f in files {
+                let text =
+                    fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                let drop_in: serde_json::Value = serde_yaml_ng::from_str(&text)
+                    .with_context(|| format!("{} is not YAML", f.display()))?;
+                if drop_in["kind"] != "KubeletConfiguration" {
+                    bail!("{}: a drop-in must be a KubeletConfiguration", f.display());
+                }
+                super::apiserver::merge_patch(&mut merged, &drop_in);
+            }
+        }
+        let v: Value = serde_yaml_ng::to_value(&merged).context("the merged configuration")?;
         let s = |key: &str| v.get(key).and_then(Value::as_str).map(String::from);
         let client_ca = v
             .get("authentication")
@@ -197,7 +224,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args)?;
-    let mut config = KubeletConfig::load(&flags.config)?;
+    let mut config = KubeletConfig::load(&flags.config, flags.config_dir.as_deref())?;
     if let Some(flag) = &flags.client_ca_file {
         eprintln!(
             "kubelet: --client-ca-file={} overrides clientCAFile {} of {}",
@@ -909,6 +936,39 @@ pub fn container_log(ns_pod_container: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_ins_of_the_config_dir_override_the_config_file_in_lexical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("config.yaml");
+        let doc = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+        fs::write(&base, format!("{doc}authentication:\n  x509:\n    clientCAFile: /a.crt\n  anonymous:\n    enabled: true\nport: 10250\nrotateCertificates: true\n")).unwrap();
+        let d = dir.path().join("conf.d");
+        fs::create_dir(&d).unwrap();
+        fs::write(
+            d.join("20-b.conf"),
+            format!("{doc}authentication:\n  x509:\n    clientCAFile: /b.crt\n"),
+        )
+        .unwrap();
+        fs::write(
+            d.join("10-a.conf"),
+            format!("{doc}authentication:\n  x509:\n    clientCAFile: /first.crt\nport: 10260\n"),
+        )
+        .unwrap();
+        fs::write(d.join("30-c.yaml"), format!("{doc}port: 1\n")).unwrap();
+        let c = KubeletConfig::load(&base, Some(&d)).unwrap();
+        assert_eq!(c.client_ca_file, PathBuf::from("/b.crt"), "the last drop-in wins");
+        assert!(c.anonymous, "fields no drop-in sets stay (a merge, not a replacement)");
+        assert_eq!(c.port, 10260, "only *.conf files count");
+        assert!(c.rotate_certificates);
+        assert_eq!(
+            KubeletConfig::load(&base, None).unwrap().client_ca_file,
+            PathBuf::from("/a.crt")
+        );
+        fs::write(d.join("40-bad.conf"), "port: 2\n").unwrap();
+        let err = KubeletConfig::load(&base, Some(&d)).unwrap_err();
+        assert!(format!("{err:#}").contains("must be a KubeletConfiguration"), "{err:#}");
+    }
 
     #[test]
     fn images_map_to_programs() {

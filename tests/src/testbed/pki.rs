@@ -296,11 +296,25 @@ fn node_files(
     let kubelet_conf = kubeconfig_files(&read(&ca.0)?, &lb_server);
     write_secret(&etc.join("kubelet.conf"), kubelet_conf.as_bytes())?;
     write(&kubelet_dir.join("config.yaml"), kubelet_config().as_bytes())?;
+    // The custom profile moves clientCAFile into a drop-in of `--config-dir`, which wins over
+    // config.yaml: kubeca must edit the drop-in, not config.yaml.
+    let config_dir = if profile.kubelet_config_dir() {
+        let d = etc.join("kubelet.conf.d");
+        fs::create_dir_all(&d)?;
+        write(
+            &d.join("50-client-ca.conf"),
+            b"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+              authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n",
+        )?;
+        " --config-dir=/etc/kubernetes/kubelet.conf.d"
+    } else {
+        ""
+    };
     write(
         &kubelet_dir.join("kubeadm-flags.env"),
         format!(
             "KUBELET_KUBEADM_ARGS=\"--node-ip={addr} --hostname-override={} \
-             --pod-infra-container-image=registry.k8s.io/pause:3.9\"\n",
+             --pod-infra-container-image=registry.k8s.io/pause:3.9{config_dir}\"\n",
             node.name
         )
         .as_bytes(),

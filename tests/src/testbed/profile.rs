@@ -29,6 +29,12 @@ impl Profile {
         self == Profile::Custom
     }
 
+    /// The kubelet takes `clientCAFile` from a `--config-dir` drop-in
+    /// (`/etc/kubernetes/kubelet.conf.d/50-client-ca.conf`), which overrides its config file.
+    pub fn kubelet_config_dir(self) -> bool {
+        self == Profile::Custom
+    }
+
     /// The profile named in `up`'s arguments (`--profile=NAME` or `--profile NAME`), else the
     /// default.
     pub fn from_args(args: &[&str]) -> Profile {
