@@ -129,11 +129,8 @@ pub fn sign_request(
 ) -> Result<String> {
     let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(|e| anyhow!("the request does not parse or its signature is wrong: {e}"))?;
-    let ca_der = x509_parser::pem::Pem::iter_from_buffer(ca_cert_pem.as_bytes())
-        .filter_map(Result::ok)
-        .find(|p| p.label == "CERTIFICATE")
-        .ok_or_else(|| anyhow!("the signing certificate holds no CERTIFICATE"))?
-        .contents;
+    let ca_der = pem_block(ca_cert_pem, "CERTIFICATE")
+        .ok_or_else(|| anyhow!("the signing certificate holds no CERTIFICATE"))?;
     let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
         .map_err(|e| anyhow!("the signing certificate does not parse: {e}"))?;
     let ca_until = Timestamp::from_second(ca.validity().not_after.timestamp())?;
@@ -170,6 +167,15 @@ pub fn sign_request(
         .map_err(|e| anyhow!("the signing certificate: {e}"))?;
     let cert = req.signed_by(&issuer).context("signing the request")?;
     Ok(cert.pem())
+}
+
+/// The DER of the first block labelled `label` (`CERTIFICATE`, `CERTIFICATE REQUEST`) of a
+/// PEM text.
+pub fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .find(|p| p.label == label)
+        .map(|p| p.contents)
 }
 
 /// A name value as Go's `encoding/asn1` writes a string: PrintableString when it can.

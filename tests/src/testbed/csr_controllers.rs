@@ -88,11 +88,8 @@ struct Parsed {
 }
 
 fn parse(csr_pem: &str) -> Result<Parsed> {
-    let der = x509_parser::pem::Pem::iter_from_buffer(csr_pem.as_bytes())
-        .filter_map(std::result::Result::ok)
-        .find(|p| p.label == "CERTIFICATE REQUEST")
-        .ok_or_else(|| anyhow!("PEM block type must be CERTIFICATE REQUEST"))?
-        .contents;
+    let der = certutil::pem_block(csr_pem, "CERTIFICATE REQUEST")
+        .ok_or_else(|| anyhow!("PEM block type must be CERTIFICATE REQUEST"))?;
     let (_, req) = X509CertificationRequest::from_der(&der)
         .map_err(|e| anyhow!("the request does not parse: {e}"))?;
     let subject = &req.certification_request_info.subject;

@@ -47,11 +47,8 @@ pub fn current_path(cert_dir: &Path) -> PathBuf {
 /// When the certificate `pem` is to be rotated: `fraction` (drawn in [0.7, 0.9)) of the way
 /// through its validity, or `now` when it is expired or its subject is not the template's.
 pub fn deadline(pem: &str, node: &str, fraction: f64, now: Timestamp) -> Result<Timestamp> {
-    let der = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-        .filter_map(std::result::Result::ok)
-        .find(|p| p.label == "CERTIFICATE")
-        .ok_or_else(|| anyhow!("no CERTIFICATE in it"))?
-        .contents;
+    let der =
+        certutil::pem_block(pem, "CERTIFICATE").ok_or_else(|| anyhow!("no CERTIFICATE in it"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow!("the certificate does not parse: {e}"))?;
     let from = Timestamp::from_second(cert.validity().not_before.timestamp())?;

@@ -120,6 +120,16 @@ pub fn status_update(old: &Value, new: &Value) -> Result<Value, String> {
     Ok(out)
 }
 
+/// The object to store for an update of `new` over `old` through `sub` (`approval`, `status`,
+/// or the main resource), or why it is invalid (422).
+pub fn update(sub: Option<&str>, old: &Value, new: &Value) -> Result<Value, String> {
+    match sub {
+        Some("approval") => approval_update(old, new),
+        Some("status") => status_update(old, new),
+        _ => Ok(main_update(old, new)),
+    }
+}
+
 /// The object to store for a plain `PUT` of `new` over `old`: metadata only.
 pub fn main_update(old: &Value, new: &Value) -> Value {
     let mut out = old.clone();

@@ -515,12 +515,7 @@ async fn route(
                 return Ok(conflict());
             }
             if kind.resource == "certificatesigningrequests" {
-                let update = match t.sub.as_deref() {
-                    Some("approval") => csr::approval_update(&old, &obj),
-                    Some("status") => csr::status_update(&old, &obj),
-                    _ => Ok(csr::main_update(&old, &obj)),
-                };
-                obj = match update {
+                obj = match csr::update(t.sub.as_deref(), &old, &obj) {
                     Ok(o) => o,
                     Err(why) => return Ok(status(422, "Invalid", &why)),
                 };
@@ -548,12 +543,7 @@ async fn route(
                 let mut obj = old.clone();
                 merge_patch(&mut obj, &patch);
                 if kind.resource == "certificatesigningrequests" {
-                    let update = match t.sub.as_deref() {
-                        Some("approval") => csr::approval_update(&old, &obj),
-                        Some("status") => csr::status_update(&old, &obj),
-                        _ => Ok(csr::main_update(&old, &obj)),
-                    };
-                    obj = match update {
+                    obj = match csr::update(t.sub.as_deref(), &old, &obj) {
                         Ok(o) => o,
                         Err(why) => return Ok(status(422, "Invalid", &why)),
                     };
