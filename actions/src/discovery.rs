@@ -163,7 +163,8 @@ pub struct KubeconfigFacts {
 /// What the kubelet on a node loads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KubeletFacts {
-    /// Its config file.
+    /// The config file kubeca edits: the one that sets its `clientCAFile` last (its `--config`,
+    /// or the `--config-dir` drop-in that overrides it).
     pub config: String,
     /// Its kubeconfig.
     pub kubeconfig: String,

@@ -648,7 +648,7 @@ pub struct SchedulerLayout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KubeletLayout {
-    /// Its config file (`--config`).
+    /// Its config file that sets `clientCAFile` (`--config`, or a `--config-dir` drop-in).
     pub config: String,
     /// Its kubeconfig (`--kubeconfig`).
     pub kubeconfig: String,

@@ -588,9 +588,14 @@ fn window_and_kills(tb: &Testbed, rng: &mut Rng) {
         runs += 1;
         assert!(runs < 30, "the rotation did not complete after {runs} runs");
         let (status, killed) = match targets.first().cloned() {
-            Some((id, delay)) => {
-                k.run_killed_when(&["run"], |v| started(v, |s| s == id).then_some(delay))
-            }
+            // At the target's start, or at the first start after it: a kill whose delay ran
+            // past the next target's start may have let that step finish, and a finished step
+            // does not start again.
+            Some((id, delay)) => k.run_killed_when(&["run"], |v| {
+                let at_or_after =
+                    |s: &str| steps.iter().position(|x| x.0 == s).is_some_and(|i| i >= index(&id));
+                started(v, at_or_after).then_some(delay)
+            }),
             None => (k.run(&["run"]).status, false),
         };
         if killed {
