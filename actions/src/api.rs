@@ -79,6 +79,59 @@ fn call(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApiError {
     move |source| ApiError::Call { what, source }
 }
 
+/// Where a kubeconfig keeps a client certificate or key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Inline (`client-certificate-data`, `client-key-data`), decoded: PEM.
+    Data(String),
+    /// In a file (`client-certificate`, `client-key`), as named.
+    File(String),
+}
+
+/// The client certificate and key of a kubeconfig's current context (`origin` names it in
+/// errors), or None when its user authenticates otherwise (a token, an exec plugin).
+pub fn client_credentials(
+    origin: &str,
+    text: &str,
+) -> Result<Option<(Credential, Credential)>, ApiError> {
+    use base64::Engine as _;
+    let fail = |detail: String| ApiError::Config { path: origin.to_owned(), detail };
+    let kc = Kubeconfig::from_yaml(text).map_err(|e| fail(e.to_string()))?;
+    let context = kc
+        .current_context
+        .as_ref()
+        .and_then(|c| kc.contexts.iter().find(|x| &x.name == c))
+        .and_then(|c| c.context.as_ref())
+        .ok_or_else(|| fail("its current-context names no context".into()))?;
+    let Some(user) = context.user.as_ref() else { return Ok(None) };
+    let auth = kc
+        .auth_infos
+        .iter()
+        .find(|a| &a.name == user)
+        .and_then(|a| a.auth_info.as_ref())
+        .ok_or_else(|| fail(format!("its context names user {user:?}, which it does not hold")))?;
+    let decode = |what: &str, b64: &str| -> Result<String, ApiError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| fail(format!("user {user:?}: {what} is not base64: {e}")))?;
+        String::from_utf8(bytes).map_err(|_| fail(format!("user {user:?}: {what} is not PEM")))
+    };
+    use secrecy::ExposeSecret as _;
+    let cert = match (&auth.client_certificate_data, &auth.client_certificate) {
+        (Some(d), _) => Credential::Data(decode("client-certificate-data", d)?),
+        (None, Some(f)) => Credential::File(f.clone()),
+        (None, None) => return Ok(None),
+    };
+    let key = match (&auth.client_key_data, &auth.client_key) {
+        (Some(d), _) => Credential::Data(decode("client-key-data", d.expose_secret())?),
+        (None, Some(f)) => Credential::File(f.clone()),
+        (None, None) => {
+            return Err(fail(format!("user {user:?} has a client certificate but no key")));
+        }
+    };
+    Ok(Some((cert, key)))
+}
+
 /// The cluster's API, as the operator's admin.
 #[derive(Clone)]
 pub struct ClusterApi {
@@ -638,6 +691,40 @@ fn cert_set(pem: &str) -> std::collections::BTreeSet<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_kubeconfigs_client_credentials_are_read_inline_or_as_files_and_a_token_has_none() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kc = |user: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+                 https://10.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    \
+                 user: u\ncurrent-context: x\nusers:\n- name: u\n  user:\n{user}"
+            )
+        };
+        let inline = kc(&format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64("CERT PEM"),
+            b64("KEY PEM")
+        ));
+        assert_eq!(
+            client_credentials("admin.conf", &inline).unwrap(),
+            Some((Credential::Data("CERT PEM".into()), Credential::Data("KEY PEM".into())))
+        );
+        let files = kc("    client-certificate: pki/admin.crt\n    client-key: /k/admin.key\n");
+        assert_eq!(
+            client_credentials("admin.conf", &files).unwrap(),
+            Some((
+                Credential::File("pki/admin.crt".into()),
+                Credential::File("/k/admin.key".into())
+            ))
+        );
+        assert_eq!(client_credentials("admin.conf", &kc("    token: abc\n")).unwrap(), None);
+        let keyless = kc(&format!("    client-certificate-data: {}\n", b64("CERT PEM")));
+        let e = client_credentials("admin.conf", &keyless).unwrap_err().to_string();
+        assert!(e.contains("admin.conf") && e.contains("no key"), "{e}");
+    }
+
     use super::*;
 
     #[test]

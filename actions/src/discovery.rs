@@ -74,6 +74,21 @@ pub enum DiscoveryError {
         /// What names it.
         by: String,
     },
+    /// The kubelet's `--client-ca-file` is set in its systemd unit.
+    #[error(
+        "node {node}: the kubelet's --client-ca-file is set in its systemd unit drop-in {file}; \
+         kubeca edits it only where the unit reads it at every start without a daemon-reload \
+         ({flags_env}, or KUBELET_EXTRA_ARGS in /etc/default/kubelet or /etc/sysconfig/kubelet): \
+         move the flag there, or into authentication.x509.clientCAFile of the kubelet's config, \
+         then run init again",
+        flags_env = path::KUBELET_FLAGS_ENV
+    )]
+    KubeletFlagInUnit {
+        /// The node.
+        node: String,
+        /// The drop-in.
+        file: String,
+    },
     /// A static pod kubeca does not rotate mounts a kubeconfig kubeca rewrites.
     #[error(
         "node {node}: the static pod {manifest} ({image}) mounts {mounted}, and kubeca rewrites \
@@ -163,12 +178,14 @@ pub struct KubeconfigFacts {
 /// What the kubelet on a node loads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KubeletFacts {
-    /// The config file kubeca edits: the one that sets its `clientCAFile` last (its `--config`,
-    /// or the `--config-dir` drop-in that overrides it).
+    /// The file kubeca edits for its client CA: the flags file that sets `--client-ca-file`
+    /// last (kubeadm-flags.env, /etc/default/kubelet, /etc/sysconfig/kubelet), else the config
+    /// that sets its `clientCAFile` last (its `--config`, or the `--config-dir` drop-in that
+    /// overrides it).
     pub config: String,
     /// Its kubeconfig.
     pub kubeconfig: String,
-    /// `authentication.x509.clientCAFile`.
+    /// Its client CA file: `--client-ca-file`, else `authentication.x509.clientCAFile`.
     pub client_ca_file: Option<String>,
     /// `rotateCertificates: true` and a `kubelet-client-current.pem` present: the kubelet renews
     /// its own client certificate, so kubeca does not re-issue it (upstream step 9.2).
@@ -344,6 +361,8 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
     let mut cert_dir = path::KUBELET_CERT_DIR.to_owned();
     let mut port_flag: Option<u16> = None;
     let mut config_dir: Option<String> = None;
+    // (file, value) of the last `--client-ca-file`, which wins over every config layer.
+    let mut client_ca_flag: Option<(String, String)> = None;
     let mut kubelet_installed = false;
     // In the order kubeadm's drop-in passes them (`ExecStart=… $KUBELET_KUBEADM_ARGS
     // $KUBELET_EXTRA_ARGS`): a later flag wins, as in the kubelet's flag parsing.
@@ -354,7 +373,11 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
     for file in flag_files {
         if let Some(bytes) = node.read(file).await? {
             kubelet_installed |= !path::KUBELET_EXTRA_ARGS_FILES.contains(file);
-            for line in text(bytes).lines() {
+            // `#` and `;` lines are comments, in a unit file as in an environment file.
+            for line in text(bytes).lines().filter(|l| !l.trim_start().starts_with(['#', ';'])) {
+                if let Some(v) = flag_in(line, "--client-ca-file") {
+                    client_ca_flag = Some(((*file).to_owned(), v));
+                }
                 if let Some(v) = flag_in(line, "--config") {
                     kubelet_config = v;
                 }
@@ -402,8 +425,19 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
         if let Some((_, dir)) = last(&|c| config_value(c, "staticPodPath")) {
             static_pod_path = dir;
         }
-        let client_ca = last(&|c| c.client_ca_file());
-        // The file kubeca edits is the one whose clientCAFile the kubelet uses.
+        // A `--client-ca-file` flag wins over every layer (the kubelet applies its flags last);
+        // kubeca edits it where it is, in an environment file the unit reads at every start. In
+        // the unit's own drop-in an edit would need a daemon-reload, which kubeca does not make.
+        if let Some((file, _)) = &client_ca_flag
+            && !path::kubelet_flag_env_file(file)
+        {
+            return Err(DiscoveryError::KubeletFlagInUnit { node: name, file: file.clone() });
+        }
+        let (client_ca, by) = match client_ca_flag {
+            Some(flag) => (Some(flag), "--client-ca-file"),
+            None => (last(&|c| c.client_ca_file()), "clientCAFile"),
+        };
+        // The file kubeca edits is the one whose client CA the kubelet uses.
         let config_file =
             client_ca.as_ref().map(|(p, _)| p.clone()).unwrap_or_else(|| kubelet_config.clone());
         let client_ca_file = client_ca.map(|(_, v)| v);
@@ -412,7 +446,7 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
                 .cert_files
                 .entry(ca.clone())
                 .or_default()
-                .push(format!("kubelet {config_file} clientCAFile"));
+                .push(format!("kubelet {config_file} {by}"));
         }
         let rotates =
             last(&|c| config_value(c, "rotateCertificates")).is_some_and(|(_, v)| v == "true");
@@ -727,6 +761,34 @@ mod tests {
         assert_eq!(k.serving_cert, "/etc/kubernetes/pki/kubelet.crt");
         assert!(!k.rotates_client_cert, "a drop-in turned rotation off");
         assert_eq!(k.port, 10252, "KUBELET_EXTRA_ARGS is passed last");
+
+        // A --client-ca-file flag wins over every config layer, and is what kubeca edits; a
+        // commented one counts for nothing.
+        put(
+            r,
+            "/etc/default/kubelet",
+            "# KUBELET_EXTRA_ARGS=--client-ca-file=/old.crt\nKUBELET_EXTRA_ARGS=\"--port=10252 \
+             --config-dir=/etc/kubernetes/kubelet.conf.d --client-ca-file=/etc/kubernetes/pki/flag-ca.crt\"\n",
+        );
+        let f = discover(&node).await.unwrap();
+        let k = f.kubelet.unwrap();
+        assert_eq!(k.config, "/etc/default/kubelet", "the flags file is what sets it");
+        assert_eq!(k.client_ca_file.as_deref(), Some("/etc/kubernetes/pki/flag-ca.crt"));
+        assert_eq!(
+            f.cert_files["/etc/kubernetes/pki/flag-ca.crt"],
+            ["kubelet /etc/default/kubelet --client-ca-file"]
+        );
+        // In the unit's own drop-in, an edit would need a daemon-reload: refused, naming it.
+        let unit = "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf";
+        put(
+            r,
+            unit,
+            "[Service]\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml \
+             --client-ca-file=/etc/kubernetes/pki/ca.crt\"\n",
+        );
+        std::fs::remove_file(r.join("etc/default/kubelet")).unwrap();
+        let e = discover(&node).await.unwrap_err().to_string();
+        assert!(e.contains("node cp-1") && e.contains(unit) && e.contains("daemon-reload"), "{e}");
     }
 
     #[tokio::test]

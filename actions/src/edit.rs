@@ -317,6 +317,139 @@ impl Kubeconfig {
     }
 }
 
+/// The kubelet's flags in an environment file its unit reads at every start: kubeadm's
+/// `/var/lib/kubelet/kubeadm-flags.env` (`KUBELET_KUBEADM_ARGS`), `/etc/default/kubelet` or
+/// `/etc/sysconfig/kubelet` (`KUBELET_EXTRA_ARGS`). A flag there wins over the config file, so
+/// where one sets `--client-ca-file`, that is what kubeca edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletFlags {
+    file: String,
+    lines: Vec<String>,
+}
+
+/// Whether an environment file's line is a comment (`#` or `;` first: systemd.exec(5),
+/// `EnvironmentFile=`), whose flags count for nothing.
+fn env_comment(line: &str) -> bool {
+    matches!(line.trim_start().chars().next(), Some('#' | ';'))
+}
+
+/// Where each `--client-ca-file=VALUE` of a line starts its value, and where it ends (a
+/// whitespace or a quote): at a word's start or after an assignment's `=`, as in
+/// `KUBELET_EXTRA_ARGS="--client-ca-file=/etc/kubernetes/pki/ca.crt"`.
+fn flag_values(line: &str, flag: &str) -> Vec<(usize, usize)> {
+    let needle = format!("{flag}=");
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = line[from..].find(&needle).map(|i| i + from) {
+        let before = line[..at].chars().next_back();
+        let start = at + needle.len();
+        from = start;
+        if !before.is_none_or(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '=') {
+            continue;
+        }
+        let end = line[start..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .map_or(line.len(), |i| i + start);
+        out.push((start, end));
+    }
+    out
+}
+
+impl KubeletFlags {
+    /// `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> KubeletFlags {
+        KubeletFlags { file: file.to_owned(), lines: lines_of(text) }
+    }
+
+    /// The text, with every untouched line exactly as read.
+    pub fn text(&self) -> String {
+        self.lines.concat()
+    }
+
+    /// The last `--client-ca-file` (the kubelet takes the last of a repeated flag).
+    pub fn client_ca_file(&self) -> Option<String> {
+        self.lines.iter().rev().filter(|l| !env_comment(l)).find_map(|l| {
+            let (body, _) = split_eol(l);
+            flag_values(body, "--client-ca-file").last().map(|(a, b)| body[*a..*b].to_owned())
+        })
+    }
+
+    /// Sets every `--client-ca-file=` value, which must be present. Returns whether the text
+    /// changed.
+    pub fn set_client_ca_file(&mut self, path: &str) -> Result<bool, EditError> {
+        if path.is_empty() || path.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+            return Err(shape(&self.file, format!("{path:?} cannot be a flag value here")));
+        }
+        let mut found = false;
+        let mut changed = false;
+        for line in self.lines.iter_mut().filter(|l| !env_comment(l)) {
+            let (body, eol) = split_eol(line);
+            let spans = flag_values(body, "--client-ca-file");
+            if spans.is_empty() {
+                continue;
+            }
+            found = true;
+            let mut out = body.to_owned();
+            for (a, b) in spans.into_iter().rev() {
+                if out[a..b] != *path {
+                    out.replace_range(a..b, path);
+                    changed = true;
+                }
+            }
+            *line = format!("{out}{eol}");
+        }
+        if !found {
+            return Err(shape(&self.file, "no --client-ca-file=PATH to replace"));
+        }
+        Ok(changed)
+    }
+}
+
+/// The file that sets the kubelet's client CA: a config file (or `--config-dir` drop-in), or a
+/// flags file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeletSettings {
+    /// `authentication.x509.clientCAFile`.
+    Config(KubeletConfig),
+    /// `--client-ca-file`.
+    Flags(KubeletFlags),
+}
+
+impl KubeletSettings {
+    /// The file at `path` (one of the kubelet's flag files, else a config), read from `text`.
+    pub fn parse(path: &str, text: &str) -> Result<KubeletSettings, EditError> {
+        if crate::kubeadm::path::kubelet_flag_env_file(path) {
+            Ok(KubeletSettings::Flags(KubeletFlags::parse(path, text)))
+        } else {
+            KubeletConfig::parse(path, text).map(KubeletSettings::Config)
+        }
+    }
+
+    /// The client CA file it names.
+    pub fn client_ca_file(&self) -> Option<String> {
+        match self {
+            KubeletSettings::Config(c) => c.client_ca_file(),
+            KubeletSettings::Flags(f) => f.client_ca_file(),
+        }
+    }
+
+    /// Names `path` as the client CA file; whether the text changed.
+    pub fn set_client_ca_file(&mut self, path: &str) -> Result<bool, EditError> {
+        match self {
+            KubeletSettings::Config(c) => c.set_client_ca_file(path),
+            KubeletSettings::Flags(f) => f.set_client_ca_file(path),
+        }
+    }
+
+    /// The text.
+    pub fn text(&self) -> String {
+        match self {
+            KubeletSettings::Config(c) => c.text(),
+            KubeletSettings::Flags(f) => f.text(),
+        }
+    }
+}
+
 /// The kubelet's config file (`/var/lib/kubelet/config.yaml`, a KubeletConfiguration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeletConfig {
@@ -392,6 +525,29 @@ impl KubeletConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kubelet_flags_in_an_environment_file_are_read_and_set_in_place() {
+        let text = "# comment --client-ca-file=/nope is not a flag\nKUBELET_EXTRA_ARGS=\"--v=2 \
+                    --client-ca-file=/etc/kubernetes/pki/ca.crt --node-labels=a=b\"\n";
+        let mut f = KubeletFlags::parse("w-1:/etc/default/kubelet", text);
+        assert_eq!(f.client_ca_file().as_deref(), Some("/etc/kubernetes/pki/ca.crt"));
+        assert!(f.set_client_ca_file("/etc/kubernetes/pki/ca-bundle.crt").unwrap());
+        assert_eq!(
+            f.text(),
+            text.replace(
+                "--client-ca-file=/etc/kubernetes/pki/ca.crt",
+                "--client-ca-file=/etc/kubernetes/pki/ca-bundle.crt"
+            ),
+            "the flag's value, and nothing else (the comment neither)"
+        );
+        assert!(!f.set_client_ca_file("/etc/kubernetes/pki/ca-bundle.crt").unwrap(), "idempotent");
+        let mut none = KubeletFlags::parse("w-1:/etc/default/kubelet", "KUBELET_EXTRA_ARGS=\n");
+        let e = none.set_client_ca_file("/x").unwrap_err().to_string();
+        assert!(e.contains("w-1:/etc/default/kubelet") && e.contains("no --client-ca-file"), "{e}");
+        assert!(none.set_client_ca_file("a b").is_err());
+        assert_eq!(KubeletFlags::parse("f", "X=--not-client-ca-file=/a\n").client_ca_file(), None);
+    }
+
     use super::*;
 
     const APISERVER: &str = include_str!("../testdata/kubeadm/kube-apiserver.yaml");

@@ -85,6 +85,11 @@ pub mod path {
     /// kubernetes/release `cmd/krel/templates/latest/kubeadm/10-kubeadm.conf`.
     pub const KUBELET_EXTRA_ARGS_FILES: [&str; 2] =
         ["/etc/default/kubelet", "/etc/sysconfig/kubelet"];
+    /// Whether `path` is one of the environment files the kubelet's unit reads its flags from
+    /// at every start ([`KUBELET_FLAGS_ENV`], [`KUBELET_EXTRA_ARGS_FILES`]), not a config.
+    pub fn kubelet_flag_env_file(path: &str) -> bool {
+        path == KUBELET_FLAGS_ENV || KUBELET_EXTRA_ARGS_FILES.contains(&path)
+    }
     /// The kubelet's certificate directory (`--cert-dir`).
     pub const KUBELET_CERT_DIR: &str = "/var/lib/kubelet/pki";
     /// The kubelet's rotating client certificate, in its certificate directory.

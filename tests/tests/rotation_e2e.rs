@@ -5,18 +5,22 @@
 //! checked against the live cluster with openssl, curl and kubectl.
 //!
 //! Two tiers (CONTRIBUTING.md): `make test` runs the scenarios of [`Tier::Test`] (a full
-//! rotation on every testbed profile, one of them with a window pause, seeded kills and resume,
+//! rotation on every testbed profile, kubeadm's with a window pause, seeded kills and resume,
 //! and rollbacks from prepare and from finalize); `make e2e-matrix` (`KUBECA_E2E_TIER=matrix`)
 //! runs every scenario. `KUBECA_E2E_SCENARIOS=a,b` runs only those, whatever their tier; a name
 //! that is not a scenario fails, naming the known ones.
 //!
-//! The scenarios are spread over two testbeds running side by side on two address blocks, one
-//! of kubeadm's default layout and one of the custom profile ([`LANES`]); a scenario pinned to a
-//! profile runs on its testbed, the others where there is the least work. A testbed runs its
-//! share in the order of [`SCENARIOS`], each rotation starting from the CAs the previous one
-//! left (a completed rotation's new CA is the next one's old CA; a rollback leaves the old). The
-//! seed of the kill points is printed; `KUBECA_E2E_SEED=N` replays it: each scenario draws from
-//! its own generator, seeded from N and its name, on whichever testbed it runs.
+//! The scenarios are spread over two lanes running side by side on two address blocks, so that
+//! at most two testbeds run at once ([`LANES`]): 198.18.0.0/24 brings up a testbed of kubeadm's
+//! default layout, then, once it is down, one of the hardened profile (`--anonymous-auth=false`);
+//! 198.18.1.0/24 one of the custom profile. A lane brings up a testbed only for a profile that
+//! has a scenario to run. A scenario pinned to a profile runs on that profile's testbed; the
+//! others go to the lane where there is the least work, and run on its first profile's testbed.
+//! A testbed runs its share in the order of [`SCENARIOS`], each rotation starting from the CAs
+//! the previous one left (a completed rotation's new CA is the next one's old CA; a rollback
+//! leaves the old); every testbed starts from CAs of its own. The seed of the kill points is
+//! printed; `KUBECA_E2E_SEED=N` replays it: each scenario draws from its own generator, seeded
+//! from N and its name, on whichever testbed it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -98,18 +102,23 @@ struct Scenario {
 /// Every scenario, in the order a testbed runs its share.
 ///
 /// `make test` rotates every profile in full: kubeadm's with a window pause, seeded kills and
-/// resumes, the custom one uninterrupted. It rolls back from the phases whose rollback differs
-/// most: from prepare (files restored, nothing restarted) and from the middle of finalize (the
-/// inverse of finalize's rewrites, a step left possibly done, kubeca back on the operator's
-/// old-CA credentials, then every forward step's compensation with the restarts they owe). The
-/// rollbacks after trust-control-plane, trust-nodes, mid-switch and from the gate (killed
-/// halfway and resumed) undo a prefix of what finalize's rollback undoes; they and the faults
-/// are in the matrix.
+/// resumes (`resume`), the custom one uninterrupted with the secrets checks (`full`), and the
+/// hardened one uninterrupted (`hardened`: the same rotation and end state with no anonymous
+/// access to any apiserver, so every check of it presents credentials). `faults` is pinned to
+/// kubeadm's (its readiness checks are anonymous), `rollback-trust-nodes` to the hardened one
+/// (the kubelets' `--client-ca-file` in `/etc/default/kubelet` restored); the scenarios not pinned to a profile run on
+/// the kubeadm or the custom testbed, whichever lane has room. It
+/// rolls back from the phases whose rollback differs most: from prepare (files restored, nothing
+/// restarted) and from the middle of finalize (the inverse of finalize's rewrites, a step left
+/// possibly done, kubeca back on the operator's old-CA credentials, then every forward step's
+/// compensation with the restarts they owe). The rollbacks after trust-control-plane,
+/// trust-nodes, mid-switch and from the gate (killed halfway and resumed) undo a prefix of what
+/// finalize's rollback undoes; they and the faults are in the matrix.
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "full",
         tier: Tier::Test,
-        secs: 210,
+        secs: 370,
         profile: Some(Profile::Custom),
         run: |tb, _| full_rotation(tb),
     },
@@ -121,59 +130,79 @@ const SCENARIOS: &[Scenario] = &[
         run: window_and_kills,
     },
     Scenario {
+        name: "hardened",
+        tier: Tier::Test,
+        secs: 330,
+        profile: Some(Profile::Hardened),
+        run: |tb, _| full_rotation(tb),
+    },
+    Scenario {
         name: "rollback-prepare",
         tier: Tier::Test,
-        secs: 20,
+        secs: 60,
         profile: None,
         run: |tb, rng| rollback_from(tb, "prepare", rng),
     },
     Scenario {
         name: "rollback-trust-control-plane",
         tier: Tier::Matrix,
-        secs: 155,
+        secs: 240,
         profile: None,
         run: |tb, rng| rollback_from(tb, "trust-control-plane", rng),
     },
     Scenario {
         name: "rollback-trust-nodes",
         tier: Tier::Matrix,
-        secs: 170,
-        profile: None,
+        secs: 250,
+        profile: Some(Profile::Hardened),
         run: |tb, rng| rollback_from(tb, "trust-nodes", rng),
     },
     Scenario {
         name: "rollback-switch",
         tier: Tier::Matrix,
-        secs: 175,
+        secs: 235,
         profile: None,
         run: |tb, rng| rollback_from(tb, "switch", rng),
     },
     Scenario {
         name: "rollback-gate",
         tier: Tier::Matrix,
-        secs: 235,
+        secs: 370,
         profile: None,
         run: |tb, rng| rollback_from(tb, "gate", rng),
     },
     Scenario {
         name: "rollback-finalize",
         tier: Tier::Test,
-        secs: 320,
+        secs: 365,
         profile: None,
         run: |tb, rng| rollback_from(tb, "finalize", rng),
     },
     Scenario {
         name: "faults",
         tier: Tier::Matrix,
-        secs: 300,
-        profile: None,
+        secs: 495,
+        profile: Some(Profile::Kubeadm),
         run: |tb, _| faults(tb),
     },
 ];
 
-/// The two testbeds the scenarios are spread over: an address block and a profile each.
-const LANES: [(&str, Profile); 2] =
-    [("198.18.0.0/24", Profile::Kubeadm), ("198.18.1.0/24", Profile::Custom)];
+/// The two lanes the scenarios are spread over, side by side: an address block each, and the
+/// profiles of the testbeds it brings up on that block one after the other, in this order (the
+/// next once the previous one is down). The scenarios not pinned to a profile that a lane takes
+/// run on its first profile's testbed.
+const LANES: [(&str, &[Profile]); 2] = [
+    ("198.18.0.0/24", &[Profile::Kubeadm, Profile::Hardened]),
+    ("198.18.1.0/24", &[Profile::Custom]),
+];
+
+/// About how long a 3+2 testbed takes to come up, in seconds: a lane pays it once more for each
+/// testbed after its first (an approximation, only used to balance the lanes).
+const BRING_UP_SECS: u32 = 45;
+
+/// A lane's testbeds, in the order it brings them up: each one's profile and its scenarios, in
+/// the order of [`SCENARIOS`]. Only profiles with a scenario have a testbed.
+type Share = Vec<(Profile, Vec<&'static Scenario>)>;
 
 /// The scenarios to run: those `only` names (`KUBECA_E2E_SCENARIOS`, comma-separated), else
 /// those of `tier` (`KUBECA_E2E_TIER`: `test`, the default, or `matrix`). An unknown scenario or
@@ -211,35 +240,64 @@ fn select(tier: Option<&str>, only: Option<&str>) -> Result<Vec<&'static Scenari
     Ok(SCENARIOS.iter().filter(|s| matrix || s.tier == Tier::Test).collect())
 }
 
-/// Spreads `scenarios` over the testbeds ([`LANES`]): each pinned one to its profile's
-/// testbed, then the others longest first, each to the testbed with the least work so far; each
-/// testbed's share keeps the order of [`SCENARIOS`]. Only testbeds with work, as (index into
-/// [`LANES`], share).
-fn lanes(scenarios: &[&'static Scenario]) -> Vec<(usize, Vec<&'static Scenario>)> {
-    let mut lanes: Vec<(u32, Vec<&'static Scenario>)> = vec![(0, Vec::new()); LANES.len()];
+/// How long a lane takes with `testbeds` (one list of scenarios per profile of the lane, empty
+/// when that profile has no testbed): its scenarios, and a bring-up for each testbed after the
+/// first.
+fn lane_load(testbeds: &[Vec<&Scenario>]) -> u32 {
+    let up = testbeds.iter().filter(|t| !t.is_empty()).count() as u32;
+    let secs: u32 = testbeds.iter().flatten().map(|s| s.secs).sum();
+    secs + BRING_UP_SECS * up.saturating_sub(1)
+}
+
+/// Spreads `scenarios` over the lanes ([`LANES`]): each pinned one to the lane whose profiles
+/// include its own, on that profile's testbed; then the others longest first, each to the lane
+/// that is the least loaded once it has it (counting a bring-up when it needs a testbed of its
+/// own), on that lane's first profile's testbed. Each testbed's share keeps the order of
+/// [`SCENARIOS`]. Only lanes with work, as (index into [`LANES`], its testbeds).
+fn lanes(scenarios: &[&'static Scenario]) -> Vec<(usize, Share)> {
+    // For each lane, one list of scenarios per profile of it.
+    let mut lanes: Vec<Vec<Vec<&'static Scenario>>> =
+        LANES.iter().map(|l| vec![Vec::new(); l.1.len()]).collect();
     let (pinned, free): (Vec<&'static Scenario>, Vec<&'static Scenario>) =
         scenarios.iter().partition(|s| s.profile.is_some());
     for s in pinned {
-        let i = LANES.iter().position(|l| Some(l.1) == s.profile).unwrap();
-        lanes[i].0 += s.secs;
-        lanes[i].1.push(s);
+        let (i, j) = LANES
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| l.1.iter().position(|p| Some(*p) == s.profile).map(|j| (i, j)))
+            .unwrap_or_else(|| panic!("no lane has the profile {:?} of {}", s.profile, s.name));
+        lanes[i][j].push(s);
     }
     let mut by_length = free;
     by_length.sort_by_key(|s| std::cmp::Reverse(s.secs));
     for s in by_length {
-        let lane = lanes.iter_mut().min_by_key(|l| l.0).unwrap();
-        lane.0 += s.secs;
-        lane.1.push(s);
+        let with = |l: &Vec<Vec<&'static Scenario>>| {
+            let mut l = l.clone();
+            l[0].push(s);
+            lane_load(&l)
+        };
+        let lane = lanes.iter_mut().min_by_key(|l| with(l)).unwrap();
+        lane[0].push(s);
     }
     let order = |s: &&Scenario| SCENARIOS.iter().position(|x| x.name == s.name);
     lanes
         .into_iter()
         .enumerate()
-        .map(|(i, (_, mut l))| {
-            l.sort_by_key(order);
-            (i, l)
+        .map(|(i, testbeds)| {
+            let share: Share = LANES[i]
+                .1
+                .iter()
+                .copied()
+                .zip(testbeds)
+                .filter(|(_, l)| !l.is_empty())
+                .map(|(p, mut l)| {
+                    l.sort_by_key(order);
+                    (p, l)
+                })
+                .collect();
+            (i, share)
         })
-        .filter(|(_, l)| !l.is_empty())
+        .filter(|(_, share)| !share.is_empty())
         .collect()
 }
 
@@ -260,50 +318,113 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Brings a testbed up on `block` and runs `lane` on it in order; stops at the first failure
-/// (the testbed may be left in any state). The failures, with the scenarios not run after them.
-fn run_lane(index: usize, lane: &[&'static Scenario], seed: u64) -> Vec<String> {
-    let (block, profile) = LANES[index];
-    let subnet = Subnet::parse(block).unwrap();
-    let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
-    let name = format!("e2e-3-2-{index}");
-    let profile_arg = format!("--profile={profile}");
-    let up = std::panic::catch_unwind(|| Testbed::up_on(&name, subnet, 3, 2, &[&profile_arg]));
-    let tb = match up {
-        Ok(tb) => tb,
-        Err(p) => {
-            return vec![format!(
-                "testbed {index} on {block} did not come up ({}); not run: {names:?}",
-                panic_text(&*p)
-            )];
+/// Waits until nothing of the testbed in `dir` runs and no testbed holds `subnet` any more (its
+/// bridge gone or without node links), so that the next one can come up on the block; why not,
+/// after 30 s.
+fn block_freed(dir: &std::path::Path, subnet: &Subnet) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = kubeca_tests::testbed::node::running(dir);
+        let links = kubeca_tests::testbed::net::bridge_in_use(subnet);
+        if running.is_empty() && links.is_none() {
+            return Ok(());
         }
-    };
-    for (i, scenario) in lane.iter().enumerate() {
-        let started = Instant::now();
-        let mut rng = Rng(scenario_seed(seed, scenario.name));
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (scenario.run)(&tb, &mut rng)
-        }));
-        let secs = started.elapsed().as_secs_f64();
-        let verdict = if result.is_ok() { "ok  " } else { "FAIL" };
-        eprintln!(
-            "{verdict} {} on testbed {index} ({block}, {profile} profile) in {secs:.0} s",
-            scenario.name
-        );
-        println!(
-            "FIGURES scenario {} on testbed {index} ({profile} profile): {secs:.0} s",
-            scenario.name
-        );
-        if let Err(p) = result {
-            return vec![format!(
-                "{} on testbed {index} ({block}): {}; not run after it: {:?}",
-                scenario.name,
-                panic_text(&*p),
-                &names[i + 1..]
-            )];
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "after its down, {} still has {} processes running and {subnet}'s bridge {} \
+                 node links",
+                dir.display(),
+                running.len(),
+                links.unwrap_or(0)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs lane `index` ([`LANES`]): brings a testbed of each profile of `share` up on its block in
+/// turn, each once the previous one is down, and runs that profile's scenarios on it in order.
+/// A testbed stops at its first failure (it may be left in any state; it is taken down and the
+/// lane's next testbed starts afresh). The failures, with the scenarios not run after them.
+fn run_lane(index: usize, share: &[(Profile, Vec<&'static Scenario>)], seed: u64) -> Vec<String> {
+    let block = LANES[index].0;
+    let subnet = Subnet::parse(block).unwrap();
+    let mut failures = Vec::new();
+    for (n, (profile, scenarios)) in share.iter().enumerate() {
+        let profile = *profile;
+        let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+        let name = format!("e2e-3-2-{index}-{profile}");
+        let profile_arg = format!("--profile={profile}");
+        let up = std::panic::catch_unwind(|| Testbed::up_on(&name, subnet, 3, 2, &[&profile_arg]));
+        // Dropped (taken down) on every way out of this block.
+        let tb = match up {
+            Ok(tb) => Some(tb),
+            Err(p) => {
+                failures.push(format!(
+                    "testbed {index} ({block}, {profile} profile) did not come up ({}); not run: \
+                     {names:?}",
+                    panic_text(&*p)
+                ));
+                None
+            }
+        };
+        if let Some(tb) = &tb {
+            for (i, scenario) in scenarios.iter().enumerate() {
+                let started = Instant::now();
+                let mut rng = Rng(scenario_seed(seed, scenario.name));
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (scenario.run)(tb, &mut rng)
+                }));
+                let secs = started.elapsed().as_secs_f64();
+                let verdict = if result.is_ok() { "ok  " } else { "FAIL" };
+                eprintln!(
+                    "{verdict} {} on testbed {index} ({block}, {profile} profile) in {secs:.0} s",
+                    scenario.name
+                );
+                println!(
+                    "FIGURES scenario {} on testbed {index} ({profile} profile): {secs:.0} s",
+                    scenario.name
+                );
+                if let Err(p) = result {
+                    failures.push(format!(
+                        "{} on testbed {index} ({block}, {profile} profile): {}; not run after it \
+                         on that testbed: {:?}",
+                        scenario.name,
+                        panic_text(&*p),
+                        &names[i + 1..]
+                    ));
+                    break;
+                }
+            }
+        }
+        let dir = kubeca_tests::harness::scratch_dir().join(&name);
+        if let Some(tb) = tb {
+            let out = tb.down();
+            drop(tb); // its own down then finds nothing
+            if !out.status.success() {
+                failures.push(format!(
+                    "testbed {index} ({block}, {profile} profile) did not come down: {}",
+                    text(&out)
+                ));
+            }
+        }
+        let later = &share[n + 1..];
+        if later.is_empty() {
+            break;
+        }
+        if let Err(e) = block_freed(&dir, &subnet) {
+            let not_run: Vec<String> = later
+                .iter()
+                .map(|(p, l)| format!("{p}: {:?}", l.iter().map(|s| s.name).collect::<Vec<_>>()))
+                .collect();
+            failures.push(format!(
+                "testbed {index} ({block}): {e}; no further testbed brought up on it; not run: {}",
+                not_run.join(", ")
+            ));
+            break;
         }
     }
-    Vec::new()
+    failures
 }
 
 #[test]
@@ -313,26 +434,35 @@ fn rotation_end_to_end_3_control_planes_2_workers() {
     let selected = select(tier.as_deref(), only.as_deref()).unwrap_or_else(|e| panic!("{e}"));
     let seed = seeded::seed("KUBECA_E2E_SEED", "end-to-end rotation");
     let lanes = lanes(&selected);
-    for (i, lane) in &lanes {
-        let names: Vec<&str> = lane.iter().map(|s| s.name).collect();
-        println!("testbed {i} ({}, {} profile): {}", LANES[*i].0, LANES[*i].1, names.join(", "));
+    for (i, share) in &lanes {
+        for (n, (profile, scenarios)) in share.iter().enumerate() {
+            let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+            println!(
+                "testbed {i} ({}, {profile} profile, {} of {} on the block): {}",
+                LANES[*i].0,
+                n + 1,
+                share.len(),
+                names.join(", ")
+            );
+        }
     }
     let started = Instant::now();
     let failures: Vec<String> = std::thread::scope(|s| {
         let running: Vec<_> = lanes
             .iter()
-            .map(|(i, lane)| {
+            .map(|(i, share)| {
                 std::thread::Builder::new()
                     .name(format!("testbed-{i}"))
-                    .spawn_scoped(s, move || run_lane(*i, lane, seed))
+                    .spawn_scoped(s, move || run_lane(*i, share, seed))
                     .unwrap()
             })
             .collect();
         running.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     println!(
-        "FIGURES end to end: {} scenarios on {} testbeds in {:.0} s",
+        "FIGURES end to end: {} scenarios on {} testbeds ({} side by side) in {:.0} s",
         selected.len(),
+        lanes.iter().map(|(_, share)| share.len()).sum::<usize>(),
         lanes.len(),
         started.elapsed().as_secs_f64()
     );
@@ -364,36 +494,77 @@ fn an_unknown_scenario_fails_naming_it_and_the_known_ones() {
     );
 }
 
-/// `make test` runs its tier, the matrix every scenario, and each testbed gets a share; a full
-/// rotation runs on every profile.
+/// `make test` runs its tier, the matrix every scenario, and each lane gets a share; a full
+/// rotation runs on every profile, each scenario on its profile's testbed, at most two testbeds
+/// at a time.
 #[test]
 fn the_tiers_cover_every_scenario_over_two_testbeds() {
     let names = |v: &[&Scenario]| v.iter().map(|s| s.name).collect::<Vec<_>>();
     let test = select(None, None).unwrap();
-    assert_eq!(names(&test), ["full", "resume", "rollback-prepare", "rollback-finalize"]);
+    assert_eq!(
+        names(&test),
+        ["full", "resume", "hardened", "rollback-prepare", "rollback-finalize"]
+    );
     let matrix = select(Some("matrix"), None).unwrap();
     assert_eq!(matrix.len(), SCENARIOS.len());
     for selected in [test, matrix] {
         let lanes = lanes(&selected);
-        assert_eq!(lanes.len(), 2);
-        for (i, lane) in &lanes {
-            let rotates = lane.iter().any(|s| matches!(s.name, "full" | "resume"));
-            assert!(rotates, "no full rotation on the {} profile: {:?}", LANES[*i].1, names(lane));
-            for s in lane {
-                assert!(s.profile.is_none_or(|p| p == LANES[*i].1), "{} off its profile", s.name);
+        assert_eq!(lanes.len(), 2, "two lanes side by side, never more");
+        for (i, share) in &lanes {
+            let (block, profiles) = LANES[*i];
+            let ran: Vec<Profile> = share.iter().map(|(p, _)| *p).collect();
+            assert_eq!(ran, profiles, "{block}: a testbed of every profile, in the lane's order");
+            for (profile, scenarios) in share {
+                assert!(!scenarios.is_empty(), "a {profile} testbed with nothing to run");
+                let rotates =
+                    scenarios.iter().any(|s| matches!(s.name, "full" | "resume" | "hardened"));
+                assert!(
+                    rotates,
+                    "no full rotation on the {profile} profile: {:?}",
+                    names(scenarios)
+                );
+                for s in scenarios {
+                    match s.profile {
+                        Some(p) => assert_eq!(p, *profile, "{} off its profile", s.name),
+                        None => assert_eq!(
+                            *profile, profiles[0],
+                            "{} unpinned, yet not on its lane's first profile",
+                            s.name
+                        ),
+                    }
+                }
+                let order: Vec<usize> = scenarios
+                    .iter()
+                    .map(|s| SCENARIOS.iter().position(|x| x.name == s.name).unwrap())
+                    .collect();
+                assert!(order.is_sorted(), "{profile}: not in SCENARIOS order: {order:?}");
             }
         }
-        let lanes: Vec<Vec<&Scenario>> = lanes.into_iter().map(|(_, l)| l).collect();
-        let mut spread: Vec<&str> = lanes.iter().flat_map(|l| names(l)).collect();
+        let mut spread: Vec<&str> =
+            lanes.iter().flat_map(|(_, share)| share.iter().flat_map(|(_, l)| names(l))).collect();
         spread.sort_unstable();
         let mut want = names(&selected);
         want.sort_unstable();
         assert_eq!(spread, want, "every selected scenario runs exactly once");
-        let load: Vec<u32> = lanes.iter().map(|l| l.iter().map(|s| s.secs).sum()).collect();
+        // A lane's time: its scenarios, and a bring-up for each testbed after its first.
+        let load: Vec<u32> = lanes
+            .iter()
+            .map(|(_, share)| {
+                let secs: u32 = share.iter().flat_map(|(_, l)| l.iter().map(|s| s.secs)).sum();
+                secs + BRING_UP_SECS * (share.len() as u32 - 1)
+            })
+            .collect();
         let longest = selected.iter().map(|s| s.secs).max().unwrap();
-        assert!(load[0].abs_diff(load[1]) <= longest, "unbalanced: {load:?}");
+        assert!(load[0].abs_diff(load[1]) <= longest + BRING_UP_SECS, "unbalanced: {load:?}");
     }
-    assert_eq!(lanes(&select(None, Some("full")).unwrap()).len(), 1, "one scenario, one testbed");
+    let alone = |name: &str| {
+        let l = lanes(&select(None, Some(name)).unwrap());
+        l.iter().map(|(i, share)| (*i, share.iter().map(|(p, _)| *p).collect())).collect()
+    };
+    let one: Vec<(usize, Vec<Profile>)> = alone("full");
+    assert_eq!(one, [(1, vec![Profile::Custom])], "one scenario, one testbed");
+    let one: Vec<(usize, Vec<Profile>)> = alone("hardened");
+    assert_eq!(one, [(0, vec![Profile::Hardened])], "no kubeadm testbed without its scenario");
 }
 
 /// Test 1: init, plan, run to the gate, approve, run to completion; zero trust failures
@@ -402,6 +573,8 @@ fn full_rotation(tb: &Testbed) {
     let old_admin = save_admin(tb, "full");
     let old = Cas::read(tb);
     let since = now();
+    let kills_before = probe_kills(tb);
+    anonymous_access_as_the_profile_says(tb, "before the rotation");
     let started_at = Instant::now();
     let mut k = Kubeca::new(tb, "full");
     let sampler = CmdlineSampler::start();
@@ -438,8 +611,33 @@ fn full_rotation(tb: &Testbed) {
             assert_eq!(base, "/etc/kubernetes/pki/ca.crt", "{node}: config.yaml untouched");
         }
     }
+    let extra_args = || {
+        tb.nodes
+            .iter()
+            .map(|(node, _, _)| {
+                let t = std::fs::read_to_string(tb.node_path(node, "etc-default/kubelet")).unwrap();
+                let v = t.split("--client-ca-file=").nth(1).unwrap_or_default();
+                (node.clone(), v.split(['"', ' ', '\n']).next().unwrap_or_default().to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    if tb.profile.kubelet_extra_args_client_ca() {
+        // KUBELET_EXTRA_ARGS' --client-ca-file wins over clientCAFile: kubeca edited the flag
+        // (to both CAs) and left config.yaml alone.
+        for (node, named) in extra_args() {
+            let bundle = std::fs::read_to_string(tb.host_path(&node, &named)).unwrap();
+            assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{node}: {named}");
+            let base = client_ca(&node, "/var/lib/kubelet/config.yaml");
+            assert_eq!(base, "/etc/kubernetes/pki/ca.crt", "{node}: config.yaml untouched");
+        }
+    }
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
+    if tb.profile.kubelet_extra_args_client_ca() {
+        for (node, named) in extra_args() {
+            assert_eq!(named, "/etc/kubernetes/pki/ca.crt", "{node}: the flag back at ca.crt");
+        }
+    }
     if tb.profile.kubelet_config_dir() {
         for (node, _, _) in &tb.nodes {
             assert_eq!(client_ca(node, drop_in), "/etc/kubernetes/pki/ca.crt", "{node}");
@@ -453,6 +651,9 @@ fn full_rotation(tb: &Testbed) {
         k.cpu
     );
     assert_eq!(failures, 0, "trust failures during the rotation:\n{report}");
+    // No component was so unhealthy for so long that its kubelet killed it.
+    assert_eq!(probe_kills(tb), kills_before, "static pods killed by failed probes");
+    anonymous_access_as_the_profile_says(tb, "after the rotation");
     let answered = in_cluster::assert_clean_since(tb, &since);
     println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
@@ -715,7 +916,43 @@ fn sshd(tb: &Testbed, node: &str, action: &str) {
     assert!(out.status.success(), "sshd {action} on {node}: {}", text(&out));
 }
 
-/// The HTTP status of an apiserver's /readyz (0 when it does not answer).
+/// The hardened profile holds (`when` says when it is checked): an apiserver with
+/// `--anonymous-auth=false` answers 401 to a request without credentials, health checks
+/// included, so kubeca's readiness probes must authenticate to pass; one whose
+/// `--authentication-config` allows anonymous requests on the health paths only answers them
+/// and 401 elsewhere.
+fn anonymous_access_as_the_profile_says(tb: &Testbed, when: &str) {
+    if !tb.profile.anonymous_denied() {
+        return;
+    }
+    for (node, address, _) in tb.nodes.iter().filter(|n| n.2) {
+        if tb.profile.anonymous_by_config(node) {
+            assert_eq!(readyz(address), 200, "anonymous /readyz on {node} {when}");
+            let out = sh(&format!(
+                "curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{address}:6443/version"
+            ));
+            let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(status, "401", "anonymous /version on {node} {when}");
+        } else {
+            assert_eq!(readyz(address), 401, "anonymous /readyz on {node} {when}");
+        }
+    }
+}
+
+/// How many times the kubelets have killed a static pod for a failed liveness or startup probe
+/// (prober.rs), from every node's kubelet journal.
+fn probe_kills(tb: &Testbed) -> usize {
+    tb.nodes
+        .iter()
+        .map(|(node, _, _)| {
+            let journal = std::fs::read_to_string(tb.node_path(node, "kubelet.journal"));
+            journal.unwrap_or_default().matches("probe, will be restarted").count()
+        })
+        .sum()
+}
+
+/// The HTTP status of an apiserver's /readyz, asked anonymously (0 when it does not answer):
+/// only for testbeds whose apiservers allow anonymous access (not the hardened profile).
 fn readyz(address: &str) -> u16 {
     let out = sh(&format!(
         "curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{address}:6443/readyz"
@@ -826,6 +1063,15 @@ fn every_change_is_recorded(tb: &Testbed, before: &Snapshot, k: &mut Kubeca) {
 /// cp-3 is not touched, `status` names it; `rollback --yes` restores the old-CA-only cluster).
 /// No private key in any command line sampled meanwhile, nor in anything kubeca printed.
 fn faults(tb: &Testbed) {
+    // Its readiness checks ([`readyz`]) are anonymous: on an apiserver that denies anonymous
+    // access they would take the 401 for unready, and step 1's wait for cp-3 to go unready
+    // would pass at once. Pinned to kubeadm's profile; should it ever land on the hardened one,
+    // it fails here instead.
+    assert!(
+        !tb.profile.anonymous_denied(),
+        "faults checks /readyz anonymously, which the {} profile denies",
+        tb.profile
+    );
     let old = Cas::read(tb);
     let before = snapshot(tb);
     let since = now();

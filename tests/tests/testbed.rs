@@ -67,6 +67,10 @@ fn testbed_3_control_planes_2_workers() {
         ("moving_a_manifest_away_and_back", infra::moving_a_manifest_away_and_back),
         ("systemctl_restarts_the_kubelet", infra::systemctl_restarts_the_kubelet),
         (
+            "kubelets_restart_static_pods_that_fail_their_liveness_probes",
+            infra::kubelets_restart_static_pods_that_fail_their_liveness_probes,
+        ),
+        (
             "kubelets_renew_client_certificates_through_the_csr_api",
             api::kubelets_renew_client_certificates_through_the_csr_api,
         ),

@@ -306,6 +306,49 @@ impl<N: Node> Rotation<N> {
         Ok(api)
     }
 
+    /// The operator's own client certificate and key, to probe apiservers with (a hardened one
+    /// answers 401 to anonymous requests, its health checks included): those of the kubeconfig
+    /// kubeca runs with, as the preflight backup holds it (the file is rewritten during the
+    /// rotation), or as it is before the backup. Inline data or files (relative to the
+    /// kubeconfig's directory), as kubectl reads them. None when that kubeconfig authenticates
+    /// otherwise (a token, an exec plugin): probes then go without credentials.
+    pub(super) async fn operator_identity(
+        &self,
+    ) -> Result<Option<crate::probe::ClientIdentity>, Error> {
+        let kubeconfig = &self.inventory.cluster.kubeconfig;
+        let path = kubeconfig.display().to_string();
+        let backed_up = self
+            .known
+            .borrow()
+            .get(&StepId::from(step::backup(None)))
+            .and_then(|b| b.0.get(&path).filter(|d| *d != outcome::ABSENT).cloned());
+        let (origin, text) = match backed_up {
+            Some(digest) => {
+                (format!("{path} (as backed up before the rotation)"), text(self.blob(&digest)?))
+            }
+            None => (path.clone(), self.must_read(None, &path).await?),
+        };
+        let Some((cert, key)) = crate::api::client_credentials(&origin, &text)? else {
+            return Ok(None);
+        };
+        let dir = kubeconfig.parent().unwrap_or(std::path::Path::new("/"));
+        let load = async |source: crate::api::Credential, what: &str| -> Result<String, Error> {
+            match source {
+                crate::api::Credential::Data(pem) => Ok(pem),
+                crate::api::Credential::File(f) => {
+                    let file = dir.join(&f).display().to_string();
+                    self.must_read(None, &file)
+                        .await
+                        .map_err(|e| Error::terminal(format!("{origin}: its {what} {file}: {e}")))
+                }
+            }
+        };
+        let cert_pem = load(cert, "client-certificate").await?;
+        let key_pem = load(key, "client-key").await?;
+        let cert = Cert::from_pem(&cert_pem, &format!("the client certificate of {origin}"))?;
+        Ok(Some((cert.der().to_vec(), key_pem)))
+    }
+
     /// Whether every apiserver's client CA file, as its manifest names it now, holds the CA
     /// certificate `der`. The manifests are where discovery found them (each node's static pod
     /// directory), parked or not.

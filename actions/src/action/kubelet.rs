@@ -8,7 +8,7 @@ use engine::{Compensation, FollowUp, Summary};
 
 use super::runner::text;
 use super::{Action, CaKind, Error, Kind, KubeletTarget, Rotation, ca, compensation, files};
-use crate::edit::{Kubeconfig, KubeletConfig};
+use crate::edit::{Kubeconfig, KubeletSettings};
 use crate::kubeadm::component::KUBELET;
 use crate::kubeadm::{outcome, slot};
 use crate::node::Node;
@@ -138,7 +138,7 @@ pub mod roll_kubelet {
         now: jiff::Timestamp,
     ) -> Result<Summary, Error> {
         let n = r.node(node)?;
-        let mut c = KubeletConfig::parse(config, &r.must_read(Some(node), config).await?)?;
+        let mut c = KubeletSettings::parse(config, &r.must_read(Some(node), config).await?)?;
         if c.set_client_ca_file(&target.client_ca_file)? {
             n.write(config, c.text().as_bytes(), 0o644).await?;
         }
@@ -296,7 +296,7 @@ impl<N: Node> Rotation<N> {
         kubeconfig: &str,
         target: &KubeletTarget,
     ) -> Result<bool, Error> {
-        let c = KubeletConfig::parse(config, &self.must_read(Some(node), config).await?)?;
+        let c = KubeletSettings::parse(config, &self.must_read(Some(node), config).await?)?;
         if c.client_ca_file().as_deref() != Some(target.client_ca_file.as_str()) {
             return Ok(false);
         }

@@ -24,7 +24,7 @@ use crate::kubeadm::file::PARKING;
 use crate::kubeadm::{object, outcome, slot};
 use crate::node::{Node, NodeError, target};
 use crate::pki::Cert;
-use crate::probe::{ClientIdentity, Seen, probe, probe_as, probe_over_as};
+use crate::probe::{ClientIdentity, Seen, probe_as, probe_over_as};
 use crate::trust::{self, ComponentId, Effect, Source};
 
 /// The restart that makes `component` on `node` load what a rollback restored. Its key names
@@ -410,38 +410,33 @@ impl<N: Node> Rotation<N> {
             },
             _ => None,
         };
-        // An apiserver whose --client-ca-file holds the new cluster CA must authenticate a client
-        // certificate of it: a 401 means the process does not load what its manifest names.
+        // The apiserver is probed authenticated, as a hardened one (`--anonymous-auth=false`)
+        // requires: with a client certificate of the new cluster CA when its --client-ca-file
+        // holds that CA (a 401 then means the process does not load what its manifest names),
+        // else with the operator's own.
         let new_ca_client = match component {
             APISERVER => self.new_ca_client_if_trusted(node, &manifest).await?,
             _ => None,
+        };
+        let client = match (component, &new_ca_client) {
+            (APISERVER, None) => self.operator_identity().await?,
+            (_, id) => id.clone(),
         };
         let restarted_at = jiff::Timestamp::now();
         // The apiserver is back when it is ready (its /readyz answers 200: it reaches etcd);
         // the others when they answer at all.
         let healthy =
             |status: u16| if component == APISERVER { status == 200 } else { status != 0 };
-        let mut last = Seen::Down;
+        let mut last;
         let place = at.place(node);
         loop {
-            match self.observe(node, &at, None).await? {
+            match self.observe(node, &at, client.as_ref()).await? {
                 Seen::Up { cert, status, .. }
                     if healthy(status) && expected.as_ref().is_none_or(|e| *e == cert) =>
                 {
-                    let authenticated = match &new_ca_client {
-                        Some(id) => {
-                            let seen = self.observe(node, &at, Some(id)).await?;
-                            let ok = seen.authenticated();
-                            last = seen;
-                            ok
-                        }
-                        None => true,
-                    };
-                    if authenticated {
-                        return Ok(Summary::new()
-                            .with(outcome::RESTARTED_AT, restarted_at.to_string())
-                            .with("serving-cert", Hash::of(&cert).to_hex()));
-                    }
+                    return Ok(Summary::new()
+                        .with(outcome::RESTARTED_AT, restarted_at.to_string())
+                        .with("serving-cert", Hash::of(&cert).to_hex()));
                 }
                 seen => last = seen,
             }
@@ -452,6 +447,17 @@ impl<N: Node> Rotation<N> {
                         "{place} answers 401 Unauthorized to a client certificate of the new CA \
                          although its --client-ca-file holds that CA: the process does not load \
                          the file its manifest names"
+                    ),
+                    Seen::Up { status: 401, .. } if component == APISERVER => format!(
+                        "{place} answers 401 Unauthorized to {}",
+                        if client.is_some() {
+                            "the client certificate of the operator's kubeconfig (as backed up \
+                             before the rotation): its --client-ca-file does not hold that \
+                             certificate's CA"
+                        } else {
+                            "kubeca's probe without credentials (anonymous access is off, and \
+                             the operator's kubeconfig holds no client certificate to probe with)"
+                        }
                     ),
                     Seen::Up { cert, .. } if expected.as_ref().is_some_and(|e| e != cert) => {
                         format!("{place} presents another certificate than the one on disk")
@@ -490,6 +496,21 @@ impl<N: Node> Rotation<N> {
         Ok(Some(self.new_ca_client()?))
     }
 
+    /// The client certificate kubeca probes `node`'s apiserver with, chosen by the client CA
+    /// file its manifest names (not by trying: a refused certificate is a trust failure in the
+    /// cluster's logs): one of the new cluster CA when that file holds it, else the operator's
+    /// ([`Rotation::operator_identity`]).
+    async fn apiserver_identity(
+        &self,
+        node: &str,
+        manifest: &Manifest,
+    ) -> Result<Option<ClientIdentity>, Error> {
+        match self.new_ca_client_if_trusted(node, manifest).await? {
+            Some(id) => Ok(Some(id)),
+            None => self.operator_identity().await,
+        }
+    }
+
     /// Before `node`'s apiserver is taken down: every other control plane's apiserver must be
     /// ready, and this one too unless it is already down (a crash left its manifest parked, or it
     /// fails to start). kubeca never takes an apiserver away while another one is not ready: with
@@ -497,8 +518,16 @@ impl<N: Node> Rotation<N> {
     /// cluster one failure from an outage.
     pub(super) async fn apiservers_ready_for_restart_of(&self, node: &str) -> Result<(), Error> {
         for cp in self.inventory.control_planes() {
-            let port = self.topology.layout(&cp.name).apiserver.port;
-            let seen = probe(&cp.address, port, "/readyz", Duration::from_secs(3)).await;
+            let layout = self.topology.layout(&cp.name);
+            let port = layout.apiserver.port;
+            let manifest = Manifest::parse(
+                &format!("{}:{}", cp.name, layout.apiserver.manifest),
+                &self.manifest_text(&cp.name, &layout.apiserver.manifest).await?,
+            )?;
+            let client = self.apiserver_identity(&cp.name, &manifest).await?;
+            let seen =
+                probe_as(&cp.address, port, "/readyz", Duration::from_secs(3), client.as_ref())
+                    .await;
             let why = match seen {
                 Seen::Up { status: 200, .. } => continue,
                 Seen::Down if cp.name == node => continue,

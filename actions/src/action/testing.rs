@@ -37,15 +37,22 @@ pub(super) async fn runner(dir: &Path, discovered: bool) -> Rotation<LocalNode> 
     runner_of(dir, discovered, |node| node).await
 }
 
+/// A kubeconfig of the operator's that authenticates with a token.
+pub(super) const TOKEN_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  \
+    cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: t\n  context:\n    cluster: t\n    \
+    user: op\ncurrent-context: t\nusers:\n- name: op\n  user:\n    token: abc\n";
+
 /// As [`runner`], over the nodes `wrap` makes of the directory nodes (discovered as they are).
 pub(super) async fn runner_of<N: Node>(
     dir: &Path,
     discovered: bool,
     wrap: impl Fn(LocalNode) -> N,
 ) -> Rotation<N> {
-    for f in ["admin.conf", "id", "known_hosts"] {
+    for f in ["id", "known_hosts"] {
         std::fs::write(dir.join(f), "x").unwrap();
     }
+    // A kubeconfig whose user has a token, no client certificate: probes go without one.
+    std::fs::write(dir.join("admin.conf"), TOKEN_KUBECONFIG).unwrap();
     let toml = "[cluster]\nname = \"t\"\nkubeconfig = \"admin.conf\"\napi_endpoint = \"https://127.0.0.1:6443\"\n\
                 [ssh]\nidentity = \"id\"\nknown_hosts = \"known_hosts\"\n\
                 [[nodes]]\nname = \"cp-1\"\naddress = \"127.0.0.1\"\nroles = [\"control-plane\"]\n\

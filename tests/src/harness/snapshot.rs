@@ -22,6 +22,7 @@ pub fn snapshot(tb: &Testbed) -> Snapshot {
             "var-lib-kubelet/pki",
             "var-lib-kubelet/config.yaml",
             "var-lib-kubelet/kubeadm-flags.env",
+            "etc-default/kubelet",
         ] {
             collect(&tb.node_path(name, rel), &mut out);
         }

@@ -32,10 +32,10 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-use super::component;
 use super::node::{alive, proc_stat, to_pid};
 use super::serving::{ClientCert, Reload, Serving};
 use super::subnet::{self, Subnet};
+use super::{component, prober};
 
 /// Where the kubelet keeps the state of its static pods, inside the node.
 pub const STATIC_POD_STATE_DIR: &str = "/run/kubelet/static-pods";
@@ -340,6 +340,10 @@ struct Pod {
     child: Option<Child>,
     next_start: Option<Instant>,
     started: Instant,
+    /// Its container's probe worker, while it runs (prober.rs).
+    probes: Option<prober::Worker>,
+    /// Found running at this kubelet's start rather than started by it.
+    adopted: bool,
 }
 
 /// Everything the static pod loop needs.
@@ -358,6 +362,8 @@ struct Manifest {
     container: String,
     image: String,
     command: Vec<String>,
+    /// The container's startup and liveness probes.
+    probes: Vec<prober::Probe>,
 }
 
 impl StaticPods {
@@ -391,6 +397,8 @@ impl StaticPods {
                     child: None,
                     next_start: None,
                     started: Instant::now(),
+                    probes: None,
+                    adopted: true,
                 },
             );
         }
@@ -416,7 +424,23 @@ impl StaticPods {
         // New or exited: start, with a back-off after a crash.
         for (name, m) in &manifests {
             if let Some(pod) = self.pods.get_mut(name) {
-                if let Some(code) = exited(pod) {
+                // Probed while it runs; killed when a liveness or startup probe fails its
+                // threshold, then restarted as after a crash (prober.rs).
+                if pod.state.pid.is_some() && pod.probes.is_none() {
+                    pod.probes = prober::Worker::start(
+                        name,
+                        &m.container,
+                        m.probes.clone(),
+                        pod.started,
+                        pod.adopted,
+                    );
+                }
+                let failed = pod.probes.as_ref().and_then(prober::Worker::failed);
+                if let Some(why) = &failed {
+                    eprintln!("kubelet: static pod {name}: {why}");
+                    stop(pod);
+                }
+                if let Some(code) = exited(pod).or(failed) {
                     let ran = pod.started.elapsed();
                     if ran > Duration::from_secs(60) {
                         pod.state.restart_count = 0;
@@ -429,6 +453,7 @@ impl StaticPods {
                         backoff.as_secs()
                     );
                     pod.state.pid = None;
+                    pod.probes = None;
                     pod.state.phase = "CrashLoopBackOff".into();
                     pod.state.restart_count += 1;
                     pod.next_start = Some(Instant::now() + backoff);
@@ -459,7 +484,7 @@ impl StaticPods {
             .collect();
         paths.sort();
         for path in paths {
-            match parse_manifest(&path) {
+            match parse_manifest(&path, &self.flags.node_ip) {
                 Ok(m) => {
                     let pod = format!("{}-{}", m.name, self.flags.hostname);
                     if out.contains_key(&pod) {
@@ -531,6 +556,8 @@ impl StaticPods {
                 child: Some(child),
                 next_start: None,
                 started: Instant::now(),
+                probes: None,
+                adopted: false,
             },
         );
         Ok(())
@@ -605,7 +632,7 @@ pub fn pinned_kubectl(tag: &str) -> Result<PathBuf> {
     })
 }
 
-fn parse_manifest(path: &Path) -> Result<Manifest> {
+fn parse_manifest(path: &Path, pod_ip: &str) -> Result<Manifest> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let v: Value = serde_yaml_ng::from_slice(&bytes).context("not YAML")?;
     if v.get("kind").and_then(Value::as_str) != Some("Pod") {
@@ -639,6 +666,8 @@ fn parse_manifest(path: &Path) -> Result<Manifest> {
         container: c.get("name").and_then(Value::as_str).unwrap_or(name).to_string(),
         image: c.get("image").and_then(Value::as_str).context("image is missing")?.to_string(),
         command,
+        // A static pod is hostNetwork: its IP is the node's.
+        probes: prober::parse(c, pod_ip)?,
     })
 }
 
@@ -700,6 +729,7 @@ fn stop(pod: &mut Pod) {
     }
     pod.child = None;
     pod.state.pid = None;
+    pod.probes = None;
 }
 
 fn state_path(pod: &str) -> PathBuf {

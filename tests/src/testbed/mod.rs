@@ -25,6 +25,7 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod pods;
+pub mod prober;
 pub mod profile;
 pub mod report;
 pub mod scheduler;

@@ -148,16 +148,38 @@ fn node_files(
     let root = node_dir(dir, &node.name);
     let etc = root.join("etc-kubernetes");
     let pki = etc.join("pki");
+    let static_pods = etc.join(
+        profile
+            .static_pod_path()
+            .strip_prefix("/etc/kubernetes/")
+            .context("the testbed keeps static pods under /etc/kubernetes")?,
+    );
     let kubelet_dir = root.join("var-lib-kubelet");
     for d in [
         pki.join("etcd"),
-        etc.join("manifests"),
+        static_pods.clone(),
         kubelet_dir.join("pki"),
         root.join("var-lib-etcd"),
         root.join("var-log-pods"),
         root.join("run"),
     ] {
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // The node's /etc/default starts as a copy of the host's (regular files only).
+    let etc_default = root.join("etc-default");
+    fs::create_dir_all(&etc_default)?;
+    for e in fs::read_dir("/etc/default").into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_file()) && e.file_name() != "kubelet" {
+            let _ = fs::copy(e.path(), etc_default.join(e.file_name()));
+        }
+    }
+    if profile.kubelet_extra_args_client_ca() {
+        // Hardened as the CIS benchmark's kubelet section asks (4.2.3, `--client-ca-file`), in
+        // the file kubeadm's unit passes last: this flag wins over clientCAFile of config.yaml.
+        write(
+            &etc_default.join("kubelet"),
+            b"KUBELET_EXTRA_ARGS=\"--client-ca-file=/etc/kubernetes/pki/ca.crt\"\n",
+        )?;
     }
     // kubeadm makes /var/lib/etcd 0700; etcd warns about anything looser.
     fs::set_permissions(root.join("var-lib-etcd"), fs::Permissions::from_mode(0o700))?;
@@ -254,12 +276,16 @@ fn node_files(
         }
 
         // kubeadm writes static pod manifests 0600.
-        let manifests = etc.join("manifests");
+        let manifests = &static_pods;
         write_secret(&manifests.join("etcd.yaml"), etcd_manifest(node, control_planes).as_bytes())?;
         write_secret(
             &manifests.join("kube-apiserver.yaml"),
             apiserver_manifest(node, profile).as_bytes(),
         )?;
+        if profile.anonymous_by_config(&node.name) {
+            let name = AUTHENTICATION_CONFIG.trim_start_matches("/etc/kubernetes/");
+            write(&etc.join(name), AUTHENTICATION_CONFIG_TEXT.as_bytes())?;
+        }
         write_secret(
             &manifests.join("kube-controller-manager.yaml"),
             controller_manager_manifest().as_bytes(),
@@ -305,6 +331,16 @@ fn node_files(
             &d.join("50-client-ca.conf"),
             b"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
               authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n",
+        )?;
+        // And the static pod directory elsewhere than kubeadm's, set by a drop-in too.
+        write(
+            &d.join("40-static-pods.conf"),
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 staticPodPath: {}\n",
+                profile.static_pod_path()
+            )
+            .as_bytes(),
         )?;
         " --config-dir=/etc/kubernetes/kubelet.conf.d"
     } else {
@@ -565,6 +601,30 @@ volumeStatsAggPeriod: 0s
     .to_string()
 }
 
+/// The hardened profile's `--authentication-config` ([`Profile::anonymous_by_config`]).
+pub const AUTHENTICATION_CONFIG: &str = "/etc/kubernetes/authentication-config.yaml";
+
+/// Its text: anonymous requests only on the health paths (KEP-4633; the field names of
+/// `AnonymousAuthConfig` in staging/src/k8s.io/apiserver/pkg/apis/apiserver/types.go; v1beta1,
+/// as 1.32 and 1.33 read it).
+const AUTHENTICATION_CONFIG_TEXT: &str = "apiVersion: apiserver.config.k8s.io/v1beta1
+kind: AuthenticationConfiguration
+anonymous:
+  enabled: true
+  conditions:
+  - path: /livez
+  - path: /readyz
+  - path: /healthz
+";
+
+/// A static pod's liveness and startup probe.
+enum Probe<'a> {
+    /// `httpGet` on host, port, path.
+    Http(&'a str, u16, &'a str),
+    /// `tcpSocket` on host, port.
+    Tcp(&'a str, u16),
+}
+
 /// A static pod manifest in kubeadm's shape: one container, hostNetwork, hostPath volumes.
 struct StaticPod<'a> {
     name: &'a str,
@@ -573,7 +633,7 @@ struct StaticPod<'a> {
     annotations: Vec<(String, String)>,
     /// (volume name, host path, mount path, hostPath type, read-only)
     volumes: Vec<(&'a str, &'a str, &'a str, &'a str, bool)>,
-    probe: Option<(&'a str, u16, &'a str)>,
+    probe: Option<Probe<'a>>,
     cpu: &'a str,
 }
 
@@ -597,15 +657,26 @@ impl StaticPod<'_> {
             let _ = writeln!(s, "    - {c}");
         }
         let _ = writeln!(s, "    image: {}\n    imagePullPolicy: IfNotPresent", self.image);
-        if let Some((host, port, path)) = self.probe {
+        // kubeadm's liveness and startup probes (`LivenessProbe`, `StartupProbe` in
+        // cmd/kubeadm/app/util/staticpod/utils.go): 8 failures 10 s apart, 24 for startup (its
+        // 4 min control-plane timeout), after 10 s, each given 15 s.
+        if let Some(probe) = &self.probe {
             let scheme = if self.name == "etcd" { "HTTP" } else { "HTTPS" };
-            for (probe, failures, delay) in [("livenessProbe", 8, 10), ("startupProbe", 24, 10)] {
+            for (kind, failures, delay) in [("livenessProbe", 8, 10), ("startupProbe", 24, 10)] {
+                let action = match probe {
+                    Probe::Http(host, port, path) => format!(
+                        "      httpGet:\n        host: {host}\n        path: {path}\n        \
+                         port: {port}\n        scheme: {scheme}\n"
+                    ),
+                    Probe::Tcp(host, port) => {
+                        format!("      tcpSocket:\n        host: {host}\n        port: {port}\n")
+                    }
+                };
                 let _ = write!(
                     s,
-                    "    {probe}:\n      failureThreshold: {failures}\n      httpGet:\n        \
-                     host: {host}\n        path: {path}\n        port: {port}\n        \
-                     scheme: {scheme}\n      initialDelaySeconds: {delay}\n      \
-                     periodSeconds: 10\n      timeoutSeconds: 15\n"
+                    "    {kind}:\n      failureThreshold: {failures}\n{action}      \
+                     initialDelaySeconds: {delay}\n      periodSeconds: 10\n      \
+                     timeoutSeconds: 15\n"
                 );
             }
         }
@@ -706,11 +777,27 @@ fn apiserver_manifest(node: &NodeSpec, profile: Profile) -> String {
     ];
     if profile.kubelet_serving_signed() {
         args.push(("kubelet-certificate-authority", format!("{p}/ca.crt")));
-        args.sort();
     }
+    let by_config = profile.anonymous_by_config(&node.name);
+    if by_config {
+        args.push(("authentication-config", AUTHENTICATION_CONFIG.into()));
+    } else if profile.anonymous_denied() {
+        args.push(("anonymous-auth", "false".into()));
+    }
+    args.sort();
     let command = flags("kube-apiserver", &args);
     let mut volumes = CA_CERT_VOLUMES.to_vec();
     volumes.push(("k8s-certs", p, p, "DirectoryOrCreate", true));
+    if by_config {
+        // As an operator adds it through kubeadm's `apiServer.extraVolumes`.
+        volumes.push((
+            "authentication-config",
+            AUTHENTICATION_CONFIG,
+            AUTHENTICATION_CONFIG,
+            "File",
+            true,
+        ));
+    }
     StaticPod {
         name: "kube-apiserver",
         image: format!("registry.k8s.io/kube-apiserver:{KUBERNETES_VERSION}"),
@@ -720,7 +807,13 @@ fn apiserver_manifest(node: &NodeSpec, profile: Profile) -> String {
             format!("{a}:6443"),
         )],
         volumes,
-        probe: Some((a, 6443, "/livez")),
+        probe: Some(if profile.anonymous_denied() && !by_config {
+            // No anonymous access, so no HTTP probe without credentials passes (kube-probe sends
+            // none: `pkg/probe/http/http.go`): a TCP connect, as hardened clusters change them to.
+            Probe::Tcp(a, 6443)
+        } else {
+            Probe::Http(a, 6443, "/livez")
+        }),
         cpu: "250m",
     }
     .render()
@@ -769,7 +862,7 @@ fn controller_manager_manifest() -> String {
         command,
         annotations: vec![],
         volumes,
-        probe: Some(("127.0.0.1", 10257, "/healthz")),
+        probe: Some(Probe::Http("127.0.0.1", 10257, "/healthz")),
         cpu: "200m",
     }
     .render()
@@ -800,7 +893,7 @@ fn scheduler_manifest(profile: Profile) -> String {
             ("k8s-certs", "/etc/kubernetes/pki", "/etc/kubernetes/pki", "DirectoryOrCreate", true),
             ("kubeconfig", conf, conf, "FileOrCreate", true),
         ],
-        probe: Some(("127.0.0.1", 10259, "/healthz")),
+        probe: Some(Probe::Http("127.0.0.1", 10259, "/healthz")),
         cpu: "100m",
     }
     .render()
@@ -854,7 +947,7 @@ fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec]) -> String {
             ("etcd-certs", p, p, "DirectoryOrCreate", false),
             ("etcd-data", "/var/lib/etcd", "/var/lib/etcd", "DirectoryOrCreate", false),
         ],
-        probe: Some(("127.0.0.1", 2381, "/health?exclude=NOSPACE&serializable=true")),
+        probe: Some(Probe::Http("127.0.0.1", 2381, "/health?exclude=NOSPACE&serializable=true")),
         cpu: "100m",
     }
     .render()

@@ -14,8 +14,18 @@ pub enum Profile {
     Kubeadm,
     /// A layout operators customise kubeadm into: kubelet serving certificates signed by the
     /// cluster CA and checked by the apiservers' `--kubelet-certificate-authority`, and
-    /// kube-scheduler given `--client-ca-file` (upstream step 6 then has a flag to change).
+    /// kube-scheduler given `--client-ca-file` (upstream step 6 then has a flag to change), the
+    /// kubelet's `clientCAFile` and `staticPodPath` set by `--config-dir` drop-ins.
     Custom,
+    /// kubeadm's layout hardened as the CIS benchmark asks (1.2.1): every apiserver runs with
+    /// `--anonymous-auth=false`, so an unauthenticated request gets 401 on every path, the
+    /// health checks included. kubeadm's stock HTTP probes would then fail and the kubelet would
+    /// restart the apiserver in a loop (kubeadm#798, kubernetes#43784), so its liveness and
+    /// startup probes are changed to match: a TCP connect to the secure port, which needs no
+    /// credentials (`pkg/probe/tcp/tcp.go`). Its third control plane is hardened the 1.32 way
+    /// instead ([`Profile::anonymous_by_config`]). Every kubelet gets `--client-ca-file` from
+    /// `KUBELET_EXTRA_ARGS` in `/etc/default/kubelet` (CIS 4.2.3), which wins over its config.
+    Hardened,
 }
 
 impl Profile {
@@ -33,6 +43,36 @@ impl Profile {
     /// (`/etc/kubernetes/kubelet.conf.d/50-client-ca.conf`), which overrides its config file.
     pub fn kubelet_config_dir(self) -> bool {
         self == Profile::Custom
+    }
+
+    /// The apiservers deny anonymous requests: with `--anonymous-auth=false` and TCP probes, or
+    /// (on [`Profile::anonymous_by_config`]'s nodes) allowed only on the health paths.
+    pub fn anonymous_denied(self) -> bool {
+        self == Profile::Hardened
+    }
+
+    /// `node`'s apiserver is hardened the way 1.32 allows (`AnonymousAuthConfigurableEndpoints`,
+    /// beta): no `--anonymous-auth` flag but `--authentication-config`, whose `anonymous` section
+    /// allows unauthenticated requests on `/livez`, `/readyz` and `/healthz` only, so kubeadm's
+    /// stock probes still pass. The hardened profile's third control plane; the others use the
+    /// flag.
+    pub fn anonymous_by_config(self, node: &str) -> bool {
+        self == Profile::Hardened && node == "cp-3"
+    }
+
+    /// The kubelet's `staticPodPath`: kubeadm's `/etc/kubernetes/manifests`
+    /// (`cmd/kubeadm/app/constants/constants.go`, `ManifestsSubDirName`), or in the custom
+    /// profile `/etc/kubernetes/pods`, set by a `--config-dir` drop-in
+    /// (`40-static-pods.conf`), so kubeca finds the manifests only by following the kubelet's
+    /// own configuration.
+    pub fn static_pod_path(self) -> &'static str {
+        if self == Profile::Custom { "/etc/kubernetes/pods" } else { "/etc/kubernetes/manifests" }
+    }
+
+    /// Every node's `/etc/default/kubelet` passes `--client-ca-file` in `KUBELET_EXTRA_ARGS`,
+    /// which overrides `clientCAFile` of the kubelet's config (so kubeca must edit the flag).
+    pub fn kubelet_extra_args_client_ca(self) -> bool {
+        self == Profile::Hardened
     }
 
     /// The profile named in `up`'s arguments (`--profile=NAME` or `--profile NAME`), else the
@@ -58,6 +98,7 @@ impl fmt::Display for Profile {
         f.write_str(match self {
             Profile::Kubeadm => "kubeadm",
             Profile::Custom => "custom",
+            Profile::Hardened => "hardened",
         })
     }
 }
@@ -72,5 +113,7 @@ mod tests {
         assert_eq!(Profile::from_args(&["--key=ecdsa", "--profile=custom"]), Profile::Custom);
         assert_eq!(Profile::from_args(&["--profile", "custom"]), Profile::Custom);
         assert_eq!(Profile::from_args(&["--profile", "kubeadm"]), Profile::Kubeadm);
+        assert_eq!(Profile::from_args(&["--profile=hardened"]), Profile::Hardened);
+        assert_eq!(Profile::Hardened.to_string(), "hardened");
     }
 }

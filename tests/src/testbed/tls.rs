@@ -366,6 +366,19 @@ pub fn client_config_skip_verify(
     Ok(Arc::new(cfg))
 }
 
+/// A client config that presents no certificate and does not verify the server: the kubelet's
+/// HTTPS probes (`pkg/probe/http/http.go`, `InsecureSkipVerify: true`, no `Certificates`).
+pub fn client_config_skip_verify_anonymous() -> Result<Arc<rustls::ClientConfig>> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkipServerVerification(provider())))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
         // GenerateSelfSignedCertKey); a CA-signed one (custom profile) `CN=<node>`.
         let subject = lines.next().unwrap_or("");
         match tb.profile {
-            Profile::Kubeadm => {
+            Profile::Kubeadm | Profile::Hardened => {
                 assert!(subject.starts_with(&format!("subject=CN = {name}@")), "{out}")
             }
             Profile::Custom => assert!(subject.ends_with(&format!("CN = {name}")), "{out}"),
@@ -138,7 +138,7 @@ pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
         Profile::Custom => {
             (format!("https://{}:10250/healthz", tb.address("cp-1")), pki.join("ca.crt"))
         }
-        Profile::Kubeadm => (
+        Profile::Kubeadm | Profile::Hardened => (
             "https://cp-1:10250/healthz".to_string(),
             tb.node_path("cp-1", "var-lib-kubelet/pki/kubelet.crt"),
         ),
@@ -657,4 +657,57 @@ pub fn down_stops_only_its_own_testbed(tb: &Testbed) {
 
     // And the other's down leaves nothing of it.
     down_leaves_nothing(&side);
+}
+
+/// The kubelet runs static pods' probes as the real one (prober.rs): a pod whose liveness probe
+/// fails its threshold is killed and restarted, one whose probe passes is left alone, and every
+/// control-plane component keeps running under kubeadm's own probes.
+pub fn kubelets_restart_static_pods_that_fail_their_liveness_probes(tb: &Testbed) {
+    let manifest = |name: &str, probe: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: kube-system\n\
+             spec:\n  containers:\n  - command:\n    - sleep\n    - '3600'\n    image: \
+             busybox:1.36\n    livenessProbe:\n      failureThreshold: 2\n{probe}      \
+             periodSeconds: 1\n      timeoutSeconds: 1\n    name: {name}\n  hostNetwork: true\n"
+        )
+    };
+    // Nothing listens on port 1; the kubelet's healthz does on 127.0.0.1:10248.
+    let dead = "      tcpSocket:\n        host: 127.0.0.1\n        port: 1\n";
+    let live = "      httpGet:\n        host: 127.0.0.1\n        path: /healthz\n        port: \
+                10248\n        scheme: HTTP\n";
+    let dir = tb.node_path("w-2", "etc-kubernetes/manifests");
+    let components: Vec<(&str, Option<u32>)> =
+        ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]
+            .into_iter()
+            .map(|c| (c, static_pod_pid(tb, "cp-1", c)))
+            .collect();
+    fs::write(dir.join("probe-dead.yaml"), manifest("probe-dead", dead)).unwrap();
+    fs::write(dir.join("probe-live.yaml"), manifest("probe-live", live)).unwrap();
+    eventually("both probe pods running on w-2", Duration::from_secs(20), || {
+        static_pod_pid(tb, "w-2", "probe-dead").is_some()
+            && static_pod_pid(tb, "w-2", "probe-live").is_some()
+    });
+    let first = static_pod_pid(tb, "w-2", "probe-dead").unwrap();
+    let live_pid = static_pod_pid(tb, "w-2", "probe-live").unwrap();
+    eventually("probe-dead killed and started again", Duration::from_secs(30), || {
+        static_pod_pid(tb, "w-2", "probe-dead").is_some_and(|p| p != first)
+    });
+    let journal = fs::read_to_string(tb.node_path("w-2", "kubelet.journal")).unwrap();
+    assert!(
+        journal.contains("Container probe-dead failed liveness probe, will be restarted"),
+        "the kubelet says why it killed probe-dead"
+    );
+    assert!(journal.contains("dial tcp 127.0.0.1:1: connect"), "and what the probe saw");
+    assert!(!journal.contains("probe-live failed"), "probe-live's probe passes");
+    assert_eq!(static_pod_pid(tb, "w-2", "probe-live"), Some(live_pid), "probe-live kept");
+    for name in ["probe-dead", "probe-live"] {
+        fs::remove_file(dir.join(format!("{name}.yaml"))).unwrap();
+    }
+    eventually("the probe pods stopped", Duration::from_secs(30), || {
+        static_pod_pid(tb, "w-2", "probe-dead").is_none()
+            && static_pod_pid(tb, "w-2", "probe-live").is_none()
+    });
+    for (c, pid) in components {
+        assert_eq!(static_pod_pid(tb, "cp-1", c), pid, "{c} on cp-1 passes kubeadm's probes");
+    }
 }

@@ -78,6 +78,8 @@ struct State {
     endpoint: SocketAddr,
     /// How bearer tokens are verified and signed.
     tokens: Tokens,
+    /// Which requests without credentials pass as anonymous.
+    anonymous: Anonymous,
 }
 
 /// The service-account token settings, read once at start as the real one reads them
@@ -144,8 +146,7 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
         Some((&client_ca, Reload::OnChange)),
         &[b"http/1.1"],
     )?);
-    // kube-apiserver's --anonymous-auth defaults to true, and kubeadm leaves it so.
-    let anonymous = flags.get("anonymous-auth").is_none_or(|v| v != "false");
+    let anonymous = Anonymous::from_flags(&flags)?;
     let kubelet_ca = match flags.get("kubelet-certificate-authority") {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {p}"))?),
         None => None,
@@ -160,7 +161,8 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
     let etcd = Etcd::new(&flags)?;
     let endpoint = Subnet::from_env()?.lb_endpoint();
     let tokens = Tokens::from_flags(&flags)?;
-    let state = Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint, tokens });
+    let state =
+        Arc::new(State { etcd, flags: flags.clone(), kubelet_tls, endpoint, tokens, anonymous });
     // Without --bind-address the real one serves on every address (0.0.0.0,
     // `staging/src/k8s.io/apiserver/pkg/server/options/serving.go`); kubeadm sets none.
     let bind = flags.get("bind-address").cloned().unwrap_or_else(|| "0.0.0.0".into());
@@ -206,7 +208,7 @@ async fn run(flags: HashMap<String, String>) -> Result<()> {
                 let state = state.clone();
                 // Per request, against the client CA loaded now (x509.go verifies per request).
                 let cert = serving.authenticate(presented.as_deref());
-                async move { Ok::<_, Infallible>(handle(&state, cert, anonymous, peer, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, cert, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -239,7 +241,6 @@ fn not_found(kind: &Kind, name: &str) -> Resp {
 async fn handle(
     state: &State,
     cert: ClientCert,
-    anonymous: bool,
     peer: SocketAddr,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Resp {
@@ -306,7 +307,7 @@ async fn handle(
         );
         return respond(401, serving::unauthorized_status());
     }
-    if !authenticated && !anonymous {
+    if !authenticated && !state.anonymous.allows(&path) {
         return respond(401, serving::unauthorized_status());
     }
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
@@ -354,6 +355,68 @@ async fn handle(
     match route(state, requester.as_ref(), req).await {
         Ok(r) => r,
         Err(e) => status(500, "InternalError", &format!("{e:#}")),
+    }
+}
+
+/// Which unauthenticated requests are let through as `system:anonymous`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anonymous {
+    /// All (`--anonymous-auth` unset or true: the default, which kubeadm leaves).
+    Allowed,
+    /// None (`--anonymous-auth=false`).
+    Denied,
+    /// Only requests for these exact paths, query ignored (`--authentication-config` with an
+    /// `anonymous` section whose `conditions` list them).
+    Paths(std::collections::BTreeSet<String>),
+}
+
+impl Anonymous {
+    /// From `--anonymous-auth` and `--authentication-config`, as
+    /// pkg/kubeapiserver/options/authentication.go reads them: the file's `anonymous` section
+    /// cannot be combined with the flag; `enabled: false` denies all; conditions, when listed,
+    /// are the only paths (staging/src/k8s.io/apiserver/pkg/authentication/request/anonymous/
+    /// anonymous.go matches `URL.Path` exactly).
+    pub fn from_flags(flags: &HashMap<String, String>) -> Result<Anonymous> {
+        let flag = flags.get("anonymous-auth").map(|v| v != "false");
+        let Some(file) = flags.get("authentication-config") else {
+            return Ok(if flag == Some(false) { Anonymous::Denied } else { Anonymous::Allowed });
+        };
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        Anonymous::from_config(&text, flag.is_some()).with_context(|| file.clone())
+    }
+
+    fn from_config(text: &str, flag_set: bool) -> Result<Anonymous> {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).context("not YAML")?;
+        if v.get("kind").and_then(|k| k.as_str()) != Some("AuthenticationConfiguration") {
+            anyhow::bail!("kind is not AuthenticationConfiguration");
+        }
+        let Some(a) = v.get("anonymous") else {
+            return Ok(Anonymous::Allowed);
+        };
+        if flag_set {
+            anyhow::bail!(
+                "anonymous: Forbidden: --anonymous-auth flag cannot be set when anonymous field \
+                 is configured in authentication configuration file"
+            );
+        }
+        if a.get("enabled").and_then(|e| e.as_bool()) != Some(true) {
+            return Ok(Anonymous::Denied);
+        }
+        let paths: std::collections::BTreeSet<String> = a
+            .get("conditions")
+            .and_then(|c| c.as_sequence())
+            .map(|c| c.iter().filter_map(|x| x.get("path")?.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        Ok(if paths.is_empty() { Anonymous::Allowed } else { Anonymous::Paths(paths) })
+    }
+
+    /// Whether a request without credentials for `path` is let through as anonymous.
+    pub fn allows(&self, path: &str) -> bool {
+        match self {
+            Anonymous::Allowed => true,
+            Anonymous::Denied => false,
+            Anonymous::Paths(p) => p.contains(path),
+        }
     }
 }
 
@@ -698,6 +761,27 @@ async fn token_request(state: &State, ns: &str, name: &str, body: &[u8]) -> Resu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn anonymous_access_follows_the_flag_or_the_authentication_configuration() {
+        let flags = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(Anonymous::from_flags(&flags(&[])).unwrap(), Anonymous::Allowed);
+        let off = flags(&[("anonymous-auth", "false")]);
+        assert_eq!(Anonymous::from_flags(&off).unwrap(), Anonymous::Denied);
+        let health = "kind: AuthenticationConfiguration\nanonymous:\n  enabled: true\n  \
+                      conditions:\n  - path: /livez\n  - path: /readyz\n";
+        let a = Anonymous::from_config(health, false).unwrap();
+        assert!(a.allows("/readyz") && a.allows("/livez"));
+        assert!(!a.allows("/version") && !a.allows("/readyz/etcd"), "exact paths only");
+        let e = Anonymous::from_config(health, true).unwrap_err().to_string();
+        assert!(e.contains("--anonymous-auth flag cannot be set"), "{e}");
+        let disabled = "kind: AuthenticationConfiguration\nanonymous:\n  enabled: false\n";
+        assert_eq!(Anonymous::from_config(disabled, false).unwrap(), Anonymous::Denied);
+        let jwt_only = "kind: AuthenticationConfiguration\njwt: []\n";
+        assert_eq!(Anonymous::from_config(jwt_only, true).unwrap(), Anonymous::Allowed);
+    }
+
     use super::*;
 
     #[test]

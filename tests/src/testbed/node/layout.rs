@@ -46,8 +46,11 @@ pub fn node_dir(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// (directory under the node's dir, path inside the node) for every bind mount of a node.
-pub(super) const BIND_MOUNTS: [(&str, &str); 6] = [
+pub(super) const BIND_MOUNTS: [(&str, &str); 7] = [
     ("etc-kubernetes", "/etc/kubernetes"),
+    // Where the kubelet unit's `KUBELET_EXTRA_ARGS` file lives (`/etc/default/kubelet`); a copy
+    // of the host's, so that nothing else a node reads there goes missing.
+    ("etc-default", "/etc/default"),
     ("var-lib-kubelet", "/var/lib/kubelet"),
     ("var-lib-etcd", "/var/lib/etcd"),
     ("var-log-pods", "/var/log/pods"),

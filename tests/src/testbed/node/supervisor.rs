@@ -27,13 +27,25 @@ const KUBELET_ARGS: [&str; 2] =
 /// The drop-in's `EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env` (optional: `-`).
 const KUBEADM_FLAGS_ENV: &str = "/var/lib/kubelet/kubeadm-flags.env";
 
+/// The drop-in's `EnvironmentFile=-/etc/default/kubelet` (the deb packages'; the rpm ones read
+/// `/etc/sysconfig/kubelet`), whose `KUBELET_EXTRA_ARGS` comes last on the command line.
+const KUBELET_EXTRA_ARGS_FILE: &str = "/etc/default/kubelet";
+
 /// The words of `KUBELET_KUBEADM_ARGS` in an environment file, as systemd passes an unquoted
 /// `$VAR` to ExecStart: the value without its quotes, split at whitespace.
 fn kubeadm_args(env_file: &str) -> Vec<String> {
+    env_args(env_file, "KUBELET_KUBEADM_ARGS")
+}
+
+/// The words of variable `var` in an environment file (its last assignment; `#` and `;` lines
+/// are comments, systemd.exec(5)).
+fn env_args(env_file: &str, var: &str) -> Vec<String> {
+    let prefix = format!("{var}=");
     env_file
         .lines()
+        .filter(|l| !l.trim_start().starts_with(['#', ';']))
         .rev()
-        .find_map(|l| l.trim().strip_prefix("KUBELET_KUBEADM_ARGS="))
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
         .map(|v| v.trim().trim_matches('"').split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
 }
@@ -150,10 +162,12 @@ async fn supervise_loop(
     let journal = root.join("kubelet.journal");
     let start_kubelet = || -> Result<u32> {
         let env_file = fs::read_to_string(KUBEADM_FLAGS_ENV).unwrap_or_default();
+        let extra = fs::read_to_string(KUBELET_EXTRA_ARGS_FILE).unwrap_or_default();
         let mut child = Command::new(&exe)
             .arg("kubelet")
             .args(KUBELET_ARGS)
             .args(kubeadm_args(&env_file))
+            .args(env_args(&extra, "KUBELET_EXTRA_ARGS"))
             .env("KUBECA_TESTBED_DIR", dir)
             .env("KUBECA_TESTBED_NODE", name)
             .env("KUBECA_TESTBED_ADDRESS", address)
@@ -335,5 +349,8 @@ mod tests {
             ]
         );
         assert!(kubeadm_args("").is_empty(), "the file is optional (EnvironmentFile=-)");
+        let extra = "# KUBELET_EXTRA_ARGS=--v=9\nKUBELET_EXTRA_ARGS=\"--client-ca-file=/a.crt\"\n";
+        assert_eq!(env_args(extra, "KUBELET_EXTRA_ARGS"), ["--client-ca-file=/a.crt"]);
+        assert!(env_args(extra, "KUBELET_KUBEADM_ARGS").is_empty());
     }
 }
