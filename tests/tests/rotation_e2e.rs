@@ -595,6 +595,8 @@ fn full_rotation(tb: &Testbed) {
     tb.kubectl_ok(&["delete", "csr", &csr]);
     k.expect(&["run"], 75); // the finalize gate
     let drop_in = "/etc/kubernetes/kubelet.conf.d/50-client-ca.conf";
+    // The cluster CA where the profile's certificatesDir keeps it (not always kubeadm's).
+    let ca_crt = format!("{}/ca.crt", tb.profile.pki_dir());
     let client_ca = |node: &str, file: &str| {
         let text = std::fs::read_to_string(tb.host_path(node, file)).unwrap();
         let line = text.lines().find(|l| l.trim_start().starts_with("clientCAFile:")).unwrap();
@@ -608,7 +610,7 @@ fn full_rotation(tb: &Testbed) {
             let bundle = std::fs::read_to_string(tb.host_path(node, &named)).unwrap();
             assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{node}: {named}");
             let base = client_ca(node, "/var/lib/kubelet/config.yaml");
-            assert_eq!(base, "/etc/kubernetes/pki/ca.crt", "{node}: config.yaml untouched");
+            assert_eq!(base, ca_crt, "{node}: config.yaml untouched");
         }
     }
     let extra_args = || {
@@ -628,19 +630,19 @@ fn full_rotation(tb: &Testbed) {
             let bundle = std::fs::read_to_string(tb.host_path(&node, &named)).unwrap();
             assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{node}: {named}");
             let base = client_ca(&node, "/var/lib/kubelet/config.yaml");
-            assert_eq!(base, "/etc/kubernetes/pki/ca.crt", "{node}: config.yaml untouched");
+            assert_eq!(base, ca_crt, "{node}: config.yaml untouched");
         }
     }
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
     if tb.profile.kubelet_extra_args_client_ca() {
         for (node, named) in extra_args() {
-            assert_eq!(named, "/etc/kubernetes/pki/ca.crt", "{node}: the flag back at ca.crt");
+            assert_eq!(named, ca_crt, "{node}: the flag back at ca.crt");
         }
     }
     if tb.profile.kubelet_config_dir() {
         for (node, _, _) in &tb.nodes {
-            assert_eq!(client_ca(node, drop_in), "/etc/kubernetes/pki/ca.crt", "{node}");
+            assert_eq!(client_ca(node, drop_in), ca_crt, "{node}");
         }
     }
     let wall = started_at.elapsed().as_secs_f64();
@@ -707,7 +709,7 @@ fn node_client_request_signed(tb: &Testbed, node: &str) -> String {
                  "request": base64::engine::general_purpose::STANDARD.encode(req)}});
     std::fs::write(d.join("body.json"), body.to_string()).unwrap();
     let pair = tb.host_path(node, "/var/lib/kubelet/pki/kubelet-client-current.pem");
-    let ca = tb.host_path("cp-1", "/etc/kubernetes/pki/ca.crt");
+    let ca = tb.pki("cp-1", "ca.crt");
     let post = format!(
         "curl -sS --fail-with-body --cacert {} --cert {p} --key {p} -H 'Content-Type: \
          application/json' --data @{}/body.json \
@@ -1178,7 +1180,7 @@ fn faults(tb: &Testbed) {
     let flags = std::fs::read_to_string(&env).unwrap();
     let pinned = flags.replacen(
         "KUBELET_KUBEADM_ARGS=\"",
-        "KUBELET_KUBEADM_ARGS=\"--client-ca-file=/etc/kubernetes/pki/ca.crt ",
+        &format!("KUBELET_KUBEADM_ARGS=\"--client-ca-file={}/ca.crt ", tb.profile.pki_dir()),
         1,
     );
     assert_ne!(pinned, flags, "{flags}");
@@ -1230,12 +1232,8 @@ fn faults(tb: &Testbed) {
             fired = true;
             while_stopped(pid, || {
                 // A valid certificate of another key: the apiserver cannot serve with it.
-                let other = std::fs::read(
-                    tb.node_path("cp-2", "etc-kubernetes/pki/apiserver-kubelet-client.crt"),
-                )
-                .unwrap();
-                std::fs::write(tb.node_path("cp-2", "etc-kubernetes/pki/apiserver.crt"), other)
-                    .unwrap();
+                let other = std::fs::read(tb.pki("cp-2", "apiserver-kubelet-client.crt")).unwrap();
+                std::fs::write(tb.pki("cp-2", "apiserver.crt"), other).unwrap();
             });
         }
     });

@@ -142,14 +142,14 @@ fn ecdsa_pki_verifies_with_openssl() {
             let out = std::process::Command::new("openssl")
                 .arg("verify")
                 .arg("-CAfile")
-                .arg(host(ca))
-                .arg(host(cert))
+                .arg(host(&ca))
+                .arg(host(&cert))
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{cert}: {}", kubeca_tests::harness::text(&out));
             let info = std::process::Command::new("openssl")
                 .args(["x509", "-noout", "-text", "-in"])
-                .arg(host(cert))
+                .arg(host(&cert))
                 .output()
                 .unwrap();
             assert!(

@@ -28,10 +28,7 @@ pub struct Cas {
 impl Cas {
     /// cp-1's CAs as they are now.
     pub fn read(tb: &Testbed) -> Cas {
-        let read = |f: &str| {
-            std::fs::read_to_string(tb.node_path("cp-1", &format!("etc-kubernetes/pki/{f}")))
-                .unwrap()
-        };
+        let read = |f: &str| std::fs::read_to_string(tb.pki("cp-1", f)).unwrap();
         Cas {
             cluster: read("ca.crt"),
             front_proxy: read("front-proxy-ca.crt"),
@@ -188,12 +185,13 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
     let mut failures = Vec::new();
     for (name, _, cp) in &tb.nodes {
         for (cert, ca) in crate::testbed::pki::certificates_and_cas(*cp, tb.profile) {
-            let (new_ca, old_ca) = match ca {
-                "/etc/kubernetes/pki/ca.crt" => (&new.cluster, &old.cluster),
-                "/etc/kubernetes/pki/front-proxy-ca.crt" => (&new.front_proxy, &old.front_proxy),
-                _ => continue, // the etcd CA is not rotated
+            let (new_ca, old_ca) = match ca.rsplit_once('/').map(|(_, f)| f) {
+                _ if ca.contains("/etcd/") => continue, // the etcd CA is not rotated
+                Some("ca.crt") => (&new.cluster, &old.cluster),
+                Some("front-proxy-ca.crt") => (&new.front_proxy, &old.front_proxy),
+                _ => unreachable!("no such CA: {ca}"),
             };
-            let path = tb.host_path(name, cert);
+            let path = tb.host_path(name, &cert);
             if !verifies(new_ca, &path) {
                 failures.push(format!("{name}:{cert} does not verify against the new CA"));
             }
@@ -305,7 +303,7 @@ pub fn completed_rotation(tb: &Testbed, old: &Cas, old_admin: &Path, kubeca: &mu
             failures.push(format!("{} holds a private key with mode {mode:o}", p.display()));
         }
     }
-    let key = std::fs::read_to_string(tb.node_path("cp-1", "etc-kubernetes/pki/ca.key")).unwrap();
+    let key = std::fs::read_to_string(tb.pki("cp-1", "ca.key")).unwrap();
     let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     if exported.contains("PRIVATE KEY") || exported.contains(&key_body[..48]) {
         failures.push("the export holds key material".into());
@@ -346,7 +344,7 @@ pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
     let mut failures = Vec::new();
     for (name, address, cp) in &tb.nodes {
         if *cp {
-            let want = file_cert(&tb.node_path(name, "etc-kubernetes/pki/apiserver.crt"));
+            let want = file_cert(&tb.pki(name, "apiserver.crt"));
             if served_cert(address, 6443) != want {
                 failures.push(format!(
                     "{name}'s apiserver does not serve its pre-rotation certificate"

@@ -103,6 +103,12 @@ impl Testbed {
         self.dir.join("nodes").join(node).join(rel)
     }
 
+    /// A host path of a file in a node's certificates directory (its profile's
+    /// `certificatesDir`), e.g. `pki("cp-1", "ca.crt")`.
+    pub fn pki(&self, node: &str, file: &str) -> PathBuf {
+        self.host_path(node, &format!("{}/{file}", self.profile.pki_dir()))
+    }
+
     /// `kubeca-testbed down` now (the guard's down then finds nothing).
     pub fn down(&self) -> Output {
         Command::new(testbed_bin()).arg("down").arg("--dir").arg(&self.dir).output().unwrap()
@@ -209,7 +215,7 @@ pub fn ssh_with(dir: &Path, known_hosts: &Path, address: &str, command: &str) ->
 
 /// `etcdctl endpoint health` over every member with cp-1's healthcheck client certificate.
 pub fn etcd_health(tb: &Testbed, with_client_cert: bool) -> Output {
-    let pki = tb.node_path("cp-1", "etc-kubernetes/pki/etcd");
+    let pki = tb.pki("cp-1", "etcd");
     let endpoints: Vec<String> =
         tb.nodes.iter().filter(|n| n.2).map(|n| format!("https://{}:2379", n.1)).collect();
     let mut cmd = Command::new("etcdctl");

@@ -62,9 +62,7 @@ impl EtcdWatch {
             .nodes
             .iter()
             .filter(|n| n.2)
-            .map(|(name, address, _)| {
-                (address.clone(), tb.node_path(name, "etc-kubernetes/pki/etcd"))
-            })
+            .map(|(name, address, _)| (address.clone(), tb.pki(name, "etcd")))
             .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();

@@ -326,7 +326,8 @@ fn up(dir: &Path, spec: &Spec, wait: Wait, timeout: Duration) -> Result<PathBuf>
         Ok(nodes.iter().all(|n| TcpStream::connect((n.address.as_str(), 22)).is_ok()))
     })
     .with_context(hint)?;
-    wait_for("a healthy etcd cluster", deadline, || etcd_healthy(&dir, &nodes))
+    let etcd_pki = spec.profile.pki_dir().to_string() + "/etcd";
+    wait_for("a healthy etcd cluster", deadline, || etcd_healthy(&dir, &nodes, &etcd_pki))
         .with_context(hint)?;
     wait_for("haproxy", deadline, || Ok(TcpStream::connect(subnet.lb_endpoint()).is_ok()))
         .with_context(hint)?;
@@ -391,9 +392,12 @@ fn wait_for(what: &str, deadline: Instant, mut ready: impl FnMut() -> Result<boo
     }
 }
 
-/// `etcdctl endpoint health` over every member with cp-1's healthcheck client certificate.
-fn etcd_healthy(dir: &Path, nodes: &[NodeSpec]) -> Result<bool> {
-    let pki = node::node_dir(dir, "cp-1").join("etc-kubernetes/pki/etcd");
+/// `etcdctl endpoint health` over every member with cp-1's healthcheck client certificate,
+/// from `etcd_pki` (the node's path of its etcd certificates).
+fn etcd_healthy(dir: &Path, nodes: &[NodeSpec], etcd_pki: &str) -> Result<bool> {
+    let rel =
+        etcd_pki.strip_prefix("/etc/kubernetes/").context("etcd's pki outside /etc/kubernetes")?;
+    let pki = node::node_dir(dir, "cp-1").join("etc-kubernetes").join(rel);
     let endpoints: Vec<String> = nodes
         .iter()
         .filter(|n| n.control_plane)

@@ -147,13 +147,14 @@ fn node_files(
 ) -> Result<()> {
     let root = node_dir(dir, &node.name);
     let etc = root.join("etc-kubernetes");
-    let pki = etc.join("pki");
-    let static_pods = etc.join(
-        profile
-            .static_pod_path()
-            .strip_prefix("/etc/kubernetes/")
-            .context("the testbed keeps static pods under /etc/kubernetes")?,
-    );
+    let in_etc = |dir: &'static str| {
+        dir.strip_prefix("/etc/kubernetes/")
+            .map(|d| etc.join(d))
+            .with_context(|| format!("the testbed keeps {dir} under /etc/kubernetes"))
+    };
+    let pki_dir = profile.pki_dir();
+    let pki = in_etc(pki_dir)?;
+    let static_pods = in_etc(profile.static_pod_path())?;
     let kubelet_dir = root.join("var-lib-kubelet");
     for d in [
         pki.join("etcd"),
@@ -178,7 +179,7 @@ fn node_files(
         // the file kubeadm's unit passes last: this flag wins over clientCAFile of config.yaml.
         write(
             &etc_default.join("kubelet"),
-            b"KUBELET_EXTRA_ARGS=\"--client-ca-file=/etc/kubernetes/pki/ca.crt\"\n",
+            format!("KUBELET_EXTRA_ARGS=\"--client-ca-file={pki_dir}/ca.crt\"\n").as_bytes(),
         )?;
     }
     // kubeadm makes /var/lib/etcd 0700; etcd warns about anything looser.
@@ -277,7 +278,10 @@ fn node_files(
 
         // kubeadm writes static pod manifests 0600.
         let manifests = &static_pods;
-        write_secret(&manifests.join("etcd.yaml"), etcd_manifest(node, control_planes).as_bytes())?;
+        write_secret(
+            &manifests.join("etcd.yaml"),
+            etcd_manifest(node, control_planes, pki_dir).as_bytes(),
+        )?;
         write_secret(
             &manifests.join("kube-apiserver.yaml"),
             apiserver_manifest(node, profile).as_bytes(),
@@ -288,7 +292,7 @@ fn node_files(
         }
         write_secret(
             &manifests.join("kube-controller-manager.yaml"),
-            controller_manager_manifest().as_bytes(),
+            controller_manager_manifest(pki_dir).as_bytes(),
         )?;
         write_secret(
             &manifests.join("kube-scheduler.yaml"),
@@ -321,7 +325,7 @@ fn node_files(
 
     let kubelet_conf = kubeconfig_files(&read(&ca.0)?, &lb_server);
     write_secret(&etc.join("kubelet.conf"), kubelet_conf.as_bytes())?;
-    write(&kubelet_dir.join("config.yaml"), kubelet_config().as_bytes())?;
+    write(&kubelet_dir.join("config.yaml"), kubelet_config(pki_dir).as_bytes())?;
     // The custom profile moves clientCAFile into a drop-in of `--config-dir`, which wins over
     // config.yaml: kubeca must edit the drop-in, not config.yaml.
     let config_dir = if profile.kubelet_config_dir() {
@@ -329,8 +333,11 @@ fn node_files(
         fs::create_dir_all(&d)?;
         write(
             &d.join("50-client-ca.conf"),
-            b"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
-              authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n",
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 authentication:\n  x509:\n    clientCAFile: {pki_dir}/ca.crt\n"
+            )
+            .as_bytes(),
         )?;
         // And the static pod directory elsewhere than kubeadm's, set by a drop-in too.
         write(
@@ -550,9 +557,10 @@ fn kubeconfig_files(ca: &str, server: &str) -> String {
 
 /// /var/lib/kubelet/config.yaml as kubeadm writes it: no `address` (the kubelet serves :10250
 /// on 0.0.0.0, `pkg/kubelet/apis/config/v1beta1/defaults.go`) and its healthz on 127.0.0.1
-/// (`cmd/kubeadm/app/componentconfigs/kubelet.go`: `kubeletHealthzBindAddress`).
-fn kubelet_config() -> String {
-    "apiVersion: kubelet.config.k8s.io/v1beta1
+/// (`cmd/kubeadm/app/componentconfigs/kubelet.go`: `kubeletHealthzBindAddress`), its
+/// `clientCAFile` in the certificates directory (`certificatesDir`, the same file).
+fn kubelet_config(pki_dir: &str) -> String {
+    let text = "apiVersion: kubelet.config.k8s.io/v1beta1
 authentication:
   anonymous:
     enabled: false
@@ -560,7 +568,7 @@ authentication:
     cacheTTL: 0s
     enabled: true
   x509:
-    clientCAFile: /etc/kubernetes/pki/ca.crt
+    clientCAFile: PKI_DIR/ca.crt
 authorization:
   mode: Webhook
   webhook:
@@ -597,8 +605,8 @@ staticPodPath: /etc/kubernetes/manifests
 streamingConnectionIdleTimeout: 0s
 syncFrequency: 0s
 volumeStatsAggPeriod: 0s
-"
-    .to_string()
+";
+    text.replace("PKI_DIR", pki_dir)
 }
 
 /// The hardened profile's `--authentication-config` ([`Profile::anonymous_by_config`]).
@@ -745,7 +753,7 @@ fn flags(program: &str, flags: &[(&str, String)]) -> Vec<String> {
 /// serving certificates being signed by the cluster CA, so the apiserver→kubelet edge is checked.
 fn apiserver_manifest(node: &NodeSpec, profile: Profile) -> String {
     let a = &node.address;
-    let p = "/etc/kubernetes/pki";
+    let p = profile.pki_dir();
     let mut args = vec![
         ("advertise-address", a.clone()),
         ("allow-privileged", "true".into()),
@@ -821,8 +829,7 @@ fn apiserver_manifest(node: &NodeSpec, profile: Profile) -> String {
 
 /// kube-controller-manager.yaml with kubeadm's flags (`getControllerManagerCommand`): its
 /// secure port on the node's loopback only, and kubeadm's probe there.
-fn controller_manager_manifest() -> String {
-    let p = "/etc/kubernetes/pki";
+fn controller_manager_manifest(p: &str) -> String {
     let conf = "/etc/kubernetes/controller-manager.conf";
     let command = flags(
         "kube-controller-manager",
@@ -880,7 +887,7 @@ fn scheduler_manifest(profile: Profile) -> String {
         ("bind-address", "127.0.0.1".into()),
     ];
     if profile.scheduler_client_ca_file() {
-        args.push(("client-ca-file", "/etc/kubernetes/pki/ca.crt".into()));
+        args.push(("client-ca-file", format!("{}/ca.crt", profile.pki_dir())));
     }
     args.extend([("kubeconfig", conf.into()), ("leader-elect", "true".into())]);
     let command = flags("kube-scheduler", &args);
@@ -890,7 +897,7 @@ fn scheduler_manifest(profile: Profile) -> String {
         command,
         annotations: vec![],
         volumes: vec![
-            ("k8s-certs", "/etc/kubernetes/pki", "/etc/kubernetes/pki", "DirectoryOrCreate", true),
+            ("k8s-certs", profile.pki_dir(), profile.pki_dir(), "DirectoryOrCreate", true),
             ("kubeconfig", conf, conf, "FileOrCreate", true),
         ],
         probe: Some(Probe::Http("127.0.0.1", 10259, "/healthz")),
@@ -904,9 +911,9 @@ fn scheduler_manifest(profile: Profile) -> String {
 /// address, metrics (and kubeadm's probe) on the loopback only.
 /// All members start together with `--initial-cluster-state=new` (kubeadm adds them one by one;
 /// the resulting cluster is the same).
-fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec]) -> String {
+fn etcd_manifest(node: &NodeSpec, control_planes: &[&NodeSpec], pki_dir: &str) -> String {
     let a = &node.address;
-    let p = "/etc/kubernetes/pki/etcd";
+    let p = &format!("{pki_dir}/etcd");
     let initial: Vec<String> =
         control_planes.iter().map(|n| format!("{}=https://{}:2380", n.name, n.address)).collect();
     let command = flags(
@@ -999,29 +1006,31 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 /// Every certificate of a node and the CA file that must verify it, as paths inside the node
 /// (`/etc/kubernetes/...`, `/var/lib/kubelet/...`); used by the tests' `openssl verify`. The
 /// kubelet's self-signed serving pair (kubeadm's layout) has no CA of the cluster's.
-pub fn certificates_and_cas(
-    control_plane: bool,
-    profile: Profile,
-) -> Vec<(&'static str, &'static str)> {
-    let ca = "/etc/kubernetes/pki/ca.crt";
-    let fp = "/etc/kubernetes/pki/front-proxy-ca.crt";
-    let etcd = "/etc/kubernetes/pki/etcd/ca.crt";
-    let mut v = vec![(ca, ca), ("/var/lib/kubelet/pki/kubelet-client-current.pem", ca)];
-    if profile.kubelet_serving_signed() {
-        v.push(("/var/lib/kubelet/pki/kubelet.crt", ca));
-    }
+pub fn certificates_and_cas(control_plane: bool, profile: Profile) -> Vec<(String, String)> {
+    let p = profile.pki_dir();
+    let ca = "ca.crt";
+    let fp = "front-proxy-ca.crt";
+    let etcd = "etcd/ca.crt";
+    let mut v = vec![(ca, ca)];
     if control_plane {
         v.extend([
             (fp, fp),
             (etcd, etcd),
-            ("/etc/kubernetes/pki/apiserver.crt", ca),
-            ("/etc/kubernetes/pki/apiserver-kubelet-client.crt", ca),
-            ("/etc/kubernetes/pki/front-proxy-client.crt", fp),
-            ("/etc/kubernetes/pki/etcd/server.crt", etcd),
-            ("/etc/kubernetes/pki/etcd/peer.crt", etcd),
-            ("/etc/kubernetes/pki/etcd/healthcheck-client.crt", etcd),
-            ("/etc/kubernetes/pki/apiserver-etcd-client.crt", etcd),
+            ("apiserver.crt", ca),
+            ("apiserver-kubelet-client.crt", ca),
+            ("front-proxy-client.crt", fp),
+            ("etcd/server.crt", etcd),
+            ("etcd/peer.crt", etcd),
+            ("etcd/healthcheck-client.crt", etcd),
+            ("apiserver-etcd-client.crt", etcd),
         ]);
+    }
+    let mut v: Vec<(String, String)> =
+        v.into_iter().map(|(c, a)| (format!("{p}/{c}"), format!("{p}/{a}"))).collect();
+    let ca = format!("{p}/{ca}");
+    v.insert(1, ("/var/lib/kubelet/pki/kubelet-client-current.pem".into(), ca.clone()));
+    if profile.kubelet_serving_signed() {
+        v.insert(2, ("/var/lib/kubelet/pki/kubelet.crt".into(), ca));
     }
     v
 }

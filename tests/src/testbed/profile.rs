@@ -15,7 +15,8 @@ pub enum Profile {
     /// A layout operators customise kubeadm into: kubelet serving certificates signed by the
     /// cluster CA and checked by the apiservers' `--kubelet-certificate-authority`, and
     /// kube-scheduler given `--client-ca-file` (upstream step 6 then has a flag to change), the
-    /// kubelet's `clientCAFile` and `staticPodPath` set by `--config-dir` drop-ins.
+    /// kubelet's `clientCAFile` and `staticPodPath` set by `--config-dir` drop-ins, and the
+    /// certificates in `/etc/kubernetes/ssl` ([`Profile::pki_dir`]).
     Custom,
     /// kubeadm's layout hardened as the CIS benchmark asks (1.2.1): every apiserver runs with
     /// `--anonymous-auth=false`, so an unauthenticated request gets 401 on every path, the
@@ -69,6 +70,19 @@ impl Profile {
         if self == Profile::Custom { "/etc/kubernetes/pods" } else { "/etc/kubernetes/manifests" }
     }
 
+    /// Where the node's certificates live: kubeadm's `certificatesDir` of its
+    /// ClusterConfiguration, `/etc/kubernetes/pki` unless set (`DefaultCertificatesDir`,
+    /// `cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go`). kubeadm derives every certificate
+    /// flag of the manifests from it, mounts it as the `k8s-certs` volume
+    /// (`cmd/kubeadm/app/phases/controlplane/volumes.go`, `etcd-certs` is its `etcd`
+    /// subdirectory, `phases/etcd/local.go`) and writes the kubelet's `clientCAFile` from it
+    /// (`componentconfigs/kubelet.go`). The custom profile sets it to `/etc/kubernetes/ssl`, the
+    /// directory kubespray's kubeadm clusters use (`kube_cert_dir`), so kubeca finds the
+    /// certificates only by following the manifests and the kubelet's settings.
+    pub fn pki_dir(self) -> &'static str {
+        if self == Profile::Custom { "/etc/kubernetes/ssl" } else { "/etc/kubernetes/pki" }
+    }
+
     /// Every node's `/etc/default/kubelet` passes `--client-ca-file` in `KUBELET_EXTRA_ARGS`,
     /// which overrides `clientCAFile` of the kubelet's config (so kubeca must edit the flag).
     pub fn kubelet_extra_args_client_ca(self) -> bool {
@@ -115,5 +129,6 @@ mod tests {
         assert_eq!(Profile::from_args(&["--profile", "kubeadm"]), Profile::Kubeadm);
         assert_eq!(Profile::from_args(&["--profile=hardened"]), Profile::Hardened);
         assert_eq!(Profile::Hardened.to_string(), "hardened");
+        assert_eq!(Profile::Kubeadm.pki_dir(), "/etc/kubernetes/pki");
     }
 }
