@@ -86,6 +86,7 @@ fn facts(name: &str, control_plane: bool) -> NodeFacts {
             rotates_client_cert: true,
             static_pod_path: m.into(),
             serving_cert: "/var/lib/kubelet/pki/kubelet.crt".into(),
+            serving_bootstrap: false,
             cert_dir: "/var/lib/kubelet/pki".into(),
             client_cert: "/var/lib/kubelet/pki/kubelet-client-current.pem".into(),
             port: 10250,

@@ -192,9 +192,16 @@ pub struct KubeletFacts {
     pub rotates_client_cert: bool,
     /// Static pod directory.
     pub static_pod_path: String,
-    /// Its serving certificate (`tlsCertFile`, else the self-signed one in its certificate
-    /// directory).
+    /// Its serving certificate: `tlsCertFile`; else with `serverTLSBootstrap` the one its
+    /// certificate manager keeps (`kubelet-server-current.pem`, certificate and key); else the
+    /// self-signed one in its certificate directory.
     pub serving_cert: String,
+    /// `serverTLSBootstrap: true` (and no `tlsCertFile`): its serving certificate comes from
+    /// the CSR API's `kubernetes.io/kubelet-serving` signer, the cluster CA on kubeadm, so it is
+    /// of the CA being rotated (`pkg/kubelet/certificate/kubelet.go`
+    /// `NewKubeletServerCertificateManager`).
+    #[serde(default)]
+    pub serving_bootstrap: bool,
     /// Its certificate directory (`--cert-dir`), where it keeps the certificates it rotates.
     pub cert_dir: String,
     /// Its client certificate file, which the undo of a kubelet roll restores: the one its
@@ -267,6 +274,7 @@ impl NodeFacts {
                 client_ca: kubelet_client_ca.clone().unwrap_or_else(|| ca_cert.clone()),
                 client_cert: k.client_cert.clone(),
                 serving_cert: k.serving_cert.clone(),
+                serving_bootstrap: k.serving_bootstrap,
                 port: k.port,
             },
             None => KubeletLayout::default(),
@@ -451,6 +459,9 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
         let rotates =
             last(&|c| config_value(c, "rotateCertificates")).is_some_and(|(_, v)| v == "true");
         let rotating = format!("{cert_dir}/{}", path::KUBELET_CLIENT_CURRENT_FILE);
+        let tls_cert_file = last(&|c| config_value(c, "tlsCertFile")).map(|(_, v)| v);
+        let serving_bootstrap = tls_cert_file.is_none()
+            && last(&|c| config_value(c, "serverTLSBootstrap")).is_some_and(|(_, v)| v == "true");
         let current = node.read(&rotating).await?.is_some();
         facts.kubelet = Some(KubeletFacts {
             config: config_file,
@@ -458,9 +469,15 @@ pub async fn discover<N: Node>(node: &N) -> Result<NodeFacts, DiscoveryError> {
             client_ca_file,
             rotates_client_cert: rotates && current,
             static_pod_path: static_pod_path.clone(),
-            serving_cert: last(&|c| config_value(c, "tlsCertFile"))
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| format!("{cert_dir}/{}", path::KUBELET_SERVING_FILE)),
+            serving_cert: tls_cert_file.clone().unwrap_or_else(|| {
+                let file = if serving_bootstrap {
+                    path::KUBELET_SERVER_CURRENT_FILE
+                } else {
+                    path::KUBELET_SERVING_FILE
+                };
+                format!("{cert_dir}/{file}")
+            }),
+            serving_bootstrap,
             // Until its kubeconfig is read below: the certificate it rotates.
             client_cert: rotating,
             port: port_flag
@@ -713,6 +730,33 @@ mod tests {
         assert!(f.kubeconfigs.contains_key("/etc/kubelet/kubelet.conf"));
     }
 
+    /// With `serverTLSBootstrap` the kubelet serves what its certificate manager keeps in its
+    /// certificate directory, which came from the CSR API; `tlsCertFile` wins over it.
+    #[tokio::test]
+    async fn a_bootstrapped_serving_certificate_is_the_managers_current_one() {
+        let (dir, node) = control_plane();
+        let r = dir.path();
+        put(
+            r,
+            "/var/lib/kubelet/kubeadm-flags.env",
+            "KUBELET_KUBEADM_ARGS=\"--config-dir=/etc/kubernetes/kubelet.conf.d\"\n",
+        );
+        let doc = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+        let drop_in = "/etc/kubernetes/kubelet.conf.d/50-serving.conf";
+        put(r, drop_in, &format!("{doc}serverTLSBootstrap: true\n"));
+        let k = discover(&node).await.unwrap().kubelet.unwrap();
+        assert!(k.serving_bootstrap);
+        assert_eq!(k.serving_cert, format!("{}/kubelet-server-current.pem", k.cert_dir));
+        put(
+            r,
+            drop_in,
+            &format!("{doc}serverTLSBootstrap: true\ntlsCertFile: /etc/kubernetes/pki/k.crt\n"),
+        );
+        let k = discover(&node).await.unwrap().kubelet.unwrap();
+        assert!(!k.serving_bootstrap, "a given tlsCertFile is served instead");
+        assert_eq!(k.serving_cert, "/etc/kubernetes/pki/k.crt");
+    }
+
     /// `--config-dir` drop-ins override the config file field by field, in lexical order, and
     /// `KUBELET_EXTRA_ARGS` (`/etc/default/kubelet`) wins over `kubeadm-flags.env`; kubeca then
     /// edits the drop-in whose `clientCAFile` the kubelet uses.
@@ -848,6 +892,7 @@ mod tests {
                 client_ca: pki("ca.crt"),
                 client_cert: fixtures::KUBELET_CLIENT_CERT.into(),
                 serving_cert: "/srv/kubelet/pki/kubelet.crt".into(),
+                serving_bootstrap: false,
                 port: fixtures::KUBELET_PORT,
             }
         );

@@ -98,6 +98,9 @@ pub mod path {
     pub const KUBELET_CLIENT_CURRENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
     /// The kubelet's self-signed serving certificate, in its certificate directory.
     pub const KUBELET_SERVING_FILE: &str = "kubelet.crt";
+    /// The serving certificate the kubelet's certificate manager keeps with
+    /// `serverTLSBootstrap` (certificate and key), in its certificate directory.
+    pub const KUBELET_SERVER_CURRENT_FILE: &str = "kubelet-server-current.pem";
     /// The kubelet's serving certificate where kubeadm's kubelet keeps it.
     pub const KUBELET_SERVING: &str = "/var/lib/kubelet/pki/kubelet.crt";
 

@@ -659,6 +659,8 @@ pub struct KubeletLayout {
     pub client_cert: String,
     /// Its serving certificate (`tlsCertFile`, else its self-signed one).
     pub serving_cert: String,
+    /// Its serving certificate comes from the CSR API (`serverTLSBootstrap`).
+    pub serving_bootstrap: bool,
     /// Its port.
     pub port: u16,
 }
@@ -730,6 +732,7 @@ impl Default for KubeletLayout {
             client_ca: path::CA_CERT.into(),
             client_cert: path::KUBELET_CLIENT_CURRENT.into(),
             serving_cert: path::KUBELET_SERVING.into(),
+            serving_bootstrap: false,
             port: port::KUBELET,
         }
     }

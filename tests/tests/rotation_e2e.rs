@@ -13,7 +13,7 @@
 //! The scenarios are spread over two lanes running side by side on two address blocks, so that
 //! at most two testbeds run at once ([`LANES`]): 198.18.0.0/24 brings up a testbed of kubeadm's
 //! default layout, then, once it is down, one of the hardened profile (`--anonymous-auth=false`);
-//! 198.18.1.0/24 one of the custom profile. A lane brings up a testbed only for a profile that
+//! 198.18.1.0/24 one of the custom profile, then one with `serverTLSBootstrap`. A lane brings up a testbed only for a profile that
 //! has a scenario to run. A scenario pinned to a profile runs on that profile's testbed; the
 //! others go to the lane where there is the least work, and run on its first profile's testbed.
 //! A testbed runs its share in the order of [`SCENARIOS`], each rotation starting from the CAs
@@ -30,7 +30,7 @@ use kubeca_tests::harness::checks::{self, Cas};
 use kubeca_tests::harness::in_cluster;
 use kubeca_tests::harness::kubeca::{Kubeca, field};
 use kubeca_tests::harness::snapshot::{Snapshot, key_material_in, private_key_pieces, snapshot};
-use kubeca_tests::harness::tools::{sh, text};
+use kubeca_tests::harness::tools::{self, sh, text};
 use kubeca_tests::harness::watch::{CmdlineSampler, EtcdWatch};
 use kubeca_tests::harness::{Testbed, eventually, testbed_bin};
 use kubeca_tests::seeded::{self, Rng};
@@ -104,7 +104,8 @@ struct Scenario {
 /// `make test` rotates every profile in full: kubeadm's with a window pause, seeded kills and
 /// resumes (`resume`), the custom one uninterrupted with the secrets checks (`full`), and the
 /// hardened one uninterrupted (`hardened`: the same rotation and end state with no anonymous
-/// access to any apiserver, so every check of it presents credentials). `faults` is pinned to
+/// access to any apiserver, so every check of it presents credentials), and the one whose
+/// kubelets bootstrap their serving certificates through the CSR API (`serving-bootstrap`). `faults` is pinned to
 /// kubeadm's (its readiness checks are anonymous), `rollback-trust-nodes` to the hardened one
 /// (the kubelets' `--client-ca-file` in `/etc/default/kubelet` restored); the scenarios not pinned to a profile run on
 /// the kubeadm or the custom testbed, whichever lane has room. It
@@ -134,6 +135,13 @@ const SCENARIOS: &[Scenario] = &[
         tier: Tier::Test,
         secs: 330,
         profile: Some(Profile::Hardened),
+        run: |tb, _| full_rotation(tb),
+    },
+    Scenario {
+        name: "serving-bootstrap",
+        tier: Tier::Test,
+        secs: 240,
+        profile: Some(Profile::ServingBootstrap),
         run: |tb, _| full_rotation(tb),
     },
     Scenario {
@@ -193,7 +201,7 @@ const SCENARIOS: &[Scenario] = &[
 /// run on its first profile's testbed.
 const LANES: [(&str, &[Profile]); 2] = [
     ("198.18.0.0/24", &[Profile::Kubeadm, Profile::Hardened]),
-    ("198.18.1.0/24", &[Profile::Custom]),
+    ("198.18.1.0/24", &[Profile::Custom, Profile::ServingBootstrap]),
 ];
 
 /// About how long a 3+2 testbed takes to come up, in seconds: a lane pays it once more for each
@@ -503,7 +511,14 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
     let test = select(None, None).unwrap();
     assert_eq!(
         names(&test),
-        ["full", "resume", "hardened", "rollback-prepare", "rollback-finalize"]
+        [
+            "full",
+            "resume",
+            "hardened",
+            "serving-bootstrap",
+            "rollback-prepare",
+            "rollback-finalize"
+        ]
     );
     let matrix = select(Some("matrix"), None).unwrap();
     assert_eq!(matrix.len(), SCENARIOS.len());
@@ -516,8 +531,9 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
             assert_eq!(ran, profiles, "{block}: a testbed of every profile, in the lane's order");
             for (profile, scenarios) in share {
                 assert!(!scenarios.is_empty(), "a {profile} testbed with nothing to run");
-                let rotates =
-                    scenarios.iter().any(|s| matches!(s.name, "full" | "resume" | "hardened"));
+                let rotates = scenarios.iter().any(|s| {
+                    matches!(s.name, "full" | "resume" | "hardened" | "serving-bootstrap")
+                });
                 assert!(
                     rotates,
                     "no full rotation on the {profile} profile: {:?}",
@@ -575,6 +591,9 @@ fn full_rotation(tb: &Testbed) {
     let since = now();
     let kills_before = probe_kills(tb);
     anonymous_access_as_the_profile_says(tb, "before the rotation");
+    if tb.profile.kubelet_server_tls_bootstrap() {
+        serving_certificates_come_from_requests_someone_approves(tb, "w-2");
+    }
     let started_at = Instant::now();
     let mut k = Kubeca::new(tb, "full");
     let sampler = CmdlineSampler::start();
@@ -659,6 +678,19 @@ fn full_rotation(tb: &Testbed) {
     let answered = in_cluster::assert_clean_since(tb, &since);
     println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
+    if tb.profile.kubelet_server_tls_bootstrap() {
+        // Each kubelet serves the certificate its manager keeps (re-issued by the new CA, which
+        // completed_rotation verified with openssl), not one it loaded before.
+        for (node, address, _) in &tb.nodes {
+            let file = tb.host_path(node, "/var/lib/kubelet/pki/kubelet-server-current.pem");
+            assert_eq!(
+                tools::served_cert(address, 10250),
+                tools::file_cert(&file),
+                "{node}: :10250 does not serve {}",
+                file.display()
+            );
+        }
+    }
     // No private key, old or new, in a command line sampled during the rotation, in anything
     // kubeca printed, or in the journal's exports.
     let mut roots = vec![k.state.clone(), old_admin.clone()];
@@ -683,6 +715,65 @@ fn full_rotation(tb: &Testbed) {
     );
     assert!(pieces.len() > 10, "only {} keys found", pieces.len());
     assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
+}
+
+/// With `serverTLSBootstrap` the kubelet keeps its serving certificate through the CSR API, and
+/// nothing approves its requests (`sarapprove.go`): `node`'s current certificate removed and its
+/// kubelet restarted, it asks for one (`kubernetes.io/kubelet-serving`, its addresses as
+/// names), the request stays pending, and its :10250 fails every handshake until an operator
+/// approves (`kubectl certificate approve`); then it serves the certificate the
+/// controller-manager signed. The request is deleted afterwards, as the gate's remedy for a
+/// request approved for the old CA says.
+fn serving_certificates_come_from_requests_someone_approves(tb: &Testbed, node: &str) {
+    let address = tb.address(node).to_string();
+    tb.ssh_ok(&address, "rm /var/lib/kubelet/pki/kubelet-server-current.pem");
+    tb.ssh_ok(&address, "systemctl restart kubelet");
+    let requester = format!("system:node:{node}");
+    let pending = || -> Option<(String, serde_json::Value)> {
+        let out = tb.kubectl_ok(&["get", "csr", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list["items"].as_array()?.iter().find_map(|c| {
+            let serving = c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                && c["spec"]["username"] == requester.as_str()
+                && c["status"]["certificate"].as_str().is_none_or(str::is_empty);
+            serving.then(|| (c["metadata"]["name"].as_str().unwrap().to_string(), c.clone()))
+        })
+    };
+    eventually("the kubelet's serving certificate request", Duration::from_secs(60), || {
+        pending().is_some()
+    });
+    // The handshake fails while it waits (curl: SSL connect error), and keeps failing: nothing
+    // approves the request on its own.
+    let handshake = || sh(&format!("curl -sk -o /dev/null https://{address}:10250/healthz"));
+    for _ in 0..3 {
+        assert_eq!(handshake().status.code(), Some(35), "{node} serves without a certificate");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (name, csr) = pending().expect("the request is still there");
+    assert!(
+        csr["status"]["conditions"].as_array().is_none_or(|c| c.is_empty()),
+        "someone approved {name}: {csr}"
+    );
+    let mut usages: Vec<&str> =
+        csr["spec"]["usages"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();
+    usages.sort();
+    assert_eq!(usages, ["digital signature", "server auth"], "{csr}");
+    tb.kubectl_ok(&["certificate", "approve", &name]);
+    // The link is absolute inside the node: resolved on the host once it is there.
+    let current = || tb.host_path(node, "/var/lib/kubelet/pki/kubelet-server-current.pem");
+    eventually("the approved serving certificate served", Duration::from_secs(30), || {
+        current().exists() && tools::served_cert(&address, 10250) == tools::file_cert(&current())
+    });
+    let file = current();
+    let out =
+        sh(&format!("openssl x509 -noout -subject -ext subjectAltName -in {}", file.display()));
+    let said = text(&out);
+    assert!(
+        said.replace(' ', "").contains(&format!("CN=system:node:{node}"))
+            && said.contains(&format!("IP Address:{address}")),
+        "{said}"
+    );
+    tb.kubectl_ok(&["delete", "csr", &name]);
 }
 
 /// Makes `node`'s kubelet ask for a client certificate now, as its certificate manager does

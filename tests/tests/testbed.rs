@@ -117,11 +117,18 @@ fn testbed_3_control_planes_2_workers() {
 /// The ECDSA option: every certificate is P-256 and verifies against its CA (no nodes started).
 #[test]
 fn ecdsa_pki_verifies_with_openssl() {
+    use kubeca_tests::testbed::profile::Profile;
+    // The custom profile: every certificate, the kubelet's serving one included, is of a CA;
+    // so with serverTLSBootstrap, whose serving certificate the CSR API signed.
+    for profile in [Profile::Custom, Profile::ServingBootstrap] {
+        pki_verifies(profile);
+    }
+}
+
+fn pki_verifies(profile: kubeca_tests::testbed::profile::Profile) {
     use kubeca_tests::testbed::{node, pki};
     let dir = tempfile::tempdir().unwrap();
     let nodes = node::topology(&kubeca_tests::testbed::subnet::Subnet::default(), 1, 1).unwrap();
-    // The custom profile: every certificate, the kubelet's serving one included, is of a CA.
-    let profile = kubeca_tests::testbed::profile::Profile::Custom;
     pki::generate(dir.path(), &Default::default(), &nodes, pki::KeyAlgorithm::Ecdsa, profile)
         .unwrap();
     for n in &nodes {
@@ -132,7 +139,7 @@ fn ecdsa_pki_verifies_with_openssl() {
                 .replace("/etc/kubernetes/", &format!("{}/etc-kubernetes/", root.display()))
                 .replace("/var/lib/kubelet/", &format!("{}/var-lib-kubelet/", root.display()));
             // The -current symlink is absolute inside the node; follow it by hand.
-            if p.ends_with("kubelet-client-current.pem") {
+            if p.ends_with("-current.pem") {
                 let target = std::fs::read_link(&p).unwrap();
                 return root.join("var-lib-kubelet/pki").join(target.file_name().unwrap());
             }
@@ -157,7 +164,10 @@ fn ecdsa_pki_verifies_with_openssl() {
                 "{cert} is not P-256"
             );
         }
-        let key = std::fs::read_to_string(root.join("var-lib-kubelet/pki/kubelet.key")).unwrap();
-        assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        if profile.kubelet_serving_signed() {
+            let key =
+                std::fs::read_to_string(root.join("var-lib-kubelet/pki/kubelet.key")).unwrap();
+            assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        }
     }
 }

@@ -14,10 +14,10 @@ use crate::api::IssuedCsr;
 use crate::edit::Kubeconfig;
 use crate::pki::{self, Cert};
 
-/// One certificate the gate refuses.
-fn refusal_for_node(node: &str, path: &str, cert: &Cert) -> String {
+/// One certificate the gate refuses: a kubelet's `what` ("client", "serving") certificate.
+fn refusal_for_node(node: &str, what: &str, path: &str, cert: &Cert) -> String {
     format!(
-        "node {node}: its kubelet's client certificate {path} (serial {}, issuer {}, valid from \
+        "node {node}: its kubelet's {what} certificate {path} (serial {}, issuer {}, valid from \
          {}) is not of the new CA",
         cert.serial_hex(),
         cert.issuer(),
@@ -41,20 +41,22 @@ const REMEDY: &str = "Nothing is dropped while they remain. A node's kubelet ren
     (`kubectl delete csr <name>`). Then `kubeca run` checks again; `kubeca rollback` returns to \
     the old CA instead.";
 
-/// The refusals for kubelets' current certificates `kubelets` (node, file, certificate) and
-/// issued requests `issued`: every kubelet certificate not of `new`, every request's
-/// certificate of `old`.
+/// A kubelet's current certificate: node, what it is ("client", "serving"), file, certificate.
+pub(super) type KubeletCert = (String, &'static str, String, Cert);
+
+/// The refusals for kubelets' current certificates `kubelets` and issued requests `issued`:
+/// every kubelet certificate not of `new`, every request's certificate of `old`.
 pub(super) fn refusals(
-    kubelets: &[(String, String, Cert)],
+    kubelets: &[KubeletCert],
     issued: &[IssuedCsr],
     new: &Cert,
     old: &Cert,
     now: jiff::Timestamp,
 ) -> Result<Vec<String>, Error> {
     let mut refused = Vec::new();
-    for (node, path, cert) in kubelets {
+    for (node, what, path, cert) in kubelets {
         if pki::verify_chain(cert, std::slice::from_ref(new), now).is_err() {
-            refused.push(refusal_for_node(node, path, cert));
+            refused.push(refusal_for_node(node, what, path, cert));
         }
     }
     for csr in issued {
@@ -102,7 +104,16 @@ pub mod check_client_certs {
                 }
             };
             let cert = leaf(&pem, &format!("{name}:{path}"))?;
-            kubelets.push((name.clone(), path, cert));
+            kubelets.push((name.clone(), "client", path, cert));
+            // A serving certificate from the CSR API was re-issued in trust-nodes; its
+            // certificate manager may have renewed it since, signed by the old CA (a renewal
+            // before the switch), which whoever verifies kubelets refuses after finalize.
+            if layout.serving_bootstrap {
+                let path = layout.serving_cert.clone();
+                let pem = r.must_read(Some(name), &path).await?;
+                let cert = leaf(&pem, &format!("{name}:{path}"))?;
+                kubelets.push((name.clone(), "serving", path, cert));
+            }
         }
         // The new CA is backdated (as kubeadm's); anything approved since its NotBefore came
         // after the rotation began.
@@ -146,17 +157,16 @@ mod tests {
         let mut leaf_of =
             |ca: &Ca| pki::reissue(&template, ca, KeyPolicy::Keep, now, rng).unwrap().cert;
         let (by_old, by_new) = (leaf_of(&old), leaf_of(&new));
+        let current = |what: &'static str, node: &str, cert: &Cert| {
+            let file = if what == "client" { "client" } else { "server" };
+            let path = format!("/var/lib/kubelet/pki/kubelet-{file}-current.pem");
+            (node.to_string(), what, path, cert.clone())
+        };
         let kubelets = vec![
-            (
-                "w-1".to_string(),
-                "/var/lib/kubelet/pki/kubelet-client-current.pem".to_string(),
-                by_new.clone(),
-            ),
-            (
-                "w-2".to_string(),
-                "/var/lib/kubelet/pki/kubelet-client-current.pem".to_string(),
-                by_old.clone(),
-            ),
+            current("client", "w-1", &by_new),
+            current("serving", "w-1", &by_new),
+            current("client", "w-2", &by_old),
+            current("serving", "w-2", &by_old),
         ];
         let csr = |name: &str, cert: &Cert| IssuedCsr {
             name: name.into(),
@@ -167,15 +177,16 @@ mod tests {
         };
         let issued = vec![csr("csr-new", &by_new), csr("csr-old", &by_old)];
         let refused = refusals(&kubelets, &issued, new.cert(), old.cert(), now).unwrap();
-        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(refused.len(), 3, "{refused:?}");
         assert!(refused[0].starts_with("node w-2: its kubelet's client certificate /var/lib/kubelet/pki/kubelet-client-current.pem"), "{}", refused[0]);
+        assert!(refused[1].starts_with("node w-2: its kubelet's serving certificate /var/lib/kubelet/pki/kubelet-server-current.pem"), "{}", refused[1]);
         assert!(
-            refused[1].contains("certificate signing request csr-old of system:node:w-3"),
+            refused[2].contains("certificate signing request csr-old of system:node:w-3"),
             "{}",
-            refused[1]
+            refused[2]
         );
         assert!(
-            refusals(&kubelets[..1], &issued[..1], new.cert(), old.cert(), now).unwrap().is_empty()
+            refusals(&kubelets[..2], &issued[..1], new.cert(), old.cert(), now).unwrap().is_empty()
         );
     }
 }

@@ -176,7 +176,15 @@ pub mod roll_kubelet {
             let pem = r.must_read(Some(node), serving).await?;
             let leaf = Cert::from_pem(&pem, &format!("{node}:{serving}"))?;
             if let Some(cert) = ca::renewed(&leaf, &ca, now)? {
-                n.write(serving, cert.to_pem().as_bytes(), 0o644).await?;
+                // The certificate manager's file (`kubelet-server-current.pem`) holds the key
+                // after the certificate, 0600: keep both so (the write follows its link).
+                let keys = key_blocks(&pem);
+                let (out, mode) = if keys.is_empty() {
+                    (cert.to_pem(), 0o644)
+                } else {
+                    (format!("{}{keys}", cert.to_pem()), 0o600)
+                };
+                n.write(serving, out.as_bytes(), mode).await?;
             }
         }
         r.restart_kubelet(node, true).await

@@ -92,9 +92,13 @@ impl<'a> Cluster<'a> {
         Ok(self.node_facts(name)?.kubelet.as_ref().and_then(|k| k.client_ca_file.clone()))
     }
 
-    /// The kubelet serving certificate of `name` to re-issue by the new CA: only when the
+    /// The kubelet serving certificate of `name` to re-issue by the new CA: when the
     /// apiservers verify kubelets (`--kubelet-certificate-authority`), since finalize leaves
-    /// them trusting only the new CA.
+    /// them trusting only the new CA; and when the kubelet got it from the CSR API
+    /// (`serverTLSBootstrap`), signed by the cluster CA: whoever verifies kubelets with the
+    /// cluster CA (metrics-server with the in-cluster `ca.crt`) trusts only the new one after
+    /// finalize, and the kubelet's certificate manager renews only near the end of its
+    /// lifetime, whatever its issuer. The key is kept.
     pub(crate) fn kubelet_serving_cert(
         &self,
         name: &str,
@@ -103,10 +107,10 @@ impl<'a> Cluster<'a> {
             .control_planes
             .iter()
             .any(|cp| cp.facts.flag(APISERVER, "--kubelet-certificate-authority").is_some());
-        if !verifies_kubelets {
-            return Ok(None);
-        }
-        Ok(self.node_facts(name)?.kubelet.as_ref().map(|k| k.serving_cert.clone()))
+        let kubelet = self.node_facts(name)?.kubelet.as_ref();
+        Ok(kubelet
+            .filter(|k| verifies_kubelets || k.serving_bootstrap)
+            .map(|k| k.serving_cert.clone()))
     }
 }
 

@@ -412,6 +412,41 @@ async fn with_kubelet_certificate_authority_kubelet_serving_certs_move_to_the_ne
     }
 }
 
+/// With `serverTLSBootstrap` the kubelets' serving certificates came from the CSR API, signed by
+/// the cluster CA: each is re-issued by the new one in trust-nodes (key kept), backed up first,
+/// and every prefix of the plan still rolls back.
+#[tokio::test]
+async fn bootstrapped_kubelet_serving_certs_move_to_the_new_ca() {
+    let (_d, inv, mut facts) = cluster(2, 1).await;
+    let current = "/var/lib/kubelet/pki/kubelet-server-current.pem";
+    for f in facts.nodes.values_mut() {
+        let k = f.kubelet.as_mut().unwrap();
+        k.serving_bootstrap = true;
+        k.serving_cert = current.into();
+    }
+    let plan = build(&inv, &facts, "r1").unwrap();
+    let topo = topology(&inv, &facts);
+    assert!(topo.kubelet_certificate_authority.is_none(), "the apiservers verify no kubelet");
+    for node in ["cp-1", "cp-2", "w-1"] {
+        let id = format!("trust-nodes/kubelet/{node}");
+        let step = plan.steps().find(|s| s.id.as_str() == id).unwrap();
+        let Action::RollKubelet { target, .. } = &step.action else {
+            panic!("trust-nodes/kubelet/{node} is not a kubelet roll");
+        };
+        assert_eq!(target.reissue_serving_cert.as_deref(), Some(current), "{node}");
+        let backs_up = |a: &Action| match a {
+            Action::Backup { node: n, paths } => n == node && paths.iter().any(|p| p == current),
+            _ => false,
+        };
+        let backed = plan.steps().any(|s| backs_up(&s.action));
+        assert!(backed, "{node}: {current} is not backed up");
+    }
+    let total = plan.steps().count();
+    for done in 0..=total {
+        check_rollback(&plan, &topo, done).unwrap_or_else(|v| panic!("after {done}: {v}"));
+    }
+}
+
 #[tokio::test]
 async fn every_file_a_rollback_may_restore_is_backed_up_first() {
     let (_d, inv, facts) = cluster(2, 1).await;

@@ -108,6 +108,44 @@ pub fn node_client_request(node: &str) -> Result<Request> {
     Ok(Request { csr_pem: csr.pem().context("encoding the CSR")?, key_pem: key.to_pem() })
 }
 
+/// The kubelet's serving certificate request with `serverTLSBootstrap: true`: a new P-256 key
+/// every attempt and the template of `NewKubeletServerCertificateManager`
+/// (pkg/kubelet/certificate/kubelet.go `newGetTemplateFn`): `CN=system:node:<node>,
+/// O=system:nodes`, and as alternative names the node's addresses (`addressesToHostnamesAndIPs`:
+/// a Hostname that parses as an IP and every InternalIP/ExternalIP an IP name, other hostnames
+/// DNS names), deduplicated and sorted.
+pub fn node_serving_request(node: &str, addresses: &[String]) -> Result<Request> {
+    let key = SecretKey::generate(KeySpec::EcdsaP256, "kubelet serving key")?;
+    let pair = rcgen_pair(&key)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, printable_or_utf8("system:nodes"));
+    dn.push(DnType::CommonName, printable_or_utf8(&format!("system:node:{node}")));
+    params.distinguished_name = dn;
+    params.subject_alt_names = serving_sans(addresses)?;
+    let csr = params.serialize_request(&pair).context("making the kubelet's serving CSR")?;
+    Ok(Request { csr_pem: csr.pem().context("encoding the CSR")?, key_pem: key.to_pem() })
+}
+
+/// `addressesToHostnamesAndIPs`: DNS names first, then IP addresses, each sorted and
+/// deduplicated.
+fn serving_sans(addresses: &[String]) -> Result<Vec<SanType>> {
+    let mut dns = std::collections::BTreeSet::new();
+    let mut ips = std::collections::BTreeSet::new();
+    for a in addresses {
+        match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => ips.insert(ip),
+            Err(_) => dns.insert(a.clone()),
+        };
+    }
+    let mut out = Vec::new();
+    for d in dns {
+        out.push(SanType::DnsName(d.as_str().try_into().map_err(|e| anyhow!("{d}: {e}"))?));
+    }
+    out.extend(ips.into_iter().map(SanType::IpAddress));
+    Ok(out)
+}
+
 /// The signing policy's `Backdate` and `Short` (pkg/controller/certificates/signer/signer.go:
 /// `PermissiveSigningPolicy{…, Backdate: 5 * time.Minute, Short: 8 * time.Hour}`).
 const SIGNER_BACKDATE: SignedDuration = SignedDuration::from_mins(5);

@@ -131,6 +131,8 @@ pub struct KubeletConfig {
     pub tls_given: bool,
     /// `rotateCertificates`: false unless set (v1beta1 defaults); kubeadm writes true.
     pub rotate_certificates: bool,
+    /// `serverTLSBootstrap`: false unless set; kubeadm passes the operator's value through.
+    pub server_tls_bootstrap: bool,
 }
 
 impl KubeletConfig {
@@ -200,6 +202,10 @@ impl KubeletConfig {
                 .get("rotateCertificates")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            server_tls_bootstrap: v
+                .get("serverTLSBootstrap")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             // The v1beta1 defaults (pkg/kubelet/apis/config/v1beta1/defaults.go).
             healthz_bind_address: s("healthzBindAddress").unwrap_or_else(|| "127.0.0.1".into()),
             healthz_port: v
@@ -241,10 +247,26 @@ fn run(args: &[String]) -> Result<()> {
         config.address,
         config.port
     );
-    if !config.tls_given {
-        self_signed_serving_pair(&config, &flags.hostname)?;
-    }
-    let serving = Arc::new(serving(&config)?);
+    // `InitializeTLS` makes the self-signed pair only without serverTLSBootstrap; with it the
+    // serving certificate manager keeps `<cert dir>/kubelet-server-current.pem` (certificate
+    // and key in one file) and :10250 serves nothing until there is one.
+    let bootstrap = config.server_tls_bootstrap && !config.tls_given;
+    let serving = if bootstrap {
+        let current =
+            super::kubelet_certs::current_of(super::kubelet_certs::Kind::Serving, &flags.cert_dir);
+        Serving::awaiting(
+            "kubelet",
+            (&current, &current),
+            Some((&config.client_ca_file, Reload::OnChange)),
+            &[b"h2", b"http/1.1"],
+        )?
+    } else {
+        if !config.tls_given {
+            self_signed_serving_pair(&config, &flags.hostname)?;
+        }
+        serving(&config)?
+    };
+    let serving = Arc::new(serving);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -294,6 +316,8 @@ fn run(args: &[String]) -> Result<()> {
             api_service: Subnet::from_env()?.lb_endpoint(),
             control_plane: config.static_pod_path.join("kube-apiserver.yaml").exists(),
             rotate_client_cert: config.rotate_certificates.then(|| flags.cert_dir.clone()),
+            serving_bootstrap: bootstrap.then(|| flags.cert_dir.clone()),
+            hostname: flags.hostname.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = super::kubelet_api::run(ctx).await {
@@ -863,7 +887,22 @@ async fn serve(listener: tokio::net::TcpListener, serving: Arc<Serving>, anonymo
         let serving = serving.clone();
         tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
-            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Go's http.Server logs every failed handshake so.
+                    let why = if e.to_string().contains("no server certificate") {
+                        "no serving certificate available for the kubelet".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    eprintln!(
+                        "{} kubelet: http: TLS handshake error from {peer}: {why}",
+                        jiff::Timestamp::now()
+                    );
+                    return;
+                }
+            };
             let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let user = serving.authenticate(presented.as_deref());
             let service = hyper::service::service_fn(move |req| {

@@ -57,6 +57,11 @@ pub struct KubeletContext {
     /// `rotateCertificates: true`: the `--cert-dir` whose `kubelet-client-current.pem` it
     /// renews through the CSR API (`kubelet_certs`).
     pub rotate_client_cert: Option<PathBuf>,
+    /// The certificate directory when the kubelet bootstraps its serving certificate through
+    /// the CSR API (`serverTLSBootstrap`).
+    pub serving_bootstrap: Option<PathBuf>,
+    /// The node's hostname (`--hostname-override`), one of its addresses.
+    pub hostname: String,
 }
 
 /// The Node object this kubelet registers: Ready, with its address and kubelet port.
@@ -140,6 +145,28 @@ pub async fn run(ctx: KubeletContext) -> Result<()> {
         }
         _ => None,
     };
+    // The serving certificate manager, authenticated with the client certificate as it rotates.
+    // Its template's names are the node's addresses as the status reports them (kubelet_node_
+    // status.go: InternalIP, then Hostname).
+    // Without client rotation the pair never changes; its sender lives as long as this loop.
+    let mut _fixed_client = None;
+    if let (Some(dir), Some(pair)) = (&ctx.serving_bootstrap, &creds.client_cert) {
+        let client = match &rotated {
+            Some(rx) => rx.clone(),
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(pair.clone());
+                _fixed_client = Some(tx);
+                rx
+            }
+        };
+        tokio::spawn(super::kubelet_certs::run_serving(
+            ctx.node_name.clone(),
+            vec![ctx.node_address.clone(), ctx.hostname.clone()],
+            dir.clone(),
+            creds.clone(),
+            client,
+        ));
+    }
     let path = format!("/api/v1/nodes/{}", ctx.node_name);
     let mut pods = ApiPods::adopt(&ctx);
     let (mut renewed, mut computed, mut reported): (
@@ -926,6 +953,8 @@ mod tests {
             control_plane: true,
             api_service: "198.18.0.10:6443".parse().unwrap(),
             rotate_client_cert: None,
+            serving_bootstrap: None,
+            hostname: String::new(),
         };
         let n = node_object(&ctx);
         assert!(n["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_some());
@@ -946,6 +975,8 @@ mod tests {
             control_plane: false,
             api_service: "198.18.0.10:6443".parse().unwrap(),
             rotate_client_cert: None,
+            serving_bootstrap: None,
+            hostname: String::new(),
         }
     }
 

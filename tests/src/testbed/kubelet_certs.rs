@@ -18,6 +18,15 @@
 //! - the kubelet's API connections then use the new certificate (`UpdateTransport` closes
 //!   them all when it sees the change).
 //!
+//! With `serverTLSBootstrap: true` a second manager keeps the kubelet's serving certificate the
+//! same way (`NewKubeletServerCertificateManager`): store `kubelet-server`, signer
+//! `kubernetes.io/kubelet-serving`, usages digital signature and server auth (the key is P-256:
+//! `DefaultKubeletServingGetUsages` adds key encipherment only for RSA), the template's
+//! alternative names the node's addresses; authenticated with the kubelet's current client
+//! certificate. Nothing in the controller-manager approves such a request (`sarapprove.go`):
+//! until someone does, the kubelet serves nothing. Neither manager looks at the issuer: a
+//! certificate of a CA rotated out is kept until its deadline.
+//!
 //! Where the testbed differs: it waits for the certificate by reading the request once a
 //! second (upstream watches it); the new credentials are used from the next request (upstream
 //! checks every 10 s); with no usable certificate it has no bootstrap kubeconfig to fall back on
@@ -34,19 +43,71 @@ use tokio::sync::watch;
 
 use super::certutil;
 use super::client::{Client, Credentials};
-use super::csr_controllers::KUBELET_CLIENT_SIGNER;
+use super::csr_controllers::{KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER};
+use x509_parser::extensions::GeneralName;
 
 /// `certificateWaitTimeout`.
 const WAIT: Duration = Duration::from_secs(15 * 60);
 
-/// The current certificate of `cert_dir`.
-pub fn current_path(cert_dir: &Path) -> PathBuf {
-    cert_dir.join("kubelet-client-current.pem")
+/// Which of the kubelet's certificates a manager keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Its client certificate towards the apiserver (`rotateCertificates`).
+    Client,
+    /// Its serving certificate on :10250 (`serverTLSBootstrap`).
+    Serving,
 }
 
-/// When the certificate `pem` is to be rotated: `fraction` (drawn in [0.7, 0.9)) of the way
-/// through its validity, or `now` when it is expired or its subject is not the template's.
+impl Kind {
+    /// The store's pair name (`certificate.NewFileStore(name, …)`).
+    pub fn pair(self) -> &'static str {
+        match self {
+            Kind::Client => "kubelet-client",
+            Kind::Serving => "kubelet-server",
+        }
+    }
+
+    fn signer(self) -> &'static str {
+        match self {
+            Kind::Client => KUBELET_CLIENT_SIGNER,
+            Kind::Serving => KUBELET_SERVING_SIGNER,
+        }
+    }
+
+    fn usages(self) -> [&'static str; 2] {
+        match self {
+            Kind::Client => ["digital signature", "client auth"],
+            Kind::Serving => ["digital signature", "server auth"],
+        }
+    }
+}
+
+/// The current client certificate of `cert_dir`.
+pub fn current_path(cert_dir: &Path) -> PathBuf {
+    current_of(Kind::Client, cert_dir)
+}
+
+/// The current certificate of kind `kind` in `cert_dir` (`<pair>-current.pem`).
+pub fn current_of(kind: Kind, cert_dir: &Path) -> PathBuf {
+    cert_dir.join(format!("{}-current.pem", kind.pair()))
+}
+
+/// When the client certificate `pem` is to be rotated: `fraction` (drawn in [0.7, 0.9)) of the
+/// way through its validity, or `now` when it is expired or its subject is not the template's.
 pub fn deadline(pem: &str, node: &str, fraction: f64, now: Timestamp) -> Result<Timestamp> {
+    deadline_for(pem, node, &[], fraction, now)
+}
+
+/// [`deadline`] for a template that also wants the alternative names `sans` (DNS names and IP
+/// addresses, `certSatisfiesTemplateLocked`: every one the template has must be in the
+/// certificate; more do no harm).
+pub fn deadline_for(
+    pem: &str,
+    node: &str,
+    sans: &[String],
+    fraction: f64,
+    now: Timestamp,
+) -> Result<Timestamp> {
     let der =
         certutil::pem_block(pem, "CERTIFICATE").ok_or_else(|| anyhow!("no CERTIFICATE in it"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
@@ -56,6 +117,26 @@ pub fn deadline(pem: &str, node: &str, fraction: f64, now: Timestamp) -> Result<
     let cn = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
     let in_nodes = cert.subject().iter_organization().any(|o| o.as_str() == Ok("system:nodes"));
     if now >= until || cn != Some(&format!("system:node:{node}")) || !in_nodes {
+        return Ok(now);
+    }
+    let mut has = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => has.push(d.to_string()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    has.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if sans.iter().any(|want| !has.contains(want)) {
         return Ok(now);
     }
     let total = until.duration_since(from).as_secs_f64();
@@ -81,10 +162,21 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// Stores a new certificate and key as `certificate_store.go` `Update` does; returns the new
 /// file.
 pub fn store(cert_dir: &Path, cert_pem: &str, key_pem: &str, now: Timestamp) -> Result<PathBuf> {
+    store_of(Kind::Client, cert_dir, cert_pem, key_pem, now)
+}
+
+/// [`store`] for the certificate of kind `kind`.
+pub fn store_of(
+    kind: Kind,
+    cert_dir: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    now: Timestamp,
+) -> Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(cert_dir)?;
     let ts = now.strftime("%Y-%m-%d-%H-%M-%S");
-    let file = cert_dir.join(format!("kubelet-client-{ts}.pem"));
+    let file = cert_dir.join(format!("{}-{ts}.pem", kind.pair()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -94,8 +186,8 @@ pub fn store(cert_dir: &Path, cert_pem: &str, key_pem: &str, now: Timestamp) -> 
         .with_context(|| format!("writing {}", file.display()))?;
     std::io::Write::write_all(&mut f, format!("{cert_pem}{key_pem}").as_bytes())?;
     drop(f);
-    let current = current_path(cert_dir);
-    let updated = cert_dir.join("kubelet-client-updated.pem");
+    let current = current_of(kind, cert_dir);
+    let updated = cert_dir.join(format!("{}-updated.pem", kind.pair()));
     if let Ok(m) = std::fs::symlink_metadata(&current)
         && !m.file_type().is_symlink()
     {
@@ -112,15 +204,23 @@ pub fn store(cert_dir: &Path, cert_pem: &str, key_pem: &str, now: Timestamp) -> 
     Ok(file)
 }
 
-/// Asks for a certificate with `client` and waits for it: the certificate, PEM, with its key.
-async fn request(client: &Client, node: &str) -> Result<(String, String)> {
-    let req = certutil::node_client_request(node)?;
+/// Asks for a certificate of kind `kind` (alternative names `sans`, for a serving one) with
+/// `client` and waits for it: the certificate, PEM, with its key.
+async fn request(
+    client: &Client,
+    kind: Kind,
+    node: &str,
+    sans: &[String],
+) -> Result<(String, String)> {
+    let req = match kind {
+        Kind::Client => certutil::node_client_request(node)?,
+        Kind::Serving => certutil::node_serving_request(node, sans)?,
+    };
     let b64 = base64::engine::general_purpose::STANDARD.encode(&req.csr_pem);
     let collection = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
     let csr = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "csr-"},
-        "spec": {"request": b64, "signerName": KUBELET_CLIENT_SIGNER,
-                 "usages": ["digital signature", "client auth"]}});
+        "spec": {"request": b64, "signerName": kind.signer(), "usages": kind.usages()}});
     let made = client.create(collection, &csr).await?;
     let name = made["metadata"]["name"].as_str().ok_or_else(|| anyhow!("no name"))?.to_string();
     let uid = made["metadata"]["uid"].clone();
@@ -186,7 +286,7 @@ pub async fn run(
         }
         let creds = Credentials { client_cert: Some((cert, key)), ..base.clone() };
         let outcome = match Client::new(&creds, &me, "kubelet->apiserver") {
-            Ok(client) => request(&client, &node).await,
+            Ok(client) => request(&client, Kind::Client, &node, &[]).await,
             Err(e) => Err(e),
         };
         let stored = outcome
@@ -207,6 +307,76 @@ pub async fn run(
                 let wait = retry_delay(attempt);
                 eprintln!(
                     "{} kubelet {node}: client certificate rotation failed: {e:#}; again in {} s",
+                    Timestamp::now(),
+                    wait.as_secs()
+                );
+                attempt += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The serving certificate manager of `node` over `cert_dir` (`serverTLSBootstrap`): the
+/// current certificate is the file, read at every turn (the kubelet's :10250 serves it from
+/// the next handshake, [`super::serving::Serving::awaiting`]); with none, or one expired or
+/// without the node's `addresses`, a request at once. Requests authenticate with the kubelet's
+/// client certificate as `client` holds it now. Returns only when `client`'s sender is gone.
+pub async fn run_serving(
+    node: String,
+    addresses: Vec<String>,
+    cert_dir: PathBuf,
+    base: Credentials,
+    client: watch::Receiver<(Vec<u8>, Vec<u8>)>,
+) {
+    let me = format!("kubelet@{node}");
+    let current = current_of(Kind::Serving, &cert_dir);
+    let mut attempt = 0u32;
+    loop {
+        let now = Timestamp::now();
+        let due = match std::fs::read_to_string(&current) {
+            Ok(pem) => match deadline_for(&pem, &node, &addresses, jitter_fraction(), now) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{now} kubelet {node}: serving certificate: {e:#}; rotating");
+                    now
+                }
+            },
+            Err(_) => {
+                eprintln!("{now} kubelet {node}: no serving certificate yet; requesting one");
+                now
+            }
+        };
+        if due > now {
+            eprintln!("{now} kubelet {node}: serving certificate rotation deadline is {due}");
+            tokio::time::sleep(due.duration_since(now).unsigned_abs()).await;
+        }
+        if client.has_changed().is_err() {
+            return;
+        }
+        let (cert, key) = client.borrow().clone();
+        let creds = Credentials { client_cert: Some((cert, key)), ..base.clone() };
+        let outcome = match Client::new(&creds, &me, "kubelet->apiserver") {
+            Ok(c) => request(&c, Kind::Serving, &node, &addresses).await,
+            Err(e) => Err(e),
+        };
+        match outcome
+            .and_then(|(c, k)| store_of(Kind::Serving, &cert_dir, &c, &k, Timestamp::now()))
+        {
+            Ok(file) => {
+                eprintln!(
+                    "{} kubelet {node}: rotated its serving certificate: {}",
+                    Timestamp::now(),
+                    file.display()
+                );
+                attempt = 0;
+            }
+            Err(e) => {
+                // What the real manager logs (`rotateCerts`: "Certificate request was not
+                // signed"), with the reason.
+                let wait = retry_delay(attempt);
+                eprintln!(
+                    "{} kubelet {node}: Certificate request was not signed: {e:#}; again in {} s",
                     Timestamp::now(),
                     wait.as_secs()
                 );
@@ -245,6 +415,30 @@ mod tests {
         assert_eq!(retry_delay(3).as_secs(), 16);
         assert_eq!(retry_delay(4).as_secs(), 32);
         assert_eq!(retry_delay(40).as_secs(), 32);
+    }
+
+    #[test]
+    fn a_serving_certificate_must_name_the_nodes_addresses() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        let ca = certutil::kubeadm_ca("kubernetes", actions::pki::KeySpec::EcdsaP256, now).unwrap();
+        let addresses = vec!["198.18.0.14".to_string(), "w-1".to_string()];
+        let req = certutil::node_serving_request("w-1", &addresses).unwrap();
+        let usages: Vec<String> = Kind::Serving.usages().map(String::from).to_vec();
+        let ttl = SignedDuration::from_mins(100);
+        let pem =
+            certutil::sign_request(&req.csr_pem, &usages, &ca.cert_pem, &ca.key_pem, ttl, now)
+                .unwrap();
+        let at = deadline_for(&pem, "w-1", &addresses, 0.8, now).unwrap();
+        assert_eq!(at, now - SignedDuration::from_mins(5) + SignedDuration::from_mins(84));
+        // A name the certificate lacks (the node got another address): at once.
+        let more = vec!["198.18.0.14".to_string(), "198.18.0.99".to_string()];
+        assert_eq!(deadline_for(&pem, "w-1", &more, 0.8, now).unwrap(), now);
+        // Fewer names than it has: fine.
+        assert_eq!(deadline_for(&pem, "w-1", &addresses[..1], 0.8, now).unwrap(), at);
+        assert_eq!(
+            current_of(Kind::Serving, Path::new("/p")),
+            Path::new("/p/kubelet-server-current.pem")
+        );
     }
 
     #[test]

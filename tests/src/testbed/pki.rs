@@ -316,6 +316,22 @@ fn node_files(
     // Absolute inside the node, as the kubelet makes it; it dangles when read from the host.
     symlink(format!("/var/lib/kubelet/pki/{dated}"), &current)
         .with_context(|| format!("linking {}", current.display()))?;
+    if profile.kubelet_server_tls_bootstrap() {
+        // What the kubelet's serving certificate manager stored when an operator approved its
+        // first request: a dated file with certificate and key, and the `-current` link
+        // (`certificate_store.go`); the names are the node's addresses (hostname, InternalIP).
+        let mut spec =
+            CertSpec::new(&format!("system:node:{}", node.name), &["system:nodes"], Usage::Server);
+        spec.dns = vec![node.name.clone()];
+        spec.ips = vec![addr.into()];
+        let (crt, key) = ossl.temp_key_and_cert(&work, "kubelet-server", &spec, &shared_ca)?;
+        let dated = format!("kubelet-server-{stamp}.pem");
+        write_secret(&kpki.join(&dated), format!("{crt}{key}").as_bytes())?;
+        let current = kpki.join("kubelet-server-current.pem");
+        let _ = fs::remove_file(&current);
+        symlink(format!("/var/lib/kubelet/pki/{dated}"), &current)
+            .with_context(|| format!("linking {}", current.display()))?;
+    }
     if profile.kubelet_serving_signed() {
         let mut serving = CertSpec::new(&node.name, &[], Usage::Server);
         serving.dns = vec![node.name.clone()];
@@ -325,7 +341,15 @@ fn node_files(
 
     let kubelet_conf = kubeconfig_files(&read(&ca.0)?, &lb_server);
     write_secret(&etc.join("kubelet.conf"), kubelet_conf.as_bytes())?;
-    write(&kubelet_dir.join("config.yaml"), kubelet_config(pki_dir).as_bytes())?;
+    let mut config = kubelet_config(pki_dir);
+    if profile.kubelet_server_tls_bootstrap() {
+        // Where kubeadm's (sorted) config.yaml has it, after runtimeRequestTimeout.
+        config = config.replace(
+            "runtimeRequestTimeout: 0s\n",
+            "runtimeRequestTimeout: 0s\nserverTLSBootstrap: true\n",
+        );
+    }
+    write(&kubelet_dir.join("config.yaml"), config.as_bytes())?;
     // The custom profile moves clientCAFile into a drop-in of `--config-dir`, which wins over
     // config.yaml: kubeca must edit the drop-in, not config.yaml.
     let config_dir = if profile.kubelet_config_dir() {
@@ -1030,7 +1054,10 @@ pub fn certificates_and_cas(control_plane: bool, profile: Profile) -> Vec<(Strin
     let ca = format!("{p}/{ca}");
     v.insert(1, ("/var/lib/kubelet/pki/kubelet-client-current.pem".into(), ca.clone()));
     if profile.kubelet_serving_signed() {
-        v.insert(2, ("/var/lib/kubelet/pki/kubelet.crt".into(), ca));
+        v.insert(2, ("/var/lib/kubelet/pki/kubelet.crt".into(), ca.clone()));
+    }
+    if profile.kubelet_server_tls_bootstrap() {
+        v.insert(2, ("/var/lib/kubelet/pki/kubelet-server-current.pem".into(), ca));
     }
     v
 }

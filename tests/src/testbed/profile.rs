@@ -27,6 +27,14 @@ pub enum Profile {
     /// instead ([`Profile::anonymous_by_config`]). Every kubelet gets `--client-ca-file` from
     /// `KUBELET_EXTRA_ARGS` in `/etc/default/kubelet` (CIS 4.2.3), which wins over its config.
     Hardened,
+    /// kubeadm's layout with `serverTLSBootstrap: true` in the kubelets' configuration, as
+    /// operators set it so that metrics-server can verify kubelets (without
+    /// `--kubelet-insecure-tls`): each kubelet asks for its serving certificate through the CSR
+    /// API (signer `kubernetes.io/kubelet-serving`, which the controller-manager signs with the
+    /// cluster CA but never approves: `sarapprove.go`) and serves nothing without one. The
+    /// nodes start with certificates such requests got when the cluster was made (an operator
+    /// approved them), in `/var/lib/kubelet/pki/kubelet-server-current.pem`.
+    ServingBootstrap,
 }
 
 impl Profile {
@@ -89,6 +97,11 @@ impl Profile {
         self == Profile::Hardened
     }
 
+    /// The kubelets bootstrap their serving certificates through the CSR API.
+    pub fn kubelet_server_tls_bootstrap(self) -> bool {
+        self == Profile::ServingBootstrap
+    }
+
     /// The profile named in `up`'s arguments (`--profile=NAME` or `--profile NAME`), else the
     /// default.
     pub fn from_args(args: &[&str]) -> Profile {
@@ -113,6 +126,7 @@ impl fmt::Display for Profile {
             Profile::Kubeadm => "kubeadm",
             Profile::Custom => "custom",
             Profile::Hardened => "hardened",
+            Profile::ServingBootstrap => "serving-bootstrap",
         })
     }
 }
@@ -129,6 +143,8 @@ mod tests {
         assert_eq!(Profile::from_args(&["--profile", "kubeadm"]), Profile::Kubeadm);
         assert_eq!(Profile::from_args(&["--profile=hardened"]), Profile::Hardened);
         assert_eq!(Profile::Hardened.to_string(), "hardened");
+        assert_eq!(Profile::from_args(&["--profile=serving-bootstrap"]), Profile::ServingBootstrap);
+        assert_eq!(Profile::ServingBootstrap.to_string(), "serving-bootstrap");
         assert_eq!(Profile::Kubeadm.pki_dir(), "/etc/kubernetes/pki");
     }
 }

@@ -143,6 +143,43 @@ impl Serving {
         })
     }
 
+    /// A server whose serving pair may not exist yet: the kubelet with `serverTLSBootstrap`,
+    /// whose `GetCertificate` fails with "no serving certificate available for the kubelet"
+    /// while its certificate manager has none (`pkg/kubelet/kubelet.go`), so every handshake
+    /// fails until the files appear; they are loaded then, and reloaded whenever they change.
+    pub fn awaiting(
+        component: &str,
+        (cert, key): (&Path, &Path),
+        client_ca: Option<(&Path, Reload)>,
+        alpn: &[&[u8]],
+    ) -> Result<Serving> {
+        if let Ok(s) = Serving::new(component, (cert, key, Reload::OnChange), client_ca, alpn) {
+            return Ok(s);
+        }
+        let ca = match client_ca {
+            Some((p, _)) => Some(Arc::new(ClientCa::load(p)?)),
+            None => None,
+        };
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
+        let config = without_certificate(ca.as_deref(), &alpn)?;
+        let loaded = Loaded {
+            // Not loaded: any file that appears is a change.
+            serving: (None, None),
+            client_ca: client_ca.and_then(|(p, _)| stamp(p)),
+            ca,
+            config,
+        };
+        Ok(Serving {
+            component: component.to_string(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            serving_reload: Reload::OnChange,
+            client_ca: client_ca.map(|(p, r)| (p.to_path_buf(), r)),
+            alpn,
+            loaded: Mutex::new(loaded),
+        })
+    }
+
     /// The server config for a new connection, after reloading what changed and reloads.
     pub fn config(&self) -> Arc<rustls::ServerConfig> {
         let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,27 +329,56 @@ fn client(
     }
 }
 
+fn builder(
+    ca: Option<&ClientCa>,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>> {
+    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    Ok(match ca {
+        Some(ca) => builder.with_client_cert_verifier(Arc::new(RequestClientCert {
+            hints: ca.hints.clone(),
+            provider: tls::provider(),
+        })),
+        None => builder.with_no_client_auth(),
+    })
+}
+
 fn build(
     cert: &Path,
     key: &Path,
     ca: Option<&ClientCa>,
     alpn: &[Vec<u8>],
 ) -> Result<Arc<rustls::ServerConfig>> {
-    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?;
-    let builder = match ca {
-        Some(ca) => builder.with_client_cert_verifier(Arc::new(RequestClientCert {
-            hints: ca.hints.clone(),
-            provider: tls::provider(),
-        })),
-        None => builder.with_no_client_auth(),
-    };
-    let mut cfg = builder
+    let mut cfg = builder(ca)?
         .with_single_cert(tls::load_certs(cert)?, tls::load_key(key)?)
         .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
     cfg.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(cfg))
+}
+
+/// A config that has no certificate to serve: every handshake fails (rustls then sends an
+/// alert of its own choosing where Go's server sends internal_error).
+fn without_certificate(
+    ca: Option<&ClientCa>,
+    alpn: &[Vec<u8>],
+) -> Result<Arc<rustls::ServerConfig>> {
+    let mut cfg = builder(ca)?.with_cert_resolver(Arc::new(NoCertificate));
+    cfg.alpn_protocols = alpn.to_vec();
+    Ok(Arc::new(cfg))
+}
+
+/// Resolves no certificate, ever.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
 }
 
 /// Go's `tls.RequestClientCert`: a certificate is asked for and whatever is presented (or

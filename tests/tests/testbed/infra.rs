@@ -14,11 +14,18 @@ use kubeca_tests::testbed::profile::Profile;
 /// sees its own /etc/kubernetes: its kubelet serving certificate names it, and a control
 /// plane's apiserver certificate carries its own name and address and no other node's.
 pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
+    // With serverTLSBootstrap the kubelet serves what its certificate manager keeps.
+    let serving = if tb.profile.kubelet_server_tls_bootstrap() {
+        "/var/lib/kubelet/pki/kubelet-server-current.pem"
+    } else {
+        "/var/lib/kubelet/pki/kubelet.crt"
+    };
     for (name, address, cp) in &tb.nodes {
         let out = tb.ssh_ok(
             address,
-            "hostname; openssl x509 -noout -subject -in /var/lib/kubelet/pki/kubelet.crt; \
-             ls /etc/kubernetes/manifests",
+            &format!(
+                "hostname; openssl x509 -noout -subject -in {serving}; ls /etc/kubernetes/manifests"
+            ),
         );
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some(name.as_str()), "hostname of {address}");
@@ -30,6 +37,9 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
                 assert!(subject.starts_with(&format!("subject=CN = {name}@")), "{out}")
             }
             Profile::Custom => assert!(subject.ends_with(&format!("CN = {name}")), "{out}"),
+            Profile::ServingBootstrap => {
+                assert!(subject.ends_with(&format!("CN = system:node:{name}")), "{out}")
+            }
         }
         let manifests: Vec<&str> = lines.collect();
         if *cp {
@@ -135,7 +145,7 @@ pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
     // else against the one-off CA of the kubelet's self-signed pair (in the same file), whose
     // only name is the node's hostname.
     let (url, serving_ca) = match tb.profile {
-        Profile::Custom => {
+        Profile::Custom | Profile::ServingBootstrap => {
             (format!("https://{}:10250/healthz", tb.address("cp-1")), pki.join("ca.crt"))
         }
         Profile::Kubeadm | Profile::Hardened => (
