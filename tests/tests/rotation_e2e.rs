@@ -13,7 +13,7 @@
 //! The scenarios are spread over two lanes running side by side on two address blocks, so that
 //! at most two testbeds run at once ([`LANES`]): 198.18.0.0/24 brings up a testbed of kubeadm's
 //! default layout, then, once it is down, one of the hardened profile (`--anonymous-auth=false`);
-//! 198.18.1.0/24 one of the custom profile, then one with `serverTLSBootstrap`. A lane brings up a testbed only for a profile that
+//! 198.18.1.0/24 one of the custom profile. A lane brings up a testbed only for a profile that
 //! has a scenario to run. A scenario pinned to a profile runs on that profile's testbed; the
 //! others go to the lane where there is the least work, and run on its first profile's testbed.
 //! A testbed runs its share in the order of [`SCENARIOS`], each rotation starting from the CAs
@@ -104,8 +104,8 @@ struct Scenario {
 /// `make test` rotates every profile in full: kubeadm's with a window pause, seeded kills and
 /// resumes (`resume`), the custom one uninterrupted with the secrets checks (`full`), and the
 /// hardened one uninterrupted (`hardened`: the same rotation and end state with no anonymous
-/// access to any apiserver, so every check of it presents credentials), and the one whose
-/// kubelets bootstrap their serving certificates through the CSR API (`serving-bootstrap`). `faults` is pinned to
+/// access to any apiserver, so every check of it presents credentials, and kubelets that
+/// bootstrap their serving certificates through the CSR API). `faults` is pinned to
 /// kubeadm's (its readiness checks are anonymous), `rollback-trust-nodes` to the hardened one
 /// (the kubelets' `--client-ca-file` in `/etc/default/kubelet` restored); the scenarios not pinned to a profile run on
 /// the kubeadm or the custom testbed, whichever lane has room. It
@@ -135,13 +135,6 @@ const SCENARIOS: &[Scenario] = &[
         tier: Tier::Test,
         secs: 330,
         profile: Some(Profile::Hardened),
-        run: |tb, _| full_rotation(tb),
-    },
-    Scenario {
-        name: "serving-bootstrap",
-        tier: Tier::Test,
-        secs: 240,
-        profile: Some(Profile::ServingBootstrap),
         run: |tb, _| full_rotation(tb),
     },
     Scenario {
@@ -201,7 +194,7 @@ const SCENARIOS: &[Scenario] = &[
 /// run on its first profile's testbed.
 const LANES: [(&str, &[Profile]); 2] = [
     ("198.18.0.0/24", &[Profile::Kubeadm, Profile::Hardened]),
-    ("198.18.1.0/24", &[Profile::Custom, Profile::ServingBootstrap]),
+    ("198.18.1.0/24", &[Profile::Custom]),
 ];
 
 /// About how long a 3+2 testbed takes to come up, in seconds: a lane pays it once more for each
@@ -511,14 +504,7 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
     let test = select(None, None).unwrap();
     assert_eq!(
         names(&test),
-        [
-            "full",
-            "resume",
-            "hardened",
-            "serving-bootstrap",
-            "rollback-prepare",
-            "rollback-finalize"
-        ]
+        ["full", "resume", "hardened", "rollback-prepare", "rollback-finalize"]
     );
     let matrix = select(Some("matrix"), None).unwrap();
     assert_eq!(matrix.len(), SCENARIOS.len());
@@ -531,9 +517,8 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
             assert_eq!(ran, profiles, "{block}: a testbed of every profile, in the lane's order");
             for (profile, scenarios) in share {
                 assert!(!scenarios.is_empty(), "a {profile} testbed with nothing to run");
-                let rotates = scenarios.iter().any(|s| {
-                    matches!(s.name, "full" | "resume" | "hardened" | "serving-bootstrap")
-                });
+                let rotates =
+                    scenarios.iter().any(|s| matches!(s.name, "full" | "resume" | "hardened"));
                 assert!(
                     rotates,
                     "no full rotation on the {profile} profile: {:?}",

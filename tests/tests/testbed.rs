@@ -120,7 +120,7 @@ fn ecdsa_pki_verifies_with_openssl() {
     use kubeca_tests::testbed::profile::Profile;
     // The custom profile: every certificate, the kubelet's serving one included, is of a CA;
     // so with serverTLSBootstrap, whose serving certificate the CSR API signed.
-    for profile in [Profile::Custom, Profile::ServingBootstrap] {
+    for profile in [Profile::Custom, Profile::Hardened] {
         pki_verifies(profile);
     }
 }

@@ -26,15 +26,10 @@ pub enum Profile {
     /// credentials (`pkg/probe/tcp/tcp.go`). Its third control plane is hardened the 1.32 way
     /// instead ([`Profile::anonymous_by_config`]). Every kubelet gets `--client-ca-file` from
     /// `KUBELET_EXTRA_ARGS` in `/etc/default/kubelet` (CIS 4.2.3), which wins over its config.
+    /// And its kubelets rotate their serving certificates (CIS 4.2.12,
+    /// `RotateKubeletServerCertificate`): `serverTLSBootstrap: true`
+    /// ([`Profile::kubelet_server_tls_bootstrap`]).
     Hardened,
-    /// kubeadm's layout with `serverTLSBootstrap: true` in the kubelets' configuration, as
-    /// operators set it so that metrics-server can verify kubelets (without
-    /// `--kubelet-insecure-tls`): each kubelet asks for its serving certificate through the CSR
-    /// API (signer `kubernetes.io/kubelet-serving`, which the controller-manager signs with the
-    /// cluster CA but never approves: `sarapprove.go`) and serves nothing without one. The
-    /// nodes start with certificates such requests got when the cluster was made (an operator
-    /// approved them), in `/var/lib/kubelet/pki/kubelet-server-current.pem`.
-    ServingBootstrap,
 }
 
 impl Profile {
@@ -97,9 +92,16 @@ impl Profile {
         self == Profile::Hardened
     }
 
-    /// The kubelets bootstrap their serving certificates through the CSR API.
+    /// The kubelets bootstrap their serving certificates through the CSR API
+    /// (`serverTLSBootstrap: true`), as operators set it so that something can verify kubelets
+    /// (metrics-server without `--kubelet-insecure-tls`): each kubelet asks for its serving
+    /// certificate (signer `kubernetes.io/kubelet-serving`, which the controller-manager signs
+    /// with the cluster CA but never approves: `sarapprove.go`) and serves nothing without one.
+    /// The nodes start with certificates such requests got when the cluster was made (an
+    /// operator approved them), in `/var/lib/kubelet/pki/kubelet-server-current.pem`. The
+    /// hardened profile's kubelets do so.
     pub fn kubelet_server_tls_bootstrap(self) -> bool {
-        self == Profile::ServingBootstrap
+        self == Profile::Hardened
     }
 
     /// The profile named in `up`'s arguments (`--profile=NAME` or `--profile NAME`), else the
@@ -126,7 +128,6 @@ impl fmt::Display for Profile {
             Profile::Kubeadm => "kubeadm",
             Profile::Custom => "custom",
             Profile::Hardened => "hardened",
-            Profile::ServingBootstrap => "serving-bootstrap",
         })
     }
 }
@@ -143,8 +144,6 @@ mod tests {
         assert_eq!(Profile::from_args(&["--profile", "kubeadm"]), Profile::Kubeadm);
         assert_eq!(Profile::from_args(&["--profile=hardened"]), Profile::Hardened);
         assert_eq!(Profile::Hardened.to_string(), "hardened");
-        assert_eq!(Profile::from_args(&["--profile=serving-bootstrap"]), Profile::ServingBootstrap);
-        assert_eq!(Profile::ServingBootstrap.to_string(), "serving-bootstrap");
         assert_eq!(Profile::Kubeadm.pki_dir(), "/etc/kubernetes/pki");
     }
 }

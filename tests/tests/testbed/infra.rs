@@ -33,11 +33,11 @@ pub fn ssh_reaches_each_node_and_its_own_files(tb: &Testbed) {
         // GenerateSelfSignedCertKey); a CA-signed one (custom profile) `CN=<node>`.
         let subject = lines.next().unwrap_or("");
         match tb.profile {
-            Profile::Kubeadm | Profile::Hardened => {
+            Profile::Kubeadm => {
                 assert!(subject.starts_with(&format!("subject=CN = {name}@")), "{out}")
             }
             Profile::Custom => assert!(subject.ends_with(&format!("CN = {name}")), "{out}"),
-            Profile::ServingBootstrap => {
+            Profile::Hardened => {
                 assert!(subject.ends_with(&format!("CN = system:node:{name}")), "{out}")
             }
         }
@@ -145,10 +145,10 @@ pub fn kubelet_authenticates_client_certificates_per_request(tb: &Testbed) {
     // else against the one-off CA of the kubelet's self-signed pair (in the same file), whose
     // only name is the node's hostname.
     let (url, serving_ca) = match tb.profile {
-        Profile::Custom | Profile::ServingBootstrap => {
+        Profile::Custom | Profile::Hardened => {
             (format!("https://{}:10250/healthz", tb.address("cp-1")), pki.join("ca.crt"))
         }
-        Profile::Kubeadm | Profile::Hardened => (
+        Profile::Kubeadm => (
             "https://cp-1:10250/healthz".to_string(),
             tb.node_path("cp-1", "var-lib-kubelet/pki/kubelet.crt"),
         ),
