@@ -96,7 +96,13 @@ pub struct Request {
 /// the template of `NewKubeletClientCertificateManager` (pkg/kubelet/certificate/kubelet.go):
 /// `CN=system:node:<node>, O=system:nodes`, no alternative names, no extensions.
 pub fn node_client_request(node: &str) -> Result<Request> {
-    let key = SecretKey::generate(KeySpec::EcdsaP256, "kubelet client key")?;
+    node_request(node, Vec::new(), "kubelet client key")
+}
+
+/// A request as `system:node:<node>` in `system:nodes` with alternative names `sans`, for a new
+/// P-256 key (`what`).
+fn node_request(node: &str, sans: Vec<SanType>, what: &str) -> Result<Request> {
+    let key = SecretKey::generate(KeySpec::EcdsaP256, what)?;
     let pair = rcgen_pair(&key)?;
     let mut params = CertificateParams::default();
     // Go writes a name's attributes in a fixed order, O before CN (`pkix.Name.ToRDNSequence`).
@@ -104,6 +110,7 @@ pub fn node_client_request(node: &str) -> Result<Request> {
     dn.push(DnType::OrganizationName, printable_or_utf8("system:nodes"));
     dn.push(DnType::CommonName, printable_or_utf8(&format!("system:node:{node}")));
     params.distinguished_name = dn;
+    params.subject_alt_names = sans;
     let csr = params.serialize_request(&pair).context("making the kubelet's CSR")?;
     Ok(Request { csr_pem: csr.pem().context("encoding the CSR")?, key_pem: key.to_pem() })
 }
@@ -115,16 +122,7 @@ pub fn node_client_request(node: &str) -> Result<Request> {
 /// a Hostname that parses as an IP and every InternalIP/ExternalIP an IP name, other hostnames
 /// DNS names), deduplicated and sorted.
 pub fn node_serving_request(node: &str, addresses: &[String]) -> Result<Request> {
-    let key = SecretKey::generate(KeySpec::EcdsaP256, "kubelet serving key")?;
-    let pair = rcgen_pair(&key)?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, printable_or_utf8("system:nodes"));
-    dn.push(DnType::CommonName, printable_or_utf8(&format!("system:node:{node}")));
-    params.distinguished_name = dn;
-    params.subject_alt_names = serving_sans(addresses)?;
-    let csr = params.serialize_request(&pair).context("making the kubelet's serving CSR")?;
-    Ok(Request { csr_pem: csr.pem().context("encoding the CSR")?, key_pem: key.to_pem() })
+    node_request(node, serving_sans(addresses)?, "kubelet serving key")
 }
 
 /// `addressesToHostnamesAndIPs`: DNS names first, then IP addresses, each sorted and

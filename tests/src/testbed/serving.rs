@@ -116,31 +116,11 @@ impl Serving {
     /// the real component's.
     pub fn new(
         component: &str,
-        (cert, key, serving_reload): (&Path, &Path, Reload),
+        serving: (&Path, &Path, Reload),
         client_ca: Option<(&Path, Reload)>,
         alpn: &[&[u8]],
     ) -> Result<Serving> {
-        let ca = match client_ca {
-            Some((p, _)) => Some(Arc::new(ClientCa::load(p)?)),
-            None => None,
-        };
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
-        let config = build(cert, key, ca.as_deref(), &alpn)?;
-        let loaded = Loaded {
-            serving: (stamp(cert), stamp(key)),
-            client_ca: client_ca.and_then(|(p, _)| stamp(p)),
-            ca,
-            config,
-        };
-        Ok(Serving {
-            component: component.to_string(),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            serving_reload,
-            client_ca: client_ca.map(|(p, r)| (p.to_path_buf(), r)),
-            alpn,
-            loaded: Mutex::new(loaded),
-        })
+        Serving::start(component, serving, client_ca, alpn, false)
     }
 
     /// A server whose serving pair may not exist yet: the kubelet with `serverTLSBootstrap`,
@@ -153,27 +133,35 @@ impl Serving {
         client_ca: Option<(&Path, Reload)>,
         alpn: &[&[u8]],
     ) -> Result<Serving> {
-        if let Ok(s) = Serving::new(component, (cert, key, Reload::OnChange), client_ca, alpn) {
-            return Ok(s);
-        }
+        Serving::start(component, (cert, key, Reload::OnChange), client_ca, alpn, true)
+    }
+
+    /// [`Serving::new`], or when `awaiting` and the pair does not load, a server without one.
+    fn start(
+        component: &str,
+        (cert, key, serving_reload): (&Path, &Path, Reload),
+        client_ca: Option<(&Path, Reload)>,
+        alpn: &[&[u8]],
+        awaiting: bool,
+    ) -> Result<Serving> {
         let ca = match client_ca {
             Some((p, _)) => Some(Arc::new(ClientCa::load(p)?)),
             None => None,
         };
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
-        let config = without_certificate(ca.as_deref(), &alpn)?;
-        let loaded = Loaded {
+        let (config, serving) = match build(cert, key, ca.as_deref(), &alpn) {
+            Ok(c) => (c, (stamp(cert), stamp(key))),
             // Not loaded: any file that appears is a change.
-            serving: (None, None),
-            client_ca: client_ca.and_then(|(p, _)| stamp(p)),
-            ca,
-            config,
+            Err(_) if awaiting => (without_certificate(ca.as_deref(), &alpn)?, (None, None)),
+            Err(e) => return Err(e),
         };
+        let loaded =
+            Loaded { serving, client_ca: client_ca.and_then(|(p, _)| stamp(p)), ca, config };
         Ok(Serving {
             component: component.to_string(),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            serving_reload: Reload::OnChange,
+            serving_reload,
             client_ca: client_ca.map(|(p, r)| (p.to_path_buf(), r)),
             alpn,
             loaded: Mutex::new(loaded),
