@@ -94,6 +94,8 @@ impl ClientCa {
 /// The files as loaded, with their stamps at load time.
 struct Loaded {
     serving: (Option<Stamp>, Option<Stamp>),
+    /// The loaded serving certificate's NotAfter (Unix seconds), when it parsed.
+    not_after: Option<i64>,
     client_ca: Option<Stamp>,
     ca: Option<Arc<ClientCa>>,
     config: Arc<rustls::ServerConfig>,
@@ -108,6 +110,8 @@ pub struct Serving {
     serving_reload: Reload,
     client_ca: Option<(PathBuf, Reload)>,
     alpn: Vec<Vec<u8>>,
+    /// The pair comes from a certificate manager, which serves nothing once it has expired.
+    managed: bool,
     loaded: Mutex<Loaded>,
 }
 
@@ -127,6 +131,9 @@ impl Serving {
     /// whose `GetCertificate` fails with "no serving certificate available for the kubelet"
     /// while its certificate manager has none (`pkg/kubelet/kubelet.go`), so every handshake
     /// fails until the files appear; they are loaded then, and reloaded whenever they change.
+    /// The manager's `Current()` is nil once the certificate's NotAfter has passed
+    /// (`staging/src/k8s.io/client-go/util/certificate/certificate_manager.go`), so an expired
+    /// pair fails every handshake too, until a new one is written.
     pub fn awaiting(
         component: &str,
         (cert, key): (&Path, &Path),
@@ -155,8 +162,13 @@ impl Serving {
             Err(_) if awaiting => (without_certificate(ca.as_deref(), &alpn)?, (None, None)),
             Err(e) => return Err(e),
         };
-        let loaded =
-            Loaded { serving, client_ca: client_ca.and_then(|(p, _)| stamp(p)), ca, config };
+        let loaded = Loaded {
+            serving,
+            not_after: not_after(cert),
+            client_ca: client_ca.and_then(|(p, _)| stamp(p)),
+            ca,
+            config,
+        };
         Ok(Serving {
             component: component.to_string(),
             cert: cert.to_path_buf(),
@@ -164,6 +176,7 @@ impl Serving {
             serving_reload,
             client_ca: client_ca.map(|(p, r)| (p.to_path_buf(), r)),
             alpn,
+            managed: awaiting,
             loaded: Mutex::new(loaded),
         })
     }
@@ -172,6 +185,19 @@ impl Serving {
     pub fn config(&self) -> Arc<rustls::ServerConfig> {
         let mut l = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(&mut l);
+        let expired = l.not_after.is_some_and(|t| jiff::Timestamp::now().as_second() > t);
+        if self.managed && expired {
+            // Go's server would fail the handshake in GetCertificate; so does a config that
+            // resolves no certificate (built per connection: the client CA may have changed).
+            match without_certificate(l.ca.as_deref(), &self.alpn) {
+                Ok(c) => return c,
+                Err(e) => eprintln!(
+                    "{} {}: building a config without a certificate: {e:#}",
+                    jiff::Timestamp::now(),
+                    self.component
+                ),
+            }
+        }
         l.config.clone()
     }
 
@@ -237,7 +263,10 @@ impl Serving {
             return;
         }
         match build(&self.cert, &self.key, l.ca.as_deref(), &self.alpn) {
-            Ok(c) => l.config = c,
+            Ok(c) => {
+                l.config = c;
+                l.not_after = not_after(&self.cert);
+            }
             Err(e) => eprintln!(
                 "{} {}: keeping the serving certificate loaded before: {e:#}",
                 jiff::Timestamp::now(),
@@ -343,6 +372,13 @@ fn build(
         .with_context(|| format!("{} and {} do not match", cert.display(), key.display()))?;
     cfg.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(cfg))
+}
+
+/// The NotAfter (Unix seconds) of the first certificate in `path`, if it reads and parses.
+fn not_after(path: &Path) -> Option<i64> {
+    let certs = tls::load_certs(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// A config that has no certificate to serve: every handshake fails (rustls then sends an
@@ -520,6 +556,65 @@ mod tests {
         fs::copy(dir.path().join("b-ca.crt"), dir.path().join("client-ca.crt")).unwrap();
         assert!(matches!(s.authenticate(Some(&a)), ClientCert::User { .. }));
         assert!(matches!(s.authenticate(Some(&b)), ClientCert::Untrusted(_)));
+    }
+
+    /// A self-signed pair for `localhost` (expired in 2021 when `expired`), certificate and
+    /// key in one file as the kubelet's certificate store writes it, put in place by a rename.
+    fn write_pair(path: &Path, expired: bool) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.self_signed(&key).unwrap();
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    /// Whether a client that verifies nothing completes a handshake with `server`, in memory.
+    fn handshakes(server: Arc<rustls::ServerConfig>) -> bool {
+        let client = tls::client_config_skip_verify_anonymous().unwrap();
+        let mut c = rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            if s.process_new_packets().is_err() {
+                return false;
+            }
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            if c.process_new_packets().is_err() {
+                return false;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn a_managed_pair_serves_nothing_once_expired_until_a_new_one_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("kubelet-server-current.pem");
+        let s = Serving::awaiting("kubelet", (&current, &current), None, &[b"http/1.1"]).unwrap();
+        assert!(!handshakes(s.config()), "no certificate yet: every handshake fails");
+        write_pair(&current, true);
+        assert!(!handshakes(s.config()), "an expired certificate is not served");
+        write_pair(&current, false);
+        assert!(handshakes(s.config()), "a new certificate is served from the next handshake");
+        // A component that is given its pair (not a certificate manager) serves it expired,
+        // as Go's server does.
+        write_pair(&current, true);
+        let given =
+            Serving::new("apiserver", (&current, &current, Reload::AtStart), None, &[b"http/1.1"])
+                .unwrap();
+        assert!(handshakes(given.config()));
     }
 
     #[test]
