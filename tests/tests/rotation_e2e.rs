@@ -573,12 +573,14 @@ fn the_tiers_cover_every_scenario_over_two_testbeds() {
 fn full_rotation(tb: &Testbed) {
     let old_admin = save_admin(tb, "full");
     let old = Cas::read(tb);
-    let since = now();
-    let kills_before = probe_kills(tb);
     anonymous_access_as_the_profile_says(tb, "before the rotation");
     if tb.profile.kubelet_server_tls_bootstrap() {
+        // A deliberate outage of w-2's :10250 (metrics-server fails to scrape it): before the
+        // rotation's figures begin.
         serving_certificates_come_from_requests_someone_approves(tb, "w-2");
     }
+    let since = now();
+    let kills_before = probe_kills(tb);
     let started_at = Instant::now();
     let mut k = Kubeca::new(tb, "full");
     let sampler = CmdlineSampler::start();
@@ -639,6 +641,7 @@ fn full_rotation(tb: &Testbed) {
     }
     k.expect(&["approve", "finalize"], 0);
     k.expect(&["run"], 0);
+    let finished = jiff::Timestamp::now();
     if tb.profile.kubelet_extra_args_client_ca() {
         for (node, named) in extra_args() {
             assert_eq!(named, ca_crt, "{node}: the flag back at ca.crt");
@@ -663,6 +666,7 @@ fn full_rotation(tb: &Testbed) {
     let answered = in_cluster::assert_clean_since(tb, &since);
     println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::completed_rotation(tb, &old, &old_admin, &mut k);
+    nodes_are_measured_after(tb, finished);
     if tb.profile.kubelet_server_tls_bootstrap() {
         // Each kubelet serves the certificate its manager keeps (re-issued by the new CA, which
         // completed_rotation verified with openssl), not one it loaded before.
@@ -700,6 +704,39 @@ fn full_rotation(tb: &Testbed) {
     );
     assert!(pieces.len() > 10, "only {} keys found", pieces.len());
     assert!(found.is_empty(), "key material found:\n{}", found.join("\n"));
+}
+
+/// `kubectl top nodes` works after the rotation: metrics-server has scraped every kubelet
+/// since `finished` (two rounds each: its CPU figure is a rate), with the CA of its pod's start
+/// where the profile has it verify kubelets.
+fn nodes_are_measured_after(tb: &Testbed, finished: jiff::Timestamp) {
+    let measured = || -> Vec<String> {
+        let out = tb.kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"]);
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return Vec::new();
+        };
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let mut names: Vec<String> = items
+            .iter()
+            .filter(|m| {
+                m["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    > Some(finished)
+            })
+            .filter_map(|m| m["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut want: Vec<String> = tb.nodes.iter().map(|(n, _, _)| n.clone()).collect();
+    want.sort();
+    // Two 15 s rounds after the last kubelet restart, and the round that was running.
+    eventually("every node measured after the rotation", Duration::from_secs(90), || {
+        measured() == want
+    });
+    let top = tb.kubectl_ok(&["top", "nodes", "--no-headers"]);
+    for node in &want {
+        assert!(top.lines().any(|l| l.split_whitespace().next() == Some(node)), "{node}:\n{top}");
+    }
 }
 
 /// With `serverTLSBootstrap` the kubelet keeps its serving certificate through the CSR API, and
@@ -964,6 +1001,7 @@ fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
         k.after_kill();
     }
     k.expect(&["rollback", "--yes"], 0);
+    let finished = jiff::Timestamp::now();
     let (handshakes, failures, report) = tb.report_since(&since);
     println!(
         "FIGURES rollback from {phase}: {:.1} s, handshakes {handshakes}, failed {failures}",
@@ -973,6 +1011,7 @@ fn rollback_from(tb: &Testbed, phase: &str, rng: &mut Rng) {
     let answered = in_cluster::assert_clean_since(tb, &since);
     println!("FIGURES in-cluster clients: {answered} answers through kubectl proxy, no TLS error");
     checks::rolled_back(tb, &before, &old);
+    nodes_are_measured_after(tb, finished);
 }
 
 /// SIGSTOPs kubeca (pid) while `fault` is put in place, then lets it go on: the fault lands

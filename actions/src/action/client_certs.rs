@@ -36,10 +36,13 @@ const REMEDY: &str = "Nothing is dropped while they remain. A node's kubelet ren
     certificate itself before its rotation deadline, and the controller-manager now signs with \
     the new CA; to renew now, give the node a kubelet.conf with a certificate of the new CA \
     (on a control plane: `kubeadm kubeconfig user --org system:nodes --client-name \
-    system:node:<node>`) and restart its kubelet. A request approved for someone else must be \
-    answered by a new request once the signer uses the new CA, and the old one deleted \
-    (`kubectl delete csr <name>`). Then `kubeca run` checks again; `kubeca rollback` returns to \
-    the old CA instead.";
+    system:node:<node>`) and restart its kubelet. A serving certificate the kubelet keeps \
+    through the CSR API (serverTLSBootstrap) is renewed by removing its current file \
+    (kubelet-server-current.pem) and restarting the kubelet, which asks for a new one that \
+    someone must approve (`kubectl certificate approve <name>`). A request approved for someone \
+    else must be answered by a new request once the signer uses the new CA, and the old one \
+    deleted (`kubectl delete csr <name>`). Then `kubeca run` checks again; `kubeca rollback` \
+    returns to the old CA instead.";
 
 /// A kubelet's current certificate: node, what it is ("client", "serving"), file, certificate.
 pub(super) type KubeletCert = (String, &'static str, String, Cert);
@@ -121,7 +124,7 @@ pub mod check_client_certs {
         let refused = refusals(&kubelets, &issued, &new, &old, now)?;
         if !refused.is_empty() {
             return Err(Error::terminal(format!(
-                "the old CA cannot be dropped: {} client certificate(s) of it are in use or were \
+                "the old CA cannot be dropped: {} certificate(s) of it are in use or were \
                  issued since the rotation began:\n  {}\n{REMEDY}",
                 refused.len(),
                 refused.join("\n  ")

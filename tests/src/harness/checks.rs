@@ -358,9 +358,18 @@ pub fn rolled_back(tb: &Testbed, before: &Snapshot, old: &Cas) {
                 failures.push(format!("{name}'s apiserver and the old admin.conf: {}", text(&out)));
             }
         }
-        let want = file_cert(&tb.node_path(name, "var-lib-kubelet/pki/kubelet.crt"));
+        // Its self-signed pair, or with serverTLSBootstrap the one its certificate manager keeps
+        // (a link, resolved now: the rollback restored what it points at).
+        let served = match tb.profile.kubelet_server_tls_bootstrap() {
+            true => tb.host_path(name, "/var/lib/kubelet/pki/kubelet-server-current.pem"),
+            false => tb.node_path(name, "var-lib-kubelet/pki/kubelet.crt"),
+        };
+        let want = file_cert(&served);
         if served_cert(address, 10250) != want {
-            failures.push(format!("{name}'s kubelet does not serve its pre-rotation certificate"));
+            failures.push(format!(
+                "{name}'s kubelet does not serve its pre-rotation certificate {}",
+                served.display()
+            ));
         }
     }
     let old_body = pem_bodies(&old.cluster);

@@ -32,6 +32,7 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
+use super::kubelet_server::TokenReviewer;
 use super::node::{alive, proc_stat, to_pid};
 use super::serving::{ClientCert, Reload, Serving};
 use super::subnet::{self, Subnet};
@@ -114,6 +115,9 @@ pub struct KubeletConfig {
     /// `authentication.anonymous.enabled`: false unless set (the v1beta1 default,
     /// `pkg/kubelet/apis/config/v1beta1/defaults.go`; kubeadm writes false as well).
     pub anonymous: bool,
+    /// `authentication.webhook.enabled`: true unless set (v1beta1 defaults; kubeadm writes
+    /// true), with `authentication.webhook.cacheTTL`, 2 minutes when zero or unset.
+    pub webhook: Option<Duration>,
     /// `address` (listen address of :10250).
     pub address: String,
     /// `port`, 10250 by default.
@@ -184,6 +188,22 @@ impl KubeletConfig {
                 .and_then(|a| a.get("enabled"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            webhook: {
+                let w = v.get("authentication").and_then(|a| a.get("webhook"));
+                let enabled = w.and_then(|w| w.get("enabled")).and_then(Value::as_bool);
+                let ttl = match w.and_then(|w| w.get("cacheTTL")).and_then(Value::as_str) {
+                    Some(t) => super::csr_controllers::go_duration(t)
+                        .ok()
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .with_context(|| {
+                            format!("{}: authentication.webhook.cacheTTL {t:?}", path.display())
+                        })?,
+                    None => Duration::ZERO,
+                };
+                let ttl =
+                    if ttl.is_zero() { super::kubelet_server::DEFAULT_CACHE_TTL } else { ttl };
+                enabled.unwrap_or(true).then_some(ttl)
+            },
             // 0.0.0.0 unless set (`pkg/kubelet/apis/config/v1beta1/defaults.go`).
             address: s("address").unwrap_or_else(|| "0.0.0.0".to_string()),
             port: v
@@ -293,7 +313,10 @@ fn run(args: &[String]) -> Result<()> {
         let listener = tokio::net::TcpListener::bind((config.address.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.address, config.port))?;
-        tokio::spawn(serve(listener, serving, config.anonymous));
+        let reviewer = config.webhook.map(|ttl| {
+            Arc::new(TokenReviewer::new(&flags.hostname, flags.kubeconfig.clone(), ttl))
+        });
+        tokio::spawn(serve(listener, serving, config.anonymous, reviewer));
         if config.healthz_port > 0 {
             let addr = (config.healthz_bind_address.clone(), config.healthz_port);
             tokio::spawn(async move {
@@ -881,10 +904,15 @@ fn serving(config: &KubeletConfig) -> Result<Serving> {
     )
 }
 
-async fn serve(listener: tokio::net::TcpListener, serving: Arc<Serving>, anonymous: bool) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    serving: Arc<Serving>,
+    anonymous: bool,
+    reviewer: Option<Arc<TokenReviewer>>,
+) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let serving = serving.clone();
+        let (serving, reviewer) = (serving.clone(), reviewer.clone());
         tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
             let stream = match acceptor.accept(tcp).await {
@@ -906,9 +934,12 @@ async fn serve(listener: tokio::net::TcpListener, serving: Arc<Serving>, anonymo
             let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let user = serving.authenticate(presented.as_deref());
             let service = hyper::service::service_fn(move |req| {
-                let user = user.clone();
+                let (user, reviewer) = (user.clone(), reviewer.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(authenticated(req, &user, anonymous, peer))
+                    let r = reviewer.as_deref();
+                    Ok::<_, std::convert::Infallible>(
+                        authenticated(req, &user, anonymous, r, peer).await,
+                    )
                 }
             });
             let _ =
@@ -922,17 +953,19 @@ async fn serve(listener: tokio::net::TcpListener, serving: Arc<Serving>, anonymo
 /// The kubelet's authentication filter (`pkg/kubelet/server/server.go` `InstallAuthFilter`): a
 /// request that does not authenticate is answered 401 with the text `Unauthorized`. A client
 /// certificate that does not verify fails the request even when anonymous access is enabled
-/// (the x509 authenticator's error ends the chain before the anonymous one); a bearer token
-/// would go to the apiserver as a TokenReview (webhook authentication), which the testbed does
-/// not simulate: no testbed client sends the kubelet a token, and one that did gets 401.
-/// Authorization (SubjectAccessReview) is not simulated either: an authenticated user may do
+/// (the x509 authenticator's error ends the chain before the anonymous one); without a client
+/// certificate, a bearer token goes to the apiserver as a TokenReview when webhook
+/// authentication is on (kubelet_server.rs), and is refused when it is off or the review says
+/// no. Authorization (SubjectAccessReview) is not simulated: an authenticated user may do
 /// everything.
-fn authenticated(
+async fn authenticated(
     req: hyper::Request<hyper::body::Incoming>,
     user: &ClientCert,
     anonymous: bool,
+    reviewer: Option<&TokenReviewer>,
     peer: std::net::SocketAddr,
 ) -> hyper::Response<Body> {
+    let token = super::serving::bearer_token(&req);
     let refused = match user {
         ClientCert::User { .. } => None,
         ClientCert::Untrusted(why) => {
@@ -945,8 +978,21 @@ fn authenticated(
             );
             Some(())
         }
-        ClientCert::Absent if anonymous && !req.headers().contains_key("authorization") => None,
-        ClientCert::Absent => Some(()),
+        ClientCert::Absent => match (&token, reviewer) {
+            (Some(t), Some(reviewer)) => match reviewer.review(t).await {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(()),
+                Err(e) => {
+                    eprintln!(
+                        "{} kubelet: Unable to authenticate the request due to an error: {e:#}",
+                        jiff::Timestamp::now()
+                    );
+                    Some(())
+                }
+            },
+            (None, _) if anonymous && !req.headers().contains_key("authorization") => None,
+            _ => Some(()),
+        },
     };
     if refused.is_some() {
         let mut resp = hyper::Response::new(Body::from("Unauthorized"));
@@ -976,6 +1022,14 @@ fn handle(req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
             200,
             serde_json::json!({"kind": "PodList", "apiVersion": "v1", "items": items}).to_string(),
         )
+    } else if path == "/metrics/resource" {
+        match super::kubelet_server::node_usage() {
+            Ok(u) => {
+                let at = jiff::Timestamp::now().as_millisecond();
+                (200, super::kubelet_server::resource_metrics(u, at))
+            }
+            Err(e) => (500, format!("{e:#}")),
+        }
     } else if let Some(rest) = path.strip_prefix("/containerLogs/") {
         container_log(rest).map_or((404, "not found".into()), |l| (200, l))
     } else {

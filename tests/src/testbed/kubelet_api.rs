@@ -836,6 +836,12 @@ fn start_container(
     // expands it (`pkg/kubelet/container/helpers.go`, `ExpandContainerCommandAndArgs`).
     let expand = |s: String| env.iter().fold(s, |s, (k, v)| s.replace(&format!("$({k})"), v));
     let mut command: Vec<String> = strings("command").into_iter().map(expand).collect();
+    if command.is_empty() {
+        // No `command`: the image's ENTRYPOINT runs with `args` (the runtime joins them; the
+        // kubelet passes both through, `pkg/kubelet/kuberuntime/kuberuntime_container.go`).
+        // A testbed image's entrypoint is its program, which `program_for` picks by image.
+        command.push("/entrypoint".to_string());
+    }
     command.extend(strings("args").into_iter().map(expand));
     let (program, args) = super::kubelet::program_for(image, &command, &ctx.exe)
         .with_context(|| format!("pod {ns}/{name} container {container}: image {image:?}"))?;

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, Credentials, service_account_dir};
 use super::serving::{ClientCert, Reload, Serving};
-use super::{monitor, tls};
+use super::{monitor, scraper as scrape, tls};
 
 /// The API endpoint of a pod, `https://HOST:PORT` from `KUBERNETES_SERVICE_HOST` and
 /// `KUBERNETES_SERVICE_PORT`, as client-go's `rest.InClusterConfig`
@@ -52,9 +52,13 @@ pub fn pod_identity(program: &str) -> String {
     format!("pod/{ns}/{name}@{}", monitor::node())
 }
 
+/// A pod's service-account directory: its own, or `KUBECA_SA_DIR` for a program run by hand.
+fn service_account_files() -> PathBuf {
+    std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir)
+}
+
 fn in_cluster(program: &str, purpose: &str) -> Result<Client> {
-    let dir =
-        std::env::var_os("KUBECA_SA_DIR").map(PathBuf::from).unwrap_or_else(service_account_dir);
+    let dir = service_account_files();
     let server = api_server().with_context(|| format!("{program}: finding the API"))?;
     let creds = Credentials::in_cluster(&dir.join("token"), &dir.join("ca.crt"), &server)
         .with_context(|| {
@@ -129,8 +133,17 @@ pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
 /// `DelegatingAuthenticationOptions`, `dynamiccertificates/configmap_cafile_content.go`
 /// `NewDynamicCAFromConfigMapController`: an informer on the ConfigMap; here a read every
 /// [`CONFIGMAP_POLL`]). A front-proxy certificate its CA does not sign is answered 401.
-pub fn metrics_server_main(_args: Vec<String>) -> ExitCode {
-    runtime_main("metrics-server", metrics_server())
+///
+/// It scrapes every node's kubelet as `pkg/scraper` does (scrape.rs holds the how).
+pub fn metrics_server_main(args: Vec<String>) -> ExitCode {
+    let options = match scrape::Options::parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("metrics-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime_main("metrics-server", metrics_server(options))
 }
 
 /// How often the metrics server reads extension-apiserver-authentication (upstream's informer
@@ -157,8 +170,13 @@ fn write_ca(path: &std::path::Path, ca: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
 }
 
-async fn metrics_server() -> Result<()> {
+async fn metrics_server(options: scrape::Options) -> Result<()> {
     let api = in_cluster("metrics-server", "metrics-server->apiserver")?;
+    // The kubelet client is a copy of the in-cluster config, its CA read now, once
+    // (`cmd/metrics-server/app/options/kubelet_client.go`; client-go's `loadTLSFiles`).
+    let kubelets = Arc::new(scrape::Kubelets::new(&options, &service_account_files())?);
+    let store = Arc::new(scrape::Store::default());
+    tokio::spawn(scrape::run(api.clone(), kubelets, store.clone(), options.resolution));
     let (ca, allowed) = loop {
         match api.get(AUTHENTICATION_CM).await {
             Ok(Some(cm)) => match request_header(&cm) {
@@ -189,7 +207,6 @@ async fn metrics_server() -> Result<()> {
         &[b"http/1.1"],
     )?);
     let allowed = Arc::new(std::sync::RwLock::new(allowed));
-    let api = Arc::new(api);
     {
         // The watch: a changed ConfigMap reaches the CA file, which `serving` reloads.
         let (api, allowed, ca_path) = (api.clone(), allowed.clone(), ca_path.clone());
@@ -226,8 +243,8 @@ async fn metrics_server() -> Result<()> {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else { continue };
         let acceptor = tokio_rustls::TlsAcceptor::from(serving.config());
-        let (me, api, allowed, serving) =
-            (me.clone(), api.clone(), allowed.clone(), serving.clone());
+        let (me, store, allowed, serving) =
+            (me.clone(), store.clone(), allowed.clone(), serving.clone());
         tokio::spawn(async move {
             let client = format!("kube-apiserver@{}", peer.ip());
             let edge = (client.as_str(), me.as_str(), "apiserver->metrics-server");
@@ -235,13 +252,13 @@ async fn metrics_server() -> Result<()> {
             let presented = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (api, allowed) = (api.clone(), allowed.clone());
+                    let (store, allowed) = (store.clone(), allowed.clone());
                     let cert = serving.authenticate(presented.as_deref());
                     async move {
                         let allowed = allowed.read().unwrap_or_else(|p| p.into_inner()).clone();
-                        Ok::<_, std::convert::Infallible>(
-                            metrics_answer(&api, &allowed, &cert, &req).await,
-                        )
+                        Ok::<_, std::convert::Infallible>(metrics_answer(
+                            &store, &allowed, &cert, &req,
+                        ))
                     }
                 });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -259,8 +276,8 @@ pub fn front_proxy_allowed(allowed: &[String], cn: Option<&str>) -> bool {
     }
 }
 
-async fn metrics_answer(
-    api: &Client,
+fn metrics_answer(
+    store: &scrape::Store,
     allowed: &[String],
     cert: &ClientCert,
     req: &hyper::Request<hyper::body::Incoming>,
@@ -277,11 +294,15 @@ async fn metrics_answer(
             .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
         r
     };
-    if req.uri().path() == "/healthz"
-        || req.uri().path() == "/readyz"
-        || req.uri().path() == "/livez"
-    {
+    if req.uri().path() == "/healthz" || req.uri().path() == "/livez" {
         return reply(200, json!("ok"));
+    }
+    if req.uri().path() == "/readyz" {
+        // `metric-storage-ready`: some node with two points (`pkg/server/server.go`).
+        return match store.ready() {
+            true => reply(200, json!("ok")),
+            false => reply(500, json!("[-]metric-storage-ready failed: no metrics to serve")),
+        };
     }
     if let ClientCert::Untrusted(why) = cert {
         eprintln!(
@@ -299,17 +320,21 @@ async fn metrics_answer(
             {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
             {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]}]}),
         ),
-        "/apis/metrics.k8s.io/v1beta1/nodes" => {
-            let nodes = api.list("/api/v1/nodes").await.unwrap_or_default();
-            let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let items: Vec<Value> = nodes
-                .iter()
-                .map(|n| json!({"metadata": {"name": n["metadata"]["name"]}, "timestamp": now, "window": "10s", "usage": {"cpu": "10m", "memory": "64Mi"}}))
-                .collect();
-            reply(
-                200,
-                json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}),
-            )
+        "/apis/metrics.k8s.io/v1beta1/nodes" => reply(
+            200,
+            json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": store.node_metrics()}),
+        ),
+        p if let Some(name) = p.strip_prefix("/apis/metrics.k8s.io/v1beta1/nodes/") => {
+            // `pkg/api/node.go` `Get`: a node without metrics is NotFound.
+            match store.node_metrics().into_iter().find(|m| m["metadata"]["name"] == name) {
+                Some(m) => reply(200, m),
+                None => reply(
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404,
+                           "message": format!("nodemetrics.metrics.k8s.io \"{name}\" not found"),
+                           "details": {"name": name, "group": "metrics.k8s.io", "kind": "nodemetrics"}}),
+                ),
+            }
         }
         p => reply(
             404,

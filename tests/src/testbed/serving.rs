@@ -488,6 +488,17 @@ fn go_x509(e: &rustls::Error) -> String {
     }
 }
 
+/// The bearer token of a request's `Authorization` header, when it carries a non-empty one
+/// (`staging/src/k8s.io/apiserver/pkg/authentication/request/bearertoken/bearertoken.go`).
+pub fn bearer_token<B>(req: &hyper::Request<B>) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
 /// The body of a 401 from the apiserver's authentication filter (`authentication.go`
 /// `Unauthorized`: a Status with reason Unauthorized).
 pub fn unauthorized_status() -> serde_json::Value {

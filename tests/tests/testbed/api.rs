@@ -170,6 +170,34 @@ pub fn aggregated_api_through_the_front_proxy(tb: &Testbed) {
     let out = tb.kubectl_ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["groupVersion"], "metrics.k8s.io/v1beta1", "{out}");
+    // metrics-server scrapes every kubelet's /metrics/resource (its service-account token,
+    // reviewed by the kubelet through the apiserver): every node measured, twice (a rate).
+    let mut want: Vec<String> = tb.nodes.iter().map(|(n, _, _)| n.clone()).collect();
+    want.sort();
+    let measured = || {
+        let out = tb.kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut names: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["usage"]["cpu"].as_str().is_some_and(|c| c.ends_with('n')))
+            .filter_map(|m| m["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while measured() != want {
+        assert!(std::time::Instant::now() < deadline, "nodes measured: {:?}", measured());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let top = tb.kubectl_ok(&["top", "nodes", "--no-headers"]);
+    assert_eq!(top.lines().count(), want.len(), "{top}");
+    // A node without metrics is NotFound, as `pkg/api/node.go` says it.
+    let out = tb.kubectl(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes/nosuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("NotFound"), "{err}");
 }
 
 /// The monitor records handshakes, and none failed on trust so far.
@@ -217,6 +245,19 @@ pub fn bearer_tokens_must_verify(tb: &Testbed) {
         .unwrap_or_else(|| panic!("no pod on w-1 has a projected token under {}", pods.display()));
     assert_eq!(token.split('.').count(), 3, "a pod's token is a JWT");
     assert_eq!(code(token.trim()), "200", "a pod's projected token must authenticate");
+    // The kubelet asks the apiserver (TokenReview) about a token it is given.
+    let kubelet = |token: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("https://{}:10250/metrics/resource", tb.address("w-2")))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let said = kubelet(token.trim());
+    assert!(said.ends_with("\n200") && said.contains("\nnode_cpu_usage_seconds_total "), "{said}");
+    assert_eq!(kubelet("garbage"), "Unauthorized\n401", "the kubelet refuses a bad token");
     // One character inside the signature (not its last, whose low bits may be padding).
     let token = token.trim();
     let at = token.rfind('.').unwrap() + 5;

@@ -39,12 +39,7 @@ pub(super) async fn bootstrap(state: &State) -> Result<()> {
         workload("DaemonSet", "kube-proxy", "kube-proxy", None),
     )
     .await?;
-    put_if_absent(
-        e,
-        "/registry/deployments/kube-system/metrics-server",
-        workload("Deployment", "metrics-server", "metrics-server", Some(1)),
-    )
-    .await?;
+    put_if_absent(e, "/registry/deployments/kube-system/metrics-server", metrics_server()).await?;
     put_if_absent(e, "/registry/deployments/kube-system/api-proxy", api_proxy()).await?;
     put_if_absent(
         e,
@@ -56,6 +51,37 @@ pub(super) async fn bootstrap(state: &State) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// kube-system/metrics-server with the flags of its own manifest
+/// (`kubernetes-sigs/metrics-server` `manifests/base/deployment.yaml`: InternalIP first, the
+/// node status port, a 15 s resolution), plus `--kubelet-insecure-tls` where the kubelets
+/// serve self-signed certificates, as kubeadm clusters usually run it; where they bootstrap
+/// their serving certificates (`serverTLSBootstrap: true` in this node's kubelet
+/// configuration, which every node of a profile shares) the operator leaves it out, and
+/// metrics-server verifies kubelets with its in-cluster `ca.crt`.
+fn metrics_server() -> Value {
+    let bootstrapped = std::fs::read_to_string("/var/lib/kubelet/config.yaml")
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok())
+        .and_then(|v| v.get("serverTLSBootstrap").and_then(serde_yaml_ng::Value::as_bool))
+        .unwrap_or(false);
+    let mut args = vec![
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        "--kubelet-use-node-status-port",
+        "--metric-resolution=15s",
+    ];
+    if !bootstrapped {
+        args.push("--kubelet-insecure-tls");
+    }
+    let mut d = workload("Deployment", "metrics-server", "metrics-server", Some(1));
+    // As its manifest: `args` for the image's entrypoint, no `command`.
+    let container = &mut d["spec"]["template"]["spec"]["containers"][0];
+    if let Some(c) = container.as_object_mut() {
+        c.remove("command");
+    }
+    container["args"] = json!(args);
+    d
 }
 
 /// How often the apiserver publishes into extension-apiserver-authentication. Upstream syncs on

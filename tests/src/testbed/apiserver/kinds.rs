@@ -143,9 +143,13 @@ pub(super) fn discovery(path: &str, endpoint: &SocketAddr) -> Option<Value> {
         "/apis" => {
             let mut groups: Vec<&str> =
                 KINDS.iter().map(|k| k.group).filter(|g| !g.is_empty()).collect();
-            // metrics.k8s.io is not advertised: while metrics-server has no running pod every
-            // kubectl discovery would print errors. Its paths are still proxied.
             groups.dedup();
+            // The aggregator lists the group of every APIService, its server up or not
+            // (`staging/src/k8s.io/kube-aggregator/pkg/apiserver/handler_apis.go`
+            // `convertToDiscoveryAPIGroup`): the testbed's one is v1beta1.metrics.k8s.io
+            // (bootstrap.rs). While metrics-server is away, kubectl's discovery warns about it
+            // as a real kubectl does, and `kubectl top` needs it listed.
+            groups.push("metrics.k8s.io");
             let groups: Vec<Value> = groups
                 .iter()
                 .map(|g| {

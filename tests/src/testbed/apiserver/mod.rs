@@ -245,13 +245,7 @@ async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Resp {
     let path = req.uri().path().to_string();
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|t| !t.is_empty())
-        .map(str::to_string);
+    let token = serving::bearer_token(&req);
     // The authenticators in the real one's order (`pkg/kubeapiserver/authenticator/config.go`:
     // a union of x509 and tokens, wrapped with `union.NewFailOnError(…, anonymous)`): the first
     // that authenticates wins; if none does and one failed (a certificate its client CA did
@@ -270,13 +264,7 @@ async fn handle(
             let tk = &state.tokens;
             match jwt::authenticate(t, &tk.keys, &tk.issuers, &tk.audiences, now) {
                 Ok(id) => {
-                    // A service account's groups (`serviceaccount.UserInfo`).
-                    let ns = id.user.split(':').nth(2).unwrap_or_default();
-                    let groups = [
-                        "system:serviceaccounts".to_string(),
-                        format!("system:serviceaccounts:{ns}"),
-                    ];
-                    requester = Some(csr::Requester::new(&id.user, &groups));
+                    requester = Some(csr::Requester::new(&id.user, &service_account_groups(&id)));
                     None
                 }
                 Err(e) => Some(e),
@@ -470,6 +458,10 @@ async fn route(
     if path.starts_with("/apis/metrics.k8s.io") {
         return proxy_metrics(state, &path).await;
     }
+    if method == "POST" && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        let body = req.into_body().collect().await.context("reading the request body")?;
+        return Ok(token_review(state, &body.to_bytes()));
+    }
     let Some(t) = parse_target(&path) else {
         return Ok(status(404, "NotFound", &format!("the server could not find {path}")));
     };
@@ -657,6 +649,45 @@ const MIN_TOKEN_SECONDS: i64 = 600;
 ///
 /// The testbed keeps no ServiceAccount objects (nothing creates them): a name without one
 /// gets a token in any existing namespace, with a stand-in uid.
+/// A service account's groups (`serviceaccount.UserInfo`).
+fn service_account_groups(id: &jwt::Identity) -> [String; 2] {
+    let ns = id.user.split(':').nth(2).unwrap_or_default();
+    ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")]
+}
+
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews`, as
+/// `pkg/registry/authentication/tokenreview/storage.go` `Create` answers it: no token is a 400;
+/// otherwise the token goes through the token authenticators with the review's audiences (the
+/// apiserver's own when it names none) and the answer is the review with its status filled in,
+/// 201. Webhook token authentication (the kubelet's) calls this. Who may create a review is
+/// not checked (the testbed has no authorizer; upstream's `system:auth-delegator` role grants
+/// it to those who need it).
+fn token_review(state: &State, body: &[u8]) -> Resp {
+    let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not a TokenReview");
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default().to_string();
+    if token.is_empty() {
+        return status(400, "BadRequest", "token is required for TokenReview in authentication");
+    }
+    let audiences: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+        _ => state.tokens.audiences.clone(),
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let tk = &state.tokens;
+    review["status"] = match jwt::authenticate(&token, &tk.keys, &tk.issuers, &audiences, now) {
+        Ok(id) => json!({
+            "authenticated": true,
+            "user": {"username": id.user, "groups": service_account_groups(&id)},
+            "audiences": audiences,
+        }),
+        Err(why) => json!({"user": {}, "error": why}),
+    };
+    review["metadata"] = json!({"creationTimestamp": null});
+    respond(201, review)
+}
+
 async fn token_request(state: &State, ns: &str, name: &str, body: &[u8]) -> Result<Resp> {
     let Some(signer) = &state.tokens.signer else {
         // Without a signing key the real one does not install the subresource.
