@@ -134,7 +134,7 @@ pub fn kube_proxy_main(_args: Vec<String>) -> ExitCode {
 /// `NewDynamicCAFromConfigMapController`: an informer on the ConfigMap; here a read every
 /// [`CONFIGMAP_POLL`]). A front-proxy certificate its CA does not sign is answered 401.
 ///
-/// It scrapes every node's kubelet as `pkg/scraper` does (scrape.rs holds the how).
+/// It scrapes every node's kubelet as `pkg/scraper` does (`scraper.rs`).
 pub fn metrics_server_main(args: Vec<String>) -> ExitCode {
     let options = match scrape::Options::parse(&args) {
         Ok(o) => o,
